@@ -1,0 +1,1 @@
+-- Local provider tables (templates, runs, base catalog, gallery, VMs).

@@ -1,0 +1,527 @@
+//! Pipeline files: an AIB image template body, verbatim, plus a `kiln` section.
+//!
+//! ```json
+//! { "location": "…", "identity": {…}, "tags": {…}, "properties": {…},
+//!   "kiln": { "triggers": {…}, "versioning": {…}, "retention": {…},
+//!             "promotion": {…}, "build": {…} } }
+//! ```
+//!
+//! A user pastes the template they already deploy and adds `kiln`. Unknown
+//! fields inside `kiln` are errors (a typo must not silently disable a
+//! safety setting); template fields kiln does not model are kept as they are.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use super::retention::RetentionPolicy;
+use super::template::{Customizer, Distributor, GalleryImageRef, ImageTemplate};
+
+/// The key under which kiln's own settings live in a pipeline file.
+pub const KILN_KEY: &str = "kiln";
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    /// The template exactly as the user wrote it, without the `kiln` key.
+    pub template_json: serde_json::Value,
+    pub template: ImageTemplate,
+    pub kiln: KilnSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KilnSection {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub triggers: Triggers,
+    #[serde(default)]
+    pub versioning: Versioning,
+    #[serde(default)]
+    pub retention: RetentionPolicy,
+    #[serde(default)]
+    pub promotion: Promotion,
+    #[serde(default)]
+    pub build: BuildPolicy,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Triggers {
+    #[serde(default)]
+    pub schedule: Option<ScheduleSpec>,
+    #[serde(default)]
+    pub base_image: BaseImageTrigger,
+}
+
+/// When a pipeline builds on its own. Exactly one of `patchTuesday` and `cron`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleSpec {
+    #[serde(default)]
+    pub patch_tuesday: Option<PatchTuesdaySpec>,
+    /// Six fields: second minute hour day month day-of-week (NCRONTAB order).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// IANA time zone of `cron`; `patchTuesday` carries its own.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Windows in which an automatic build is deferred to the end of the window.
+    #[serde(default)]
+    pub blackouts: Vec<Blackout>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchTuesdaySpec {
+    /// Days after the second Tuesday of the month; may be negative.
+    #[serde(default)]
+    pub offset_days: i32,
+    /// Local time of day, `HH:MM`.
+    #[serde(default = "default_at")]
+    pub at: String,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
+    #[serde(default = "default_tz")]
+    pub time_zone: String,
+}
+
+fn default_at() -> String {
+    "00:00".into()
+}
+fn default_tz() -> String {
+    "UTC".into()
+}
+
+/// A single date (`from` only) or an inclusive range of local dates.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Blackout {
+    pub from: NaiveDate,
+    #[serde(default)]
+    pub to: Option<NaiveDate>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BaseImageTrigger {
+    /// Build when a floating (`latest`) source gets a new version.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Updates seen within this many minutes of the first one make one build.
+    #[serde(default = "default_debounce")]
+    pub debounce_minutes: u32,
+}
+
+impl Default for BaseImageTrigger {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            debounce_minutes: default_debounce(),
+        }
+    }
+}
+
+fn default_debounce() -> u32 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+
+/// How the next gallery version is chosen, once, at admission.
+///
+/// A flat struct rather than a tagged enum: serde buffers tagged enums, which
+/// would lose the path of a wrong field in error messages.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Versioning {
+    pub scheme: VersionScheme,
+    /// Major version for the `latest` scheme.
+    #[serde(default = "default_major")]
+    pub major: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum VersionScheme {
+    /// Next patch under `major` (AIB's `Latest` scheme), starting at `major.0.0`.
+    Latest,
+    /// The source image's exact version (`Major.Minor.Patch`), as AIB's `Source` scheme.
+    Source,
+    /// `YYYY.MMDD.N`: the admission date, N counting builds of that day.
+    Date,
+}
+
+fn default_major() -> u32 {
+    1
+}
+
+impl Default for Versioning {
+    fn default() -> Self {
+        Versioning {
+            scheme: VersionScheme::Latest,
+            major: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Promotion {
+    /// Publish new versions excluded from `latest`, for a staged rollout.
+    #[serde(default)]
+    pub exclude_from_latest: bool,
+    /// Extra tags put on every published version.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BuildPolicy {
+    /// Attempts for transient failures, first one included.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Builds of this pipeline that may be active at once.
+    #[serde(default = "one")]
+    pub max_concurrent: u32,
+    /// Consecutive failed automatic builds that pause automatic triggers.
+    #[serde(default = "default_breaker")]
+    pub circuit_breaker_failures: u32,
+    /// Local provider: network inside the customizer sandbox.
+    #[serde(default = "yes")]
+    pub network: bool,
+    /// Local provider: limit for one customizer or validator step.
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout_minutes: u32,
+    /// Local provider: boot the captured image under QEMU and run this check as validation.
+    #[serde(default)]
+    pub boot_test: Option<BootTest>,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+fn one() -> u32 {
+    1
+}
+fn default_breaker() -> u32 {
+    3
+}
+fn default_step_timeout() -> u32 {
+    30
+}
+
+impl Default for BuildPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            max_concurrent: 1,
+            circuit_breaker_failures: default_breaker(),
+            network: true,
+            step_timeout_minutes: default_step_timeout(),
+            boot_test: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootTest {
+    /// Shell run inside the booted guest; its output is reported.
+    pub check: String,
+    /// Text that must appear in the guest's output for the test to pass.
+    #[serde(default)]
+    pub expect: Option<String>,
+    #[serde(default = "default_boot_timeout")]
+    pub timeout_seconds: u32,
+}
+
+fn default_boot_timeout() -> u32 {
+    180
+}
+
+/// One problem in a pipeline file, located by a JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+fn field(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// Reads a serde value into `T`, reporting the failing field's full path.
+fn typed<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    prefix: &str,
+) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let path = match (prefix, inner.as_str()) {
+            (p, ".") => p.to_string(),
+            ("", i) => i.to_string(),
+            (p, i) => format!("{p}.{i}"),
+        };
+        field(path, e.into_inner().to_string())
+    })
+}
+
+pub fn valid_pipeline_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl Pipeline {
+    /// Parses and checks a pipeline file's text. `name` is the file stem.
+    pub fn parse(name: &str, text: &str) -> Result<Pipeline, Vec<FieldError>> {
+        let mut doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            vec![field(
+                format!("line {} column {}", e.line(), e.column()),
+                format!("not valid JSON: {e}"),
+            )]
+        })?;
+        let Some(obj) = doc.as_object_mut() else {
+            return Err(vec![field(
+                "$",
+                "expected an object holding an image template",
+            )]);
+        };
+        let kiln_value = obj.remove(KILN_KEY).unwrap_or(serde_json::json!({}));
+        let template_json = doc;
+
+        let mut errors = Vec::new();
+        if !valid_pipeline_name(name) {
+            errors.push(field(
+                "$",
+                format!("pipeline name `{name}` (the file name) must be 1-64 characters of a-z, 0-9, - and _"),
+            ));
+        }
+        let template = typed::<ImageTemplate>(&template_json, "");
+        let kiln = typed::<KilnSection>(&kiln_value, KILN_KEY);
+        let (template, kiln) = match (template, kiln) {
+            (Ok(t), Ok(k)) => (t, k),
+            (t, k) => {
+                errors.extend(t.err());
+                errors.extend(k.err());
+                return Err(errors);
+            }
+        };
+        errors.extend(check_template(&template));
+        errors.extend(check_kiln(&kiln));
+        if errors.is_empty() {
+            Ok(Pipeline {
+                name: name.to_string(),
+                template_json,
+                template,
+                kiln,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The image definitions this pipeline publishes to (SharedImage distributors).
+    pub fn gallery_targets(&self) -> Vec<GalleryImageRef> {
+        self.template
+            .properties
+            .distribute
+            .iter()
+            .filter_map(|d| match d {
+                Distributor::SharedImage {
+                    gallery_image_id, ..
+                } => GalleryImageRef::parse(gallery_image_id),
+                Distributor::ManagedImage { .. } | Distributor::Vhd { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Timeout of one build attempt, as AIB applies it (0 or absent means 240 minutes).
+    pub fn build_timeout_minutes(&self) -> u32 {
+        match self.template.properties.build_timeout_in_minutes {
+            None | Some(0) => 240,
+            Some(m) => m,
+        }
+    }
+}
+
+fn check_template(t: &ImageTemplate) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let p = &t.properties;
+    if t.location.trim().is_empty() {
+        errors.push(field("location", "expected an Azure region name"));
+    }
+    if let Some(m) = p.build_timeout_in_minutes {
+        if m > 960 {
+            errors.push(field(
+                "properties.buildTimeoutInMinutes",
+                format!("expected 0..=960 minutes, got {m}"),
+            ));
+        }
+    }
+    if p.distribute.is_empty() {
+        errors.push(field(
+            "properties.distribute",
+            "expected at least one distribution target",
+        ));
+    }
+    let mut outputs = std::collections::BTreeSet::new();
+    for (i, d) in p.distribute.iter().enumerate() {
+        let at = format!("properties.distribute[{i}]");
+        if !outputs.insert(d.run_output_name().to_string()) {
+            errors.push(field(
+                format!("{at}.runOutputName"),
+                format!("`{}` is used twice; run output names must be unique", d.run_output_name()),
+            ));
+        }
+        if let Distributor::SharedImage {
+            gallery_image_id, ..
+        } = d
+        {
+            match GalleryImageRef::parse(gallery_image_id) {
+                None => errors.push(field(
+                    format!("{at}.galleryImageId"),
+                    "expected /subscriptions/…/resourceGroups/…/providers/Microsoft.Compute/galleries/G/images/D",
+                )),
+                Some(r) if r.version.is_some() => errors.push(field(
+                    format!("{at}.galleryImageId"),
+                    "expected an image definition id without /versions/…: kiln assigns the version (see kiln.versioning)",
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    let steps = p
+        .customize
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("properties.customize[{i}]"), c));
+    let validators = p.validate.iter().flat_map(|v| {
+        v.in_vm_validations
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("properties.validate.inVMValidations[{i}]"), c))
+    });
+    for (at, c) in steps.chain(validators) {
+        if let Customizer::Shell {
+            inline, script_uri, ..
+        } = c
+        {
+            if inline.is_some() == script_uri.is_some() {
+                errors.push(field(at, "a Shell step needs exactly one of `inline` and `scriptUri`"));
+            }
+        }
+    }
+    errors
+}
+
+fn check_kiln(k: &KilnSection) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(s) = &k.triggers.schedule {
+        if let Err(e) = super::schedule::Schedule::from_spec(s) {
+            errors.push(field("kiln.triggers.schedule", e));
+        }
+    }
+    if k.build.max_attempts == 0 || k.build.max_attempts > 10 {
+        errors.push(field("kiln.build.maxAttempts", "expected 1..=10"));
+    }
+    if k.build.max_concurrent == 0 {
+        errors.push(field("kiln.build.maxConcurrent", "expected at least 1"));
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: &str = r#"{
+      "location": "westeurope",
+      "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aib": {}}},
+      "properties": {
+        "source": {"type": "PlatformImage", "publisher": "kiln", "offer": "busybox", "sku": "1", "version": "latest"},
+        "customize": [{"type": "Shell", "name": "hello", "inline": ["echo hi > /etc/hello"]}],
+        "distribute": [{"type": "SharedImage", "runOutputName": "tiny",
+          "galleryImageId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/tiny"}],
+        "futureField": {"kept": true}
+      },
+      "kiln": {"versioning": {"scheme": "latest", "major": 1}}
+    }"#;
+
+    #[test]
+    fn keeps_template_fields_kiln_does_not_model() {
+        let p = Pipeline::parse("tiny", TINY).unwrap();
+        assert_eq!(p.template_json["properties"]["futureField"]["kept"], true);
+        assert!(p.template_json.get(KILN_KEY).is_none());
+    }
+
+    #[test]
+    fn unknown_kiln_fields_are_errors_with_their_path() {
+        let text = TINY.replace(r#""versioning""#, r#""retension": {}, "versioning""#);
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs[0].path, "kiln.retension");
+        assert!(errs[0].message.contains("unknown field"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn missing_required_template_field_names_it() {
+        let text = TINY.replace(r#""runOutputName": "tiny","#, "");
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs[0].path, "properties.distribute[0]");
+        assert!(errs[0].message.contains("runOutputName"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn wrong_type_deep_in_kiln_names_the_field() {
+        let text = TINY.replace(r#""major": 1"#, r#""major": "one""#);
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs[0].path, "kiln.versioning.major");
+    }
+
+    #[test]
+    fn a_shell_step_needs_a_script() {
+        let text = TINY.replace(r#""inline": ["echo hi > /etc/hello"]"#, r#""name2": 1"#);
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs[0].path, "properties.customize[0]");
+    }
+
+    #[test]
+    fn a_versioned_gallery_target_is_refused() {
+        let text = TINY.replace("images/tiny", "images/tiny/versions/1.0.0");
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs[0].path, "properties.distribute[0].galleryImageId");
+    }
+
+    #[test]
+    fn defaults_are_what_a_platform_team_expects() {
+        let p = Pipeline::parse("tiny", TINY).unwrap();
+        assert_eq!(p.kiln.build.max_attempts, 3);
+        assert_eq!(p.kiln.build.max_concurrent, 1);
+        assert!(p.kiln.retention.protect_in_use);
+        assert_eq!(p.build_timeout_minutes(), 240);
+    }
+
+    #[test]
+    fn malformed_json_reports_line_and_column() {
+        let errs = Pipeline::parse("tiny", "{\n  \"location\": ,\n}").unwrap_err();
+        assert!(errs[0].path.starts_with("line 2"), "{}", errs[0].path);
+    }
+}

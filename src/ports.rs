@@ -1,0 +1,235 @@
+//! What the app needs from the world, as traits. The `local` and `azure`
+//! providers implement them; the app and the state machine see only these.
+//!
+//! The image-builder port speaks Azure VM Image Builder's vocabulary
+//! (`runState`, `runSubState`, `message`, run outputs) so that the state
+//! machine cannot tell the providers apart.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::build::FailureCategory;
+use crate::domain::pipeline::FieldError;
+use crate::domain::template::{ImageTemplate, Source};
+use crate::domain::version::ImageVersion;
+
+/// AIB `RunState`. AIB is a service that adds values: unknown ones are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    Running,
+    Canceling,
+    Succeeded,
+    PartiallySucceeded,
+    Failed,
+    Canceled,
+    Unknown(String),
+}
+
+impl RunState {
+    pub fn parse(s: &str) -> Self {
+        match s.to_ascii_lowercase().as_str() {
+            "running" => RunState::Running,
+            "canceling" => RunState::Canceling,
+            "succeeded" => RunState::Succeeded,
+            "partiallysucceeded" => RunState::PartiallySucceeded,
+            "failed" => RunState::Failed,
+            "canceled" => RunState::Canceled,
+            _ => RunState::Unknown(s.to_string()),
+        }
+    }
+}
+
+/// AIB `RunSubState`: the phase of a running build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunSubState {
+    Queued,
+    Building,
+    Customizing,
+    Optimizing,
+    Validating,
+    Distributing,
+    Unknown(String),
+}
+
+impl RunSubState {
+    pub fn parse(s: &str) -> Self {
+        match s.to_ascii_lowercase().as_str() {
+            "queued" => RunSubState::Queued,
+            "building" => RunSubState::Building,
+            "customizing" => RunSubState::Customizing,
+            "optimizing" => RunSubState::Optimizing,
+            "validating" => RunSubState::Validating,
+            "distributing" => RunSubState::Distributing,
+            _ => RunSubState::Unknown(s.to_string()),
+        }
+    }
+}
+
+/// AIB `lastRunStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub run_state: RunState,
+    pub run_sub_state: Option<RunSubState>,
+    pub message: String,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+/// What the provider knows of a template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TemplateStatus {
+    /// No template by this name: never submitted, or deleted.
+    Missing,
+    /// Created, never run.
+    NotRun,
+    Run(RunStatus),
+}
+
+/// AIB `runOutputs/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOutput {
+    pub name: String,
+    pub artifact_id: Option<String>,
+    pub artifact_uri: Option<String>,
+    pub provisioning_state: String,
+}
+
+/// A provider call that did not work, classified so the state machine can
+/// decide between retrying and failing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{category}: {message}")]
+pub struct ProviderError {
+    pub category: FailureCategory,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn new(category: FailureCategory, message: impl Into<String>) -> Self {
+        Self {
+            category,
+            message: message.into(),
+        }
+    }
+    pub fn internal(e: impl fmt::Display) -> Self {
+        Self::new(FailureCategory::Internal, e.to_string())
+    }
+}
+
+/// The image builder: AIB image templates, or the local provider.
+#[async_trait]
+pub trait ImageBuilder: Send + Sync {
+    /// Creates template `name` from an AIB template body, or finds it already
+    /// there (same name, same body): repeating the call makes no twin.
+    async fn put_template(&self, name: &str, body: &serde_json::Value)
+        -> Result<(), ProviderError>;
+    /// Starts the template's run; a template that already ran or is running is left as it is.
+    async fn run(&self, name: &str) -> Result<(), ProviderError>;
+    async fn status(&self, name: &str) -> Result<TemplateStatus, ProviderError>;
+    async fn run_outputs(&self, name: &str) -> Result<Vec<RunOutput>, ProviderError>;
+    async fn cancel(&self, name: &str) -> Result<(), ProviderError>;
+    /// Deletes the template (not its outputs); missing templates are fine.
+    async fn delete_template(&self, name: &str) -> Result<(), ProviderError>;
+    /// Provider-specific checks, run at validation before anything starts.
+    fn check(&self, template: &ImageTemplate) -> Vec<FieldError>;
+}
+
+/// One region's replica state of a gallery version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionReplication {
+    pub region: String,
+    pub replica_count: u32,
+    /// `Replicating | Completed | Failed`, as the gallery says.
+    pub state: String,
+}
+
+/// A gallery image version and the metadata retention and lineage need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GalleryVersion {
+    /// Image definition resource id.
+    pub definition_id: String,
+    pub version: ImageVersion,
+    pub published: Option<DateTime<Utc>>,
+    pub exclude_from_latest: bool,
+    pub end_of_life: Option<DateTime<Utc>>,
+    pub block_deletion_before_end_of_life: bool,
+    pub tags: BTreeMap<String, String>,
+    pub replication: Vec<RegionReplication>,
+    /// `Creating | Succeeded | Failed | Deleting …`
+    pub provisioning_state: String,
+}
+
+impl GalleryVersion {
+    pub fn id(&self) -> String {
+        format!("{}/versions/{}", self.definition_id, self.version)
+    }
+}
+
+/// A change to a version's publishing profile (staged deprecation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionUpdate {
+    pub exclude_from_latest: Option<bool>,
+    pub end_of_life: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub trait Gallery: Send + Sync {
+    async fn list_versions(&self, definition_id: &str) -> anyhow::Result<Vec<GalleryVersion>>;
+    async fn update_version(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+        update: &VersionUpdate,
+    ) -> anyhow::Result<()>;
+    /// Deletes a version; a version already gone is not an error.
+    async fn delete_version(&self, definition_id: &str, version: ImageVersion)
+        -> anyhow::Result<()>;
+}
+
+/// A version of a base image as its catalog reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseVersion {
+    pub version: String,
+    pub deprecated: bool,
+}
+
+/// Where source images come from: the marketplace, a parent gallery, the local catalog.
+#[async_trait]
+pub trait BaseCatalog: Send + Sync {
+    /// Versions of a source's image line, in no particular order.
+    async fn versions(&self, source: &Source) -> anyhow::Result<Vec<BaseVersion>>;
+}
+
+/// Which gallery images consumers (VMs, scale sets) reference.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InUseSet {
+    /// Version resource ids, compared case-insensitively (stored lowercase).
+    pub versions: BTreeSet<String>,
+    /// Definition ids referenced without a version: their current latest is in use.
+    pub definitions: BTreeSet<String>,
+}
+
+impl InUseSet {
+    pub fn add_reference(&mut self, image_reference_id: &str) {
+        let id = image_reference_id.trim_end_matches('/').to_ascii_lowercase();
+        if id.contains("/versions/") {
+            self.versions.insert(id);
+        } else {
+            self.definitions.insert(id);
+        }
+    }
+}
+
+#[async_trait]
+pub trait Inventory: Send + Sync {
+    /// The complete in-use set. An error (including a partial answer) must
+    /// abort retention, never be read as "nothing in use".
+    async fn in_use(&self) -> anyhow::Result<InUseSet>;
+}
