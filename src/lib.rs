@@ -5,3 +5,5 @@
 //! (custom-handler server and local host), [`cli`].
 
 pub mod domain;
+pub mod ports;
+pub mod store;

@@ -5,7 +5,6 @@
 //! (`runState`, `runSubState`, `message`, run outputs) so that the state
 //! machine cannot tell the providers apart.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use async_trait::async_trait;
@@ -13,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::build::FailureCategory;
+pub use crate::domain::gallery::{GalleryVersion, InUseSet, RegionReplication};
 use crate::domain::pipeline::FieldError;
 use crate::domain::template::{ImageTemplate, Source};
 use crate::domain::version::ImageVersion;
@@ -137,39 +137,6 @@ pub trait ImageBuilder: Send + Sync {
     fn check(&self, template: &ImageTemplate) -> Vec<FieldError>;
 }
 
-/// One region's replica state of a gallery version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RegionReplication {
-    pub region: String,
-    pub replica_count: u32,
-    /// `Replicating | Completed | Failed`, as the gallery says.
-    pub state: String,
-}
-
-/// A gallery image version and the metadata retention and lineage need.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GalleryVersion {
-    /// Image definition resource id.
-    pub definition_id: String,
-    pub version: ImageVersion,
-    pub published: Option<DateTime<Utc>>,
-    pub exclude_from_latest: bool,
-    pub end_of_life: Option<DateTime<Utc>>,
-    pub block_deletion_before_end_of_life: bool,
-    pub tags: BTreeMap<String, String>,
-    pub replication: Vec<RegionReplication>,
-    /// `Creating | Succeeded | Failed | Deleting …`
-    pub provisioning_state: String,
-}
-
-impl GalleryVersion {
-    pub fn id(&self) -> String {
-        format!("{}/versions/{}", self.definition_id, self.version)
-    }
-}
-
 /// A change to a version's publishing profile (staged deprecation).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -188,8 +155,11 @@ pub trait Gallery: Send + Sync {
         update: &VersionUpdate,
     ) -> anyhow::Result<()>;
     /// Deletes a version; a version already gone is not an error.
-    async fn delete_version(&self, definition_id: &str, version: ImageVersion)
-        -> anyhow::Result<()>;
+    async fn delete_version(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+    ) -> anyhow::Result<()>;
 }
 
 /// A version of a base image as its catalog reports it.
@@ -205,26 +175,6 @@ pub struct BaseVersion {
 pub trait BaseCatalog: Send + Sync {
     /// Versions of a source's image line, in no particular order.
     async fn versions(&self, source: &Source) -> anyhow::Result<Vec<BaseVersion>>;
-}
-
-/// Which gallery images consumers (VMs, scale sets) reference.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InUseSet {
-    /// Version resource ids, compared case-insensitively (stored lowercase).
-    pub versions: BTreeSet<String>,
-    /// Definition ids referenced without a version: their current latest is in use.
-    pub definitions: BTreeSet<String>,
-}
-
-impl InUseSet {
-    pub fn add_reference(&mut self, image_reference_id: &str) {
-        let id = image_reference_id.trim_end_matches('/').to_ascii_lowercase();
-        if id.contains("/versions/") {
-            self.versions.insert(id);
-        } else {
-            self.definitions.insert(id);
-        }
-    }
 }
 
 #[async_trait]

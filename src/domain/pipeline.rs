@@ -389,7 +389,10 @@ fn check_template(t: &ImageTemplate) -> Vec<FieldError> {
         if !outputs.insert(d.run_output_name().to_string()) {
             errors.push(field(
                 format!("{at}.runOutputName"),
-                format!("`{}` is used twice; run output names must be unique", d.run_output_name()),
+                format!(
+                    "`{}` is used twice; run output names must be unique",
+                    d.run_output_name()
+                ),
             ));
         }
         if let Distributor::SharedImage {
@@ -426,7 +429,10 @@ fn check_template(t: &ImageTemplate) -> Vec<FieldError> {
         } = c
         {
             if inline.is_some() == script_uri.is_some() {
-                errors.push(field(at, "a Shell step needs exactly one of `inline` and `scriptUri`"));
+                errors.push(field(
+                    at,
+                    "a Shell step needs exactly one of `inline` and `scriptUri`",
+                ));
             }
         }
     }
@@ -478,7 +484,11 @@ mod tests {
         let text = TINY.replace(r#""versioning""#, r#""retension": {}, "versioning""#);
         let errs = Pipeline::parse("tiny", &text).unwrap_err();
         assert_eq!(errs[0].path, "kiln.retension");
-        assert!(errs[0].message.contains("unknown field"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.contains("unknown field"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]
@@ -486,7 +496,11 @@ mod tests {
         let text = TINY.replace(r#""runOutputName": "tiny","#, "");
         let errs = Pipeline::parse("tiny", &text).unwrap_err();
         assert_eq!(errs[0].path, "properties.distribute[0]");
-        assert!(errs[0].message.contains("runOutputName"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.contains("runOutputName"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]

@@ -40,16 +40,30 @@ pub struct Deprecate {
 
 impl Default for Deprecate {
     fn default() -> Self {
-        Self { grace_days: default_grace() }
+        Self {
+            grace_days: default_grace(),
+        }
     }
 }
 
-fn default_keep() -> u32 { 3 }
-fn default_min_age() -> u32 { 7 }
-fn default_pin() -> String { "kiln.pin".into() }
-fn yes() -> bool { true }
-fn default_max_deletes() -> u32 { 10 }
-fn default_grace() -> u32 { 7 }
+fn default_keep() -> u32 {
+    3
+}
+fn default_min_age() -> u32 {
+    7
+}
+fn default_pin() -> String {
+    "kiln.pin".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_deletes() -> u32 {
+    10
+}
+fn default_grace() -> u32 {
+    7
+}
 
 impl Default for RetentionPolicy {
     fn default() -> Self {

@@ -69,7 +69,9 @@ impl Source {
             Source::PlatformImage { version, .. } => version.eq_ignore_ascii_case("latest"),
             Source::SharedImageVersion {
                 image_version_id, ..
-            } => image_version_id.to_ascii_lowercase().ends_with("/versions/latest"),
+            } => image_version_id
+                .to_ascii_lowercase()
+                .ends_with("/versions/latest"),
             Source::ManagedImage { .. } => false,
         }
     }

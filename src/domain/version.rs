@@ -104,8 +104,20 @@ mod tests {
 
     #[test]
     fn rejects_what_the_gallery_rejects() {
-        for bad in ["1.0", "1.0.0.0", "a.b.c", "1..0", "-1.0.0", "+1.0.0", "1.0.2147483648", ""] {
-            assert!(bad.parse::<ImageVersion>().is_err(), "{bad} should be rejected");
+        for bad in [
+            "1.0",
+            "1.0.0.0",
+            "a.b.c",
+            "1..0",
+            "-1.0.0",
+            "+1.0.0",
+            "1.0.2147483648",
+            "",
+        ] {
+            assert!(
+                bad.parse::<ImageVersion>().is_err(),
+                "{bad} should be rejected"
+            );
         }
         assert_eq!(
             "0.0.2147483647".parse::<ImageVersion>().unwrap().patch,

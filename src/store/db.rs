@@ -15,7 +15,10 @@ use rusqlite::Connection;
 /// recorded once applied so each runs exactly once.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_core", include_str!("../../migrations/0001_core.sql")),
-    ("0002_local_provider", include_str!("../../migrations/0002_local_provider.sql")),
+    (
+        "0002_local_provider",
+        include_str!("../../migrations/0002_local_provider.sql"),
+    ),
 ];
 
 #[derive(Clone)]
