@@ -4,6 +4,7 @@ pub mod build;
 pub mod gallery;
 pub mod pipeline;
 pub mod retention;
+pub mod run;
 pub mod schedule;
 pub mod template;
 pub mod version;
