@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::build::FailureCategory;
 pub use crate::domain::gallery::{GalleryVersion, InUseSet, RegionReplication};
-pub use crate::domain::run::{RunOutput, RunState, RunStatus, RunSubState, TemplateStatus};
 use crate::domain::pipeline::FieldError;
+pub use crate::domain::run::{RunOutput, RunState, RunStatus, RunSubState, TemplateStatus};
 use crate::domain::template::{ImageTemplate, Source};
 use crate::domain::version::ImageVersion;
 

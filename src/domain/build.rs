@@ -1,59 +1,658 @@
-//! The build state machine. (Failure categories first; the machine follows.)
+//! The build state machine.
+//!
+//! A build lives for minutes to hours; an invocation for seconds, and
+//! messages arrive late, twice or never. So the machine is level-triggered:
+//! each step observes the provider's current view of the build's template
+//! and decides from that, never from memory of what it asked for. The
+//! transition is a pure function; the driver (`app::driver`) persists the
+//! result with a conditional write and only then performs the effects.
+//!
+//! ```text
+//! queued → submitting → running{phase} → validating → publishing → succeeded
+//!    └──────────┴────────────┴──────────────┴────────────┴──→ failed
+//!    any non-terminal ── cancel ──→ canceling → canceled
+//! ```
 
-use std::fmt;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Why a build failed. Drives the retry policy: only transient categories retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailureCategory {
-    Auth,
-    Policy,
-    Network,
-    Quota,
-    Customizer,
-    Validation,
-    Timeout,
-    Replication,
-    Transient,
-    Internal,
+pub use super::failure::{classify, FailureCategory};
+use super::run::{RunOutput, RunState, RunStatus, RunSubState, TemplateStatus};
+use super::version::ImageVersion;
+
+/// The provider's phase while `running` (AIB `runSubState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Queued,
+    Building,
+    Customizing,
+    Optimizing,
 }
 
-impl FailureCategory {
-    pub fn is_transient(self) -> bool {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum BuildState {
+    /// Admitted, waiting for a slot (per-pipeline and global concurrency).
+    Queued,
+    /// Handing the template to the provider; `not_before` delays a retry.
+    Submitting {
+        not_before: Option<DateTime<Utc>>,
+    },
+    Running {
+        phase: Phase,
+    },
+    Validating,
+    /// Distributing; `replicating` once the run ended but replicas are still copying.
+    Publishing {
+        replicating: bool,
+    },
+    Succeeded {
+        artifacts: Vec<RunOutput>,
+    },
+    Failed {
+        category: FailureCategory,
+        message: String,
+    },
+    /// Cancel asked of the provider. `timed_out` turns the end into a `timeout` failure.
+    Canceling {
+        reason: String,
+        timed_out: bool,
+    },
+    Canceled {
+        reason: String,
+    },
+}
+
+impl BuildState {
+    /// The spelling used by the API, the CLI, events and the store.
+    pub fn name(&self) -> &'static str {
         match self {
-            FailureCategory::Network
-            | FailureCategory::Quota
-            | FailureCategory::Replication
-            | FailureCategory::Transient => true,
-            FailureCategory::Auth
-            | FailureCategory::Policy
-            | FailureCategory::Customizer
-            | FailureCategory::Validation
-            | FailureCategory::Timeout
-            | FailureCategory::Internal => false,
+            BuildState::Queued => "queued",
+            BuildState::Submitting { .. } => "submitting",
+            BuildState::Running { .. } => "running",
+            BuildState::Validating => "validating",
+            BuildState::Publishing { .. } => "publishing",
+            BuildState::Succeeded { .. } => "succeeded",
+            BuildState::Failed { .. } => "failed",
+            BuildState::Canceling { .. } => "canceling",
+            BuildState::Canceled { .. } => "canceled",
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub fn is_terminal(&self) -> bool {
         match self {
-            FailureCategory::Auth => "auth",
-            FailureCategory::Policy => "policy",
-            FailureCategory::Network => "network",
-            FailureCategory::Quota => "quota",
-            FailureCategory::Customizer => "customizer",
-            FailureCategory::Validation => "validation",
-            FailureCategory::Timeout => "timeout",
-            FailureCategory::Replication => "replication",
-            FailureCategory::Transient => "transient",
-            FailureCategory::Internal => "internal",
+            BuildState::Succeeded { .. }
+            | BuildState::Failed { .. }
+            | BuildState::Canceled { .. } => true,
+            BuildState::Queued
+            | BuildState::Submitting { .. }
+            | BuildState::Running { .. }
+            | BuildState::Validating
+            | BuildState::Publishing { .. }
+            | BuildState::Canceling { .. } => false,
         }
     }
 }
 
-impl fmt::Display for FailureCategory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// What started a build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Trigger {
+    Schedule { cycle: String },
+    BaseImage { version: String },
+    Manual,
+}
+
+impl Trigger {
+    /// Automatic builds count towards the circuit breaker; manual ones never do.
+    pub fn is_automatic(&self) -> bool {
+        match self {
+            Trigger::Schedule { .. } | Trigger::BaseImage { .. } => true,
+            Trigger::Manual => false,
+        }
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Build {
+    pub id: String,
+    pub pipeline: String,
+    pub trigger: Trigger,
+    pub reason: String,
+    pub requested_by: String,
+    pub idempotency_key: String,
+    /// Assigned at admission, reused by every attempt.
+    pub version: ImageVersion,
+    /// The source's exact version when the scheme or the source pinned it.
+    pub source_version: Option<String>,
+    pub template_hash: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// AIB's build timeout for one attempt.
+    pub timeout_minutes: u32,
+    pub state: BuildState,
+    pub created_at: DateTime<Utc>,
+    pub attempt_started_at: Option<DateTime<Utc>>,
+    /// Polls since the last observed change, for the adaptive poll delay.
+    pub quiet_polls: u32,
+    /// Last `runSubState`/message seen, to notice change.
+    pub last_seen: Option<String>,
+}
+
+impl Build {
+    /// Provider template name of the current attempt: derived from the build
+    /// id so a repeated submit finds the earlier template instead of a twin.
+    pub fn template_name(&self) -> String {
+        template_name(&self.id, self.attempt)
+    }
+}
+
+pub fn template_name(build_id: &str, attempt: u32) -> String {
+    format!("kiln-{build_id}-a{attempt}")
+}
+
+/// What a step learned about the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// Admission found a free slot for this queued build.
+    SlotGranted,
+    /// The provider's view of the current attempt's template, and its run
+    /// outputs when it succeeded; `replicated` when the run ended
+    /// PartiallySucceeded and the gallery was asked about replication.
+    Provider {
+        status: TemplateStatus,
+        outputs: Vec<RunOutput>,
+        replicated: Option<bool>,
+    },
+    /// Submitting (put template + run) failed.
+    SubmitFailed {
+        category: FailureCategory,
+        message: String,
+    },
+    CancelRequested {
+        reason: String,
+    },
+    /// Nothing new: a sweep or a poll with no provider call.
+    Tick,
+}
+
+/// What the driver must do after persisting the new build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Create the attempt's template (idempotent) and run it.
+    Submit {
+        template: String,
+    },
+    CancelRun {
+        template: String,
+    },
+    /// Garbage-collect a template that will not be used again.
+    DeleteTemplate {
+        template: String,
+    },
+    SchedulePoll {
+        after: Duration,
+    },
+    /// Give queued builds a chance at the slot this build freed.
+    AdmitQueued,
+}
+
+/// Tuning of the machine: poll delays, retry backoff, timeout margin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    pub poll_initial: Duration,
+    pub poll_max: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Slack past `buildTimeoutInMinutes` before kiln cancels the run itself.
+    pub timeout_margin: Duration,
+}
+
+impl Tuning {
+    pub fn azure() -> Self {
+        Self {
+            poll_initial: Duration::from_secs(30),
+            poll_max: Duration::from_secs(300),
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(1800),
+            timeout_margin: Duration::from_secs(15 * 60),
+        }
+    }
+    pub fn local() -> Self {
+        Self {
+            poll_initial: Duration::from_millis(250),
+            poll_max: Duration::from_secs(5),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            timeout_margin: Duration::from_secs(60),
+        }
+    }
+
+    /// Short at first, doubling every few quiet polls, capped.
+    pub fn poll_delay(&self, quiet_polls: u32) -> Duration {
+        let factor = 1u32 << (quiet_polls / 2).min(10);
+        (self.poll_initial * factor).min(self.poll_max)
+    }
+
+    /// Exponential backoff with a deterministic jitter of up to +25%, derived
+    /// from the build id so two builds failing together do not retry together.
+    pub fn retry_delay(&self, build_id: &str, attempt: u32) -> Duration {
+        let exp = self.retry_base * (1u32 << attempt.saturating_sub(1).min(16));
+        let base = exp.min(self.retry_max);
+        let hash = build_id.bytes().fold(attempt as u64, |h, b| {
+            h.wrapping_mul(31).wrapping_add(b as u64)
+        });
+        base + base.mul_f64((hash % 1000) as f64 / 4000.0)
+    }
+}
+
+/// The result of one transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub build: Build,
+    pub effects: Vec<Effect>,
+    /// Why the state changed (recorded in history); `None` if it did not.
+    pub cause: Option<String>,
+}
+
+/// The transition function: `(build, observation, now) → (build', effects)`.
+pub fn transition(build: &Build, obs: &Observation, now: DateTime<Utc>, t: &Tuning) -> Decision {
+    let mut next = build.clone();
+    let mut effects = Vec::new();
+    let cause = step(&mut next, obs, now, t, &mut effects);
+    if next.state.is_terminal() && !build.state.is_terminal() {
+        effects.retain(|e| !matches!(e, Effect::SchedulePoll { .. }));
+        effects.push(Effect::AdmitQueued);
+    }
+    let changed = next.state != build.state || next.attempt != build.attempt;
+    Decision {
+        build: next,
+        effects,
+        cause: if changed { cause } else { None },
+    }
+}
+
+fn poll(b: &mut Build, t: &Tuning, effects: &mut Vec<Effect>) {
+    effects.push(Effect::SchedulePoll {
+        after: t.poll_delay(b.quiet_polls),
+    });
+    b.quiet_polls = b.quiet_polls.saturating_add(1);
+}
+
+fn step(
+    b: &mut Build,
+    obs: &Observation,
+    now: DateTime<Utc>,
+    t: &Tuning,
+    effects: &mut Vec<Effect>,
+) -> Option<String> {
+    // Terminal states are final whatever arrives.
+    match &b.state {
+        BuildState::Succeeded { .. } | BuildState::Failed { .. } | BuildState::Canceled { .. } => {
+            return None
+        }
+        BuildState::Queued
+        | BuildState::Submitting { .. }
+        | BuildState::Running { .. }
+        | BuildState::Validating
+        | BuildState::Publishing { .. }
+        | BuildState::Canceling { .. } => {}
+    }
+
+    if let Observation::CancelRequested { reason } = obs {
+        return Some(request_cancel(b, reason.clone(), false, t, effects));
+    }
+
+    match b.state.clone() {
+        BuildState::Queued => match obs {
+            Observation::SlotGranted => {
+                b.state = BuildState::Submitting { not_before: None };
+                b.attempt_started_at = Some(now);
+                b.quiet_polls = 0;
+                effects.push(Effect::Submit {
+                    template: b.template_name(),
+                });
+                poll(b, t, effects);
+                Some("a build slot was free".into())
+            }
+            Observation::Provider { .. }
+            | Observation::SubmitFailed { .. }
+            | Observation::Tick
+            | Observation::CancelRequested { .. } => None,
+        },
+        BuildState::Submitting { not_before } => match obs {
+            Observation::SubmitFailed { category, message } => {
+                Some(fail_or_retry(b, *category, message, now, t, effects))
+            }
+            Observation::Provider { status, .. }
+                if matches!(status, TemplateStatus::Missing | TemplateStatus::NotRun) =>
+            {
+                submit_unless_waiting(b, not_before, now, t, effects)
+            }
+            Observation::Provider { .. } => observe_run(b, obs, now, t, effects),
+            Observation::Tick => submit_unless_waiting(b, not_before, now, t, effects),
+            Observation::SlotGranted | Observation::CancelRequested { .. } => None,
+        },
+        BuildState::Running { .. } | BuildState::Validating | BuildState::Publishing { .. } => {
+            match obs {
+                Observation::Provider { .. } => observe_run(b, obs, now, t, effects),
+                Observation::SubmitFailed { category, message } => {
+                    Some(fail_or_retry(b, *category, message, now, t, effects))
+                }
+                Observation::Tick => {
+                    if let Some(cause) = check_timeout(b, now, t, effects) {
+                        return Some(cause);
+                    }
+                    poll(b, t, effects);
+                    None
+                }
+                Observation::SlotGranted | Observation::CancelRequested { .. } => None,
+            }
+        }
+        BuildState::Canceling { reason, timed_out } => match obs {
+            Observation::Provider {
+                status, outputs, ..
+            } => match status {
+                TemplateStatus::Missing | TemplateStatus::NotRun => {
+                    Some(finish_cancel(b, reason, timed_out, effects))
+                }
+                TemplateStatus::Run(s) => match &s.run_state {
+                    RunState::Canceled | RunState::Failed => {
+                        Some(finish_cancel(b, reason, timed_out, effects))
+                    }
+                    // The run won the race: the image exists, so say so.
+                    RunState::Succeeded => Some(succeed(b, outputs.clone(), effects)),
+                    RunState::Running
+                    | RunState::Canceling
+                    | RunState::PartiallySucceeded
+                    | RunState::Unknown(_) => {
+                        poll(b, t, effects);
+                        None
+                    }
+                },
+            },
+            Observation::SubmitFailed { .. } => Some(finish_cancel(b, reason, timed_out, effects)),
+            Observation::Tick => {
+                poll(b, t, effects);
+                None
+            }
+            Observation::SlotGranted | Observation::CancelRequested { .. } => None,
+        },
+        BuildState::Succeeded { .. } | BuildState::Failed { .. } | BuildState::Canceled { .. } => {
+            None
+        }
+    }
+}
+
+fn submit_unless_waiting(
+    b: &mut Build,
+    not_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    t: &Tuning,
+    effects: &mut Vec<Effect>,
+) -> Option<String> {
+    if let Some(at) = not_before {
+        if at > now {
+            let wait = (at - now).to_std().unwrap_or_default();
+            effects.push(Effect::SchedulePoll { after: wait });
+            return None;
+        }
+    }
+    if let Some(cause) = check_timeout(b, now, t, effects) {
+        return Some(cause);
+    }
+    let waited = not_before.is_some();
+    b.state = BuildState::Submitting { not_before: None };
+    if waited {
+        b.attempt_started_at = Some(now);
+    }
+    effects.push(Effect::Submit {
+        template: b.template_name(),
+    });
+    poll(b, t, effects);
+    waited.then(|| format!("retry backoff over, submitting attempt {}", b.attempt))
+}
+
+/// Maps a provider run status onto the machine.
+fn observe_run(
+    b: &mut Build,
+    obs: &Observation,
+    now: DateTime<Utc>,
+    t: &Tuning,
+    effects: &mut Vec<Effect>,
+) -> Option<String> {
+    let Observation::Provider {
+        status,
+        outputs,
+        replicated,
+    } = obs
+    else {
+        return None;
+    };
+    let run = match status {
+        TemplateStatus::Missing => {
+            return Some(fail_or_retry(
+                b,
+                FailureCategory::Transient,
+                "the provider no longer knows this build's template",
+                now,
+                t,
+                effects,
+            ))
+        }
+        TemplateStatus::NotRun => {
+            effects.push(Effect::Submit {
+                template: b.template_name(),
+            });
+            poll(b, t, effects);
+            return None;
+        }
+        TemplateStatus::Run(run) => run,
+    };
+    let seen = format!(
+        "{:?}/{:?}/{}",
+        run.run_state, run.run_sub_state, run.message
+    );
+    if b.last_seen.as_deref() != Some(seen.as_str()) {
+        // The provider signalled a change: poll again soon.
+        b.quiet_polls = 0;
+        b.last_seen = Some(seen);
+    }
+    match &run.run_state {
+        RunState::Succeeded => Some(succeed(b, outputs.clone(), effects)),
+        RunState::PartiallySucceeded => match replicated {
+            Some(true) => Some(succeed(b, outputs.clone(), effects)),
+            Some(false) | None => {
+                if let Some(cause) = check_timeout(b, now, t, effects) {
+                    return Some(cause);
+                }
+                let changed = b.state != BuildState::Publishing { replicating: true };
+                b.state = BuildState::Publishing { replicating: true };
+                poll(b, t, effects);
+                changed.then(|| "run ended; waiting for gallery replication".to_string())
+            }
+        },
+        RunState::Failed => {
+            let category = classify(&run.message);
+            Some(fail_or_retry(b, category, &run.message, now, t, effects))
+        }
+        RunState::Canceled => {
+            b.state = BuildState::Canceled {
+                reason: format!("canceled at the provider: {}", run.message),
+            };
+            effects.push(Effect::DeleteTemplate {
+                template: b.template_name(),
+            });
+            Some("the provider reports the run canceled".into())
+        }
+        RunState::Running | RunState::Canceling | RunState::Unknown(_) => {
+            if let Some(cause) = check_timeout(b, now, t, effects) {
+                return Some(cause);
+            }
+            let target = phase_state(run);
+            let changed = target != b.state;
+            b.state = target;
+            poll(b, t, effects);
+            changed.then(|| format!("provider phase {}", sub_state_name(run)))
+        }
+    }
+}
+
+fn phase_state(run: &RunStatus) -> BuildState {
+    match &run.run_sub_state {
+        None | Some(RunSubState::Queued) | Some(RunSubState::Unknown(_)) => BuildState::Running {
+            phase: Phase::Queued,
+        },
+        Some(RunSubState::Building) => BuildState::Running {
+            phase: Phase::Building,
+        },
+        Some(RunSubState::Customizing) => BuildState::Running {
+            phase: Phase::Customizing,
+        },
+        Some(RunSubState::Optimizing) => BuildState::Running {
+            phase: Phase::Optimizing,
+        },
+        Some(RunSubState::Validating) => BuildState::Validating,
+        Some(RunSubState::Distributing) => BuildState::Publishing { replicating: false },
+    }
+}
+
+fn sub_state_name(run: &RunStatus) -> String {
+    match &run.run_sub_state {
+        None => "Queued".into(),
+        Some(RunSubState::Unknown(s)) => s.clone(),
+        Some(s) => format!("{s:?}"),
+    }
+}
+
+fn check_timeout(
+    b: &mut Build,
+    now: DateTime<Utc>,
+    t: &Tuning,
+    effects: &mut Vec<Effect>,
+) -> Option<String> {
+    let started = b.attempt_started_at?;
+    let limit = Duration::from_secs(u64::from(b.timeout_minutes) * 60) + t.timeout_margin;
+    let elapsed = (now - started).to_std().unwrap_or_default();
+    (elapsed > limit).then(|| {
+        let reason = format!(
+            "attempt {} ran {} s, past buildTimeoutInMinutes ({}) plus a margin of {} s",
+            b.attempt,
+            elapsed.as_secs(),
+            b.timeout_minutes,
+            t.timeout_margin.as_secs()
+        );
+        request_cancel(b, reason, true, t, effects)
+    })
+}
+
+fn request_cancel(
+    b: &mut Build,
+    reason: String,
+    timed_out: bool,
+    t: &Tuning,
+    effects: &mut Vec<Effect>,
+) -> String {
+    match b.state {
+        // Nothing reached the provider yet: cancel at once.
+        BuildState::Queued => {
+            b.state = BuildState::Canceled {
+                reason: reason.clone(),
+            };
+            format!("canceled before start: {reason}")
+        }
+        BuildState::Submitting { .. }
+        | BuildState::Running { .. }
+        | BuildState::Validating
+        | BuildState::Publishing { .. }
+        | BuildState::Canceling { .. }
+        | BuildState::Succeeded { .. }
+        | BuildState::Failed { .. }
+        | BuildState::Canceled { .. } => {
+            b.state = BuildState::Canceling {
+                reason: reason.clone(),
+                timed_out,
+            };
+            b.quiet_polls = 0;
+            effects.push(Effect::CancelRun {
+                template: b.template_name(),
+            });
+            poll(b, t, effects);
+            format!("cancel requested: {reason}")
+        }
+    }
+}
+
+fn finish_cancel(
+    b: &mut Build,
+    reason: String,
+    timed_out: bool,
+    effects: &mut Vec<Effect>,
+) -> String {
+    effects.push(Effect::DeleteTemplate {
+        template: b.template_name(),
+    });
+    if timed_out {
+        b.state = BuildState::Failed {
+            category: FailureCategory::Timeout,
+            message: reason,
+        };
+        "timed out; the provider run is stopped".into()
+    } else {
+        b.state = BuildState::Canceled { reason };
+        "the provider stopped the run".into()
+    }
+}
+
+fn succeed(b: &mut Build, artifacts: Vec<RunOutput>, effects: &mut Vec<Effect>) -> String {
+    effects.push(Effect::DeleteTemplate {
+        template: b.template_name(),
+    });
+    b.state = BuildState::Succeeded { artifacts };
+    format!("published version {}", b.version)
+}
+
+fn fail_or_retry(
+    b: &mut Build,
+    category: FailureCategory,
+    message: &str,
+    now: DateTime<Utc>,
+    t: &Tuning,
+    effects: &mut Vec<Effect>,
+) -> String {
+    effects.push(Effect::DeleteTemplate {
+        template: b.template_name(),
+    });
+    if category.is_transient() && b.attempt < b.max_attempts {
+        let delay = t.retry_delay(&b.id, b.attempt);
+        b.attempt += 1;
+        b.quiet_polls = 0;
+        b.last_seen = None;
+        b.state = BuildState::Submitting {
+            not_before: Some(now + chrono::Duration::from_std(delay).unwrap_or_default()),
+        };
+        effects.push(Effect::SchedulePoll { after: delay });
+        format!(
+            "{category} failure, retrying as attempt {} in {} ms: {message}",
+            b.attempt,
+            delay.as_millis()
+        )
+    } else {
+        let why = if category.is_transient() {
+            format!(" (after {} attempts)", b.attempt)
+        } else {
+            String::new()
+        };
+        b.state = BuildState::Failed {
+            category,
+            message: format!("{message}{why}"),
+        };
+        format!("{category} failure{why}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -83,4 +83,3 @@ pub struct RunOutput {
     pub artifact_uri: Option<String>,
     pub provisioning_state: String,
 }
-

@@ -1,0 +1,475 @@
+use super::*;
+use chrono::TimeZone;
+use proptest::prelude::*;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 12, 8, 3, 0, 0).unwrap()
+}
+
+fn queued() -> Build {
+    Build {
+        id: "b1".into(),
+        pipeline: "tiny".into(),
+        trigger: Trigger::Manual,
+        reason: "test".into(),
+        requested_by: "tester".into(),
+        idempotency_key: "k1".into(),
+        version: ImageVersion::new(1, 0, 0),
+        source_version: None,
+        template_hash: "h".into(),
+        attempt: 1,
+        max_attempts: 3,
+        timeout_minutes: 60,
+        state: BuildState::Queued,
+        created_at: t0(),
+        attempt_started_at: None,
+        quiet_polls: 0,
+        last_seen: None,
+    }
+}
+
+fn run(state: RunState, sub: Option<RunSubState>, msg: &str) -> Observation {
+    Observation::Provider {
+        status: TemplateStatus::Run(RunStatus {
+            run_state: state,
+            run_sub_state: sub,
+            message: msg.into(),
+            start_time: None,
+            end_time: None,
+        }),
+        outputs: vec![],
+        replicated: None,
+    }
+}
+
+fn output() -> RunOutput {
+    RunOutput {
+        name: "tiny".into(),
+        artifact_id: Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/tiny/versions/1.0.0".into()),
+        artifact_uri: None,
+        provisioning_state: "Succeeded".into(),
+    }
+}
+
+fn succeeded_obs() -> Observation {
+    Observation::Provider {
+        status: TemplateStatus::Run(RunStatus {
+            run_state: RunState::Succeeded,
+            run_sub_state: Some(RunSubState::Distributing),
+            message: String::new(),
+            start_time: None,
+            end_time: None,
+        }),
+        outputs: vec![output()],
+        replicated: None,
+    }
+}
+
+fn apply(b: &Build, obs: &Observation, now: DateTime<Utc>) -> Decision {
+    transition(b, obs, now, &Tuning::local())
+}
+
+#[test]
+fn a_granted_slot_submits_the_first_attempt() {
+    let d = apply(&queued(), &Observation::SlotGranted, t0());
+    assert_eq!(d.build.state, BuildState::Submitting { not_before: None });
+    assert!(d.effects.contains(&Effect::Submit {
+        template: "kiln-b1-a1".into()
+    }));
+    assert!(d.cause.is_some());
+}
+
+#[test]
+fn the_happy_path_walks_the_provider_phases_to_succeeded() {
+    let mut b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let phases = [
+        (RunSubState::Customizing, "running"),
+        (RunSubState::Validating, "validating"),
+        (RunSubState::Distributing, "publishing"),
+    ];
+    for (sub, name) in phases {
+        b = apply(&b, &run(RunState::Running, Some(sub), ""), t0()).build;
+        assert_eq!(b.state.name(), name);
+    }
+    let d = apply(&b, &succeeded_obs(), t0());
+    assert_eq!(
+        d.build.state,
+        BuildState::Succeeded {
+            artifacts: vec![output()]
+        }
+    );
+    assert!(d.effects.contains(&Effect::AdmitQueued));
+    assert!(!d
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::SchedulePoll { .. })));
+}
+
+#[test]
+fn a_transient_failure_retries_with_backoff_and_the_same_version() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let d = apply(
+        &b,
+        &run(RunState::Failed, None, "network: mirror unreachable"),
+        t0(),
+    );
+    assert_eq!(d.build.attempt, 2);
+    assert_eq!(d.build.version, b.version);
+    let BuildState::Submitting {
+        not_before: Some(at),
+    } = d.build.state
+    else {
+        panic!("expected a delayed resubmit, got {:?}", d.build.state)
+    };
+    assert!(at > t0());
+    assert!(d.effects.contains(&Effect::DeleteTemplate {
+        template: "kiln-b1-a1".into()
+    }));
+    // Before the backoff ends nothing is submitted; after it, attempt 2 is.
+    let early = apply(&d.build, &Observation::Tick, t0());
+    assert!(!early
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Submit { .. })));
+    let late = apply(&d.build, &Observation::Tick, at);
+    assert!(late.effects.contains(&Effect::Submit {
+        template: "kiln-b1-a2".into()
+    }));
+}
+
+#[test]
+fn transient_failures_stop_at_the_attempt_limit() {
+    let mut b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let mut now = t0();
+    for _ in 0..3 {
+        b = apply(&b, &run(RunState::Failed, None, "transient: blip"), now).build;
+        now += chrono::Duration::hours(1);
+        b = apply(&b, &Observation::Tick, now).build;
+    }
+    match &b.state {
+        BuildState::Failed { category, message } => {
+            assert_eq!(*category, FailureCategory::Transient);
+            assert!(message.contains("after 3 attempts"), "{message}");
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert_eq!(b.attempt, 3);
+}
+
+#[test]
+fn a_permanent_failure_fails_at_once_with_its_category_and_step() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let msg = "customizer: step 'install-agent' exited with 1: E: Unable to locate package";
+    let d = apply(
+        &b,
+        &run(RunState::Failed, Some(RunSubState::Customizing), msg),
+        t0(),
+    );
+    assert_eq!(
+        d.build.state,
+        BuildState::Failed {
+            category: FailureCategory::Customizer,
+            message: msg.into()
+        }
+    );
+    assert_eq!(d.build.attempt, 1);
+}
+
+#[test]
+fn a_hung_build_is_canceled_and_fails_as_timeout() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let later = t0() + chrono::Duration::minutes(62);
+    let d = apply(
+        &b,
+        &run(RunState::Running, Some(RunSubState::Customizing), ""),
+        later,
+    );
+    assert!(matches!(
+        d.build.state,
+        BuildState::Canceling {
+            timed_out: true,
+            ..
+        }
+    ));
+    assert!(d.effects.contains(&Effect::CancelRun {
+        template: "kiln-b1-a1".into()
+    }));
+    let end = apply(&d.build, &run(RunState::Canceled, None, ""), later);
+    assert!(matches!(
+        end.build.state,
+        BuildState::Failed {
+            category: FailureCategory::Timeout,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn partial_success_waits_for_replication_instead_of_failing() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let partial = |replicated| Observation::Provider {
+        status: TemplateStatus::Run(RunStatus {
+            run_state: RunState::PartiallySucceeded,
+            run_sub_state: Some(RunSubState::Distributing),
+            message: "Failed in distributing 1 images out of total 1: context deadline exceeded"
+                .into(),
+            start_time: None,
+            end_time: None,
+        }),
+        outputs: vec![output()],
+        replicated,
+    };
+    let waiting = apply(&b, &partial(Some(false)), t0()).build;
+    assert_eq!(waiting.state, BuildState::Publishing { replicating: true });
+    let done = apply(&waiting, &partial(Some(true)), t0()).build;
+    assert!(matches!(done.state, BuildState::Succeeded { .. }));
+}
+
+#[test]
+fn cancel_of_a_queued_build_needs_no_provider() {
+    let d = apply(
+        &queued(),
+        &Observation::CancelRequested {
+            reason: "by alice".into(),
+        },
+        t0(),
+    );
+    assert_eq!(
+        d.build.state,
+        BuildState::Canceled {
+            reason: "by alice".into()
+        }
+    );
+    assert!(!d
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::CancelRun { .. })));
+}
+
+#[test]
+fn cancel_of_a_running_build_goes_through_canceling() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let c = apply(
+        &b,
+        &Observation::CancelRequested {
+            reason: "by bob".into(),
+        },
+        t0(),
+    )
+    .build;
+    assert_eq!(c.state.name(), "canceling");
+    let still = apply(&c, &run(RunState::Canceling, None, ""), t0()).build;
+    assert_eq!(still.state.name(), "canceling");
+    let end = apply(&still, &run(RunState::Canceled, None, ""), t0()).build;
+    assert_eq!(
+        end.state,
+        BuildState::Canceled {
+            reason: "by bob".into()
+        }
+    );
+}
+
+#[test]
+fn an_orphaned_run_is_a_transient_failure_that_retries() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let d = apply(
+        &b,
+        &run(
+            RunState::Failed,
+            None,
+            "orphaned: the process running this build exited",
+        ),
+        t0(),
+    );
+    assert_eq!(d.build.attempt, 2);
+}
+
+#[test]
+fn a_repeated_observation_records_no_new_history() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let obs = run(RunState::Running, Some(RunSubState::Building), "");
+    let once = apply(&b, &obs, t0());
+    assert!(once.cause.is_some());
+    let twice = apply(&once.build, &obs, t0());
+    assert!(twice.cause.is_none());
+    assert!(twice
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::SchedulePoll { .. })));
+}
+
+#[test]
+fn poll_delays_start_short_and_back_off_to_the_cap() {
+    let t = Tuning::azure();
+    assert_eq!(t.poll_delay(0), Duration::from_secs(30));
+    assert!(t.poll_delay(4) > t.poll_delay(1));
+    assert_eq!(t.poll_delay(100), Duration::from_secs(300));
+}
+
+// ---- properties over random observation sequences ----
+
+fn arb_run_state() -> impl Strategy<Value = RunState> {
+    prop_oneof![
+        Just(RunState::Running),
+        Just(RunState::Canceling),
+        Just(RunState::Succeeded),
+        Just(RunState::PartiallySucceeded),
+        Just(RunState::Failed),
+        Just(RunState::Canceled),
+        Just(RunState::Unknown("Weird".into())),
+    ]
+}
+
+fn arb_sub() -> impl Strategy<Value = Option<RunSubState>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(RunSubState::Queued)),
+        Just(Some(RunSubState::Building)),
+        Just(Some(RunSubState::Customizing)),
+        Just(Some(RunSubState::Validating)),
+        Just(Some(RunSubState::Distributing)),
+    ]
+}
+
+fn arb_message() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("network: blip".to_string()),
+        Just("customizer: step 'x' exited with 1".to_string()),
+        Just("orphaned: process exited".to_string()),
+        Just("AuthorizationFailed".to_string()),
+        Just("".to_string()),
+    ]
+}
+
+fn arb_obs() -> impl Strategy<Value = Observation> {
+    prop_oneof![
+        Just(Observation::SlotGranted),
+        Just(Observation::Tick),
+        Just(Observation::CancelRequested { reason: "r".into() }),
+        Just(Observation::Provider {
+            status: TemplateStatus::Missing,
+            outputs: vec![],
+            replicated: None
+        }),
+        Just(Observation::Provider {
+            status: TemplateStatus::NotRun,
+            outputs: vec![],
+            replicated: None
+        }),
+        (
+            arb_run_state(),
+            arb_sub(),
+            arb_message(),
+            proptest::option::of(any::<bool>())
+        )
+            .prop_map(|(s, sub, m, replicated)| Observation::Provider {
+                status: TemplateStatus::Run(RunStatus {
+                    run_state: s,
+                    run_sub_state: sub,
+                    message: m,
+                    start_time: None,
+                    end_time: None,
+                }),
+                outputs: vec![],
+                replicated,
+            }),
+        arb_message().prop_map(|m| Observation::SubmitFailed {
+            category: classify(&m),
+            message: m
+        }),
+    ]
+}
+
+/// Drives a build to an end the way the world eventually does: a permanent
+/// provider failure, repeated.
+fn drive_to_end(mut b: Build, mut now: DateTime<Utc>) -> (Build, usize) {
+    let fail = run(RunState::Failed, None, "customizer: step exited with 1");
+    for i in 0..20 {
+        if b.state.is_terminal() {
+            return (b, i);
+        }
+        let obs = match b.state {
+            BuildState::Queued => Observation::SlotGranted,
+            _ => fail.clone(),
+        };
+        b = apply(&b, &obs, now).build;
+        now += chrono::Duration::minutes(1);
+    }
+    (b, 20)
+}
+
+proptest! {
+    #[test]
+    fn terminal_states_are_final(seq in proptest::collection::vec(arb_obs(), 0..40), more in proptest::collection::vec(arb_obs(), 1..10)) {
+        let mut b = queued();
+        let mut now = t0();
+        for o in &seq {
+            b = apply(&b, o, now).build;
+            now += chrono::Duration::seconds(30);
+        }
+        if b.state.is_terminal() {
+            for o in &more {
+                let d = apply(&b, o, now);
+                prop_assert_eq!(&d.build, &b);
+                prop_assert!(d.effects.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn attempts_are_bounded_and_versions_never_change(seq in proptest::collection::vec(arb_obs(), 0..80)) {
+        let mut b = queued();
+        let mut now = t0();
+        for o in &seq {
+            let d = apply(&b, o, now);
+            prop_assert!(d.build.attempt <= d.build.max_attempts);
+            prop_assert!(d.build.attempt >= b.attempt);
+            prop_assert_eq!(d.build.version, b.version);
+            b = d.build;
+            now += chrono::Duration::minutes(7);
+        }
+    }
+
+    #[test]
+    fn every_non_terminal_state_can_reach_a_terminal_one(seq in proptest::collection::vec(arb_obs(), 0..40)) {
+        let mut b = queued();
+        let mut now = t0();
+        for o in &seq {
+            b = apply(&b, o, now).build;
+            now += chrono::Duration::seconds(45);
+        }
+        // By permanent failure…
+        let (end, steps) = drive_to_end(b.clone(), now);
+        prop_assert!(end.state.is_terminal(), "stuck in {:?} after {} steps", end.state, steps);
+        // …by cancel…
+        let c = apply(&b, &Observation::CancelRequested { reason: "r".into() }, now).build;
+        let c = apply(&c, &Observation::Provider { status: TemplateStatus::Missing, outputs: vec![], replicated: None }, now).build;
+        prop_assert!(c.state.is_terminal(), "cancel left {:?}", c.state);
+        // …and by time alone, whatever the provider says (running forever).
+        if !b.state.is_terminal() && b.state != BuildState::Queued {
+            let forever = run(RunState::Running, Some(RunSubState::Customizing), "");
+            let mut x = b.clone();
+            let mut t = now;
+            for _ in 0..6 {
+                t += chrono::Duration::hours(3);
+                x = apply(&x, &forever, t).build;
+                x = apply(&x, &Observation::Provider { status: TemplateStatus::Missing, outputs: vec![], replicated: None }, t).build;
+            }
+            prop_assert!(x.state.is_terminal(), "time left {:?}", x.state);
+        }
+    }
+
+    #[test]
+    fn a_state_change_always_has_a_cause(seq in proptest::collection::vec(arb_obs(), 0..40)) {
+        let mut b = queued();
+        let mut now = t0();
+        for o in &seq {
+            let d = apply(&b, o, now);
+            if d.build.state != b.state || d.build.attempt != b.attempt {
+                prop_assert!(d.cause.is_some());
+            }
+            b = d.build;
+            now += chrono::Duration::seconds(20);
+        }
+    }
+}
