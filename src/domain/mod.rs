@@ -4,6 +4,7 @@ pub mod build;
 pub mod failure;
 pub mod gallery;
 pub mod pipeline;
+pub mod request;
 pub mod retention;
 pub mod run;
 pub mod schedule;

@@ -2,3 +2,7 @@
 
 pub mod db;
 pub use db::Db;
+pub mod builds;
+pub mod queue;
+
+pub use builds::Store;

@@ -1,0 +1,478 @@
+//! Builds, their history, admission keys and pipeline runtime state.
+//!
+//! Every build write is conditional on the row version the writer read
+//! (`UPDATE … WHERE row_version = ?`): a writer that lost a race gets
+//! [`Write::Conflict`], re-reads and re-decides; nothing is overwritten.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+use super::Db;
+use crate::domain::build::{Build, BuildState, Trigger};
+use crate::domain::request::{admit, Admission, AdmissionView};
+use crate::domain::version::ImageVersion;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Written { row_version: i64 },
+    Conflict,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub from: Option<String>,
+    pub to: String,
+    pub cause: String,
+}
+
+/// What a pipeline remembers between invocations.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PipelineMemory {
+    /// The schedule was evaluated up to this instant (catch-up starts here).
+    pub schedule_checked_until: Option<DateTime<Utc>>,
+    /// Newest source version the watcher saw, and when it first saw it.
+    pub source_seen: Option<String>,
+    pub source_seen_at: Option<DateTime<Utc>>,
+    /// Source version of the last build the watcher requested.
+    pub source_requested: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineRuntime {
+    pub consecutive_failures: u32,
+    pub breaker_open_since: Option<DateTime<Utc>>,
+    pub memory: PipelineMemory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BreakerChange {
+    Opened { failures: u32 },
+    Closed,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildFilter {
+    pub pipeline: Option<String>,
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn parse_build(body: String) -> rusqlite::Result<Build> {
+    serde_json::from_str(&body).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn insert_history(
+    tx: &Transaction<'_>,
+    id: &str,
+    at: DateTime<Utc>,
+    from: Option<&str>,
+    to: &str,
+    cause: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO build_history (build_id, seq, at, from_state, to_state, cause)
+         VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM build_history WHERE build_id = ?1), ?2, ?3, ?4, ?5)",
+        params![id, ts(at), from, to, cause],
+    )?;
+    Ok(())
+}
+
+fn insert_build(tx: &Transaction<'_>, b: &Build, now: DateTime<Utc>) -> rusqlite::Result<()> {
+    let body = serde_json::to_string(b).expect("a build serializes");
+    tx.execute(
+        "INSERT INTO builds (id, pipeline, state, terminal, automatic, row_version, created_at, updated_at, next_poll_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6, ?6, ?7)",
+        params![
+            b.id,
+            b.pipeline,
+            b.state.name(),
+            b.state.is_terminal(),
+            b.trigger.is_automatic(),
+            ts(now),
+            body
+        ],
+    )?;
+    insert_history(
+        tx,
+        &b.id,
+        now,
+        None,
+        b.state.name(),
+        &format!("admitted: {}", b.reason),
+    )
+}
+
+/// Result of admitting a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    Created(Build),
+    Existing(String),
+    Coalesced(String),
+    Paused(String),
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<(Build, i64)>> {
+        self.db.with(|c| {
+            c.query_row(
+                "SELECT body, row_version FROM builds WHERE id = ?1",
+                [id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?
+            .map(|(body, v)| parse_build(body).map(|b| (b, v)))
+            .transpose()
+        })
+    }
+
+    pub fn list(&self, f: &BuildFilter) -> anyhow::Result<Vec<Build>> {
+        self.db.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT body FROM builds
+                 WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR state = ?2)
+                 ORDER BY created_at DESC, id DESC LIMIT ?3",
+            )?;
+            let limit = f.limit.unwrap_or(200) as i64;
+            let rows = stmt.query_map(params![f.pipeline, f.state, limit], |r| {
+                r.get::<_, String>(0)
+            })?;
+            rows.map(|r| r.and_then(parse_build)).collect()
+        })
+    }
+
+    pub fn history(&self, id: &str) -> anyhow::Result<Vec<HistoryEntry>> {
+        self.db.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT at, from_state, to_state, cause FROM build_history WHERE build_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                let at: String = r.get(0)?;
+                Ok(HistoryEntry {
+                    at: DateTime::parse_from_rfc3339(&at)
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or_default(),
+                    from: r.get(1)?,
+                    to: r.get(2)?,
+                    cause: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Writes `build` if the row is still at `expected`; appends history when `cause` is set.
+    pub fn update(
+        &self,
+        build: &Build,
+        expected: i64,
+        from: &BuildState,
+        cause: Option<&str>,
+        next_poll_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Write> {
+        let body = serde_json::to_string(build)?;
+        self.db.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE builds SET state = ?1, terminal = ?2, row_version = row_version + 1,
+                        updated_at = ?3, next_poll_at = ?4, body = ?5
+                 WHERE id = ?6 AND row_version = ?7",
+                params![
+                    build.state.name(),
+                    build.state.is_terminal(),
+                    ts(now),
+                    next_poll_at.map(ts),
+                    body,
+                    build.id,
+                    expected
+                ],
+            )?;
+            if n == 0 {
+                return Ok(Write::Conflict);
+            }
+            if let Some(cause) = cause {
+                insert_history(
+                    &tx,
+                    &build.id,
+                    now,
+                    Some(from.name()),
+                    build.state.name(),
+                    cause,
+                )?;
+            }
+            tx.commit()?;
+            Ok(Write::Written {
+                row_version: expected + 1,
+            })
+        })
+    }
+
+    /// Admits a request in one transaction: dedupe by key, breaker, coalescing,
+    /// then `create` builds the new build from the versions already taken.
+    pub fn admit(
+        &self,
+        pipeline: &str,
+        key: &str,
+        trigger: &Trigger,
+        now: DateTime<Utc>,
+        gallery_versions: &[ImageVersion],
+        create: impl FnOnce(&[ImageVersion]) -> anyhow::Result<Build>,
+    ) -> anyhow::Result<Admitted> {
+        let mut create = Some(create);
+        let mut failure = None;
+        let out = self.db.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let existing_for_key: Option<String> = tx
+                .query_row("SELECT build_id FROM request_keys WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?;
+            let queued_build: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM builds WHERE pipeline = ?1 AND state = 'queued' ORDER BY created_at, id LIMIT 1",
+                    [pipeline],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let breaker_open: bool = tx
+                .query_row(
+                    "SELECT breaker_open_since IS NOT NULL FROM pipeline_state WHERE pipeline = ?1",
+                    [pipeline],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
+            let view = AdmissionView {
+                existing_for_key,
+                queued_build,
+                breaker_open,
+            };
+            let result = match admit(trigger, &view) {
+                Admission::Existing { build } => Admitted::Existing(build),
+                Admission::Paused { reason } => Admitted::Paused(reason),
+                Admission::Coalesced { build } => {
+                    tx.execute(
+                        "INSERT INTO request_keys (key, build_id, created_at) VALUES (?1, ?2, ?3)",
+                        params![key, build, ts(now)],
+                    )?;
+                    insert_history(&tx, &build, now, Some("queued"), "queued", &format!("request {key} coalesced into this build"))?;
+                    Admitted::Coalesced(build)
+                }
+                Admission::New => {
+                    let mut taken: Vec<ImageVersion> = gallery_versions.to_vec();
+                    let mut stmt = tx.prepare("SELECT body FROM builds WHERE pipeline = ?1")?;
+                    for body in stmt.query_map([pipeline], |r| r.get::<_, String>(0))? {
+                        taken.push(parse_build(body?)?.version);
+                    }
+                    drop(stmt);
+                    let make = create.take().expect("create is called once");
+                    match make(&taken) {
+                        Ok(build) => {
+                            insert_build(&tx, &build, now)?;
+                            tx.execute(
+                                "INSERT INTO request_keys (key, build_id, created_at) VALUES (?1, ?2, ?3)",
+                                params![key, build.id, ts(now)],
+                            )?;
+                            Admitted::Created(build)
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            return Ok(None);
+                        }
+                    }
+                }
+            };
+            tx.commit()?;
+            Ok(Some(result))
+        })?;
+        match (out, failure) {
+            (Some(a), _) => Ok(a),
+            (None, Some(e)) => Err(e),
+            (None, None) => anyhow::bail!("admission produced no result"),
+        }
+    }
+
+    pub fn build_for_key(&self, key: &str) -> anyhow::Result<Option<String>> {
+        self.db.with(|c| {
+            c.query_row(
+                "SELECT build_id FROM request_keys WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Whether queued build `id` may start: it is the oldest queued build
+    /// that fits under both the pipeline's and the global concurrency limit.
+    pub fn slot_free(&self, id: &str, pipeline_max: u32, global_cap: u32) -> anyhow::Result<bool> {
+        self.db.with(|c| {
+            let (pipeline, created): (String, String) = c.query_row(
+                "SELECT pipeline, created_at FROM builds WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let active_pipeline: i64 = c.query_row(
+                "SELECT COUNT(*) FROM builds WHERE pipeline = ?1 AND terminal = 0 AND state != 'queued'",
+                [&pipeline],
+                |r| r.get(0),
+            )?;
+            let active_all: i64 = c.query_row(
+                "SELECT COUNT(*) FROM builds WHERE terminal = 0 AND state != 'queued'",
+                [],
+                |r| r.get(0),
+            )?;
+            // FIFO inside a pipeline; across pipelines the global cap is first come, first served.
+            let older_queued: i64 = c.query_row(
+                "SELECT COUNT(*) FROM builds WHERE pipeline = ?1 AND state = 'queued' AND (created_at < ?2 OR (created_at = ?2 AND id < ?3))",
+                params![pipeline, created, id],
+                |r| r.get(0),
+            )?;
+            Ok(older_queued == 0
+                && active_pipeline < i64::from(pipeline_max)
+                && active_all < i64::from(global_cap))
+        })
+    }
+
+    /// Non-terminal builds whose next poll is due (the sweeper's work list), oldest first.
+    pub fn due(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
+        self.db.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id FROM builds WHERE terminal = 0 AND (next_poll_at IS NULL OR next_poll_at <= ?1)
+                 ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([ts(now)], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    pub fn queued(&self) -> anyhow::Result<Vec<String>> {
+        self.db.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT id FROM builds WHERE state = 'queued' ORDER BY created_at, id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    pub fn runtime(&self, pipeline: &str) -> anyhow::Result<PipelineRuntime> {
+        self.db.with(|c| {
+            c.query_row(
+                "SELECT consecutive_failures, breaker_open_since, body FROM pipeline_state WHERE pipeline = ?1",
+                [pipeline],
+                |r| {
+                    let since: Option<String> = r.get(1)?;
+                    let body: String = r.get(2)?;
+                    Ok(PipelineRuntime {
+                        consecutive_failures: r.get(0)?,
+                        breaker_open_since: since
+                            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+                            .map(|t| t.with_timezone(&Utc)),
+                        memory: serde_json::from_str(&body).unwrap_or_default(),
+                    })
+                },
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+        })
+    }
+
+    /// Reads, changes and writes a pipeline's memory in one transaction.
+    pub fn update_memory<T>(
+        &self,
+        pipeline: &str,
+        f: impl FnOnce(&mut PipelineMemory) -> T,
+    ) -> anyhow::Result<T> {
+        self.db.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let body: Option<String> = tx
+                .query_row(
+                    "SELECT body FROM pipeline_state WHERE pipeline = ?1",
+                    [pipeline],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut mem: PipelineMemory = body
+                .and_then(|b| serde_json::from_str(&b).ok())
+                .unwrap_or_default();
+            let out = f(&mut mem);
+            tx.execute(
+                "INSERT INTO pipeline_state (pipeline, body) VALUES (?1, ?2)
+                 ON CONFLICT(pipeline) DO UPDATE SET body = excluded.body",
+                params![
+                    pipeline,
+                    serde_json::to_string(&mem).expect("memory serializes")
+                ],
+            )?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Counts a finished automatic build towards the circuit breaker.
+    pub fn record_outcome(
+        &self,
+        pipeline: &str,
+        automatic: bool,
+        succeeded: bool,
+        threshold: u32,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<BreakerChange>> {
+        self.db.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO pipeline_state (pipeline) VALUES (?1) ON CONFLICT(pipeline) DO NOTHING",
+                [pipeline],
+            )?;
+            let (failures, open): (u32, bool) = tx.query_row(
+                "SELECT consecutive_failures, breaker_open_since IS NOT NULL FROM pipeline_state WHERE pipeline = ?1",
+                [pipeline],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let change = if succeeded {
+                tx.execute(
+                    "UPDATE pipeline_state SET consecutive_failures = 0, breaker_open_since = NULL WHERE pipeline = ?1",
+                    [pipeline],
+                )?;
+                open.then_some(BreakerChange::Closed)
+            } else if automatic {
+                let failures = failures + 1;
+                let opens = !open && failures >= threshold;
+                tx.execute(
+                    "UPDATE pipeline_state SET consecutive_failures = ?2,
+                         breaker_open_since = CASE WHEN ?3 THEN ?4 ELSE breaker_open_since END
+                     WHERE pipeline = ?1",
+                    params![pipeline, failures, opens, ts(now)],
+                )?;
+                opens.then_some(BreakerChange::Opened { failures })
+            } else {
+                None
+            };
+            tx.commit()?;
+            Ok(change)
+        })
+    }
+}
