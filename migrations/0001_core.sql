@@ -86,3 +86,9 @@ CREATE TABLE retention_audit (
     policy      TEXT NOT NULL
 );
 CREATE UNIQUE INDEX retention_audit_step ON retention_audit (run_id, definition, version, action);
+
+-- The local host's timers: last firing per function, to catch up a missed one once.
+CREATE TABLE timer_state (
+    function  TEXT PRIMARY KEY,
+    last_fire TEXT NOT NULL
+);

@@ -1,9 +1,13 @@
 //! kiln: a golden-image factory for Azure VM Image Builder.
 //!
 //! Layers: [`domain`] (pure), [`ports`] (traits to the world), [`app`] (one
-//! module per function), [`providers`] (local and Azure adapters), [`host`]
-//! (custom-handler server and local host), [`cli`].
+//! module per function), [`providers`] (local adapters), [`store`] (the
+//! embedded store and queue), [`host`] (custom-handler server and local
+//! host), [`cli`].
 
+pub mod app;
+pub mod config;
 pub mod domain;
+pub mod host;
 pub mod ports;
 pub mod store;

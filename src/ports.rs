@@ -103,3 +103,53 @@ pub trait Inventory: Send + Sync {
     /// abort retention, never be read as "nothing in use".
     async fn in_use(&self) -> anyhow::Result<InUseSet>;
 }
+
+/// A message to send to one of kiln's queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    pub message_id: String,
+    pub body: String,
+    /// Scheduled delivery (Service Bus `ScheduledEnqueueTimeUtc`).
+    pub delay: std::time::Duration,
+}
+
+/// The queues between functions: build requests and build polls.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    async fn send(&self, queue: &str, message: OutgoingMessage) -> anyhow::Result<()>;
+}
+
+/// Time, as a port, so the local host's tests can drive it across a month.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that moves only when told to.
+pub struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self(std::sync::Mutex::new(start))
+    }
+    pub fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().expect("clock mutex") = t;
+    }
+    pub fn advance(&self, d: chrono::Duration) {
+        let mut g = self.0.lock().expect("clock mutex");
+        *g += d;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().expect("clock mutex")
+    }
+}

@@ -1,6 +1,7 @@
 //! Pure types and decisions: no I/O, no async, no clock (time is a parameter).
 
 pub mod build;
+pub mod events_in;
 pub mod failure;
 pub mod gallery;
 pub mod pipeline;
@@ -10,3 +11,4 @@ pub mod run;
 pub mod schedule;
 pub mod template;
 pub mod version;
+pub mod version_order;

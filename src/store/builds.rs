@@ -119,6 +119,38 @@ fn insert_build(tx: &Transaction<'_>, b: &Build, now: DateTime<Utc>) -> rusqlite
     )
 }
 
+fn slot_free(
+    c: &rusqlite::Connection,
+    id: &str,
+    pipeline_max: u32,
+    global_cap: u32,
+) -> rusqlite::Result<bool> {
+    let (pipeline, created): (String, String) = c.query_row(
+        "SELECT pipeline, created_at FROM builds WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let active_pipeline: i64 = c.query_row(
+        "SELECT COUNT(*) FROM builds WHERE pipeline = ?1 AND terminal = 0 AND state != 'queued'",
+        [&pipeline],
+        |r| r.get(0),
+    )?;
+    let active_all: i64 = c.query_row(
+        "SELECT COUNT(*) FROM builds WHERE terminal = 0 AND state != 'queued'",
+        [],
+        |r| r.get(0),
+    )?;
+    let older_queued: i64 = c.query_row(
+        "SELECT COUNT(*) FROM builds WHERE pipeline = ?1 AND state = 'queued'
+           AND (created_at < ?2 OR (created_at = ?2 AND id < ?3))",
+        params![pipeline, created, id],
+        |r| r.get(0),
+    )?;
+    Ok(older_queued == 0
+        && active_pipeline < i64::from(pipeline_max)
+        && active_all < i64::from(global_cap))
+}
+
 /// Result of admitting a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admitted {
@@ -126,6 +158,8 @@ pub enum Admitted {
     Existing(String),
     Coalesced(String),
     Paused(String),
+    /// The request cannot become a build (e.g. its version cannot be chosen).
+    Refused(String),
 }
 
 impl Store {
@@ -241,11 +275,10 @@ impl Store {
         trigger: &Trigger,
         now: DateTime<Utc>,
         gallery_versions: &[ImageVersion],
-        create: impl FnOnce(&[ImageVersion]) -> anyhow::Result<Build>,
+        create: impl FnOnce(&[ImageVersion]) -> Result<Build, String>,
     ) -> anyhow::Result<Admitted> {
         let mut create = Some(create);
-        let mut failure = None;
-        let out = self.db.with(|c| {
+        self.db.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing_for_key: Option<String> = tx
                 .query_row("SELECT build_id FROM request_keys WHERE key = ?1", [key], |r| r.get(0))
@@ -298,21 +331,13 @@ impl Store {
                             )?;
                             Admitted::Created(build)
                         }
-                        Err(e) => {
-                            failure = Some(e);
-                            return Ok(None);
-                        }
+                        Err(reason) => Admitted::Refused(reason),
                     }
                 }
             };
             tx.commit()?;
-            Ok(Some(result))
-        })?;
-        match (out, failure) {
-            (Some(a), _) => Ok(a),
-            (None, Some(e)) => Err(e),
-            (None, None) => anyhow::bail!("admission produced no result"),
-        }
+            Ok(result)
+        })
     }
 
     pub fn build_for_key(&self, key: &str) -> anyhow::Result<Option<String>> {
@@ -327,33 +352,59 @@ impl Store {
     }
 
     /// Whether queued build `id` may start: it is the oldest queued build
-    /// that fits under both the pipeline's and the global concurrency limit.
+    /// of its pipeline and fits under both the pipeline's and the global cap.
     pub fn slot_free(&self, id: &str, pipeline_max: u32, global_cap: u32) -> anyhow::Result<bool> {
+        self.db.with(|c| slot_free(c, id, pipeline_max, global_cap))
+    }
+
+    /// Starts a queued build atomically: the slot check and the conditional
+    /// write happen in one transaction, so two builds cannot take one slot.
+    #[allow(clippy::too_many_arguments)]
+    pub fn claim_slot(
+        &self,
+        build: &Build,
+        expected: i64,
+        pipeline_max: u32,
+        global_cap: u32,
+        cause: &str,
+        next_poll_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Write>> {
+        let body = serde_json::to_string(build)?;
         self.db.with(|c| {
-            let (pipeline, created): (String, String) = c.query_row(
-                "SELECT pipeline, created_at FROM builds WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if !slot_free(&tx, &build.id, pipeline_max, global_cap)? {
+                return Ok(None);
+            }
+            let n = tx.execute(
+                "UPDATE builds SET state = ?1, terminal = ?2, row_version = row_version + 1,
+                        updated_at = ?3, next_poll_at = ?4, body = ?5
+                 WHERE id = ?6 AND row_version = ?7",
+                params![
+                    build.state.name(),
+                    build.state.is_terminal(),
+                    ts(now),
+                    next_poll_at.map(ts),
+                    body,
+                    build.id,
+                    expected
+                ],
             )?;
-            let active_pipeline: i64 = c.query_row(
-                "SELECT COUNT(*) FROM builds WHERE pipeline = ?1 AND terminal = 0 AND state != 'queued'",
-                [&pipeline],
-                |r| r.get(0),
+            if n == 0 {
+                return Ok(Some(Write::Conflict));
+            }
+            insert_history(
+                &tx,
+                &build.id,
+                now,
+                Some("queued"),
+                build.state.name(),
+                cause,
             )?;
-            let active_all: i64 = c.query_row(
-                "SELECT COUNT(*) FROM builds WHERE terminal = 0 AND state != 'queued'",
-                [],
-                |r| r.get(0),
-            )?;
-            // FIFO inside a pipeline; across pipelines the global cap is first come, first served.
-            let older_queued: i64 = c.query_row(
-                "SELECT COUNT(*) FROM builds WHERE pipeline = ?1 AND state = 'queued' AND (created_at < ?2 OR (created_at = ?2 AND id < ?3))",
-                params![pipeline, created, id],
-                |r| r.get(0),
-            )?;
-            Ok(older_queued == 0
-                && active_pipeline < i64::from(pipeline_max)
-                && active_all < i64::from(global_cap))
+            tx.commit()?;
+            Ok(Some(Write::Written {
+                row_version: expected + 1,
+            }))
         })
     }
 

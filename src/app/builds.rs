@@ -1,0 +1,124 @@
+//! Functions `build_requests`, `build_polls` and `build_sweeper`.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::functions::{InvocationResult, MessageMeta};
+use super::{admission, driver, App, POLLS_QUEUE, REQUESTS_QUEUE};
+use crate::domain::request::BuildRequest;
+use crate::store::queue::record_dead_letter;
+
+/// A request that cannot succeed is dead-lettered with its reason at the
+/// first delivery and acknowledged: retrying it would only delay the queue.
+fn refuse(
+    app: &App,
+    queue: &str,
+    text: &str,
+    meta: &MessageMeta,
+    reason: &str,
+    out: &mut InvocationResult,
+) -> anyhow::Result<Value> {
+    record_dead_letter(
+        app.store.db(),
+        queue,
+        &meta.message_id,
+        text,
+        reason,
+        meta.delivery_count,
+        app.clock.now(),
+    )?;
+    out.log(format!(
+        "{queue}: message {} dead-lettered: {reason}",
+        meta.message_id
+    ));
+    Ok(json!({ "outcome": "deadLettered", "reason": reason }))
+}
+
+pub async fn build_requests(
+    app: &App,
+    text: &str,
+    meta: &MessageMeta,
+    out: &mut InvocationResult,
+) -> anyhow::Result<Value> {
+    let req = match BuildRequest::parse(text.as_bytes()) {
+        Ok(r) => r,
+        Err(e) => return refuse(app, REQUESTS_QUEUE, text, meta, &e.to_string(), out),
+    };
+    match admission::admit(app, &req, &meta.message_id).await? {
+        Ok(outcome) => {
+            out.log(format!("build_requests: {} → {:?}", req.pipeline, outcome));
+            Ok(serde_json::to_value(outcome)?)
+        }
+        Err(refused) => refuse(app, REQUESTS_QUEUE, text, meta, &refused.0, out),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Poll {
+    build_id: String,
+}
+
+pub async fn build_polls(
+    app: &App,
+    text: &str,
+    meta: &MessageMeta,
+    out: &mut InvocationResult,
+) -> anyhow::Result<()> {
+    let poll: Poll = match serde_json::from_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            refuse(
+                app,
+                POLLS_QUEUE,
+                text,
+                meta,
+                &format!("not a poll message: {e}"),
+                out,
+            )?;
+            return Ok(());
+        }
+    };
+    if app.store.get(&poll.build_id)?.is_none() {
+        refuse(
+            app,
+            POLLS_QUEUE,
+            text,
+            meta,
+            &format!("buildId: no build {}", poll.build_id),
+            out,
+        )?;
+        return Ok(());
+    }
+    if let Some(b) = driver::advance(app, &poll.build_id, None).await? {
+        out.log(format!("build_polls: {} is {}", b.id, b.state.name()));
+    }
+    Ok(())
+}
+
+/// The safety net: steps every build whose poll is overdue (lost message,
+/// crashed invocation), starts queued builds that fit, delivers events.
+pub async fn build_sweeper(app: &App, out: &mut InvocationResult) -> anyhow::Result<()> {
+    let now = app.clock.now();
+    let due = app.store.due(now)?;
+    let mut failures = 0;
+    for id in &due {
+        if let Err(e) = driver::advance(app, id, None).await {
+            failures += 1;
+            tracing::warn!(build = %id, error = %e, "sweeper could not step build");
+        }
+    }
+    driver::admit_queued(app).await;
+    let delivered = app.events.deliver_due(now).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "event delivery failed");
+        0
+    });
+    out.log(format!(
+        "build_sweeper: stepped {} overdue builds ({failures} failed), delivered {delivered} events",
+        due.len()
+    ));
+    if failures > 0 && failures == due.len() {
+        anyhow::bail!("every overdue build failed to step");
+    }
+    Ok(())
+}

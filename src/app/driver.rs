@@ -1,0 +1,330 @@
+//! The driver: advances one build by one step.
+//!
+//! read (build, row version) → observe the provider → transition (pure) →
+//! conditional write → effects. A lost write race re-reads and re-decides;
+//! effects run only after the new state is durable, and are idempotent
+//! (template names derive from the build id), so a crash between write and
+//! effect is repaired by the next poll or by the sweeper.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::events::CloudEvent;
+use super::{App, POLLS_QUEUE};
+use crate::domain::build::{transition, Build, BuildState, Effect, Observation};
+use crate::domain::template::GalleryImageRef;
+use crate::ports::{OutgoingMessage, RunState, TemplateStatus};
+use crate::store::builds::{BreakerChange, Write};
+
+/// How long a queued build waits before the sweeper looks at it again
+/// (finished builds also wake queued ones directly).
+const QUEUED_RECHECK: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Attempts at a conditional write before giving up for this invocation.
+const MAX_RACES: usize = 8;
+
+/// Advances `build_id` one step. `given` replaces the provider observation
+/// (a cancel request, a submit failure). Returns the build as written.
+pub async fn advance(
+    app: &App,
+    build_id: &str,
+    given: Option<Observation>,
+) -> anyhow::Result<Option<Build>> {
+    let mut wake_queued = false;
+    let mut result = None;
+    let mut pending = given;
+    for _ in 0..MAX_RACES {
+        let Some((build, row_version)) = app.store.get(build_id)? else {
+            anyhow::bail!("build {build_id} does not exist");
+        };
+        if build.state.is_terminal() {
+            return Ok(Some(build));
+        }
+        let now = app.clock.now();
+        let obs = match pending.clone() {
+            Some(o) => o,
+            None => observe(app, &build).await?,
+        };
+        let d = transition(&build, &obs, now, &app.tuning);
+        let next_poll = next_poll_at(&d.effects, &d.build, now);
+        let write = if matches!(build.state, BuildState::Queued)
+            && matches!(obs, Observation::SlotGranted)
+        {
+            let p = app.pipelines.get(&build.pipeline);
+            let pmax = p.map(|p| p.kiln.build.max_concurrent).unwrap_or(1);
+            let cause = d.cause.clone().unwrap_or_default();
+            match app.store.claim_slot(
+                &d.build,
+                row_version,
+                pmax,
+                app.settings.max_active_builds,
+                &cause,
+                next_poll,
+                now,
+            )? {
+                Some(w) => w,
+                // The slot went to someone else between observing and writing.
+                None => return Ok(Some(build)),
+            }
+        } else {
+            if d.cause.is_none() && d.effects.is_empty() {
+                return Ok(Some(build));
+            }
+            app.store.update(
+                &d.build,
+                row_version,
+                &build.state,
+                d.cause.as_deref(),
+                next_poll,
+                now,
+            )?
+        };
+        match write {
+            Write::Conflict => {
+                tracing::debug!(build = build_id, "lost a write race; re-reading");
+                continue;
+            }
+            Write::Written { .. } => {}
+        }
+        if let Some(cause) = &d.cause {
+            announce(app, &build, &d.build, cause, now).await;
+        }
+        let mut follow_up = None;
+        for effect in &d.effects {
+            match effect {
+                Effect::Submit { template } => {
+                    if let Err(e) = submit(app, &d.build, template).await {
+                        tracing::warn!(build = build_id, error = %e, "submit failed");
+                        follow_up = Some(Observation::SubmitFailed {
+                            category: e.category,
+                            message: e.message,
+                        });
+                    }
+                }
+                Effect::CancelRun { template } => {
+                    if let Err(e) = app.builder.cancel(template).await {
+                        tracing::warn!(build = build_id, error = %e, "cancel at the provider failed; the next poll retries");
+                    }
+                }
+                Effect::DeleteTemplate { template } => {
+                    if let Err(e) = app.builder.delete_template(template).await {
+                        tracing::warn!(build = build_id, error = %e, "template cleanup failed");
+                    }
+                }
+                Effect::SchedulePoll { after } => {
+                    let msg = OutgoingMessage {
+                        message_id: format!("poll:{}:{}", d.build.id, uuid::Uuid::new_v4()),
+                        body: json!({ "buildId": d.build.id }).to_string(),
+                        delay: *after,
+                    };
+                    if let Err(e) = app.queue.send(POLLS_QUEUE, msg).await {
+                        // The sweeper finds the build by its next_poll_at.
+                        tracing::warn!(build = build_id, error = %e, "poll not scheduled; the sweeper will step the build");
+                    }
+                }
+                Effect::AdmitQueued => wake_queued = true,
+            }
+        }
+        result = Some(d.build);
+        pending = follow_up;
+        if pending.is_none() {
+            break;
+        }
+    }
+    if wake_queued {
+        admit_queued(app).await;
+    }
+    Ok(result)
+}
+
+/// Gives every queued build a chance at a free slot, oldest first.
+pub async fn admit_queued(app: &App) {
+    let ids = match app.store.queued() {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list queued builds");
+            return;
+        }
+    };
+    for id in ids {
+        if let Err(e) = Box::pin(advance(app, &id, None)).await {
+            tracing::warn!(build = %id, error = %e, "cannot start queued build");
+        }
+    }
+}
+
+fn next_poll_at(effects: &[Effect], b: &Build, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if b.state.is_terminal() {
+        return None;
+    }
+    let polls = effects.iter().filter_map(|e| match e {
+        Effect::SchedulePoll { after } => Some(*after),
+        Effect::Submit { .. }
+        | Effect::CancelRun { .. }
+        | Effect::DeleteTemplate { .. }
+        | Effect::AdmitQueued => None,
+    });
+    // The sweeper's deadline: the poll's time plus slack, so it only acts when the poll was lost.
+    match polls.min() {
+        Some(after) => Some(
+            now + chrono::Duration::from_std(after * 2).unwrap_or_default()
+                + chrono::Duration::seconds(5),
+        ),
+        None => Some(now + QUEUED_RECHECK),
+    }
+}
+
+async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation> {
+    if matches!(b.state, BuildState::Queued) {
+        let p = app.pipelines.get(&b.pipeline);
+        let pmax = p.map(|p| p.kiln.build.max_concurrent).unwrap_or(1);
+        return Ok(
+            if app
+                .store
+                .slot_free(&b.id, pmax, app.settings.max_active_builds)?
+            {
+                Observation::SlotGranted
+            } else {
+                Observation::Tick
+            },
+        );
+    }
+    if let BuildState::Submitting {
+        not_before: Some(at),
+    } = b.state
+    {
+        if at > app.clock.now() {
+            return Ok(Observation::Tick);
+        }
+    }
+    let template = b.template_name();
+    let status = match app.builder.status(&template).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The provider could not be asked: wait and ask again, never decide on it.
+            tracing::warn!(build = %b.id, error = %e, "provider status unavailable");
+            return Ok(Observation::Tick);
+        }
+    };
+    let (outputs, replicated) = match &status {
+        TemplateStatus::Run(run) => match run.run_state {
+            RunState::Succeeded | RunState::PartiallySucceeded => {
+                let outputs = app.builder.run_outputs(&template).await.unwrap_or_default();
+                let replicated = if run.run_state == RunState::PartiallySucceeded {
+                    Some(replication_complete(app, &outputs).await)
+                } else {
+                    None
+                };
+                (outputs, replicated)
+            }
+            RunState::Running
+            | RunState::Canceling
+            | RunState::Failed
+            | RunState::Canceled
+            | RunState::Unknown(_) => (vec![], None),
+        },
+        TemplateStatus::Missing | TemplateStatus::NotRun => (vec![], None),
+    };
+    Ok(Observation::Provider {
+        status,
+        outputs,
+        replicated,
+    })
+}
+
+/// Whether every gallery version in the outputs finished replicating.
+async fn replication_complete(app: &App, outputs: &[crate::ports::RunOutput]) -> bool {
+    for o in outputs {
+        let Some(r) = o.artifact_id.as_deref().and_then(GalleryImageRef::parse) else {
+            continue;
+        };
+        let Some(version) = r.version.as_deref().and_then(|v| v.parse().ok()) else {
+            continue;
+        };
+        match app.gallery.list_versions(&r.definition_id()).await {
+            Ok(versions) => {
+                let done = versions
+                    .iter()
+                    .find(|v| v.version == version)
+                    .is_some_and(|v| {
+                        v.replication
+                            .iter()
+                            .all(|r| r.state.eq_ignore_ascii_case("Completed"))
+                    });
+                if !done {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+async fn submit(app: &App, b: &Build, template: &str) -> Result<(), crate::ports::ProviderError> {
+    let pipeline = app.pipelines.get(&b.pipeline).ok_or_else(|| {
+        crate::ports::ProviderError::new(
+            crate::domain::build::FailureCategory::Internal,
+            format!("pipeline {} is no longer deployed", b.pipeline),
+        )
+    })?;
+    let body = super::render::render(pipeline, b);
+    app.builder.put_template(template, &body).await?;
+    app.builder.run(template).await
+}
+
+/// Publishes the change and, at the end, counts it for the circuit breaker.
+async fn announce(app: &App, before: &Build, after: &Build, cause: &str, now: DateTime<Utc>) {
+    let _ = before;
+    if let Err(e) = app
+        .events
+        .publish(&CloudEvent::build_changed(after, cause, now))
+    {
+        tracing::warn!(build = %after.id, error = %e, "event not recorded");
+    }
+    let succeeded = match &after.state {
+        BuildState::Succeeded { .. } => true,
+        BuildState::Failed { .. } => false,
+        BuildState::Canceled { .. }
+        | BuildState::Queued
+        | BuildState::Submitting { .. }
+        | BuildState::Running { .. }
+        | BuildState::Validating
+        | BuildState::Publishing { .. }
+        | BuildState::Canceling { .. } => return,
+    };
+    let threshold = app
+        .pipelines
+        .get(&after.pipeline)
+        .map(|p| p.kiln.build.circuit_breaker_failures)
+        .unwrap_or(3);
+    match app.store.record_outcome(
+        &after.pipeline,
+        after.trigger.is_automatic(),
+        succeeded,
+        threshold,
+        now,
+    ) {
+        Ok(Some(change)) => {
+            let (kind, detail) = match change {
+                BreakerChange::Opened { failures } => (
+                    "dev.kiln.pipeline.paused",
+                    format!("{failures} consecutive automatic builds failed; automatic triggers are paused until a build succeeds"),
+                ),
+                BreakerChange::Closed => ("dev.kiln.pipeline.resumed", "a build succeeded; automatic triggers are re-armed".to_string()),
+            };
+            tracing::warn!(pipeline = %after.pipeline, "{detail}");
+            let ev = CloudEvent::new(
+                kind.into(),
+                format!("pipelines/{}", after.pipeline),
+                now,
+                json!({ "pipeline": after.pipeline, "detail": detail, "buildId": after.id }),
+            );
+            if let Err(e) = app.events.publish(&ev) {
+                tracing::warn!(error = %e, "event not recorded");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(pipeline = %after.pipeline, error = %e, "breaker not updated"),
+    }
+}

@@ -1,0 +1,47 @@
+//! The functions of the factory and what they share.
+//!
+//! Each function is one module: it decodes its trigger, calls the domain and
+//! the ports, and encodes its outputs. Both hosts (the Functions custom
+//! handler and `kiln local`) invoke them through [`invoke`].
+
+pub mod admission;
+pub mod api;
+pub mod builds;
+pub mod driver;
+pub mod events;
+pub mod functions;
+pub mod pipelines;
+pub mod render;
+pub mod retention;
+pub mod retention_job;
+pub mod triggers;
+
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::domain::build::Tuning;
+use crate::ports::{BaseCatalog, Clock, Gallery, ImageBuilder, Inventory, Queue};
+use crate::store::Store;
+
+pub use functions::{invoke, FunctionName, Invocation, InvocationResult, InvokeError};
+pub use pipelines::PipelineSet;
+
+/// Queue names, as the function.json bindings name them.
+pub const REQUESTS_QUEUE: &str = "build-requests";
+pub const POLLS_QUEUE: &str = "build-polls";
+
+/// Everything a function may use. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub settings: Arc<Settings>,
+    pub pipelines: Arc<PipelineSet>,
+    pub store: Store,
+    pub builder: Arc<dyn ImageBuilder>,
+    pub gallery: Arc<dyn Gallery>,
+    pub catalog: Arc<dyn BaseCatalog>,
+    pub inventory: Arc<dyn Inventory>,
+    pub queue: Arc<dyn Queue>,
+    pub clock: Arc<dyn Clock>,
+    pub events: events::EventSink,
+    pub tuning: Tuning,
+}

@@ -1,0 +1,216 @@
+//! Typed settings, read once at start from the environment (and, for
+//! `kiln local`, from `local.settings.json`'s `Values`, which the Functions
+//! tooling uses too). A missing or contradictory setting stops start-up with
+//! one line naming it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+/// A secret: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Local,
+    Azure,
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub provider: ProviderKind,
+    /// Where the store, the queue and the local provider keep their files.
+    pub data_dir: PathBuf,
+    pub pipelines_dir: PathBuf,
+    pub handlers_dir: PathBuf,
+    /// Builds active at once across all pipelines; the rest wait queued.
+    pub max_active_builds: u32,
+    /// Key required on the events webhook (`x-kiln-key` header or `code` query).
+    pub events_key: Option<Secret>,
+    pub webhook: Option<Webhook>,
+    /// JSON-lines file receiving every CloudEvent kiln emits.
+    pub events_file: Option<PathBuf>,
+    /// Port of the local host's HTTP API.
+    pub http_port: u16,
+    /// The local provider's fault hooks (tests only), as JSON.
+    pub local_faults: Option<String>,
+}
+
+pub type Env = BTreeMap<String, String>;
+
+/// Process environment overlaid on `local.settings.json` values (environment wins).
+pub fn gather_env(local_settings: Option<&Path>) -> anyhow::Result<Env> {
+    let mut env = Env::new();
+    if let Some(path) = local_settings.filter(|p| p.exists()) {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("Cannot read {}", path.display()))?;
+        let doc: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        if let Some(values) = doc.get("Values").and_then(|v| v.as_object()) {
+            for (k, v) in values {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                env.insert(k.clone(), v);
+            }
+        }
+    }
+    env.extend(std::env::vars());
+    Ok(env)
+}
+
+fn get<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
+    env.get(key)
+        .map(String::as_str)
+        .filter(|s| !s.trim().is_empty())
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> anyhow::Result<Settings> {
+        let provider = match get(env, "KILN_PROVIDER").unwrap_or("local") {
+            "local" => ProviderKind::Local,
+            "azure" => ProviderKind::Azure,
+            other => bail!("KILN_PROVIDER: expected `local` or `azure`, got `{other}`"),
+        };
+        let number = |key: &str, default: u32, min: u32| -> anyhow::Result<u32> {
+            match get(env, key) {
+                None => Ok(default),
+                Some(s) => match s.parse::<u32>() {
+                    Ok(n) if n >= min => Ok(n),
+                    _ => bail!("{key}: expected a whole number of at least {min}, got `{s}`"),
+                },
+            }
+        };
+        let webhook = match (
+            get(env, "KILN_WEBHOOK_URL"),
+            get(env, "KILN_WEBHOOK_SECRET"),
+        ) {
+            (Some(url), Some(secret)) => {
+                if !(url.starts_with("https://")
+                    || url.starts_with("http://127.0.0.1")
+                    || url.starts_with("http://localhost"))
+                {
+                    bail!("KILN_WEBHOOK_URL: expected an https:// URL (plain http only on loopback), got `{url}`");
+                }
+                Some(Webhook {
+                    url: url.to_string(),
+                    secret: Secret::new(secret),
+                })
+            }
+            (None, None) => None,
+            (Some(_), None) => bail!(
+                "KILN_WEBHOOK_SECRET: required when KILN_WEBHOOK_URL is set (events are signed)"
+            ),
+            (None, Some(_)) => bail!("KILN_WEBHOOK_URL: required when KILN_WEBHOOK_SECRET is set"),
+        };
+        let data_dir = PathBuf::from(get(env, "KILN_DATA_DIR").unwrap_or(".kiln"));
+        let events_key = get(env, "KILN_EVENTS_KEY").map(Secret::new);
+        if provider == ProviderKind::Azure && events_key.is_none() {
+            bail!("KILN_EVENTS_KEY: required with KILN_PROVIDER=azure (the events endpoint must not be open)");
+        }
+        let http_port = match get(env, "KILN_HTTP_PORT") {
+            None => 7071,
+            Some(s) => s
+                .parse()
+                .with_context(|| format!("KILN_HTTP_PORT: expected a port number, got `{s}`"))?,
+        };
+        Ok(Settings {
+            provider,
+            events_file: Some(
+                get(env, "KILN_EVENTS_FILE")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| data_dir.join("events.jsonl")),
+            ),
+            data_dir,
+            pipelines_dir: PathBuf::from(get(env, "KILN_PIPELINES_DIR").unwrap_or("pipelines")),
+            handlers_dir: PathBuf::from(get(env, "KILN_HANDLERS_DIR").unwrap_or("handlers")),
+            max_active_builds: number("KILN_MAX_ACTIVE_BUILDS", 4, 1)?,
+            events_key,
+            webhook,
+            http_port,
+            local_faults: get(env, "KILN_LOCAL_FAULTS").map(str::to_string),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_run_the_local_factory() {
+        let s = Settings::from_env(&env(&[])).unwrap();
+        assert_eq!(s.provider, ProviderKind::Local);
+        assert_eq!(s.max_active_builds, 4);
+        assert_eq!(s.http_port, 7071);
+        assert!(s.webhook.is_none());
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let e = Settings::from_env(&env(&[("KILN_PROVIDER", "aws")])).unwrap_err();
+        assert!(e.to_string().starts_with("KILN_PROVIDER"), "{e}");
+        let e = Settings::from_env(&env(&[("KILN_MAX_ACTIVE_BUILDS", "0")])).unwrap_err();
+        assert!(e.to_string().starts_with("KILN_MAX_ACTIVE_BUILDS"), "{e}");
+        let e = Settings::from_env(&env(&[("KILN_WEBHOOK_URL", "https://x")])).unwrap_err();
+        assert!(e.to_string().starts_with("KILN_WEBHOOK_SECRET"), "{e}");
+        let e = Settings::from_env(&env(&[("KILN_PROVIDER", "azure")])).unwrap_err();
+        assert!(e.to_string().starts_with("KILN_EVENTS_KEY"), "{e}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::from_env(&env(&[
+            ("KILN_WEBHOOK_URL", "https://hooks.example"),
+            ("KILN_WEBHOOK_SECRET", "s3cr3t-value"),
+        ]))
+        .unwrap();
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn local_settings_values_are_read_and_the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("local.settings.json");
+        std::fs::write(
+            &p,
+            r#"{"IsEncrypted": false, "Values": {"KILN_MAX_ACTIVE_BUILDS": "2", "PATH": "x"}}"#,
+        )
+        .unwrap();
+        let e = gather_env(Some(&p)).unwrap();
+        assert_eq!(e["KILN_MAX_ACTIVE_BUILDS"], "2");
+        assert_ne!(e["PATH"], "x");
+    }
+}

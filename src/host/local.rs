@@ -1,0 +1,303 @@
+//! `kiln local`: the factory on one machine.
+//!
+//! The same function code the Functions host calls, driven by kiln: timers
+//! from the function.json schedules, Service Bus queues from the embedded
+//! durable queue, the HTTP API on a loopback port. Every invocation goes
+//! through [`crate::app::invoke`] with the `{Data, Metadata}` contract.
+//!
+//! Shutdown (SIGINT/SIGTERM) stops taking work, lets running invocations
+//! finish, and leaves every unfinished message in the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension};
+use serde_json::{json, Map, Value};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use super::catalog::{FunctionSpec, TriggerSpec};
+use super::timers;
+use crate::app::functions::timer_payload;
+use crate::app::{invoke, App, FunctionName, Invocation, InvokeError};
+use crate::ports::{Clock, OutgoingMessage, Queue};
+use crate::store::queue::LocalQueue;
+use crate::store::Db;
+
+/// How long a delivered message stays locked to its invocation.
+const LOCK: chrono::Duration = chrono::Duration::seconds(120);
+/// Consumers per queue.
+const WORKERS_PER_QUEUE: usize = 2;
+/// Longest wait between queue checks when nothing wakes the worker.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// The `Queue` port on the embedded queue; wakes local consumers at once.
+pub struct LocalQueuePort {
+    pub queue: LocalQueue,
+    pub clock: Arc<dyn Clock>,
+    pub notify: Arc<Notify>,
+}
+
+#[async_trait]
+impl Queue for LocalQueuePort {
+    async fn send(&self, queue: &str, m: OutgoingMessage) -> anyhow::Result<()> {
+        let now = self.clock.now();
+        let at = now + chrono::Duration::from_std(m.delay).unwrap_or_default();
+        self.queue.send(queue, &m.message_id, &m.body, now, at)?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Makes locks held by a previous (dead) process visible again: on one
+/// machine with one host per data folder, no other consumer can hold them.
+pub fn release_stale_locks(db: &Db, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    db.with(|c| {
+        c.execute(
+            "UPDATE queue_messages SET lock_token = NULL, visible_at = ?1 WHERE lock_token IS NOT NULL",
+            [now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)],
+        )
+    })
+}
+
+pub struct LocalHost {
+    pub app: App,
+    pub specs: Vec<FunctionSpec>,
+    pub queue: LocalQueue,
+    pub notify: Arc<Notify>,
+}
+
+impl LocalHost {
+    /// Runs timers, queue consumers and the HTTP API until `shutdown` fires.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let now = self.app.clock.now();
+        let released = release_stale_locks(self.app.store.db(), now)?;
+        if released > 0 {
+            tracing::info!(released, "released message locks left by a previous run");
+        }
+        let mut tasks = JoinSet::new();
+        for spec in &self.specs {
+            match &spec.trigger {
+                TriggerSpec::Timer {
+                    schedule,
+                    run_on_startup,
+                } => {
+                    let cron = timers::parse_ncrontab(schedule).map_err(anyhow::Error::msg)?;
+                    tasks.spawn(timer_loop(
+                        self.app.clone(),
+                        spec.name,
+                        cron,
+                        *run_on_startup,
+                        shutdown.clone(),
+                    ));
+                }
+                TriggerSpec::ServiceBus {
+                    queue,
+                    max_delivery_count,
+                    ..
+                } => {
+                    for _ in 0..WORKERS_PER_QUEUE {
+                        tasks.spawn(queue_loop(
+                            self.app.clone(),
+                            spec.name,
+                            self.queue.clone(),
+                            queue.clone(),
+                            *max_delivery_count,
+                            self.notify.clone(),
+                            shutdown.clone(),
+                        ));
+                    }
+                }
+                // Served by the HTTP API (`POST /api/events/base-image`).
+                TriggerSpec::EventGrid | TriggerSpec::Http { .. } => {}
+            }
+        }
+        let router = crate::host::serve::router(self.app.clone());
+        let mut http_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let stop = async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+        let _ = shutdown.wait_for(|s| *s).await;
+        tracing::info!("shutting down: finishing running invocations");
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(60), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("invocations still running after 60 s; their messages stay queued and are delivered again");
+        }
+        Ok(())
+    }
+}
+
+fn last_fire(db: &Db, f: FunctionName) -> Option<DateTime<Utc>> {
+    db.with(|c| {
+        c.query_row(
+            "SELECT last_fire FROM timer_state WHERE function = ?1",
+            [f.as_str()],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+    })
+    .ok()
+    .flatten()
+    .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+    .map(|t| t.with_timezone(&Utc))
+}
+
+fn record_fire(db: &Db, f: FunctionName, at: DateTime<Utc>) {
+    let r = db.with(|c| {
+        c.execute(
+            "INSERT INTO timer_state (function, last_fire) VALUES (?1, ?2)
+             ON CONFLICT(function) DO UPDATE SET last_fire = excluded.last_fire",
+            params![f.as_str(), at.to_rfc3339()],
+        )
+    });
+    if let Err(e) = r {
+        tracing::warn!(function = %f, error = %e, "timer state not saved");
+    }
+}
+
+async fn fire_timer(
+    app: &App,
+    f: FunctionName,
+    last: Option<DateTime<Utc>>,
+    next: DateTime<Utc>,
+    past_due: bool,
+) {
+    let mut data = Map::new();
+    data.insert("timer".into(), timer_payload(last, next, past_due));
+    let inv = Invocation {
+        data,
+        metadata: Map::from_iter([("sys".to_string(), sys_meta(f, app.clock.now()))]),
+    };
+    match invoke(app, f, inv).await {
+        Ok(_) => {}
+        // A timer is not retried by the Functions host either; the next tick is.
+        Err(e) => tracing::warn!(function = %f, error = %e, "timer invocation failed"),
+    }
+    record_fire(app.store.db(), f, app.clock.now());
+}
+
+async fn timer_loop(
+    app: App,
+    f: FunctionName,
+    cron: croner::Cron,
+    on_startup: bool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let db = app.store.db().clone();
+    let now = app.clock.now();
+    let last = last_fire(&db, f);
+    let missed = last.is_some_and(|l| timers::missed_since(&cron, l, now));
+    if on_startup || missed {
+        let next = timers::next_after(&cron, now).unwrap_or(now);
+        fire_timer(&app, f, last, next, missed).await;
+    }
+    loop {
+        let now = app.clock.now();
+        let Some(next) = timers::next_after(&cron, now) else {
+            return;
+        };
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let last = last_fire(&db, f);
+        let after = timers::next_after(&cron, next).unwrap_or(next);
+        fire_timer(&app, f, last, after, false).await;
+    }
+}
+
+fn sys_meta(f: FunctionName, now: DateTime<Utc>) -> Value {
+    json!({ "MethodName": f.as_str(), "UtcNow": now.to_rfc3339(), "RandGuid": uuid::Uuid::new_v4().to_string() })
+}
+
+async fn queue_loop(
+    app: App,
+    f: FunctionName,
+    queue: LocalQueue,
+    name: String,
+    max_delivery: u32,
+    notify: Arc<Notify>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let woken = notify.notified();
+        let now = app.clock.now();
+        let delivery = match queue.receive(&name, now, LOCK) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(queue = %name, error = %e, "receive failed");
+                None
+            }
+        };
+        let Some(d) = delivery else {
+            let mut stop = shutdown.clone();
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
+        };
+        let mut data = Map::new();
+        // The Functions host JSON-encodes string messages once more; so do we.
+        data.insert(
+            "msg".into(),
+            Value::String(serde_json::to_string(&d.body).unwrap_or_default()),
+        );
+        let metadata = Map::from_iter([
+            ("MessageId".to_string(), json!(d.message_id)),
+            ("DeliveryCount".to_string(), json!(d.delivery_count)),
+            (
+                "EnqueuedTimeUtc".to_string(),
+                json!(d.enqueued_at.to_rfc3339()),
+            ),
+            ("SequenceNumber".to_string(), json!(d.seq)),
+            ("ContentType".to_string(), json!("application/json")),
+            ("sys".to_string(), sys_meta(f, now)),
+        ]);
+        let result = invoke(&app, f, Invocation { data, metadata }).await;
+        let now = app.clock.now();
+        let settle = match result {
+            Ok(_) => queue.complete(&d).map(|_| ()),
+            Err(e) => {
+                let reason = match &e {
+                    InvokeError::BadPayload(m) => m.clone(),
+                    InvokeError::Failed(err) => format!("{err:#}"),
+                };
+                if d.delivery_count >= max_delivery {
+                    tracing::warn!(queue = %name, message = %d.message_id, "dead-lettered after {} deliveries: {reason}", d.delivery_count);
+                    queue.dead_letter(&d, &format!("MaxDeliveryCountExceeded: {reason}"), now)
+                } else {
+                    let backoff =
+                        chrono::Duration::milliseconds(500 * 2i64.pow(d.delivery_count.min(8)));
+                    tracing::warn!(queue = %name, message = %d.message_id, delivery = d.delivery_count, "invocation failed, retrying: {reason}");
+                    queue.abandon(&d, now + backoff)
+                }
+            }
+        };
+        if let Err(e) = settle {
+            tracing::warn!(queue = %name, error = %e, "message not settled; it will be delivered again");
+        }
+    }
+}
