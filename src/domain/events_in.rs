@@ -7,7 +7,7 @@
 //! `dev.kiln.base-image.updated` (schema in `docs/events-in.md`) and Azure
 //! Resource Manager's `Microsoft.Resources.ResourceWriteSuccess` on a gallery
 //! image version. Every other event is acknowledged and ignored: rejecting
-//! it would only make Event Grid retry it and then dead-letter it.
+//! it would only make Event Grid retry it or dead-letter it.
 
 use serde_json::{Map, Value};
 
