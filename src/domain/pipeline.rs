@@ -69,7 +69,7 @@ pub struct ScheduleSpec {
     /// IANA time zone of `cron`; `patchTuesday` carries its own.
     #[serde(default)]
     pub time_zone: Option<String>,
-    /// Windows in which an automatic build is deferred to the end of the window.
+    /// Windows in which an automatic build is deferred to the first day after the window.
     #[serde(default)]
     pub blackouts: Vec<Blackout>,
 }
