@@ -6,4 +6,5 @@
 
 pub mod domain;
 pub mod ports;
+pub mod providers;
 pub mod store;
