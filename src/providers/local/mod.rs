@@ -321,6 +321,40 @@ impl LocalProvider {
         }))
     }
 
+    /// Waits until a run ends (or `timeout`), then returns its status.
+    /// Wakes at once for runs of this process; polls the store for others.
+    pub async fn wait_run(&self, name: &str, timeout: Duration) -> anyhow::Result<RunStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self
+                .inner
+                .running
+                .lock()
+                .ok()
+                .and_then(|m| m.get(name).map(|h| h.done.clone()));
+            if let Some(mut done) = done {
+                let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
+            }
+            match self.status(name).await? {
+                TemplateStatus::Missing => bail!("template {name} does not exist"),
+                TemplateStatus::NotRun => bail!("template {name} has not run"),
+                TemplateStatus::Run(s)
+                    if !matches!(s.run_state, RunState::Running | RunState::Canceling) =>
+                {
+                    return Ok(s)
+                }
+                TemplateStatus::Run(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "template {name} is still running after {} s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     fn mark_orphan_if_needed(&self, run: &RunRow) -> anyhow::Result<()> {
         if let Some(reason) = self.inner.orphan_reason(run) {
             if self
