@@ -1,0 +1,251 @@
+//! Capture: the staging root becomes an ext4 filesystem image (`mkfs.ext4 -d`,
+//! no mount needed) and a qcow2 (`qemu-img convert`), each with its sha256;
+//! the kernel and initrd are kept beside them for boot tests; the package
+//! list and a provenance manifest complete the artifact.
+
+use std::path::{Path, PathBuf};
+
+use tokio::process::Command;
+
+use super::catalog::ResolvedSource;
+use super::engine::{Build, Fail, Provenance};
+use super::util::{cmp_versions, now, resolve_inside, sha256_file, tree_size, ts};
+
+pub(crate) const FS_LABEL: &str = "kiln-root";
+const MIB: u64 = 1 << 20;
+
+/// The captured artifact in staging/<template>/out.
+#[derive(Debug, Clone)]
+pub(crate) struct Captured {
+    pub dir: PathBuf,
+    pub img: PathBuf,
+    pub qcow2: PathBuf,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+}
+
+/// Filesystem size for `content` bytes: 1.3x plus 64 MiB of headroom (room
+/// for ext4's own metadata and for a booted system to write), in whole MiB.
+pub(crate) fn image_size(content: u64) -> u64 {
+    let want = content + content * 3 / 10 + 64 * MIB;
+    want.div_ceil(MIB) * MIB
+}
+
+/// The newest `/boot/vmlinuz-*` of the image and its initrd, if any; only
+/// regular files (never a symlink, which the host would resolve on its side).
+pub(crate) fn find_kernel(root: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    let boot = resolve_inside(root, "/boot/x", false)
+        .ok()?
+        .parent()?
+        .to_path_buf();
+    let regular = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+    };
+    let mut versions: Vec<String> = std::fs::read_dir(&boot)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.strip_prefix("vmlinuz-").map(str::to_string)
+        })
+        .filter(|v| regular(&boot.join(format!("vmlinuz-{v}"))))
+        .collect();
+    versions.sort_by(|a, b| cmp_versions(a, b));
+    let v = versions.pop()?;
+    let initrd = boot.join(format!("initrd.img-{v}"));
+    Some((
+        boot.join(format!("vmlinuz-{v}")),
+        regular(&initrd).then_some(initrd),
+    ))
+}
+
+pub(crate) async fn tool_version(program: &str, arg: &str) -> String {
+    match Command::new(program).arg(arg).output().await {
+        Ok(o) => {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        }
+        Err(_) => "not installed".to_string(),
+    }
+}
+
+pub(crate) async fn tool_versions() -> serde_json::Value {
+    let (bwrap, mkfs, qemu_img, debugfs) = tokio::join!(
+        tool_version("bwrap", "--version"),
+        tool_version("mkfs.ext4", "-V"),
+        tool_version("qemu-img", "--version"),
+        tool_version("debugfs", "-V"),
+    );
+    serde_json::json!({
+        "kiln": env!("CARGO_PKG_VERSION"),
+        "bwrap": bwrap,
+        "mkfs.ext4": mkfs,
+        "qemu-img": qemu_img,
+        "debugfs": debugfs,
+    })
+}
+
+async fn hash(path: PathBuf) -> Result<String, Fail> {
+    tokio::task::spawn_blocking(move || sha256_file(&path))
+        .await
+        .map_err(Fail::internal)?
+        .map_err(Fail::internal)
+}
+
+pub(crate) async fn capture(
+    b: &Build,
+    source: &ResolvedSource,
+    prov: &Provenance,
+    packages: Option<String>,
+) -> Result<Captured, Fail> {
+    let root = b.staging.join("root");
+    let dir = b.staging.join("out");
+    let img = dir.join("disk.img");
+    let qcow2 = dir.join("disk.qcow2");
+
+    let r = root.clone();
+    let content = tokio::task::spawn_blocking(move || tree_size(&r))
+        .await
+        .map_err(Fail::internal)??;
+    let size = image_size(content);
+    b.log.line(&format!(
+        "capture: {} MiB of content, ext4 image of {} MiB",
+        content.div_ceil(MIB),
+        size / MIB
+    ));
+    let mut mkfs = Command::new("mkfs.ext4");
+    mkfs.arg("-q")
+        .arg("-F")
+        .arg("-d")
+        .arg(&root)
+        .arg("-L")
+        .arg(FS_LABEL)
+        .arg(&img)
+        .arg(format!("{}M", size / MIB));
+    b.tool("mkfs.ext4", mkfs).await?;
+    let mut convert = Command::new("qemu-img");
+    convert
+        .arg("convert")
+        .arg("-O")
+        .arg("qcow2")
+        .arg(&img)
+        .arg(&qcow2);
+    b.tool("qemu-img convert", convert).await?;
+
+    // Both hashes at once: they read different files.
+    let (img_sha, qcow2_sha) = tokio::join!(hash(img.clone()), hash(qcow2.clone()));
+    let (img_sha, qcow2_sha) = (img_sha?, qcow2_sha?);
+    let qcow2_size = std::fs::metadata(&qcow2)?.len();
+
+    let (kernel, initrd) = match find_kernel(&root) {
+        Some((k, i)) => {
+            let boot = dir.join("boot");
+            std::fs::create_dir_all(&boot)?;
+            std::fs::copy(&k, boot.join("vmlinuz"))?;
+            let initrd = match i {
+                Some(i) => {
+                    std::fs::copy(&i, boot.join("initrd.img"))?;
+                    Some(boot.join("initrd.img"))
+                }
+                None => None,
+            };
+            let kname = k.file_name().map(|n| n.to_string_lossy().to_string());
+            (Some((boot.join("vmlinuz"), kname)), initrd)
+        }
+        None => (None, None),
+    };
+
+    let package_count = packages
+        .as_ref()
+        .map(|p| p.lines().filter(|l| !l.is_empty()).count());
+    if let Some(p) = &packages {
+        std::fs::write(dir.join("packages.txt"), p)?;
+    }
+    let tools = b.p.tools().await;
+    let kiln_tags: serde_json::Map<String, serde_json::Value> = b
+        .template
+        .tags
+        .iter()
+        .filter(|(k, _)| k.starts_with("kiln."))
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let manifest = serde_json::json!({
+        "kind": "kiln.local.image",
+        "template": b.name,
+        "templateSha256": b.body_sha256,
+        "location": b.template.location,
+        "tags": kiln_tags,
+        "source": source.describe,
+        "sourceExactVersion": source.exact,
+        "customizers": prov.customizers,
+        "validators": prov.validators,
+        "faultsInjected": prov.faults,
+        "generalized": prov.generalized,
+        "filesystem": {"type": "ext4", "label": FS_LABEL, "sizeBytes": size, "contentBytes": content},
+        "artifacts": {
+            "disk.img": {"format": "raw", "sha256": img_sha, "sizeBytes": size},
+            "disk.qcow2": {"format": "qcow2", "sha256": qcow2_sha, "sizeBytes": qcow2_size},
+        },
+        "kernel": kernel.as_ref().and_then(|(_, n)| n.clone()),
+        "packages": match package_count {
+            Some(n) => serde_json::json!({"manager": "dpkg", "count": n, "file": "packages.txt"}),
+            None => serde_json::json!({"manager": null, "count": 0}),
+        },
+        "tools": tools,
+        "builtAt": ts(now()),
+    });
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).map_err(Fail::internal)?,
+    )?;
+    b.p.records
+        .run_set_manifest(&b.name, &b.p.instance_id, &manifest.to_string())?;
+    b.log.line(&format!(
+        "captured: disk.img sha256 {img_sha}, disk.qcow2 sha256 {qcow2_sha}"
+    ));
+    Ok(Captured {
+        dir,
+        img,
+        qcow2,
+        kernel: kernel.map(|(p, _)| p),
+        initrd,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_leave_headroom_in_whole_mib() {
+        assert_eq!(image_size(0), 64 * MIB);
+        assert_eq!(image_size(100 * MIB), 194 * MIB);
+        assert_eq!(image_size(1) % MIB, 0);
+    }
+
+    #[test]
+    fn kernels_are_regular_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        assert!(find_kernel(dir.path()).is_none());
+        std::fs::write(boot.join("vmlinuz-6.1.0-9-amd64"), "k").unwrap();
+        std::fs::write(boot.join("vmlinuz-6.1.0-10-amd64"), "k").unwrap();
+        std::fs::write(boot.join("initrd.img-6.1.0-10-amd64"), "i").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", boot.join("vmlinuz-9.9.9")).unwrap();
+        let (k, i) = find_kernel(dir.path()).unwrap();
+        assert!(k.ends_with("vmlinuz-6.1.0-10-amd64"));
+        assert!(i.unwrap().ends_with("initrd.img-6.1.0-10-amd64"));
+    }
+}

@@ -1,0 +1,833 @@
+//! One build, start to end: the local analog of an AIB run.
+//!
+//! ```text
+//! Building      resolve the source, copy it to staging/<template>/root
+//! Customizing   injected fault steps (test hooks), then Shell and File customizers
+//! Validating    inVMValidations, generalize, capture (ext4 + qcow2 + sha256 +
+//!               packages + manifest), boot test (kiln.bootTest.check)
+//! Distributing  SharedImage (local gallery, replicas per region), ManagedImage, VHD
+//! ```
+//!
+//! Each state change is written to the store before the work it names, so
+//! `status` reads exactly where a build is. A failure ends the run `Failed`
+//! with a message `<category>: <what>: <last lines>`; the category prefix is
+//! what [`super::classify`] reads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::capture::{self, Captured};
+use super::catalog::{self, SourceData};
+use super::fetch::{fetch, FetchError};
+use super::options::{BuildOptions, BUILD_SECONDS};
+use super::sandbox::{run_process, CancelWatch, Ended, LogSink, ProcOutput, Sandbox};
+use super::util::{now, resolve_inside, sha256_hex, tail_lines};
+use super::{gallery, vm, Inner};
+use crate::domain::build::FailureCategory;
+use crate::domain::template::{Customizer, ImageTemplate, OnBuildError};
+use crate::ports::RunOutput;
+
+/// Why a build stopped early.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    Failed {
+        category: FailureCategory,
+        message: String,
+        /// `errorHandling: abort`: keep the staging folder for a look.
+        keep: bool,
+    },
+    Canceled,
+}
+
+impl Fail {
+    pub fn new(category: FailureCategory, message: impl Into<String>) -> Self {
+        Fail::Failed {
+            category,
+            message: message.into(),
+            keep: false,
+        }
+    }
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(FailureCategory::Internal, e.to_string())
+    }
+    fn keep(self, keep: bool) -> Self {
+        match self {
+            Fail::Failed {
+                category, message, ..
+            } => Fail::Failed {
+                category,
+                message,
+                keep,
+            },
+            c => c,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(e: anyhow::Error) -> Self {
+        Fail::internal(format!("{e:#}"))
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Fail::internal(e)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Customize,
+    Validate,
+}
+
+impl Phase {
+    fn category(self) -> FailureCategory {
+        match self {
+            Phase::Customize => FailureCategory::Customizer,
+            Phase::Validate => FailureCategory::Validation,
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Customize => "customize",
+            Phase::Validate => "validate",
+        }
+    }
+}
+
+/// What the build did, for the provenance manifest.
+#[derive(Debug, Default)]
+pub(crate) struct Provenance {
+    pub customizers: Vec<serde_json::Value>,
+    pub validators: Vec<serde_json::Value>,
+    pub faults: Vec<serde_json::Value>,
+    pub generalized: Vec<String>,
+}
+
+pub(crate) struct Build {
+    pub p: Arc<Inner>,
+    pub name: String,
+    pub template: ImageTemplate,
+    pub body: serde_json::Value,
+    pub body_sha256: String,
+    pub opts: BuildOptions,
+    pub log: LogSink,
+    pub cancel: CancelWatch,
+    pub deadline: Instant,
+    pub build_timeout: Duration,
+    pub staging: PathBuf,
+}
+
+/// How a finished build should be reported.
+pub(crate) struct Finished {
+    pub state: &'static str,
+    pub message: String,
+    pub kept_staging: Option<String>,
+}
+
+impl Build {
+    pub fn new(
+        p: Arc<Inner>,
+        name: &str,
+        template: ImageTemplate,
+        body: serde_json::Value,
+        body_sha256: String,
+        cancel: CancelWatch,
+    ) -> std::io::Result<Self> {
+        let opts = BuildOptions::from_tags(&template.tags);
+        let build_timeout = match template
+            .tags
+            .get(BUILD_SECONDS)
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(s) if s > 0 => Duration::from_secs(s),
+            _ => match template.properties.build_timeout_in_minutes {
+                None | Some(0) => Duration::from_secs(240 * 60),
+                Some(m) => Duration::from_secs(u64::from(m) * 60),
+            },
+        };
+        let log = LogSink::open(&p.log_path(name))?;
+        let staging = p.data_dir.join("staging").join(name);
+        Ok(Build {
+            p,
+            name: name.to_string(),
+            template,
+            body,
+            body_sha256,
+            opts,
+            log,
+            cancel,
+            deadline: Instant::now() + build_timeout,
+            build_timeout,
+            staging,
+        })
+    }
+
+    fn root(&self) -> PathBuf {
+        self.staging.join("root")
+    }
+    fn work(&self) -> PathBuf {
+        self.staging.join("work")
+    }
+    fn out(&self) -> PathBuf {
+        self.staging.join("out")
+    }
+
+    fn sub_state(&self, s: &str) -> Result<(), Fail> {
+        if self.cancel.is_canceled() {
+            return Err(Fail::Canceled);
+        }
+        self.log.line(&format!("==> {s}"));
+        if !self
+            .p
+            .records
+            .run_set_sub_state(&self.name, &self.p.instance_id, s)?
+        {
+            // The run is no longer ours (declared orphaned, or canceled from elsewhere).
+            return Err(Fail::Canceled);
+        }
+        Ok(())
+    }
+
+    /// Runs the build and says how to report it. Never panics on a build error.
+    pub async fn execute(self) -> Finished {
+        let started = std::time::Instant::now();
+        self.log.line(&format!(
+            "==> kiln local build of template {} (instance {}, started {})",
+            self.name,
+            self.p.instance_id,
+            now().to_rfc3339()
+        ));
+        let result = self.stages().await;
+        let finished = match result {
+            Ok(None) => {
+                let _ = std::fs::remove_dir_all(&self.staging);
+                Finished {
+                    state: "Succeeded",
+                    message: String::new(),
+                    kept_staging: None,
+                }
+            }
+            Ok(Some(validation_message)) => {
+                // continueDistributeOnFailure: distributed, yet the run failed.
+                let _ = std::fs::remove_dir_all(&self.staging);
+                Finished {
+                    state: "Failed",
+                    message: validation_message,
+                    kept_staging: None,
+                }
+            }
+            Err(Fail::Canceled) => {
+                let _ = std::fs::remove_dir_all(&self.staging);
+                Finished {
+                    state: "Canceled",
+                    message: "canceled: the run was canceled".to_string(),
+                    kept_staging: None,
+                }
+            }
+            Err(Fail::Failed {
+                category,
+                message,
+                keep,
+            }) => {
+                let mut message = format!("{category}: {message}");
+                let kept = if keep && self.staging.exists() {
+                    message.push_str(&format!(
+                        " (errorHandling abort: staging kept at {})",
+                        self.staging.display()
+                    ));
+                    Some(self.staging.display().to_string())
+                } else {
+                    let _ = std::fs::remove_dir_all(&self.staging);
+                    None
+                };
+                Finished {
+                    state: "Failed",
+                    message,
+                    kept_staging: kept,
+                }
+            }
+        };
+        self.log.line(&format!(
+            "==> {} after {:.1} s{}",
+            finished.state,
+            started.elapsed().as_secs_f64(),
+            if finished.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", finished.message)
+            }
+        ));
+        finished
+    }
+
+    /// The stages; `Ok(Some(msg))` = distributed despite a validation failure.
+    async fn stages(&self) -> Result<Option<String>, Fail> {
+        let t = &self.template;
+        let props = &t.properties;
+        let on_customizer_error = props
+            .error_handling
+            .clone()
+            .unwrap_or_default()
+            .on_customizer_error;
+        let on_validation_error = props
+            .error_handling
+            .clone()
+            .unwrap_or_default()
+            .on_validation_error;
+        let validate = props.validate.clone().unwrap_or_default();
+
+        // ---- Building ----
+        self.sub_state("Building")?;
+        let source = catalog::resolve(&self.p.records, &props.source)
+            .map_err(|e| Fail::internal(format!("source: {e:#}")))?;
+        self.p
+            .records
+            .run_set_source(&self.name, &self.p.instance_id, &source.exact)?;
+        self.log.line(&format!(
+            "source: {} (exact {})",
+            source.describe, source.exact
+        ));
+        if self.staging.exists() {
+            std::fs::remove_dir_all(&self.staging)?;
+        }
+        for d in [self.root(), self.work(), self.out()] {
+            std::fs::create_dir_all(&d)?;
+        }
+        self.materialize(&source.from).await?;
+
+        // ---- Customizing ----
+        self.sub_state("Customizing")?;
+        let mut prov = Provenance::default();
+        let abort_c = on_customizer_error == OnBuildError::Abort;
+        self.inject_faults(&mut prov)
+            .await
+            .map_err(|f| f.keep(abort_c))?;
+        if validate.source_validation_only {
+            self.log
+                .line("validate.sourceValidationOnly: customizers skipped, the source is validated as it is");
+        } else {
+            for (i, c) in props.customize.iter().enumerate() {
+                let rec = self
+                    .step(Phase::Customize, i, props.customize.len(), c)
+                    .await
+                    .map_err(|f| f.keep(abort_c))?;
+                prov.customizers.push(rec);
+            }
+        }
+
+        // ---- Validating ----
+        self.sub_state("Validating")?;
+        let abort_v = on_validation_error == OnBuildError::Abort;
+        let mut validation_failure: Option<String> = None;
+        let n = validate.in_vm_validations.len();
+        for (i, v) in validate.in_vm_validations.iter().enumerate() {
+            match self.step(Phase::Validate, i, n, v).await {
+                Ok(rec) => prov.validators.push(rec),
+                Err(Fail::Failed {
+                    category, message, ..
+                }) if validate.continue_distribute_on_failure => {
+                    self.log.line(&format!(
+                        "validation failed, distributing anyway (continueDistributeOnFailure): {message}"
+                    ));
+                    validation_failure = Some(format!("{category}: {message}"));
+                    break;
+                }
+                Err(f) => return Err(f.keep(abort_v)),
+            }
+        }
+        let root = self.root();
+        prov.generalized =
+            tokio::task::spawn_blocking(move || super::generalize::generalize(&root))
+                .await
+                .map_err(Fail::internal)??;
+        self.log.line(&format!(
+            "generalized: {} paths removed or emptied",
+            prov.generalized.len()
+        ));
+        let packages = self.package_list().await?;
+        let captured = self.capture(&source, &prov, packages).await?;
+        if let Some(bt) = &self.opts.boot_test {
+            if validation_failure.is_none() {
+                if let Err(f) = self.boot_test(&captured, bt).await {
+                    match f {
+                        Fail::Failed {
+                            category, message, ..
+                        } if validate.continue_distribute_on_failure => {
+                            validation_failure = Some(format!("{category}: {message}"));
+                        }
+                        f => return Err(f.keep(abort_v)),
+                    }
+                }
+            }
+        }
+
+        // ---- Distributing ----
+        self.sub_state("Distributing")?;
+        for (i, d) in props.distribute.iter().enumerate() {
+            if self.cancel.is_canceled() {
+                return Err(Fail::Canceled);
+            }
+            let raw = self.body.pointer(&format!("/properties/distribute/{i}"));
+            let out: RunOutput =
+                gallery::distribute(self, &captured, d, raw, &source.exact).await?;
+            self.log.line(&format!(
+                "distributed {}: {}",
+                out.name,
+                out.artifact_id
+                    .as_deref()
+                    .or(out.artifact_uri.as_deref())
+                    .unwrap_or("")
+            ));
+            self.p.records.output_put(&self.name, &out)?;
+        }
+        Ok(validation_failure)
+    }
+
+    /// Runs a host tool for the build (cp, mkfs.ext4, qemu-img, debugfs)
+    /// under the build deadline and cancel; a non-zero exit is `internal`.
+    pub(crate) async fn tool(&self, what: &str, cmd: Command) -> Result<ProcOutput, Fail> {
+        let out = run_process(
+            cmd,
+            &self.log,
+            &format!("[{what}] "),
+            self.deadline,
+            Some(&self.cancel),
+            false,
+        )
+        .await
+        .map_err(|e| Fail::internal(format!("cannot run {what}: {e}")))?;
+        match &out.ended {
+            Ended::Exited(0) => Ok(out),
+            Ended::Exited(code) => Err(Fail::internal(format!(
+                "{what} exited with {code}: {}",
+                tail_lines(&out.tail, 6)
+            ))),
+            Ended::TimedOut => Err(self.build_timeout_fail(what)),
+            Ended::Canceled => Err(Fail::Canceled),
+        }
+    }
+
+    fn build_timeout_fail(&self, during: &str) -> Fail {
+        Fail::new(
+            FailureCategory::Timeout,
+            format!(
+                "the build exceeded its {} limit (buildTimeoutInMinutes) during {during}",
+                human(self.build_timeout)
+            ),
+        )
+    }
+
+    /// Copies the source into staging/<template>/root.
+    async fn materialize(&self, from: &SourceData) -> Result<(), Fail> {
+        let root = self.root();
+        match from {
+            SourceData::Root(src) => {
+                let mut cmd = Command::new("cp");
+                cmd.arg("-a")
+                    .arg("--reflink=auto")
+                    .arg(format!("{}/.", src.display()))
+                    .arg(&root);
+                self.tool("copy source", cmd).await?;
+            }
+            SourceData::Disk(qcow2) => {
+                let raw = self.work().join("source.raw");
+                let mut cmd = Command::new("qemu-img");
+                cmd.arg("convert").arg("-O").arg("raw").arg(qcow2).arg(&raw);
+                self.tool("qemu-img convert", cmd).await?;
+                let mut cmd = Command::new("debugfs");
+                cmd.arg("-R")
+                    .arg(format!("rdump / {}", root.display()))
+                    .arg(&raw);
+                self.tool("debugfs rdump", cmd).await?;
+                let _ = std::fs::remove_file(&raw);
+                let _ = std::fs::remove_dir(root.join("lost+found"));
+                if std::fs::read_dir(&root)?.next().is_none() {
+                    return Err(Fail::internal(format!(
+                        "source: nothing could be read from {}",
+                        qcow2.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn inject_faults(&self, prov: &mut Provenance) -> Result<(), Fail> {
+        for spec in &self.p.faults.specs {
+            if !spec.matches(self.opts.pipeline.as_deref()) {
+                continue;
+            }
+            let Some(use_n) = self.p.records.fault_claim(&spec.key(), spec.times)? else {
+                continue;
+            };
+            let name = spec.step_name();
+            let of = spec.times.map(|t| format!(" of {t}")).unwrap_or_default();
+            self.log
+                .line(&format!("==> [fault] {name} (use {use_n}{of})"));
+            prov.faults
+                .push(serde_json::json!({"fault": spec, "use": use_n}));
+            let script = self.work().join(format!("{name}.sh"));
+            std::fs::write(&script, spec.script())?;
+            let out = self
+                .sandboxed(
+                    &name,
+                    &script,
+                    &["/bin/sh", "/tmp/.kiln/step"],
+                    self.opts.network,
+                )
+                .await?;
+            match out.ended {
+                Ended::Exited(0) => {}
+                Ended::Exited(code) if spec.kind == super::faults::FaultKind::FailTransient => {
+                    return Err(Fail::new(
+                        FailureCategory::Network,
+                        format!(
+                            "step '{name}' exited with {code}: injected transient failure (fault use {use_n}{of}): {}",
+                            tail_lines(&out.tail, 4)
+                        ),
+                    ))
+                }
+                _ => return Err(self.step_failure(Phase::Customize, &name, &out)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `argv` in the sandbox with `script` bound at /tmp/.kiln/step,
+    /// under the step and build deadlines.
+    async fn sandboxed(
+        &self,
+        step: &str,
+        script: &Path,
+        argv: &[&str],
+        network: bool,
+    ) -> Result<ProcOutput, Fail> {
+        let sb = Sandbox {
+            root: &self.root(),
+            network,
+            ro_binds: vec![(script.to_path_buf(), "/tmp/.kiln/step".to_string())],
+        };
+        let deadline = (Instant::now() + self.opts.step_timeout).min(self.deadline);
+        let out = run_process(
+            sb.command(argv),
+            &self.log,
+            &format!("[{step}] "),
+            deadline,
+            Some(&self.cancel),
+            false,
+        )
+        .await
+        .map_err(|e| Fail::internal(format!("cannot start bwrap for step '{step}': {e}")))?;
+        self.forget_mount_points();
+        if out.ended == Ended::Canceled {
+            return Err(Fail::Canceled);
+        }
+        Ok(out)
+    }
+
+    /// bwrap creates an empty /etc/resolv.conf to bind onto when the image has
+    /// none; it is not the image's, so it goes.
+    fn forget_mount_points(&self) {
+        let p = self.root().join("etc/resolv.conf");
+        if let Ok(md) = std::fs::symlink_metadata(&p) {
+            if md.is_file() && md.len() == 0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn step_failure(&self, phase: Phase, step: &str, out: &ProcOutput) -> Fail {
+        let last = tail_lines(&out.tail, 8);
+        match out.ended {
+            Ended::TimedOut if Instant::now() >= self.deadline => {
+                self.build_timeout_fail(&format!("step '{step}'"))
+            }
+            Ended::TimedOut => Fail::new(
+                FailureCategory::Timeout,
+                format!(
+                    "step '{step}' exceeded its {} limit (kiln.stepTimeoutMinutes): {last}",
+                    human(self.opts.step_timeout)
+                ),
+            ),
+            Ended::Exited(code) => Fail::new(
+                phase.category(),
+                format!("step '{step}' exited with {code}: {last}"),
+            ),
+            Ended::Canceled => Fail::Canceled,
+        }
+    }
+
+    /// One customizer or validator.
+    async fn step(
+        &self,
+        phase: Phase,
+        i: usize,
+        n: usize,
+        c: &Customizer,
+    ) -> Result<serde_json::Value, Fail> {
+        let list = match phase {
+            Phase::Customize => "customize",
+            Phase::Validate => "inVMValidations",
+        };
+        let step = c
+            .name()
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{list}[{i}]"));
+        self.log.line(&format!(
+            "==> [{} {}/{}] {} '{}'",
+            phase.label(),
+            i + 1,
+            n,
+            c.kind(),
+            step
+        ));
+        let cat = phase.category();
+        let fetch_fail = |uri: &str, e: FetchError| match e {
+            FetchError::Network(m) => {
+                Fail::new(FailureCategory::Network, format!("step '{step}': {m}"))
+            }
+            FetchError::Missing(m) => Fail::new(cat, format!("step '{step}': {m}")),
+            FetchError::Checksum { .. } => Fail::new(cat, format!("step '{step}': {e} for {uri}")),
+        };
+        let work = self.work().join(format!("{}-{i}", phase.label()));
+        match c {
+            Customizer::Shell {
+                inline,
+                script_uri,
+                sha256_checksum,
+                ..
+            } => {
+                let (argv, sha, uri): (Vec<&str>, String, Option<&str>) = match (inline, script_uri)
+                {
+                    (Some(lines), None) => {
+                        let text = lines.join("\n") + "\n";
+                        std::fs::write(&work, &text)?;
+                        // As AIB (Packer) runs inline commands: `sh -e`, stop at the first failure.
+                        (
+                            vec!["/bin/sh", "-e", "/tmp/.kiln/step"],
+                            sha256_hex(text.as_bytes()),
+                            None,
+                        )
+                    }
+                    (None, Some(uri)) => {
+                        let sha = fetch(&self.p.http, uri, &work, sha256_checksum.as_deref())
+                            .await
+                            .map_err(|e| fetch_fail(uri, e))?;
+                        let shebang = std::fs::read(&work)?.starts_with(b"#!");
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755))?;
+                        let argv = if shebang {
+                            vec!["/tmp/.kiln/step"]
+                        } else {
+                            vec!["/bin/sh", "/tmp/.kiln/step"]
+                        };
+                        (argv, sha, Some(uri.as_str()))
+                    }
+                    _ => {
+                        return Err(Fail::new(
+                            cat,
+                            format!(
+                                "step '{step}': Shell needs exactly one of inline and scriptUri"
+                            ),
+                        ))
+                    }
+                };
+                let out = self
+                    .sandboxed(&step, &work, &argv, self.opts.network)
+                    .await?;
+                if !out.success() {
+                    return Err(self.step_failure(phase, &step, &out));
+                }
+                Ok(
+                    serde_json::json!({"index": i, "name": step, "type": "Shell", "sha256": sha, "scriptUri": uri}),
+                )
+            }
+            Customizer::File {
+                source_uri,
+                destination,
+                sha256_checksum,
+                ..
+            } => {
+                let sha = fetch(&self.p.http, source_uri, &work, sha256_checksum.as_deref())
+                    .await
+                    .map_err(|e| fetch_fail(source_uri, e))?;
+                place_file(&self.root(), &work, destination).map_err(|e| {
+                    Fail::new(
+                        cat,
+                        format!("step '{step}': cannot place {destination}: {e}"),
+                    )
+                })?;
+                self.log.line(&format!(
+                    "[{step}] {source_uri} -> {destination} (sha256 {sha})"
+                ));
+                Ok(
+                    serde_json::json!({"index": i, "name": step, "type": "File", "sha256": sha, "sourceUri": source_uri, "destination": destination}),
+                )
+            }
+            other => Err(Fail::new(
+                cat,
+                format!(
+                    "step '{step}': {} is not supported by the local provider",
+                    other.kind()
+                ),
+            )),
+        }
+    }
+
+    /// `dpkg-query -W` in the sandbox (no network), when the image has dpkg.
+    async fn package_list(&self) -> Result<Option<String>, Fail> {
+        let has_dpkg = resolve_inside(&self.root(), "/usr/bin/dpkg-query", false)
+            .ok()
+            .and_then(|p| std::fs::symlink_metadata(p).ok())
+            .is_some_and(|m| m.is_file());
+        if !has_dpkg {
+            return Ok(None);
+        }
+        let sb = Sandbox {
+            root: &self.root(),
+            network: false,
+            ro_binds: vec![],
+        };
+        let cmd = sb.command(&["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"]);
+        let deadline = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
+        let out = run_process(
+            cmd,
+            &self.log,
+            "[packages] ",
+            deadline,
+            Some(&self.cancel),
+            true,
+        )
+        .await
+        .map_err(Fail::internal)?;
+        match out.ended {
+            Ended::Exited(0) => Ok(out.stdout),
+            Ended::Canceled => Err(Fail::Canceled),
+            Ended::TimedOut => Err(self.build_timeout_fail("the package list")),
+            Ended::Exited(c) => Err(Fail::internal(format!(
+                "dpkg-query exited with {c}: {}",
+                tail_lines(&out.tail, 4)
+            ))),
+        }
+    }
+
+    async fn capture(
+        &self,
+        source: &catalog::ResolvedSource,
+        prov: &Provenance,
+        packages: Option<String>,
+    ) -> Result<Captured, Fail> {
+        capture::capture(self, source, prov, packages).await
+    }
+
+    async fn boot_test(
+        &self,
+        captured: &Captured,
+        bt: &super::options::BootCheck,
+    ) -> Result<(), Fail> {
+        self.log.line("==> boot test (kiln.bootTest)");
+        let Some(kernel) = &captured.kernel else {
+            return Err(Fail::new(
+                FailureCategory::Validation,
+                "boot test: the image has no kernel (/boot/vmlinuz-*); build it from a base with a kernel",
+            ));
+        };
+        let timeout = bt
+            .timeout
+            .min(self.deadline.saturating_duration_since(Instant::now()));
+        let report = vm::boot(
+            &self.p,
+            &captured.qcow2,
+            kernel,
+            captured.initrd.as_deref(),
+            &bt.check,
+            timeout,
+            Some(&self.cancel),
+        )
+        .await
+        .map_err(|e| match e {
+            vm::BootError::Canceled => Fail::Canceled,
+            vm::BootError::Other(e) => {
+                Fail::new(FailureCategory::Validation, format!("boot test: {e:#}"))
+            }
+        })?;
+        for line in report.output.lines() {
+            self.log
+                .line(&format!("[boot-test/{}] {line}", report.accel));
+        }
+        let expect_ok = bt
+            .expect
+            .as_deref()
+            .is_none_or(|e| report.output.contains(e));
+        if report.passed && expect_ok {
+            Ok(())
+        } else {
+            let lines: Vec<String> = report.output.lines().map(str::to_string).collect();
+            let why = if !report.passed {
+                "the check failed".to_string()
+            } else {
+                format!(
+                    "the output lacks `{}`",
+                    bt.expect.clone().unwrap_or_default()
+                )
+            };
+            Err(Fail::new(
+                FailureCategory::Validation,
+                format!(
+                    "boot test ({}): {why}: {}",
+                    report.accel,
+                    tail_lines(&lines, 8)
+                ),
+            ))
+        }
+    }
+}
+
+/// Writes `src` to `dest` (absolute, inside `root`): no `..`, no symlink in
+/// the way, parents created, mode 0644.
+pub(crate) fn place_file(root: &Path, src: &Path, dest: &str) -> std::io::Result<()> {
+    let target = resolve_inside(root, dest, true)?;
+    match std::fs::symlink_metadata(&target) {
+        Ok(md) if md.file_type().is_symlink() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the destination is a symlink",
+            ))
+        }
+        Ok(md) if md.is_dir() => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the destination is a folder",
+            ))
+        }
+        _ => {}
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&target)?;
+    let mut input = std::fs::File::open(src)?;
+    std::io::copy(&mut input, &mut out)?;
+    Ok(())
+}
+
+pub(crate) fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 && s % 60 == 0 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}

@@ -1,0 +1,799 @@
+//! The local provider: real golden images built on one machine.
+//!
+//! It implements the app's ports ([`ImageBuilder`], [`Gallery`],
+//! [`BaseCatalog`], [`Inventory`]) with base root filesystems from a local
+//! catalog, customizers run in a bubblewrap sandbox, generalization, capture
+//! to ext4/qcow2, a local Compute Gallery with regional replicas, and a boot
+//! test under QEMU. It reports in AIB's vocabulary (`runState`,
+//! `runSubState`, `message`, run outputs), so the build state machine cannot
+//! tell it from Azure. See `docs/local-provider.md`.
+//!
+//! Durable state: rows in the shared SQLite store (`local_*` tables) and
+//! files under `data_dir`:
+//!
+//! ```text
+//! bases/<publisher>/<offer>/<sku>/<version>/root/   base root filesystems
+//! staging/<template>/{root,work,out}/                one build (AIB's staging resource group)
+//! gallery/<sub>/<rg>/<gallery>/<image>/<version>/    published versions and replicas
+//! images/<managed image>/   vhd/<template>/         other distributor outputs
+//! logs/<template>.log                                the customization log
+//! ```
+
+mod capture;
+mod catalog;
+mod check;
+mod engine;
+mod faults;
+mod fetch;
+mod gallery;
+mod generalize;
+mod options;
+mod records;
+mod sandbox;
+mod util;
+mod vm;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::domain::build::FailureCategory;
+use crate::domain::gallery::{GalleryVersion, InUseSet};
+use crate::domain::pipeline::FieldError;
+use crate::domain::template::{GalleryImageRef, ImageTemplate, Source};
+use crate::domain::version::ImageVersion;
+use crate::ports::{
+    BaseCatalog, BaseVersion, Gallery, ImageBuilder, Inventory, ProviderError, RunOutput, RunState,
+    RunStatus, RunSubState, TemplateStatus, VersionUpdate,
+};
+use crate::store::Db;
+
+pub use catalog::{BaseFrom, BaseImage};
+pub use faults::{FaultKind, FaultSpec, Faults};
+pub use vm::{BootReport, VmRecord};
+
+use records::{Records, RunRow};
+use util::{now, parse_ts};
+
+/// Whether boot tests may use KVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvmMode {
+    /// KVM when a short probe shows guests run; TCG otherwise.
+    #[default]
+    Auto,
+    /// Always TCG.
+    Off,
+}
+
+pub struct LocalConfig {
+    /// Root of everything the provider writes (bases, staging, gallery, logs).
+    pub data_dir: PathBuf,
+    pub db: Db,
+    /// Unique per process start: runs recorded by another instance whose
+    /// process is gone are reported `Failed` (`orphaned: …`).
+    pub instance_id: String,
+    pub kvm: KvmMode,
+    /// Test hooks (`Faults::from_env()` reads `KILN_LOCAL_FAULTS`).
+    pub faults: Faults,
+}
+
+/// A run as the CLI and API show it (more than AIB's `lastRunStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunDetails {
+    pub template: String,
+    pub status: RunStatus,
+    /// The exact source version (`PlatformImage`) or resource id used.
+    pub source_exact_version: Option<String>,
+    /// The staging folder kept by `errorHandling: abort`.
+    pub staging_kept: Option<PathBuf>,
+    pub log_path: PathBuf,
+    /// The provenance manifest, once the image was captured.
+    pub manifest: Option<serde_json::Value>,
+    pub instance_id: String,
+}
+
+/// A local gallery version with where its files are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedVersion {
+    pub id: String,
+    pub version: GalleryVersion,
+    /// The template run that published it.
+    pub template: String,
+    pub path: PathBuf,
+    pub disk: PathBuf,
+    pub manifest: Option<serde_json::Value>,
+}
+
+/// The failure category a run's message starts with (`customizer: …`).
+/// `orphaned:` (the building process died) is transient; an unknown prefix is internal.
+pub fn classify(message: &str) -> FailureCategory {
+    let prefix = message.split(':').next().unwrap_or("").trim();
+    match prefix {
+        "auth" => FailureCategory::Auth,
+        "policy" => FailureCategory::Policy,
+        "network" => FailureCategory::Network,
+        "quota" => FailureCategory::Quota,
+        "customizer" => FailureCategory::Customizer,
+        "validation" => FailureCategory::Validation,
+        "timeout" => FailureCategory::Timeout,
+        "replication" => FailureCategory::Replication,
+        "transient" | "orphaned" => FailureCategory::Transient,
+        _ => FailureCategory::Internal,
+    }
+}
+
+struct RunHandle {
+    cancel: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+pub(crate) struct Inner {
+    pub data_dir: PathBuf,
+    pub records: Records,
+    pub instance_id: String,
+    pub kvm: KvmMode,
+    pub faults: Faults,
+    pub http: reqwest::Client,
+    pid: u32,
+    pid_start: String,
+    running: Mutex<HashMap<String, RunHandle>>,
+    pub kvm_ok: tokio::sync::Mutex<Option<bool>>,
+    tools: tokio::sync::OnceCell<serde_json::Value>,
+}
+
+impl Inner {
+    pub fn log_path(&self, template: &str) -> PathBuf {
+        self.data_dir.join("logs").join(format!("{template}.log"))
+    }
+
+    pub async fn tools(&self) -> serde_json::Value {
+        self.tools.get_or_init(capture::tool_versions).await.clone()
+    }
+
+    fn has_task(&self, name: &str) -> bool {
+        self.running
+            .lock()
+            .map(|m| m.contains_key(name))
+            .unwrap_or(false)
+    }
+
+    /// An active run nobody is running any more: this instance has no task
+    /// for it, or another instance's process is gone. Another live process
+    /// (a second kiln sharing the store) is left alone.
+    fn orphan_reason(&self, run: &RunRow) -> Option<String> {
+        if !run.is_active() {
+            return None;
+        }
+        if run.instance_id == self.instance_id {
+            return (!self.has_task(&run.template)).then(|| {
+                "orphaned: the build task of this process ended without reporting a result"
+                    .to_string()
+            });
+        }
+        if run.pid != self.pid && util::process_alive(run.pid, &run.pid_start) {
+            return None;
+        }
+        Some(format!(
+            "orphaned: the process running this build exited (instance {}, pid {}) before it finished",
+            run.instance_id, run.pid
+        ))
+    }
+}
+
+/// Removes a run's handle when its task ends (even by panic) and wakes `cancel`.
+struct TaskGuard {
+    inner: Arc<Inner>,
+    name: String,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.inner.running.lock() {
+            m.remove(&self.name);
+        }
+        let _ = self.done.send(true);
+    }
+}
+
+#[derive(Clone)]
+pub struct LocalProvider {
+    inner: Arc<Inner>,
+}
+
+fn perr(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::internal(e)
+}
+
+fn status_of(run: &RunRow) -> RunStatus {
+    RunStatus {
+        run_state: RunState::parse(&run.run_state),
+        run_sub_state: run.run_sub_state.as_deref().map(RunSubState::parse),
+        message: run.message.clone(),
+        start_time: parse_ts(&run.start_time),
+        end_time: run.end_time.as_deref().and_then(parse_ts),
+    }
+}
+
+impl LocalProvider {
+    pub fn new(cfg: LocalConfig) -> anyhow::Result<Self> {
+        for d in ["bases", "staging", "gallery", "logs", "tmp"] {
+            let p = cfg.data_dir.join(d);
+            std::fs::create_dir_all(&p)
+                .with_context(|| format!("Cannot create {}", p.display()))?;
+        }
+        let pid = std::process::id();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                data_dir: cfg.data_dir,
+                records: Records::new(cfg.db),
+                instance_id: cfg.instance_id,
+                kvm: cfg.kvm,
+                faults: cfg.faults,
+                http: fetch::http_client(),
+                pid,
+                pid_start: util::process_start(pid).unwrap_or_default(),
+                running: Mutex::new(HashMap::new()),
+                kvm_ok: tokio::sync::Mutex::new(None),
+                tools: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// The customization log of a template's run (`logs/<template>.log`).
+    pub fn log_path(&self, template: &str) -> PathBuf {
+        self.inner.log_path(template)
+    }
+
+    // ---- base catalog ----
+
+    /// Adds a base version to the catalog (`urn` = `publisher:offer:sku`).
+    /// A newer version of an existing URN is a base-image update.
+    pub async fn import_base(
+        &self,
+        urn: &str,
+        version: &str,
+        from: BaseFrom,
+    ) -> anyhow::Result<BaseImage> {
+        catalog::import(
+            &self.inner.records,
+            &self.inner.data_dir,
+            urn,
+            version,
+            from,
+        )
+        .await
+    }
+
+    pub async fn list_bases(&self) -> anyhow::Result<Vec<BaseImage>> {
+        let mut all: Vec<BaseImage> = self
+            .inner
+            .records
+            .bases(None)?
+            .into_iter()
+            .map(BaseImage::from)
+            .collect();
+        all.sort_by(|a, b| {
+            a.urn
+                .to_ascii_lowercase()
+                .cmp(&b.urn.to_ascii_lowercase())
+                .then_with(|| util::cmp_versions(&a.version, &b.version))
+        });
+        Ok(all)
+    }
+
+    // ---- runs ----
+
+    pub async fn run_details(&self, template: &str) -> anyhow::Result<Option<RunDetails>> {
+        // Through status() so an orphan is reported as such.
+        if !matches!(self.status(template).await?, TemplateStatus::Run(_)) {
+            return Ok(None);
+        }
+        let Some(run) = self.inner.records.run_get(template)? else {
+            return Ok(None);
+        };
+        Ok(Some(RunDetails {
+            template: template.to_string(),
+            status: status_of(&run),
+            source_exact_version: run.source_version.clone(),
+            staging_kept: run.staging.as_ref().map(PathBuf::from),
+            log_path: self.log_path(template),
+            manifest: run
+                .manifest
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
+            instance_id: run.instance_id.clone(),
+        }))
+    }
+
+    /// Waits until a run ends (or `timeout`), then returns its status.
+    /// Wakes at once for runs of this process; polls the store for others.
+    pub async fn wait_run(&self, name: &str, timeout: Duration) -> anyhow::Result<RunStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self
+                .inner
+                .running
+                .lock()
+                .ok()
+                .and_then(|m| m.get(name).map(|h| h.done.clone()));
+            if let Some(mut done) = done {
+                let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
+            }
+            match self.status(name).await? {
+                TemplateStatus::Missing => bail!("template {name} does not exist"),
+                TemplateStatus::NotRun => bail!("template {name} has not run"),
+                TemplateStatus::Run(s)
+                    if !matches!(s.run_state, RunState::Running | RunState::Canceling) =>
+                {
+                    return Ok(s)
+                }
+                TemplateStatus::Run(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "template {name} is still running after {} s",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn mark_orphan_if_needed(&self, run: &RunRow) -> anyhow::Result<()> {
+        if let Some(reason) = self.inner.orphan_reason(run) {
+            if self
+                .inner
+                .records
+                .run_orphan(&run.template, &run.instance_id, &reason, now())?
+            {
+                tracing::warn!(template = %run.template, "{reason}");
+                let _ = std::fs::remove_dir_all(
+                    self.inner.data_dir.join("staging").join(&run.template),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    // ---- gallery ----
+
+    /// Image definition ids of the local gallery.
+    pub async fn gallery_images(&self) -> anyhow::Result<Vec<String>> {
+        self.inner.records.images()
+    }
+
+    /// A version by id (`…/versions/1.2.3` or `…/versions/latest`).
+    pub async fn gallery_version(
+        &self,
+        version_id: &str,
+    ) -> anyhow::Result<Option<PublishedVersion>> {
+        let r = GalleryImageRef::parse(version_id)
+            .with_context(|| format!("`{version_id}` is not a gallery image version id"))?;
+        let def = r.definition_id();
+        let row = match r.version.as_deref() {
+            None => bail!("`{version_id}` names no version"),
+            Some(v) if v.eq_ignore_ascii_case("latest") => {
+                catalog::latest_version(&self.inner.records, &def)?
+            }
+            Some(v) => self
+                .inner
+                .records
+                .version_get(&def, v.parse::<ImageVersion>()?)?,
+        };
+        Ok(row.map(|row| {
+            let path = PathBuf::from(&row.path);
+            PublishedVersion {
+                id: row.id(),
+                version: row.to_gallery_version(),
+                template: row.template.clone(),
+                disk: path.join("disk.qcow2"),
+                manifest: std::fs::read(path.join("manifest.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok()),
+                path,
+            }
+        }))
+    }
+
+    // ---- VMs ----
+
+    /// Boots a published version under QEMU and runs `check` (shell) as init.
+    pub async fn vm_run(
+        &self,
+        version_id: &str,
+        check: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<BootReport> {
+        let v = self
+            .gallery_version(version_id)
+            .await?
+            .with_context(|| format!("gallery image version {version_id} does not exist"))?;
+        let (disk, kernel, initrd) = vm::artifact_files(&v.path);
+        let Some(kernel) = kernel else {
+            bail!(
+                "image version {} has no kernel: its base had no /boot/vmlinuz-* (import a Debian base with --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv to boot it)",
+                v.id
+            );
+        };
+        vm::boot(
+            &self.inner,
+            &disk,
+            &kernel,
+            initrd.as_deref(),
+            check,
+            timeout,
+            None,
+        )
+        .await
+        .map_err(|e| match e {
+            vm::BootError::Canceled => anyhow::anyhow!("boot canceled"),
+            vm::BootError::Other(e) => e,
+        })
+    }
+
+    /// Records a consumer of an image version (or of a definition's latest).
+    /// The same name with the same image is fine; with another image it is an error.
+    pub async fn vm_create(&self, image_version_id: &str, name: &str) -> anyhow::Result<VmRecord> {
+        if !util::safe_component(name) {
+            bail!("`{name}` is not a VM name (1-128 of A-Z a-z 0-9 . - _)");
+        }
+        let r = GalleryImageRef::parse(image_version_id)
+            .with_context(|| format!("`{image_version_id}` is not a gallery image (version) id"))?;
+        let reference = match r.version.as_deref() {
+            Some(v) if !v.eq_ignore_ascii_case("latest") => {
+                let v: ImageVersion = v.parse()?;
+                self.inner
+                    .records
+                    .version_get(&r.definition_id(), v)?
+                    .filter(|row| row.provisioning_state == "Succeeded")
+                    .with_context(|| {
+                        format!("gallery image version {image_version_id} does not exist")
+                    })?
+                    .id()
+            }
+            _ => {
+                let def = r.definition_id();
+                catalog::latest_version(&self.inner.records, &def)?
+                    .with_context(|| format!("gallery image {def} has no version to run"))?;
+                def
+            }
+        };
+        match self.inner.records.vm_insert(name, &reference, now())? {
+            None => {}
+            Some((existing, _)) if existing.eq_ignore_ascii_case(&reference) => {}
+            Some((existing, _)) => bail!("VM {name} already exists with image {existing}"),
+        }
+        self.vm_list()
+            .await?
+            .into_iter()
+            .find(|v| v.name == name)
+            .context("VM record vanished")
+    }
+
+    pub async fn vm_list(&self) -> anyhow::Result<Vec<VmRecord>> {
+        Ok(self
+            .inner
+            .records
+            .vms()?
+            .into_iter()
+            .map(|(name, image_reference, created_at)| VmRecord {
+                name,
+                image_reference,
+                created_at,
+            })
+            .collect())
+    }
+
+    /// Removes a consumer record; true when it existed.
+    pub async fn vm_delete(&self, name: &str) -> anyhow::Result<bool> {
+        self.inner.records.vm_delete(name)
+    }
+}
+
+#[async_trait]
+impl ImageBuilder for LocalProvider {
+    async fn put_template(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), ProviderError> {
+        if !util::safe_component(name) {
+            return Err(ProviderError::new(
+                FailureCategory::Policy,
+                format!("`{name}` is not a template name (1-64 of A-Z a-z 0-9 - _ .)"),
+            ));
+        }
+        let t: ImageTemplate = serde_json::from_value(body.clone()).map_err(|e| {
+            ProviderError::new(
+                FailureCategory::Policy,
+                format!("not a valid image template: {e}"),
+            )
+        })?;
+        let errors = check::check(&t);
+        if !errors.is_empty() {
+            let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            return Err(ProviderError::new(FailureCategory::Policy, text.join("; ")));
+        }
+        let sha = util::sha256_hex(util::canonical_json(body).as_bytes());
+        let r = &self.inner.records;
+        if let Some((_, existing)) = r.template_get(name).map_err(perr)? {
+            if existing == sha {
+                return Ok(());
+            }
+            if let Some(run) = r.run_get(name).map_err(perr)? {
+                let what = if run.is_active() {
+                    "is running"
+                } else {
+                    "has run"
+                };
+                return Err(ProviderError::internal(format!(
+                    "template {name} {what}: its body cannot change (delete it and create a new one)"
+                )));
+            }
+        }
+        r.template_put(name, &body.to_string(), &sha, now())
+            .map_err(perr)
+    }
+
+    async fn run(&self, name: &str) -> Result<(), ProviderError> {
+        let p = &self.inner;
+        let Some((body, sha)) = p.records.template_get(name).map_err(perr)? else {
+            return Err(ProviderError::internal(format!(
+                "template {name} does not exist"
+            )));
+        };
+        if p.records.run_get(name).map_err(perr)?.is_some() {
+            return Ok(()); // ran or running: no twin
+        }
+        let body: serde_json::Value = serde_json::from_str(&body).map_err(perr)?;
+        let template: ImageTemplate = serde_json::from_value(body.clone()).map_err(perr)?;
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        {
+            let mut m = p.running.lock().map_err(perr)?;
+            if m.contains_key(name) {
+                return Ok(());
+            }
+            m.insert(
+                name.to_string(),
+                RunHandle {
+                    cancel: cancel_tx,
+                    done: done_rx,
+                },
+            );
+        }
+        let guard = TaskGuard {
+            inner: p.clone(),
+            name: name.to_string(),
+            done: done_tx,
+        };
+        let row = RunRow {
+            template: name.to_string(),
+            body_sha256: sha.clone(),
+            instance_id: p.instance_id.clone(),
+            pid: p.pid,
+            pid_start: p.pid_start.clone(),
+            run_state: "Running".into(),
+            run_sub_state: Some("Queued".into()),
+            message: String::new(),
+            start_time: util::ts(now()),
+            end_time: None,
+            source_version: None,
+            staging: None,
+            manifest: None,
+        };
+        if !p.records.run_insert(&row).map_err(perr)? {
+            drop(guard);
+            return Ok(());
+        }
+        let inner = p.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let cancel = sandbox::CancelWatch::new(cancel_rx, inner.records.clone(), name.clone());
+            let finished =
+                match engine::Build::new(inner.clone(), &name, template, body, sha, cancel) {
+                    Ok(build) => build.execute().await,
+                    Err(e) => engine::Finished {
+                        state: "Failed",
+                        message: format!("internal: cannot start the build: {e}"),
+                        kept_staging: None,
+                    },
+                };
+            if let Err(e) = inner.records.run_finish(
+                &name,
+                &inner.instance_id,
+                finished.state,
+                &finished.message,
+                finished.kept_staging.as_deref(),
+                now(),
+            ) {
+                tracing::error!(template = %name, "cannot record the end of the run: {e:#}");
+            }
+        });
+        Ok(())
+    }
+
+    async fn status(&self, name: &str) -> Result<TemplateStatus, ProviderError> {
+        let r = &self.inner.records;
+        if r.template_get(name).map_err(perr)?.is_none() {
+            return Ok(TemplateStatus::Missing);
+        }
+        let Some(run) = r.run_get(name).map_err(perr)? else {
+            return Ok(TemplateStatus::NotRun);
+        };
+        if run.is_active() {
+            self.mark_orphan_if_needed(&run).map_err(perr)?;
+            let run = r.run_get(name).map_err(perr)?.unwrap_or(run);
+            return Ok(TemplateStatus::Run(status_of(&run)));
+        }
+        Ok(TemplateStatus::Run(status_of(&run)))
+    }
+
+    async fn run_outputs(&self, name: &str) -> Result<Vec<RunOutput>, ProviderError> {
+        self.inner.records.outputs(name).map_err(perr)
+    }
+
+    async fn cancel(&self, name: &str) -> Result<(), ProviderError> {
+        let p = &self.inner;
+        let Some(run) = p.records.run_get(name).map_err(perr)? else {
+            return Ok(());
+        };
+        if !run.is_active() {
+            return Ok(());
+        }
+        let done = {
+            let m = p.running.lock().map_err(perr)?;
+            m.get(name).map(|h| {
+                let _ = h.cancel.send(true);
+                h.done.clone()
+            })
+        };
+        p.records.run_set_canceling(name).map_err(perr)?;
+        match done {
+            Some(mut done) => {
+                // Wait for the task to kill its sandbox and clean up.
+                let _ = tokio::time::timeout(Duration::from_secs(120), done.wait_for(|d| *d)).await;
+            }
+            None => {
+                if p.orphan_reason(&run).is_some() {
+                    // Nobody runs it: cancel it here.
+                    p.records
+                        .run_finish(
+                            name,
+                            &run.instance_id,
+                            "Canceled",
+                            "canceled: the run was canceled (its process had exited)",
+                            None,
+                            now(),
+                        )
+                        .map_err(perr)?;
+                    let _ = std::fs::remove_dir_all(p.data_dir.join("staging").join(name));
+                }
+                // Else another live process runs it and sees `Canceling` in the store.
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<(), ProviderError> {
+        if let Some(run) = self.inner.records.run_get(name).map_err(perr)? {
+            if run.is_active() {
+                self.cancel(name).await?;
+            }
+        }
+        self.inner.records.template_delete(name).map_err(perr)
+    }
+
+    fn check(&self, template: &ImageTemplate) -> Vec<FieldError> {
+        check::check(template)
+    }
+}
+
+#[async_trait]
+impl Gallery for LocalProvider {
+    async fn list_versions(&self, definition_id: &str) -> anyhow::Result<Vec<GalleryVersion>> {
+        Ok(self
+            .inner
+            .records
+            .versions(definition_id)?
+            .iter()
+            .map(|v| v.to_gallery_version())
+            .collect())
+    }
+
+    async fn update_version(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+        update: &VersionUpdate,
+    ) -> anyhow::Result<()> {
+        if !self.inner.records.version_update(
+            definition_id,
+            version,
+            update.exclude_from_latest,
+            update.end_of_life,
+        )? {
+            bail!("gallery image version {definition_id}/versions/{version} does not exist");
+        }
+        Ok(())
+    }
+
+    async fn delete_version(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+    ) -> anyhow::Result<()> {
+        gallery::delete_version(&self.inner.records, definition_id, version)
+    }
+}
+
+#[async_trait]
+impl BaseCatalog for LocalProvider {
+    async fn versions(&self, source: &Source) -> anyhow::Result<Vec<BaseVersion>> {
+        let r = &self.inner.records;
+        Ok(match source {
+            Source::PlatformImage { .. } => r
+                .bases(Some(&source.line()))?
+                .into_iter()
+                .map(|b| BaseVersion {
+                    version: b.version,
+                    deprecated: b.deprecated,
+                })
+                .collect(),
+            Source::SharedImageVersion { .. } => {
+                let t = now();
+                r.versions(&source.line())?
+                    .into_iter()
+                    .filter(|v| v.provisioning_state == "Succeeded")
+                    .map(|v| BaseVersion {
+                        version: v.version.to_string(),
+                        deprecated: v.exclude_from_latest
+                            || v.end_of_life
+                                .as_deref()
+                                .and_then(parse_ts)
+                                .is_some_and(|e| e <= t),
+                    })
+                    .collect()
+            }
+            Source::ManagedImage { image_id } => r
+                .managed_image_get(image_id)?
+                .map(|m| BaseVersion {
+                    version: m.created_at,
+                    deprecated: false,
+                })
+                .into_iter()
+                .collect(),
+        })
+    }
+}
+
+#[async_trait]
+impl Inventory for LocalProvider {
+    async fn in_use(&self) -> anyhow::Result<InUseSet> {
+        let mut set = InUseSet::default();
+        for (_, image, _) in self.inner.records.vms()? {
+            set.add_reference(&image);
+        }
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+//! Implementations of the ports: the local provider (and, later, Azure).
+
+pub mod local;
