@@ -6,6 +6,7 @@
 //! host), [`cli`].
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod host;

@@ -14,7 +14,9 @@ impl ApiClient {
     pub fn new(base: &str) -> anyhow::Result<Self> {
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
         })
     }
 
@@ -23,18 +25,30 @@ impl ApiClient {
         let text = resp.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
-            let msg = body.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| body.to_string());
+            let msg = body
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
             bail!("{msg} (HTTP {status})");
         }
         Ok((status, body))
     }
 
     fn unreachable(&self) -> String {
-        format!("Cannot reach the kiln API at {}: is `kiln local` running? (set --api)", self.base)
+        format!(
+            "Cannot reach the kiln API at {}: is `kiln local` running? (set --api)",
+            self.base
+        )
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self.http.get(format!("{}{path}", self.base)).send().await.with_context(|| self.unreachable())?;
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
         Ok(self.read(resp).await?.1)
     }
 

@@ -14,7 +14,11 @@ use serde_json::{json, Value};
 use client::ApiClient;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Golden-image factory for Azure VM Image Builder")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Golden-image factory for Azure VM Image Builder"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,7 +27,12 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct ApiOpt {
     /// Base URL of the running app's HTTP API.
-    #[arg(long, global = true, env = "KILN_API", default_value = "http://127.0.0.1:7071")]
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_API",
+        default_value = "http://127.0.0.1:7071"
+    )]
     api: String,
 }
 
@@ -168,10 +177,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             api,
         } => build(&api.api, &pipeline, wait, key, reason, timeout).await,
-        Command::Builds { json, pipeline, api } => builds(&api.api, json, pipeline).await,
+        Command::Builds {
+            json,
+            pipeline,
+            api,
+        } => builds(&api.api, json, pipeline).await,
         Command::Show { id, json, api } => show(&api.api, &id, json).await,
         Command::Cancel { id, api } => {
-            let (_, body) = ApiClient::new(&api.api)?.post(&format!("/api/builds/{id}/cancel"), &json!({})).await?;
+            let (_, body) = ApiClient::new(&api.api)?
+                .post(&format!("/api/builds/{id}/cancel"), &json!({}))
+                .await?;
             println!("{id}: {}", body["state"].as_str().unwrap_or("canceling"));
             Ok(ExitCode::SUCCESS)
         }
@@ -193,7 +208,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schedule {
-            command: ScheduleCmd::Next { pipeline, count, json },
+            command:
+                ScheduleCmd::Next {
+                    pipeline,
+                    count,
+                    json,
+                },
         } => schedule_next(&pipeline, count, json),
         Command::Retention { command } => match command {
             RetentionCmd::Plan { json, api } => {
@@ -202,7 +222,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             RetentionCmd::Apply { api } => {
-                let (_, v) = ApiClient::new(&api.api)?.post("/api/retention/apply", &json!({})).await?;
+                let (_, v) = ApiClient::new(&api.api)?
+                    .post("/api/retention/apply", &json!({}))
+                    .await?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 Ok(ExitCode::SUCCESS)
             }
@@ -238,12 +260,18 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn render(pipeline: &str, version: &str) -> anyhow::Result<ExitCode> {
     let p = load_pipeline(pipeline)?;
-    let version = version.parse().map_err(|e| anyhow::anyhow!("--version: {e}"))?;
+    let version = version
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--version: {e}"))?;
     let now = chrono::Utc::now();
     let b = crate::domain::build::Build {
         id: "preview".into(),
@@ -264,7 +292,10 @@ fn render(pipeline: &str, version: &str) -> anyhow::Result<ExitCode> {
         quiet_polls: 0,
         last_seen: None,
     };
-    println!("{}", serde_json::to_string_pretty(&crate::app::render::render(&p, &b))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&crate::app::render::render(&p, &b))?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -282,14 +313,25 @@ fn schedule_next(pipeline: &str, count: usize, json: bool) -> anyhow::Result<Exi
         println!("{}", serde_json::to_string_pretty(&next)?);
     } else {
         for o in next {
-            let note = if o.deferred { "  (deferred by blackout)" } else { "" };
+            let note = if o.deferred {
+                "  (deferred by blackout)"
+            } else {
+                ""
+            };
             println!("{}  cycle {}{note}", o.fires_at.to_rfc3339(), o.cycle);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn build(api: &str, pipeline: &str, wait: bool, key: Option<String>, reason: Option<String>, timeout: u64) -> anyhow::Result<ExitCode> {
+async fn build(
+    api: &str,
+    pipeline: &str,
+    wait: bool,
+    key: Option<String>,
+    reason: Option<String>,
+    timeout: u64,
+) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(api)?;
     let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let body = json!({
@@ -300,7 +342,10 @@ async fn build(api: &str, pipeline: &str, wait: bool, key: Option<String>, reaso
     });
     let (status, v) = client.post("/api/builds", &body).await?;
     let Some(id) = v["build"].as_str().map(str::to_string) else {
-        anyhow::bail!("request queued (key {}) but not admitted yet (HTTP {status}); see `kiln builds`", v["requestKey"]);
+        anyhow::bail!(
+            "request queued (key {}) but not admitted yet (HTTP {status}); see `kiln builds`",
+            v["requestKey"]
+        );
     };
     println!("{id}");
     if !wait {
@@ -317,7 +362,10 @@ async fn build(api: &str, pipeline: &str, wait: bool, key: Option<String>, reaso
         }
         match state.as_str() {
             "succeeded" => {
-                eprintln!("{id}: published version {}", v["version"].as_str().unwrap_or("?"));
+                eprintln!(
+                    "{id}: published version {}",
+                    v["version"].as_str().unwrap_or("?")
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             "failed" | "canceled" => {
@@ -325,7 +373,10 @@ async fn build(api: &str, pipeline: &str, wait: bool, key: Option<String>, reaso
                 eprintln!(
                     "{id}: {state}: {} {}",
                     detail["category"].as_str().unwrap_or(""),
-                    detail["message"].as_str().or(detail["reason"].as_str()).unwrap_or("")
+                    detail["message"]
+                        .as_str()
+                        .or(detail["reason"].as_str())
+                        .unwrap_or("")
                 );
                 return Ok(ExitCode::FAILURE);
             }
@@ -349,7 +400,10 @@ async fn builds(api: &str, json: bool, pipeline: Option<String>) -> anyhow::Resu
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:<24} {:<12} {:<10} {:>7}  REASON", "ID", "PIPELINE", "STATE", "VERSION", "ATTEMPT");
+    println!(
+        "{:<24} {:<24} {:<12} {:<10} {:>7}  REASON",
+        "ID", "PIPELINE", "STATE", "VERSION", "ATTEMPT"
+    );
     for b in v.as_array().into_iter().flatten() {
         println!(
             "{:<24} {:<24} {:<12} {:<10} {:>7}  {}",
@@ -365,7 +419,9 @@ async fn builds(api: &str, json: bool, pipeline: Option<String>) -> anyhow::Resu
 }
 
 async fn show(api: &str, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let v = ApiClient::new(api)?.get(&format!("/api/builds/{id}")).await?;
+    let v = ApiClient::new(api)?
+        .get(&format!("/api/builds/{id}"))
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -376,9 +432,16 @@ async fn show(api: &str, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     println!("state     {}", v["state"].as_str().unwrap_or(""));
     println!("version   {}", v["version"].as_str().unwrap_or(""));
     println!("attempt   {}/{}", b["attempt"], b["maxAttempts"]);
-    println!("trigger   {}  ({})", b["trigger"]["kind"].as_str().unwrap_or(""), b["reason"].as_str().unwrap_or(""));
+    println!(
+        "trigger   {}  ({})",
+        b["trigger"]["kind"].as_str().unwrap_or(""),
+        b["reason"].as_str().unwrap_or("")
+    );
     if let Some(m) = b["state"]["message"].as_str() {
-        println!("failure   {}: {m}", b["state"]["category"].as_str().unwrap_or(""));
+        println!(
+            "failure   {}: {m}",
+            b["state"]["category"].as_str().unwrap_or("")
+        );
     }
     println!("timeline:");
     for h in v["timeline"].as_array().into_iter().flatten() {
@@ -407,8 +470,13 @@ fn print_plan(v: &Value, json: bool) -> anyhow::Result<()> {
             println!(
                 "  {:<12} {:<10} {}",
                 item["version"].as_str().unwrap_or(""),
-                item["action"].as_str().or(item["action"]["action"].as_str()).unwrap_or(&item["action"].to_string()),
-                item["reason"].as_str().unwrap_or(&item["reason"].to_string())
+                item["action"]
+                    .as_str()
+                    .or(item["action"]["action"].as_str())
+                    .unwrap_or(&item["action"].to_string()),
+                item["reason"]
+                    .as_str()
+                    .unwrap_or(&item["reason"].to_string())
             );
         }
     }

@@ -4,3 +4,4 @@ pub mod catalog;
 pub mod local;
 pub mod serve;
 pub mod timers;
+pub mod wiring;

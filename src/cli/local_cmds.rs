@@ -1,0 +1,294 @@
+//! Commands that run the factory or work on the local data folder.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+
+use crate::config::{gather_env, Settings};
+use crate::host::wiring::{local_provider, local_runtime, open_db};
+use crate::ports::{Gallery, ImageBuilder, SystemClock};
+use crate::providers::local::{BaseFrom, LocalProvider};
+
+#[derive(Subcommand)]
+pub enum BaseCmd {
+    /// Import a base root filesystem under a marketplace-style name (publisher:offer:sku).
+    Import {
+        urn: String,
+        #[arg(long)]
+        version: String,
+        /// Debian suite to build with mmdebstrap (e.g. bookworm).
+        #[arg(long, conflicts_with_all = ["tar", "busybox"])]
+        debian: Option<String>,
+        /// Extra packages for --debian, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "debian")]
+        include: Vec<String>,
+        /// A root filesystem tarball.
+        #[arg(long, conflicts_with = "busybox")]
+        tar: Option<PathBuf>,
+        /// A tiny root from the host's busybox-static, for tests.
+        #[arg(long)]
+        busybox: bool,
+    },
+    /// List base images.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GalleryCmd {
+    /// List image definitions and their versions.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a file from a published version's disk (read without mounting).
+    Cat { version_id: String, path: String },
+}
+
+#[derive(Subcommand)]
+pub enum VmCmd {
+    /// Boot a published version under QEMU and run a check inside.
+    Run {
+        version_id: String,
+        #[arg(long, default_value = "cat /etc/os-release; uname -r")]
+        check: String,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Record a consumer of an image version (retention keeps it).
+    Create {
+        #[arg(long)]
+        image: String,
+        #[arg(long)]
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+fn settings(local_settings: &Path) -> anyhow::Result<Settings> {
+    Settings::from_env(&gather_env(Some(local_settings))?)
+}
+
+fn provider() -> anyhow::Result<LocalProvider> {
+    let s = settings(Path::new("local.settings.json"))?;
+    local_provider(&s, open_db(&s)?)
+}
+
+/// The local provider's template checks, for `kiln validate` (none if the data folder cannot be opened).
+pub fn checker() -> Option<Box<dyn ImageBuilder>> {
+    provider()
+        .ok()
+        .map(|p| Box::new(p) as Box<dyn ImageBuilder>)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Result<ExitCode> {
+    let mut s = settings(local_settings)?;
+    if let Some(p) = port {
+        s.http_port = p;
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.http_port));
+    let runtime = local_runtime(s, Arc::new(SystemClock))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("Cannot listen on {addr} (is another kiln running? use --port)")
+    })?;
+    tracing::info!(%addr, pipelines = ?runtime.app.pipelines.names(), "kiln local is up");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    runtime.into_host().run(listener, rx).await?;
+    tracing::info!("kiln local stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_serve() -> anyhow::Result<ExitCode> {
+    let port: u16 = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .or_else(|_| std::env::var("FUNCTIONS_HTTPWORKER_PORT"))
+        .context("FUNCTIONS_CUSTOMHANDLER_PORT: not set (the Functions host sets it)")?
+        .parse()
+        .context("FUNCTIONS_CUSTOMHANDLER_PORT: expected a port number")?;
+    let s = settings(Path::new("local.settings.json"))?;
+    let runtime = local_runtime(s, Arc::new(SystemClock))?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    tracing::info!(port, "kiln custom handler listening");
+    crate::host::serve::run(listener, runtime.app, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn base(cmd: BaseCmd) -> anyhow::Result<ExitCode> {
+    let p = provider()?;
+    match cmd {
+        BaseCmd::Import {
+            urn,
+            version,
+            debian,
+            include,
+            tar,
+            busybox,
+        } => {
+            let from = match (debian, tar, busybox) {
+                (Some(suite), None, false) => BaseFrom::Debian { suite, include },
+                (None, Some(t), false) => BaseFrom::Tar(t),
+                (None, None, true) => BaseFrom::Busybox,
+                _ => bail!("choose one of --debian SUITE, --tar FILE, --busybox"),
+            };
+            let b = p.import_base(&urn, &version, from).await?;
+            println!("{}", serde_json::to_string(&b)?);
+        }
+        BaseCmd::List { json } => {
+            let bases = p.list_bases().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&bases)?);
+            } else {
+                for b in bases {
+                    println!("{}", serde_json::to_string(&b)?);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn gallery(cmd: GalleryCmd) -> anyhow::Result<ExitCode> {
+    let p = provider()?;
+    match cmd {
+        GalleryCmd::List { json } => {
+            let mut out = Vec::new();
+            for def in p.gallery_images().await? {
+                let mut versions = p.list_versions(&def).await?;
+                versions.sort_by_key(|v| v.version);
+                out.push(serde_json::json!({ "definition": def, "versions": versions }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                for d in &out {
+                    println!("{}", d["definition"].as_str().unwrap_or(""));
+                    for v in d["versions"].as_array().into_iter().flatten() {
+                        let regions: Vec<String> = v["replication"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|r| {
+                                format!(
+                                    "{}x{} {}",
+                                    r["region"].as_str().unwrap_or(""),
+                                    r["replicaCount"],
+                                    r["state"].as_str().unwrap_or("")
+                                )
+                            })
+                            .collect();
+                        println!(
+                            "  {:<12} {}  excludeFromLatest={}  build={}  [{}]",
+                            v["version"].as_str().unwrap_or(""),
+                            v["published"].as_str().unwrap_or("-"),
+                            v["excludeFromLatest"],
+                            v["tags"]["kiln.build"].as_str().unwrap_or("-"),
+                            regions.join(", ")
+                        );
+                    }
+                }
+            }
+        }
+        GalleryCmd::Cat { version_id, path } => {
+            let v = p
+                .gallery_version(&version_id)
+                .await?
+                .with_context(|| format!("gallery image version {version_id} does not exist"))?;
+            print!("{}", read_from_qcow2(&v.disk, &path)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads one file out of a qcow2's ext4 filesystem: convert to raw, then debugfs.
+pub fn read_from_qcow2(qcow2: &Path, path: &str) -> anyhow::Result<String> {
+    let dir = tempfile::Builder::new().prefix("kiln-cat").tempdir()?;
+    let raw = dir.path().join("disk.raw");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(qcow2)
+        .arg(&raw)
+        .status()
+        .context("Cannot run qemu-img")?;
+    if !st.success() {
+        bail!("qemu-img convert of {} failed", qcow2.display());
+    }
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(&raw)
+        .output()
+        .context("Cannot run debugfs")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success()
+        || (text.is_empty() && String::from_utf8_lossy(&out.stderr).contains("not found"))
+    {
+        bail!("{path}: not found in {}", qcow2.display());
+    }
+    Ok(text)
+}
+
+pub async fn vm(cmd: VmCmd) -> anyhow::Result<ExitCode> {
+    let p = provider()?;
+    match cmd {
+        VmCmd::Run {
+            version_id,
+            check,
+            timeout,
+        } => {
+            let r = p
+                .vm_run(&version_id, &check, Duration::from_secs(timeout))
+                .await?;
+            println!("accel: {}", r.accel);
+            println!("{}", r.output);
+            return Ok(if r.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        VmCmd::Create { image, name } => {
+            let r = p.vm_create(&image, &name).await?;
+            println!("{}  {}", r.name, r.image_reference);
+        }
+        VmCmd::List { json } => {
+            let vms = p.vm_list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&vms)?);
+            } else {
+                for v in vms {
+                    println!("{}  {}  {}", v.name, v.image_reference, v.created_at);
+                }
+            }
+        }
+        VmCmd::Delete { name } => {
+            if !p.vm_delete(&name).await? {
+                bail!("no VM named {name}");
+            }
+            println!("deleted {name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

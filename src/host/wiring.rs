@@ -1,0 +1,102 @@
+//! Builds the app from settings: the one constructor shared by `kiln local`,
+//! `kiln serve` with the local provider, and the app-level tests.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+
+use super::catalog::{self, FunctionSpec};
+use super::local::{LocalHost, LocalQueuePort};
+use crate::app::events::EventSink;
+use crate::app::{App, PipelineSet};
+use crate::config::{ProviderKind, Settings};
+use crate::domain::build::Tuning;
+use crate::ports::Clock;
+use crate::providers::local::{Faults, KvmMode, LocalConfig, LocalProvider};
+use crate::store::queue::LocalQueue;
+use crate::store::{Db, Store};
+
+/// Everything `kiln local` runs, assembled.
+pub struct LocalRuntime {
+    pub app: App,
+    pub provider: LocalProvider,
+    pub queue: LocalQueue,
+    pub notify: Arc<Notify>,
+    pub specs: Vec<FunctionSpec>,
+}
+
+impl LocalRuntime {
+    pub fn into_host(self) -> LocalHost {
+        LocalHost {
+            app: self.app,
+            specs: self.specs,
+            queue: self.queue,
+            notify: self.notify,
+        }
+    }
+}
+
+/// Opens the data folder's database (shared by the host and the local CLI commands).
+pub fn open_db(settings: &Settings) -> anyhow::Result<Db> {
+    Db::open(&settings.data_dir.join("kiln.db"))
+}
+
+pub fn local_provider(settings: &Settings, db: Db) -> anyhow::Result<LocalProvider> {
+    let faults = match &settings.local_faults {
+        Some(json) => Faults::parse(json).context("KILN_LOCAL_FAULTS")?,
+        None => Faults::none(),
+    };
+    LocalProvider::new(LocalConfig {
+        data_dir: settings.data_dir.clone(),
+        db,
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        kvm: KvmMode::Auto,
+        faults,
+    })
+}
+
+/// Assembles the factory with the local provider and the embedded queue.
+pub fn local_runtime(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<LocalRuntime> {
+    if settings.provider != ProviderKind::Local {
+        anyhow::bail!("KILN_PROVIDER: `kiln local` runs the local provider; unset KILN_PROVIDER or set it to `local`");
+    }
+    let specs = catalog::load(&settings.handlers_dir)?;
+    let db = open_db(&settings)?;
+    let provider = local_provider(&settings, db.clone())?;
+    let pipelines =
+        PipelineSet::load_dir(&settings.pipelines_dir, Some(&provider)).map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!(
+                "invalid pipelines (run `kiln validate`):\n{}",
+                lines.join("\n")
+            )
+        })?;
+    let queue = LocalQueue::new(db.clone());
+    let notify = Arc::new(Notify::new());
+    let provider_arc = Arc::new(provider.clone());
+    let app = App {
+        pipelines: Arc::new(pipelines),
+        store: Store::new(db.clone()),
+        builder: provider_arc.clone(),
+        gallery: provider_arc.clone(),
+        catalog: provider_arc.clone(),
+        inventory: provider_arc,
+        queue: Arc::new(LocalQueuePort {
+            queue: queue.clone(),
+            clock: clock.clone(),
+            notify: notify.clone(),
+        }),
+        clock,
+        events: EventSink::new(db, settings.events_file.clone(), settings.webhook.clone()),
+        tuning: Tuning::local(),
+        settings: Arc::new(settings),
+    };
+    Ok(LocalRuntime {
+        app,
+        provider,
+        queue,
+        notify,
+        specs,
+    })
+}
