@@ -1,0 +1,269 @@
+//! Builds through the whole factory: admission, the state machine, the local provider.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{tiny, Factory, Options};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_goes_through_the_queue_and_publishes_version_1_0_0() {
+    let f = Factory::start(Options::default()).await;
+    let id = f.build("tiny", None).await;
+    let v = f.wait_terminal(&id, LIMIT).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["version"], "1.0.0");
+    let states: Vec<&str> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"));
+    assert_eq!(states.last(), Some(&"succeeded"));
+    assert!(v["secondsInState"]["queued"].as_f64().is_some());
+    // The next build takes the next patch version.
+    let id2 = f.build("tiny", None).await;
+    assert_eq!(f.wait_terminal(&id2, LIMIT).await["version"], "1.0.1");
+    let gallery = f.get("/api/gallery").await;
+    let versions: Vec<&str> = gallery[0]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1.0.0", "1.0.1"]);
+    assert_eq!(gallery[0]["versions"][0]["tags"]["kiln.build"], json!(id));
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_request_delivered_twenty_times_at_once_yields_one_build() {
+    let f = Factory::start(Options::default()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let api = f.api.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{api}/api/builds"))
+                .json(&json!({"pipeline": "tiny", "idempotencyKey": "storm-1"}))
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["build"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let builds = f.get("/api/builds").await;
+    assert_eq!(builds.as_array().unwrap().len(), 1);
+    f.wait_terminal(&ids[0], LIMIT).await;
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_transient_failures_then_success_ends_succeeded_on_attempt_3() {
+    let faults = r#"[{"pipeline": "flaky", "kind": "fail-transient", "times": 2}]"#.to_string();
+    let f = Factory::start(Options {
+        pipelines: vec![tiny("flaky", json!({}))],
+        env: vec![("KILN_LOCAL_FAULTS", faults)],
+        ..Options::default()
+    })
+    .await;
+    let id = f.build("flaky", None).await;
+    let v = f.wait_terminal(&id, LIMIT).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["build"]["attempt"], 3);
+    assert_eq!(v["version"], "1.0.0", "retries reuse the version");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permanent_failure_names_its_category_and_the_failing_step() {
+    let (name, mut doc) = tiny("broken", json!({}));
+    doc["properties"]["customize"] = json!([{"type": "Shell", "name": "install-agent", "inline": ["echo fetching agent", "exit 3"]}]);
+    let f = Factory::start(Options {
+        pipelines: vec![(name, doc)],
+        ..Options::default()
+    })
+    .await;
+    let id = f.build("broken", None).await;
+    let v = f.wait_terminal(&id, LIMIT).await;
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["build"]["state"]["category"], "customizer");
+    let msg = v["build"]["state"]["message"].as_str().unwrap();
+    assert!(msg.contains("install-agent"), "{msg}");
+    assert!(
+        msg.contains("fetching agent"),
+        "the last lines of output are in the message: {msg}"
+    );
+    assert_eq!(
+        v["build"]["attempt"], 1,
+        "permanent failures are not retried"
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_step_ends_failed_as_timeout() {
+    let faults = r#"[{"pipeline": "hangs", "kind": "hang"}]"#.to_string();
+    let f = Factory::start(Options {
+        pipelines: vec![tiny("hangs", json!({"build": {"stepTimeoutMinutes": 1}}))],
+        env: vec![("KILN_LOCAL_FAULTS", faults)],
+        ..Options::default()
+    })
+    .await;
+    let id = f.build("hangs", None).await;
+    let v = f.wait_terminal(&id, Duration::from_secs(150)).await;
+    assert_eq!(v["state"], "failed", "{v:#}");
+    assert_eq!(v["build"]["state"]["category"], "timeout", "{v:#}");
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_stops_a_running_build_and_it_ends_canceled() {
+    let faults = r#"[{"pipeline": "slow", "kind": "slow", "seconds": 30}]"#.to_string();
+    let f = Factory::start(Options {
+        pipelines: vec![tiny("slow", json!({}))],
+        env: vec![("KILN_LOCAL_FAULTS", faults)],
+        ..Options::default()
+    })
+    .await;
+    let id = f.build("slow", None).await;
+    // Wait until the provider runs it, then cancel.
+    for _ in 0..100 {
+        if f.get(&format!("/api/builds/{id}")).await["state"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = f
+        .post(&format!("/api/builds/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 202);
+    let v = f.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(v["state"], "canceled", "{v:#}");
+    let states: Vec<&str> = v["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to"].as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"canceling"), "{states:?}");
+    // Canceling again is refused: the build already ended.
+    let (status, _) = f
+        .post(&format!("/api/builds/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409);
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_build_per_pipeline_runs_at_a_time_and_queued_requests_coalesce() {
+    let faults = r#"[{"pipeline": "tiny", "kind": "slow", "seconds": 2, "times": 1}]"#.to_string();
+    let f = Factory::start(Options {
+        env: vec![("KILN_LOCAL_FAULTS", faults)],
+        ..Options::default()
+    })
+    .await;
+    let first = f.build("tiny", Some("a")).await;
+    let second = f.build("tiny", Some("b")).await;
+    let third = f.build("tiny", Some("c")).await;
+    assert_ne!(first, second);
+    assert_eq!(
+        second, third,
+        "a request for a pipeline with a queued build joins it"
+    );
+    assert_eq!(
+        f.get(&format!("/api/builds/{second}")).await["state"],
+        "queued"
+    );
+    let v1 = f.wait_terminal(&first, LIMIT).await;
+    let v2 = f.wait_terminal(&second, LIMIT).await;
+    assert_eq!(v1["state"], "succeeded");
+    assert_eq!(v2["state"], "succeeded");
+    let end_first = v1["timeline"].as_array().unwrap().last().unwrap()["at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start_second = v2["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["to"] == "submitting")
+        .unwrap()["at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        start_second >= end_first,
+        "second started {start_second} before first ended {end_first}"
+    );
+    f.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_messages_are_dead_lettered_at_first_delivery_and_nothing_else_changes() {
+    let f = Factory::start(Options::default()).await;
+    let queue = kiln::store::queue::LocalQueue::new(f.app.store.db().clone());
+    let now = chrono::Utc::now();
+    queue
+        .send("build-requests", "bad-json", "{not json", now, now)
+        .unwrap();
+    queue
+        .send(
+            "build-requests",
+            "unknown-pipeline",
+            r#"{"pipeline":"nope"}"#,
+            now,
+            now,
+        )
+        .unwrap();
+    let big = format!(r#"{{"pipeline":"tiny","reason":"{}"}}"#, "x".repeat(20_000));
+    queue
+        .send("build-requests", "too-big", &big, now, now)
+        .unwrap();
+    let good = f.build("tiny", None).await;
+    let mut letters = serde_json::Value::Null;
+    for _ in 0..100 {
+        letters = f.get("/api/deadletters").await;
+        if letters.as_array().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let letters = letters.as_array().unwrap().clone();
+    assert_eq!(letters.len(), 3, "{letters:#?}");
+    for l in &letters {
+        assert_eq!(
+            l["deliveryCount"], 1,
+            "no retries for what cannot succeed: {l}"
+        );
+    }
+    let reason = |id: &str| {
+        letters.iter().find(|l| l["messageId"] == id).unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        reason("bad-json").contains("not a build request"),
+        "{}",
+        reason("bad-json")
+    );
+    assert!(reason("unknown-pipeline").contains("`nope` is not a deployed pipeline"));
+    assert!(reason("too-big").contains("limit"));
+    assert_eq!(f.wait_terminal(&good, LIMIT).await["state"], "succeeded");
+    assert_eq!(f.get("/api/builds").await.as_array().unwrap().len(), 1);
+    // The API refuses an unknown pipeline at once.
+    let (status, v) = f.post("/api/builds", &json!({"pipeline": "nope"})).await;
+    assert_eq!(status, 404, "{v}");
+    f.stop().await;
+}

@@ -1,0 +1,200 @@
+//! The app-level harness: a real `kiln local` (router, queue consumers,
+//! timers, local provider) in the test process, on a loopback port, with a
+//! fresh data folder per test.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use kiln::app::App;
+use kiln::config::{Env, Settings};
+use kiln::host::wiring::{local_runtime, LocalRuntime};
+use kiln::ports::{Clock, SystemClock};
+use kiln::providers::local::{BaseFrom, LocalProvider};
+
+pub const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/Microsoft.Compute";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped tiny pipeline, renamed, publishing to its own image definition,
+/// with `kiln` settings merged in.
+pub fn tiny(name: &str, kiln: Value) -> (String, Value) {
+    let text = std::fs::read_to_string(repo().join("pipelines/tiny.json")).unwrap();
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    doc["properties"]["distribute"][0]["galleryImageId"] =
+        json!(format!("{SUB}/galleries/gal_test/images/{name}"));
+    merge(&mut doc["kiln"], kiln);
+    (name.to_string(), doc)
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+pub struct Options {
+    pub pipelines: Vec<(String, Value)>,
+    pub env: Vec<(&'static str, String)>,
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pipelines: vec![tiny("tiny", json!({}))],
+            env: vec![],
+            clock: None,
+        }
+    }
+}
+
+pub struct Factory {
+    pub dir: tempfile::TempDir,
+    pub app: App,
+    pub provider: LocalProvider,
+    pub api: String,
+    pub http: reqwest::Client,
+    stop: watch::Sender<bool>,
+    host: Option<JoinHandle<()>>,
+}
+
+pub fn settings(dir: &Path, extra: &[(&'static str, String)]) -> Settings {
+    let mut env = Env::new();
+    env.insert(
+        "KILN_DATA_DIR".into(),
+        dir.join("data").display().to_string(),
+    );
+    env.insert(
+        "KILN_PIPELINES_DIR".into(),
+        dir.join("pipelines").display().to_string(),
+    );
+    env.insert(
+        "KILN_HANDLERS_DIR".into(),
+        repo().join("handlers").display().to_string(),
+    );
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.clone());
+    }
+    Settings::from_env(&env).unwrap()
+}
+
+/// The runtime without a running host (for tests that invoke functions themselves).
+pub async fn runtime(dir: &Path, opts: &Options) -> LocalRuntime {
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    for (name, doc) in &opts.pipelines {
+        std::fs::write(
+            dir.join(format!("pipelines/{name}.json")),
+            serde_json::to_vec_pretty(doc).unwrap(),
+        )
+        .unwrap();
+    }
+    let clock = opts.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+    let rt = local_runtime(settings(dir, &opts.env), clock).unwrap();
+    if rt.provider.list_bases().await.unwrap().is_empty() {
+        rt.provider
+            .import_base("kiln:busybox:tiny", "1.0.0", BaseFrom::Busybox)
+            .await
+            .unwrap();
+    }
+    rt
+}
+
+impl Factory {
+    pub async fn start(opts: Options) -> Factory {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path(), &opts).await;
+        let app = rt.app.clone();
+        let provider = rt.provider.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, rx) = watch::channel(false);
+        let host = tokio::spawn(async move {
+            rt.into_host().run(listener, rx).await.unwrap();
+        });
+        Factory {
+            dir,
+            app,
+            provider,
+            api,
+            http: reqwest::Client::new(),
+            stop,
+            host: Some(host),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Requests a build through the API; returns its id.
+    pub async fn build(&self, pipeline: &str, key: Option<&str>) -> String {
+        let (status, v) = self
+            .post(
+                "/api/builds",
+                &json!({"pipeline": pipeline, "idempotencyKey": key, "requestedBy": "test"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        v["build"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until the build ends; panics with its timeline after `limit`.
+    pub async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.get(&format!("/api/builds/{id}")).await;
+            if matches!(
+                v["state"].as_str(),
+                Some("succeeded" | "failed" | "canceled")
+            ) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "build {id} did not end in {limit:?}: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(h) = self.host.take() {
+            tokio::time::timeout(Duration::from_secs(60), h)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}

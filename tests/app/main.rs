@@ -1,0 +1,7 @@
+//! App-level tests: the real router, queue consumers, timers and the local
+//! provider, driven the way the Functions host and users drive them.
+
+mod builds;
+mod handler;
+mod harness;
+mod triggers;
