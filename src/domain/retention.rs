@@ -54,9 +54,12 @@
 //! The same version listed twice (a paging glitch) is planned once, merging
 //! the copies on the protective side: it is pinned, blocked or in use if any
 //! copy says so, excluded from latest or dated only if every copy is, and its
-//! end of life and published date are the latest any copy gives. Versions
-//! whose definition id is not the planned definition are kept and take no
-//! part in the decisions.
+//! end of life and published date are the latest any copy gives.
+//!
+//! The planner takes every version it is given as one of the planned
+//! definition's: comparing a long resource id per version would cost more
+//! than all the rules together. Whoever reads versions from a gallery
+//! filters them with [`belongs_to`] first (the executor does).
 
 use std::fmt;
 use std::ops::Bound;
@@ -225,7 +228,6 @@ pub enum Trigger {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     Skipped(Skip),
-    OtherDefinition,
     CurrentLatest {
         referenced_by_definition: bool,
     },
@@ -288,7 +290,6 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Skipped(skip) => write!(f, "definition skipped: {skip}"),
-            Reason::OtherDefinition => f.write_str("belongs to another image definition"),
             Reason::CurrentLatest {
                 referenced_by_definition,
             } => {
@@ -370,8 +371,7 @@ pub struct PlanItem {
 }
 
 /// The plan for one image definition. `items` has one entry per distinct
-/// version, newest first, then any versions of other definitions that were
-/// passed in by mistake (kept).
+/// version, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
@@ -401,6 +401,14 @@ impl Plan {
     }
 }
 
+/// Whether a listed version is one of `definition_id`'s (ARM ids compare
+/// case-insensitively; a trailing slash does not count).
+pub fn belongs_to(version: &GalleryVersion, definition_id: &str) -> bool {
+    let a = version.definition_id.trim_end_matches('/');
+    let b = definition_id.trim_end_matches('/');
+    a == b || a.eq_ignore_ascii_case(b)
+}
+
 /// One definition to plan, for [`plan_many`].
 #[derive(Debug, Clone, Copy)]
 pub struct PlanInput<'a> {
@@ -410,7 +418,8 @@ pub struct PlanInput<'a> {
     pub status: DefinitionStatus,
 }
 
-/// Plans one definition. See the module documentation for the rules.
+/// Plans one definition. See the module documentation for the rules; every
+/// version must belong to `definition_id` (see [`belongs_to`]).
 pub fn plan(
     definition_id: &str,
     versions: &[GalleryVersion],
@@ -471,11 +480,32 @@ impl Facts {
     }
 }
 
+/// What the rules read of one listed version, copied out in listing order.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    version: ImageVersion,
+    published: Option<DateTime<Utc>>,
+    end_of_life: Option<DateTime<Utc>>,
+    excluded: bool,
+    blocked: bool,
+    pinned: bool,
+}
+
+/// Whether `tags` has `key`. Lengths are compared before bytes, so a key's
+/// text is only read when its length matches: on a large listing the text
+/// of every tag key is a separate cache miss, and that dominated planning.
+fn has_tag(tags: &std::collections::BTreeMap<String, String>, key: &str) -> bool {
+    tags.keys().any(|k| k.len() == key.len() && k == key)
+}
+
 #[derive(Default)]
 struct Planner {
-    /// `(version key, index into the input)`, sorted newest first.
-    order: Vec<(u128, u32)>,
-    foreign: Vec<u32>,
+    /// One row per listed version, in listing order.
+    rows: Vec<Row>,
+    /// `version key << 32 | index into the input`, sorted newest first. The
+    /// 96-bit version key and the 32-bit index fill one `u128` exactly, so
+    /// the sort moves 16-byte integers and compares nothing else.
+    order: Vec<u128>,
     facts: Vec<Facts>,
     /// Versions of this definition referenced by id, sorted.
     in_use: Vec<ImageVersion>,
@@ -494,52 +524,56 @@ impl Planner {
             policy,
             status,
         } = input;
-        let wanted = definition_id.trim_end_matches('/');
+        // More than u32::MAX versions of one definition cannot be listed
+        // (the gallery allows 10,000 per region), so the index fits.
+        debug_assert!(u32::try_from(versions.len()).is_ok());
+        let index = |packed: u128| (packed as u32) as usize;
 
+        // Read every listed version once, in listing order: sequential reads
+        // and independent tag lookups that the CPU can overlap. Everything
+        // after this works on the compact rows, which stay in cache.
         self.order.clear();
-        self.foreign.clear();
+        self.rows.clear();
         for (i, v) in versions.iter().enumerate() {
-            if v.definition_id
-                .trim_end_matches('/')
-                .eq_ignore_ascii_case(wanted)
-            {
-                self.order.push((v.version.key(), i as u32));
-            } else {
-                self.foreign.push(i as u32);
-            }
+            self.order.push((v.version.key() << 32) | i as u128);
+            self.rows.push(Row {
+                version: v.version,
+                published: v.published,
+                end_of_life: v.end_of_life,
+                excluded: v.exclude_from_latest,
+                blocked: v.block_deletion_before_end_of_life,
+                pinned: has_tag(&v.tags, &policy.pin_tag),
+            });
         }
-        // One sort by the integer key: the hot path of the whole planner.
-        self.order
-            .sort_unstable_by_key(|&(key, _)| std::cmp::Reverse(key));
+        self.order.sort_unstable_by_key(|&k| std::cmp::Reverse(k));
 
         self.facts.clear();
-        for group in self.order.chunk_by(|a, b| a.0 == b.0) {
-            let first = &versions[group[0].1 as usize];
+        for group in self.order.chunk_by(|a, b| a >> 32 == b >> 32) {
             let mut f = Facts {
-                version: first.version,
-                published: first.published,
+                version: self.rows[index(group[0])].version,
+                published: self.rows[index(group[0])].published,
                 excluded: true,
                 end_of_life: None,
                 end_of_life_everywhere: true,
                 blocked: false,
                 pinned: false,
             };
-            for &(_, i) in group {
-                let v = &versions[i as usize];
-                f.published = match (f.published, v.published) {
+            for &packed in group {
+                let r = &self.rows[index(packed)];
+                f.published = match (f.published, r.published) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (None, _) | (_, None) => None,
                 };
-                f.excluded &= v.exclude_from_latest;
-                f.end_of_life = f.end_of_life.max(v.end_of_life);
-                f.end_of_life_everywhere &= v.end_of_life.is_some();
-                f.blocked |= v.block_deletion_before_end_of_life;
-                f.pinned |= v.tags.contains_key(&policy.pin_tag);
+                f.excluded &= r.excluded;
+                f.end_of_life = f.end_of_life.max(r.end_of_life);
+                f.end_of_life_everywhere &= r.end_of_life.is_some();
+                f.blocked |= r.blocked;
+                f.pinned |= r.pinned;
             }
             self.facts.push(f);
         }
 
-        let mut items = Vec::with_capacity(self.facts.len() + self.foreign.len());
+        let mut items = Vec::with_capacity(self.facts.len());
         let skip = match status {
             DefinitionStatus::Idle => None,
             DefinitionStatus::Publishing => Some(Skip::Publishing),
@@ -552,15 +586,10 @@ impl Planner {
                 reason: Reason::Skipped(skip.clone()),
             }));
         } else {
-            let latest_referenced = self.collect_in_use(wanted, in_use);
+            let latest_referenced =
+                self.collect_in_use(definition_id.trim_end_matches('/'), in_use);
             self.decide(policy, latest_referenced, now, &mut items);
         }
-        items.extend(self.foreign.iter().map(|&i| PlanItem {
-            version: versions[i as usize].version,
-            action: Action::Keep,
-            reason: Reason::OtherDefinition,
-        }));
-
         Plan {
             definition_id: definition_id.to_string(),
             skipped: skip,
@@ -1183,15 +1212,12 @@ mod tests {
     }
 
     #[test]
-    fn versions_of_another_definition_are_kept_and_ignored() {
-        let mut stranger = ver("9.0.0", 300);
-        stranger.definition_id = DEF.replace("win11", "ubuntu");
-        let versions = [stranger, ver("1.0.1", 300), ver("1.0.0", 300)];
-        let p = run(&versions, &policy(0, 7), &InUseSet::default());
-        assert_eq!(reason(&p, "9.0.0"), "belongs to another image definition");
-        // 1.0.1 is still this definition's latest.
-        assert_eq!(action(&p, "1.0.1"), Action::Keep);
-        assert!(matches!(action(&p, "1.0.0"), Action::Deprecate { .. }));
+    fn a_version_belongs_to_its_definition_whatever_the_case_and_trailing_slash() {
+        let v = ver("1.0.0", 1);
+        assert!(belongs_to(&v, DEF));
+        assert!(belongs_to(&v, &format!("{}/", DEF.to_uppercase())));
+        assert!(!belongs_to(&v, &DEF.replace("win11", "win10")));
+        assert!(!belongs_to(&v, &format!("{DEF}-old")));
     }
 
     #[test]
