@@ -170,6 +170,16 @@ pub enum Skip {
     VersionsUnavailable {
         error: String,
     },
+    /// Several pipelines publish to the definition with different retention
+    /// policies (set by the executor): no policy is allowed to win silently.
+    PoliciesDiffer {
+        pipelines: Vec<String>,
+    },
+    /// Another target for the same definition, with the same policy, already
+    /// covers it (set by the executor): it is planned once.
+    PlannedWith {
+        pipeline: String,
+    },
 }
 
 impl fmt::Display for Skip {
@@ -181,6 +191,14 @@ impl fmt::Display for Skip {
             ),
             Skip::VersionsUnavailable { error } => {
                 write!(f, "the versions could not be listed: {error}")
+            }
+            Skip::PoliciesDiffer { pipelines } => write!(
+                f,
+                "pipelines {} publish here with different retention policies; nothing is cleaned until they agree",
+                pipelines.join(", ")
+            ),
+            Skip::PlannedWith { pipeline } => {
+                write!(f, "planned with pipeline {pipeline}, which targets the same definition")
             }
         }
     }
@@ -381,13 +399,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A definition that could not be planned at all: nothing is touched.
-    pub fn unavailable(definition_id: &str, error: impl fmt::Display) -> Plan {
+    /// A definition that is not planned at all: nothing is touched.
+    pub fn skipped(definition_id: &str, why: Skip) -> Plan {
         Plan {
             definition_id: definition_id.to_string(),
-            skipped: Some(Skip::VersionsUnavailable {
-                error: error.to_string(),
-            }),
+            skipped: Some(why),
             items: Vec::new(),
         }
     }
