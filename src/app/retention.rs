@@ -1,4 +1,997 @@
-//! Placeholder until the retention branch lands.
-pub fn audit(_db: &crate::store::Db, _limit: usize) -> anyhow::Result<Vec<serde_json::Value>> {
-    Ok(vec![])
+//! Retention executor: plans every target against one snapshot of what is in
+//! use, then applies the plans step by step.
+//!
+//! Safety rules, in the order they bite:
+//!
+//! - The in-use set is read once per run, before anything else. If the
+//!   inventory fails, the run stops there: "I could not look" must never read
+//!   as "nothing is in use".
+//! - A definition whose versions cannot be listed is skipped (its plan says
+//!   why); the other definitions go on.
+//! - A definition several targets share is planned once when their policies
+//!   are equal (with the most cautious of their statuses), and not at all
+//!   when they differ: no pipeline's policy silently overrides another's.
+//! - Every deprecation and deletion is written to `retention_audit` as
+//!   `planned` *before* the gallery is called, then marked `done` or `failed`.
+//!   If the audit cannot be written, nothing more is done.
+//! - A step that fails is recorded and the run goes on with the next step:
+//!   one definition's lock or permission problem does not hold up the rest.
+//! - Dry run (`dryRun` in the policy, or forced for the whole run) records
+//!   `dry-run` steps and calls nothing that changes the gallery.
+//!
+//! Resuming after a crash needs no bookkeeping: every run plans afresh from
+//! the gallery's current state, so a version deleted before the crash is
+//! simply absent, and one deprecated before the crash is now "grace running".
+//! Deleting a version that is already gone is harmless by the `Gallery`
+//! contract. Steps of a crashed run stay `planned` in the audit, which is
+//! the truth: nobody saw them finish.
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::params;
+use serde::Serialize;
+
+use crate::domain::retention::{
+    belongs_to, plan, Action, DefinitionStatus, Plan, RetentionPolicy, Skip,
+};
+use crate::domain::version::ImageVersion;
+use crate::ports::{Gallery, InUseSet, Inventory, VersionUpdate};
+use crate::store::Db;
+
+/// One image definition to clean, with the policy of the pipeline that publishes to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionTarget {
+    pub pipeline: String,
+    pub definition_id: String,
+    pub policy: RetentionPolicy,
+    /// What the build records say about the definition's latest build.
+    pub status: DefinitionStatus,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum StepOutcome {
+    /// Recorded, gallery untouched.
+    DryRun,
+    Done,
+    Failed {
+        error: String,
+    },
+}
+
+impl StepOutcome {
+    /// The spelling of the `retention_audit.status` column.
+    fn as_str(&self) -> &'static str {
+        match self {
+            StepOutcome::DryRun => "dry-run",
+            StepOutcome::Done => "done",
+            StepOutcome::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// A deprecation or deletion this run carried out (or recorded, in dry run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedStep {
+    pub pipeline: String,
+    pub definition_id: String,
+    pub version: ImageVersion,
+    pub action: Action,
+    pub reason: String,
+    #[serde(flatten)]
+    pub outcome: StepOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionRun {
+    pub run_id: String,
+    pub at: DateTime<Utc>,
+    /// The whole run was forced to dry run (policies may also ask for it one by one).
+    pub forced_dry_run: bool,
+    /// One plan per target, in the targets' order.
+    pub plans: Vec<Plan>,
+    pub applied: Vec<AppliedStep>,
+}
+
+impl RetentionRun {
+    pub fn failures(&self) -> impl Iterator<Item = &AppliedStep> {
+        self.applied.iter().filter(|s| match s.outcome {
+            StepOutcome::Failed { .. } => true,
+            StepOutcome::DryRun | StepOutcome::Done => false,
+        })
+    }
+}
+
+/// One row of `retention_audit`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub run_id: String,
+    /// RFC 3339, as recorded.
+    pub at: String,
+    pub definition: String,
+    pub version: String,
+    /// `deprecate | delete`
+    pub action: String,
+    /// `planned | done | failed | dry-run`
+    pub status: String,
+    pub reason: String,
+    /// The policy in force when the step was planned.
+    pub policy: serde_json::Value,
+}
+
+/// Plans every target without changing anything.
+///
+/// Fails only when the in-use set cannot be read; a definition whose versions
+/// cannot be listed gets a skipped plan saying so.
+pub async fn plan_all(
+    gallery: &dyn Gallery,
+    inventory: &dyn Inventory,
+    targets: &[RetentionTarget],
+    now: DateTime<Utc>,
+) -> anyhow::Result<Vec<Plan>> {
+    let in_use = inventory
+        .in_use()
+        .await
+        .context("Cannot tell which images are in use, so retention changed nothing")?;
+    Ok(plan_targets(gallery, &in_use, targets, now).await)
+}
+
+async fn plan_targets(
+    gallery: &dyn Gallery,
+    in_use: &InUseSet,
+    targets: &[RetentionTarget],
+    now: DateTime<Utc>,
+) -> Vec<Plan> {
+    let mut plans = Vec::with_capacity(targets.len());
+    for (i, t) in targets.iter().enumerate() {
+        let p = match shared(targets, i) {
+            Shared::No => plan_target(gallery, in_use, t, t.status, now).await,
+            Shared::First { status } => plan_target(gallery, in_use, t, status, now).await,
+            Shared::Later { first } => Plan::skipped(
+                &t.definition_id,
+                Skip::PlannedWith {
+                    pipeline: targets[first].pipeline.clone(),
+                },
+            ),
+            Shared::PoliciesDiffer { pipelines } => {
+                Plan::skipped(&t.definition_id, Skip::PoliciesDiffer { pipelines })
+            }
+        };
+        plans.push(p);
+    }
+    plans
+}
+
+/// How target `i` relates to other targets for the same definition.
+enum Shared {
+    No,
+    /// The first of several targets with one policy: it plans for all of
+    /// them, with the most cautious of their statuses.
+    First {
+        status: DefinitionStatus,
+    },
+    Later {
+        first: usize,
+    },
+    PoliciesDiffer {
+        pipelines: Vec<String>,
+    },
+}
+
+/// Targets are few (one per pipeline), so a quadratic scan is fine.
+fn shared(targets: &[RetentionTarget], i: usize) -> Shared {
+    let same: Vec<usize> = (0..targets.len())
+        .filter(|&j| {
+            targets[j]
+                .definition_id
+                .trim_end_matches('/')
+                .eq_ignore_ascii_case(targets[i].definition_id.trim_end_matches('/'))
+        })
+        .collect();
+    if same.len() == 1 {
+        return Shared::No;
+    }
+    if same.iter().any(|&j| targets[j].policy != targets[i].policy) {
+        return Shared::PoliciesDiffer {
+            pipelines: same.iter().map(|&j| targets[j].pipeline.clone()).collect(),
+        };
+    }
+    if same[0] != i {
+        return Shared::Later { first: same[0] };
+    }
+    let status = same
+        .iter()
+        .map(|&j| targets[j].status)
+        .fold(DefinitionStatus::Idle, cautious);
+    Shared::First { status }
+}
+
+/// The status that holds retention back most: any build publishing, then
+/// any failed while publishing.
+fn cautious(a: DefinitionStatus, b: DefinitionStatus) -> DefinitionStatus {
+    use DefinitionStatus::{FailedWhilePublishing, Idle, Publishing};
+    match (a, b) {
+        (Publishing, _) | (_, Publishing) => Publishing,
+        (FailedWhilePublishing, _) | (_, FailedWhilePublishing) => FailedWhilePublishing,
+        (Idle, Idle) => Idle,
+    }
+}
+
+async fn plan_target(
+    gallery: &dyn Gallery,
+    in_use: &InUseSet,
+    t: &RetentionTarget,
+    status: DefinitionStatus,
+    now: DateTime<Utc>,
+) -> Plan {
+    match gallery.list_versions(&t.definition_id).await {
+        Ok(mut versions) => {
+            // The planner trusts its input to be one definition's versions;
+            // this is where that is made true.
+            let listed = versions.len();
+            versions.retain(|v| belongs_to(v, &t.definition_id));
+            if versions.len() != listed {
+                tracing::warn!(
+                    definition = %t.definition_id,
+                    ignored = listed - versions.len(),
+                    "the gallery listed versions of another definition; retention ignores them"
+                );
+            }
+            plan(&t.definition_id, &versions, &t.policy, in_use, status, now)
+        }
+        Err(e) => {
+            let error = format!("{e:#}");
+            tracing::warn!(definition = %t.definition_id, %error, "retention skips a definition it cannot list");
+            Plan::skipped(&t.definition_id, Skip::VersionsUnavailable { error })
+        }
+    }
+}
+
+/// Plans and applies retention for every target. See the module docs for
+/// the guarantees.
+pub async fn apply(
+    db: &Db,
+    gallery: &dyn Gallery,
+    inventory: &dyn Inventory,
+    targets: &[RetentionTarget],
+    now: DateTime<Utc>,
+    force_dry_run: bool,
+) -> anyhow::Result<RetentionRun> {
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let plans = plan_all(gallery, inventory, targets, now).await?;
+    let at = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+
+    let mut applied = Vec::new();
+    for (target, plan) in targets.iter().zip(&plans) {
+        let dry_run = force_dry_run || target.policy.dry_run;
+        let policy_json = serde_json::to_string(&target.policy)?;
+        // Oldest first: if the run stops halfway, what is gone is the oldest.
+        for item in plan.items.iter().rev() {
+            let change = match item.action {
+                Action::Keep => continue,
+                Action::Deprecate { end_of_life } => Change::Deprecate(VersionUpdate {
+                    exclude_from_latest: Some(true),
+                    end_of_life: Some(end_of_life),
+                }),
+                Action::Delete => Change::Delete,
+            };
+            let reason = item.reason.to_string();
+            let row = AuditRow {
+                run_id: &run_id,
+                at: &at,
+                definition: &plan.definition_id,
+                version: item.version,
+                action: item.action,
+                reason: &reason,
+                policy: &policy_json,
+            };
+            let outcome = if dry_run {
+                row.insert(db, &StepOutcome::DryRun)?;
+                StepOutcome::DryRun
+            } else {
+                let seq = row.insert_planned(db)?;
+                let result = match &change {
+                    Change::Deprecate(update) => {
+                        gallery
+                            .update_version(&plan.definition_id, item.version, update)
+                            .await
+                    }
+                    Change::Delete => {
+                        gallery
+                            .delete_version(&plan.definition_id, item.version)
+                            .await
+                    }
+                };
+                let outcome = match result {
+                    Ok(()) => StepOutcome::Done,
+                    Err(e) => StepOutcome::Failed {
+                        error: format!("{e:#}"),
+                    },
+                };
+                finish(db, seq, &outcome)?;
+                outcome
+            };
+            match &outcome {
+                StepOutcome::Failed { error } => tracing::warn!(
+                    run_id, definition = %plan.definition_id, version = %item.version,
+                    action = item.action.as_str(), %error, "retention step failed"
+                ),
+                StepOutcome::Done | StepOutcome::DryRun => tracing::info!(
+                    run_id, definition = %plan.definition_id, version = %item.version,
+                    action = item.action.as_str(), status = outcome.as_str(), %reason,
+                    "retention step"
+                ),
+            }
+            applied.push(AppliedStep {
+                pipeline: target.pipeline.clone(),
+                definition_id: plan.definition_id.clone(),
+                version: item.version,
+                action: item.action,
+                reason,
+                outcome,
+            });
+        }
+    }
+
+    Ok(RetentionRun {
+        run_id,
+        at: now,
+        forced_dry_run: force_dry_run,
+        plans,
+        applied,
+    })
+}
+
+/// The gallery call a plan item turns into.
+enum Change {
+    Deprecate(VersionUpdate),
+    Delete,
+}
+
+struct AuditRow<'a> {
+    run_id: &'a str,
+    at: &'a str,
+    definition: &'a str,
+    version: ImageVersion,
+    action: Action,
+    reason: &'a str,
+    policy: &'a str,
+}
+
+impl AuditRow<'_> {
+    fn insert_planned(&self, db: &Db) -> anyhow::Result<i64> {
+        self.insert_status(db, "planned")
+    }
+
+    fn insert(&self, db: &Db, outcome: &StepOutcome) -> anyhow::Result<i64> {
+        self.insert_status(db, outcome.as_str())
+    }
+
+    fn insert_status(&self, db: &Db, status: &str) -> anyhow::Result<i64> {
+        db.with(|c| {
+            c.execute(
+                "INSERT INTO retention_audit (run_id, at, definition, version, action, status, reason, policy)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    self.run_id,
+                    self.at,
+                    self.definition,
+                    self.version.to_string(),
+                    self.action.as_str(),
+                    status,
+                    self.reason,
+                    self.policy
+                ],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .with_context(|| {
+            format!(
+                "Cannot record retention step {} {} {}; stopping before touching it",
+                self.action.as_str(),
+                self.definition,
+                self.version
+            )
+        })
+    }
+}
+
+/// Marks a recorded step with its outcome. A failure's error is appended to
+/// the reason: the table has no column of its own for it.
+fn finish(db: &Db, seq: i64, outcome: &StepOutcome) -> anyhow::Result<()> {
+    let error = match outcome {
+        StepOutcome::Failed { error } => Some(error.as_str()),
+        StepOutcome::Done | StepOutcome::DryRun => None,
+    };
+    db.with(|c| {
+        c.execute(
+            "UPDATE retention_audit
+                SET status = ?2,
+                    reason = CASE WHEN ?3 IS NULL THEN reason ELSE reason || ' — failed: ' || ?3 END
+              WHERE seq = ?1",
+            params![seq, outcome.as_str(), error],
+        )
+    })
+    .with_context(|| format!("Cannot record the outcome of retention step {seq}"))?;
+    Ok(())
+}
+
+/// The most recent `limit` audit rows, newest first.
+pub fn audit(db: &Db, limit: usize) -> anyhow::Result<Vec<AuditEntry>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    db.with(|c| {
+        let mut stmt = c.prepare(
+            "SELECT seq, run_id, at, definition, version, action, status, reason, policy
+               FROM retention_audit ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            let policy: String = r.get(8)?;
+            Ok(AuditEntry {
+                seq: r.get(0)?,
+                run_id: r.get(1)?,
+                at: r.get(2)?,
+                definition: r.get(3)?,
+                version: r.get(4)?,
+                action: r.get(5)?,
+                status: r.get(6)?,
+                reason: r.get(7)?,
+                // Written by us as JSON; anything else is shown as the text it is.
+                policy: serde_json::from_str(&policy).unwrap_or(serde_json::Value::String(policy)),
+            })
+        })?;
+        rows.collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use chrono::{TimeDelta, TimeZone};
+
+    use super::*;
+    use crate::ports::GalleryVersion;
+
+    const WIN: &str =
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/win11";
+    const LINUX: &str =
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/ubuntu";
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()
+    }
+
+    fn version(definition: &str, v: &str, days_old: i64) -> GalleryVersion {
+        GalleryVersion {
+            definition_id: definition.into(),
+            version: v.parse().unwrap(),
+            published: Some(now() - TimeDelta::days(days_old)),
+            exclude_from_latest: false,
+            end_of_life: None,
+            block_deletion_before_end_of_life: false,
+            tags: BTreeMap::new(),
+            replication: Vec::new(),
+            provisioning_state: "Succeeded".into(),
+        }
+    }
+
+    /// Deprecated by an earlier run; its grace period ended yesterday.
+    fn expired(definition: &str, v: &str) -> GalleryVersion {
+        GalleryVersion {
+            exclude_from_latest: true,
+            end_of_life: Some(now() - TimeDelta::days(1)),
+            ..version(definition, v, 90)
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeGallery {
+        versions: Mutex<BTreeMap<String, Vec<GalleryVersion>>>,
+        /// Definitions whose listing fails.
+        unlistable: BTreeSet<String>,
+        /// Definitions whose deletes fail without deleting.
+        refuse_delete: BTreeSet<String>,
+        /// Definitions whose deletes delete, then report an error (a timeout).
+        delete_then_fail: BTreeSet<String>,
+        /// Every changing call, in order: `update <def> <ver>` / `delete <def> <ver>`.
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl FakeGallery {
+        fn with(versions: impl IntoIterator<Item = GalleryVersion>) -> Self {
+            let g = FakeGallery::default();
+            for v in versions {
+                g.versions
+                    .lock()
+                    .unwrap()
+                    .entry(v.definition_id.clone())
+                    .or_default()
+                    .push(v);
+            }
+            g
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        fn listed(&self, definition: &str) -> Vec<String> {
+            self.versions.lock().unwrap()[definition]
+                .iter()
+                .map(|v| v.version.to_string())
+                .collect()
+        }
+
+        fn get(&self, definition: &str, v: &str) -> GalleryVersion {
+            self.versions.lock().unwrap()[definition]
+                .iter()
+                .find(|g| g.version.to_string() == v)
+                .cloned()
+                .unwrap()
+        }
+    }
+
+    #[async_trait]
+    impl Gallery for FakeGallery {
+        async fn list_versions(&self, definition_id: &str) -> anyhow::Result<Vec<GalleryVersion>> {
+            if self.unlistable.contains(definition_id) {
+                anyhow::bail!("503 from the gallery");
+            }
+            Ok(self
+                .versions
+                .lock()
+                .unwrap()
+                .get(definition_id)
+                .cloned()
+                .unwrap_or_default())
+        }
+
+        async fn update_version(
+            &self,
+            definition_id: &str,
+            version: ImageVersion,
+            update: &VersionUpdate,
+        ) -> anyhow::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("update {definition_id} {version}"));
+            let mut all = self.versions.lock().unwrap();
+            let v = all
+                .get_mut(definition_id)
+                .and_then(|vs| vs.iter_mut().find(|v| v.version == version))
+                .ok_or_else(|| anyhow::anyhow!("404 no version {version}"))?;
+            if let Some(x) = update.exclude_from_latest {
+                v.exclude_from_latest = x;
+            }
+            if let Some(eol) = update.end_of_life {
+                v.end_of_life = Some(eol);
+            }
+            Ok(())
+        }
+
+        async fn delete_version(
+            &self,
+            definition_id: &str,
+            version: ImageVersion,
+        ) -> anyhow::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("delete {definition_id} {version}"));
+            if self.refuse_delete.contains(definition_id) {
+                anyhow::bail!("409 the resource group is locked");
+            }
+            if let Some(vs) = self.versions.lock().unwrap().get_mut(definition_id) {
+                vs.retain(|v| v.version != version);
+            }
+            if self.delete_then_fail.contains(definition_id) {
+                anyhow::bail!("timed out waiting for the delete operation");
+            }
+            Ok(())
+        }
+    }
+
+    struct FakeInventory(Result<InUseSet, String>);
+
+    #[async_trait]
+    impl Inventory for FakeInventory {
+        async fn in_use(&self) -> anyhow::Result<InUseSet> {
+            self.0.clone().map_err(anyhow::Error::msg)
+        }
+    }
+
+    fn nothing_in_use() -> FakeInventory {
+        FakeInventory(Ok(InUseSet::default()))
+    }
+
+    fn target(definition: &str, policy: RetentionPolicy) -> RetentionTarget {
+        RetentionTarget {
+            pipeline: "golden".into(),
+            definition_id: definition.into(),
+            policy,
+            status: DefinitionStatus::Idle,
+        }
+    }
+
+    fn keep_one() -> RetentionPolicy {
+        RetentionPolicy {
+            keep_latest: 1,
+            ..RetentionPolicy::default()
+        }
+    }
+
+    fn statuses(db: &Db) -> Vec<(String, String, String)> {
+        let mut rows: Vec<_> = audit(db, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.version, e.action, e.status))
+            .collect();
+        rows.reverse();
+        rows
+    }
+
+    fn triple(v: &str, a: &str, s: &str) -> (String, String, String) {
+        (v.into(), a.into(), s.into())
+    }
+
+    #[tokio::test]
+    async fn an_inventory_error_aborts_the_run_before_any_change() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery::with([
+            version(WIN, "1.0.2", 10),
+            version(WIN, "1.0.1", 60),
+            expired(WIN, "1.0.0"),
+        ]);
+        let inventory = FakeInventory(Err("Resource Graph: partial result".into()));
+        let targets = [target(WIN, keep_one())];
+
+        let err = apply(&db, &gallery, &inventory, &targets, now(), false)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("partial result"), "{err:#}");
+        assert!(plan_all(&gallery, &inventory, &targets, now())
+            .await
+            .is_err());
+        assert_eq!(gallery.calls(), Vec::<String>::new());
+        assert_eq!(gallery.listed(WIN), ["1.0.2", "1.0.1", "1.0.0"]);
+        assert!(audit(&db, 10).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_records_the_steps_and_changes_nothing() {
+        for (policy_dry, forced) in [(true, false), (false, true)] {
+            let db = Db::open_in_memory().unwrap();
+            let gallery = FakeGallery::with([
+                version(WIN, "1.0.2", 10),
+                version(WIN, "1.0.1", 60),
+                expired(WIN, "1.0.0"),
+            ]);
+            let policy = RetentionPolicy {
+                dry_run: policy_dry,
+                ..keep_one()
+            };
+            let run = apply(
+                &db,
+                &gallery,
+                &nothing_in_use(),
+                &[target(WIN, policy)],
+                now(),
+                forced,
+            )
+            .await
+            .unwrap();
+
+            assert_eq!(gallery.calls(), Vec::<String>::new());
+            assert_eq!(gallery.get(WIN, "1.0.1"), version(WIN, "1.0.1", 60));
+            assert_eq!(run.applied.len(), 2);
+            assert!(run.applied.iter().all(|s| s.outcome == StepOutcome::DryRun));
+            assert_eq!(
+                statuses(&db),
+                [
+                    triple("1.0.0", "delete", "dry-run"),
+                    triple("1.0.1", "deprecate", "dry-run")
+                ]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn deprecation_then_deletion_happen_on_separate_runs() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), version(WIN, "1.0.0", 60)]);
+        let targets = [target(WIN, keep_one())];
+
+        let first = apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+            .await
+            .unwrap();
+        assert_eq!(first.applied.len(), 1);
+        let deprecated = gallery.get(WIN, "1.0.0");
+        assert!(deprecated.exclude_from_latest);
+        assert_eq!(deprecated.end_of_life, Some(now() + TimeDelta::days(7)));
+
+        // During the grace period nothing happens.
+        let waiting = apply(
+            &db,
+            &gallery,
+            &nothing_in_use(),
+            &targets,
+            now() + TimeDelta::days(3),
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(waiting.applied.is_empty());
+
+        let later = now() + TimeDelta::days(8);
+        let last = apply(&db, &gallery, &nothing_in_use(), &targets, later, false)
+            .await
+            .unwrap();
+        assert_eq!(last.applied[0].action, Action::Delete);
+        assert_eq!(gallery.listed(WIN), ["1.0.1"]);
+        assert_eq!(
+            gallery.calls(),
+            [format!("update {WIN} 1.0.0"), format!("delete {WIN} 1.0.0")]
+        );
+    }
+
+    #[tokio::test]
+    async fn applying_twice_deletes_once() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
+        let targets = [target(WIN, keep_one())];
+
+        let first = apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+            .await
+            .unwrap();
+        let second = apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+            .await
+            .unwrap();
+
+        assert_ne!(first.run_id, second.run_id);
+        assert_eq!(gallery.calls(), [format!("delete {WIN} 1.0.0")]);
+        assert!(second.applied.is_empty());
+        assert_eq!(statuses(&db), [triple("1.0.0", "delete", "done")]);
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_acted_but_reported_an_error_is_not_repeated() {
+        // The gallery deleted the version but the call timed out (or the
+        // process died right after): the next run finds it gone.
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery {
+            delete_then_fail: [WIN.to_string()].into(),
+            ..FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")])
+        };
+        let targets = [target(WIN, keep_one())];
+
+        let first = apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+            .await
+            .unwrap();
+        assert_eq!(first.failures().count(), 1);
+        apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+            .await
+            .unwrap();
+        assert_eq!(gallery.calls(), [format!("delete {WIN} 1.0.0")]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_delete_is_recorded_and_other_definitions_go_on() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery {
+            refuse_delete: [WIN.to_string()].into(),
+            ..FakeGallery::with([
+                version(WIN, "1.0.1", 10),
+                expired(WIN, "1.0.0"),
+                version(LINUX, "2.0.1", 10),
+                expired(LINUX, "2.0.0"),
+            ])
+        };
+        let targets = [target(WIN, keep_one()), target(LINUX, keep_one())];
+
+        let run = apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+            .await
+            .unwrap();
+
+        let failed: Vec<_> = run.failures().map(|s| s.definition_id.as_str()).collect();
+        assert_eq!(failed, [WIN]);
+        assert_eq!(gallery.listed(LINUX), ["2.0.1"]);
+        assert_eq!(
+            statuses(&db),
+            [
+                triple("1.0.0", "delete", "failed"),
+                triple("2.0.0", "delete", "done")
+            ]
+        );
+        let rows = audit(&db, 10).unwrap();
+        assert!(
+            rows[1]
+                .reason
+                .ends_with("— failed: 409 the resource group is locked"),
+            "{}",
+            rows[1].reason
+        );
+    }
+
+    #[tokio::test]
+    async fn a_definition_that_cannot_be_listed_is_skipped_and_others_go_on() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery {
+            unlistable: [WIN.to_string()].into(),
+            ..FakeGallery::with([version(LINUX, "2.0.1", 10), expired(LINUX, "2.0.0")])
+        };
+        let targets = [target(WIN, keep_one()), target(LINUX, keep_one())];
+
+        let run = apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            run.plans[0].skipped.as_ref().unwrap().to_string(),
+            "the versions could not be listed: 503 from the gallery"
+        );
+        assert_eq!(gallery.calls(), [format!("delete {LINUX} 2.0.0")]);
+    }
+
+    #[tokio::test]
+    async fn versions_listed_under_another_definition_are_ignored() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
+        // A misbehaving listing: WIN's answer includes a LINUX version, newer
+        // than anything WIN has and not excluded from latest.
+        gallery
+            .versions
+            .lock()
+            .unwrap()
+            .get_mut(WIN)
+            .unwrap()
+            .push(version(LINUX, "9.0.0", 90));
+
+        let run = apply(
+            &db,
+            &gallery,
+            &nothing_in_use(),
+            &[target(
+                WIN,
+                RetentionPolicy {
+                    keep_latest: 0,
+                    ..keep_one()
+                },
+            )],
+            now(),
+            false,
+        )
+        .await
+        .unwrap();
+
+        // 1.0.1 is still WIN's latest, and 9.0.0 is neither planned nor touched.
+        let planned: Vec<String> = run.plans[0]
+            .items
+            .iter()
+            .map(|i| i.version.to_string())
+            .collect();
+        assert_eq!(planned, ["1.0.1", "1.0.0"]);
+        assert_eq!(gallery.calls(), [format!("delete {WIN} 1.0.0")]);
+    }
+
+    #[tokio::test]
+    async fn a_definition_two_pipelines_share_is_planned_once_or_not_at_all() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
+        let hotfix = RetentionTarget {
+            pipeline: "hotfix".into(),
+            definition_id: WIN.to_uppercase(),
+            ..target(WIN, keep_one())
+        };
+
+        // Same policy: planned once, by the first target.
+        let same = [target(WIN, keep_one()), hotfix.clone()];
+        let plans = plan_all(&gallery, &nothing_in_use(), &same, now())
+            .await
+            .unwrap();
+        assert_eq!(plans[0].changes().count(), 1);
+        assert_eq!(
+            plans[1].skipped,
+            Some(Skip::PlannedWith {
+                pipeline: "golden".into()
+            })
+        );
+
+        // Same policy, but the other pipeline is publishing: wait for it.
+        let busy = [
+            target(WIN, keep_one()),
+            RetentionTarget {
+                status: DefinitionStatus::Publishing,
+                ..hotfix.clone()
+            },
+        ];
+        let plans = plan_all(&gallery, &nothing_in_use(), &busy, now())
+            .await
+            .unwrap();
+        assert_eq!(plans[0].skipped, Some(Skip::Publishing));
+
+        // Different policies: neither wins, nothing is touched.
+        let differ = [
+            target(WIN, keep_one()),
+            RetentionTarget {
+                policy: RetentionPolicy::default(),
+                ..hotfix
+            },
+        ];
+        let run = apply(&db, &gallery, &nothing_in_use(), &differ, now(), false)
+            .await
+            .unwrap();
+        assert!(run.plans.iter().all(|p| matches!(
+            &p.skipped,
+            Some(Skip::PoliciesDiffer { pipelines }) if pipelines == &["golden", "hotfix"]
+        )));
+        assert_eq!(gallery.calls(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn versions_in_use_are_left_alone_by_the_executor() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
+        let mut in_use = InUseSet::default();
+        in_use.add_reference(&format!("{WIN}/versions/1.0.0"));
+
+        let run = apply(
+            &db,
+            &gallery,
+            &FakeInventory(Ok(in_use)),
+            &[target(WIN, keep_one())],
+            now(),
+            false,
+        )
+        .await
+        .unwrap();
+
+        assert!(run.applied.is_empty());
+        assert_eq!(gallery.calls(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn the_audit_lists_newest_first_with_reason_and_policy_and_no_keeps() {
+        let db = Db::open_in_memory().unwrap();
+        let gallery = FakeGallery::with([
+            version(WIN, "1.0.2", 10),
+            version(WIN, "1.0.1", 60),
+            expired(WIN, "1.0.0"),
+        ]);
+        let run = apply(
+            &db,
+            &gallery,
+            &nothing_in_use(),
+            &[target(WIN, keep_one())],
+            now(),
+            false,
+        )
+        .await
+        .unwrap();
+
+        let rows = audit(&db, 10).unwrap();
+        assert_eq!(rows.len(), 2, "keeps are not audited");
+        assert!(rows[0].seq > rows[1].seq);
+        assert_eq!(
+            (rows[0].version.as_str(), rows[0].action.as_str()),
+            ("1.0.1", "deprecate")
+        );
+        assert_eq!(rows[0].run_id, run.run_id);
+        assert_eq!(rows[0].at, "2026-06-01T12:00:00.000Z");
+        assert_eq!(rows[0].definition, WIN);
+        assert_eq!(
+            rows[0].reason,
+            "beyond the newest 1 versions and older than 7 days: exclude from latest, end of life 2026-06-08 12:00 UTC"
+        );
+        assert_eq!(rows[0].policy["keepLatest"], 1);
+        assert_eq!(rows[0].policy["pinTag"], "kiln.pin");
+        assert_eq!(audit(&db, 1).unwrap(), rows[..1]);
+    }
 }
