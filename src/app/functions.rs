@@ -217,7 +217,13 @@ pub async fn invoke(
         FunctionName::Retention => {
             trigger_value(&inv, name)?;
             let run = super::retention_job::run(app, false).await?;
-            out.log(format!("retention: {}", run));
+            out.log(format!(
+                "retention: run {} applied {} steps ({} failed)",
+                run.run_id,
+                run.applied.len(),
+                run.failures().count()
+            ));
+            out.return_value = serde_json::to_value(&run).map_err(anyhow::Error::from)?;
         }
         FunctionName::Api => {
             let req = trigger_value(&inv, name)?;
