@@ -16,6 +16,6 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "kiln setup: cargo not found; install a Rust toolchain (rustup, Rust 1.85 or newer) first" >&2
+  echo "kiln setup: cargo not found; install a Rust toolchain (rustup, Rust 1.88 or newer) first" >&2
   exit 1
 fi

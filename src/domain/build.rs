@@ -327,11 +327,10 @@ fn step(
             Observation::SubmitFailed { category, message } => {
                 Some(fail_or_retry(b, *category, message, now, t, effects))
             }
-            Observation::Provider { status, .. }
-                if matches!(status, TemplateStatus::Missing | TemplateStatus::NotRun) =>
-            {
-                submit_unless_waiting(b, not_before, now, t, effects)
-            }
+            Observation::Provider {
+                status: TemplateStatus::Missing | TemplateStatus::NotRun,
+                ..
+            } => submit_unless_waiting(b, not_before, now, t, effects),
             Observation::Provider { .. } => observe_run(b, obs, now, t, effects),
             Observation::Tick => submit_unless_waiting(b, not_before, now, t, effects),
             Observation::SlotGranted | Observation::CancelRequested { .. } => None,

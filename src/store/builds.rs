@@ -154,7 +154,7 @@ fn slot_free(
 /// Result of admitting a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admitted {
-    Created(Build),
+    Created(Box<Build>),
     Existing(String),
     Coalesced(String),
     Paused(String),
@@ -329,7 +329,7 @@ impl Store {
                                 "INSERT INTO request_keys (key, build_id, created_at) VALUES (?1, ?2, ?3)",
                                 params![key, build.id, ts(now)],
                             )?;
-                            Admitted::Created(build)
+                            Admitted::Created(Box::new(build))
                         }
                         Err(reason) => Admitted::Refused(reason),
                     }
