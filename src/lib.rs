@@ -10,4 +10,5 @@ pub mod config;
 pub mod domain;
 pub mod host;
 pub mod ports;
+pub mod providers;
 pub mod store;
