@@ -3,7 +3,7 @@
 //!
 //! | module | surface | port |
 //! |---|---|---|
-//! | image_builder | `Microsoft.VirtualMachineImages/imageTemplates` 2025-10-01 | [`ImageBuilder`](crate::ports::ImageBuilder) |
+//! | [`image_builder`] | `Microsoft.VirtualMachineImages/imageTemplates` 2025-10-01 | [`ImageBuilder`](crate::ports::ImageBuilder) |
 //! | gallery | Compute Gallery image versions 2025-03-03 | [`Gallery`](crate::ports::Gallery) |
 //! | marketplace | marketplace image versions 2024-11-01 (+ gallery for gallery sources) | [`BaseCatalog`](crate::ports::BaseCatalog) |
 //! | resource_graph | Resource Graph 2024-04-01 | [`Inventory`](crate::ports::Inventory) |
@@ -12,3 +12,4 @@
 pub mod arm;
 pub mod error;
 pub mod identity;
+pub mod image_builder;
