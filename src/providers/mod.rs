@@ -1,3 +1,6 @@
-//! Implementations of the ports: the local provider (and, later, Azure).
+//! Implementations of the ports: the local provider (one machine) and Azure
+//! (ARM REST for Image Builder, Compute Gallery, marketplace, Resource Graph;
+//! Service Bus REST for queues).
 
+pub mod azure;
 pub mod local;

@@ -1,0 +1,334 @@
+//! Azure VM Image Builder image templates (`Microsoft.VirtualMachineImages`, 2025-10-01).
+//!
+//! A build is one template, named after the build and attempt. AIB cannot
+//! update a template in place, so `put_template` creates it or adopts the one
+//! already there when it carries the same body (kiln tags each template with
+//! a hash of what it submitted). `run` and `cancel` are fired and not
+//! followed: AIB's run operation stays InProgress for the whole build (hours),
+//! and the state machine polls `status` instead, which reads the template's
+//! `lastRunStatus`.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Datelike, Utc};
+use reqwest::Method;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::arm::{ArmClient, ArmResponse, RetryPolicy};
+use super::error::ArmError;
+use crate::domain::failure::FailureCategory;
+use crate::domain::pipeline::FieldError;
+use crate::domain::template::ImageTemplate;
+use crate::ports::{
+    ImageBuilder, ProviderError, RunOutput, RunState, RunStatus, RunSubState, TemplateStatus,
+};
+
+pub const API_VERSION: &str = "2025-10-01";
+
+/// Tag holding the sha256 of the body kiln submitted, to recognise its own template.
+pub const BODY_HASH_TAG: &str = "kiln.bodyHash";
+
+pub struct AzureImageBuilder {
+    arm: ArmClient,
+    /// `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates`
+    collection: String,
+}
+
+impl AzureImageBuilder {
+    pub fn new(arm: ArmClient, subscription_id: &str, resource_group: &str) -> Self {
+        Self {
+            arm,
+            collection: format!(
+                "/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/Microsoft.VirtualMachineImages/imageTemplates"
+            ),
+        }
+    }
+
+    fn path(&self, name: &str, suffix: &str) -> String {
+        format!(
+            "{}/{name}{suffix}?api-version={API_VERSION}",
+            self.collection
+        )
+    }
+
+    /// Accepts the template `found` if it is kiln's with the same body, and
+    /// waits for it to finish provisioning.
+    async fn adopt(&self, name: &str, hash: &str, found: ArmResponse) -> Result<(), ProviderError> {
+        let doc = found.json()?;
+        let theirs = doc
+            .get("tags")
+            .and_then(|t| t.get(BODY_HASH_TAG))
+            .and_then(Value::as_str);
+        if theirs != Some(hash) {
+            return Err(ProviderError::new(
+                FailureCategory::Internal,
+                format!("image template {name} already exists with a different body, and Image Builder cannot update a template; delete it or start a new attempt"),
+            ));
+        }
+        self.arm
+            .wait(found, Some(&self.path(name, "")))
+            .await
+            .map(drop)
+            .map_err(provisioning_error)
+    }
+
+    async fn get(&self, name: &str) -> Result<ArmResponse, ArmError> {
+        self.arm
+            .send(
+                Method::GET,
+                &self.path(name, ""),
+                None,
+                RetryPolicy::Idempotent,
+            )
+            .await
+    }
+}
+
+#[async_trait]
+impl ImageBuilder for AzureImageBuilder {
+    async fn put_template(&self, name: &str, body: &Value) -> Result<(), ProviderError> {
+        let hash = body_hash(body);
+        let path = self.path(name, "");
+        let found = self.get(name).await?;
+        if found.status != 404 {
+            return self.adopt(name, &hash, found.ok()?).await;
+        }
+        let mut tagged = body.clone();
+        if let Some(obj) = tagged.as_object_mut() {
+            let tags = obj
+                .entry("tags")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(tags) = tags.as_object_mut() {
+                tags.insert(BODY_HASH_TAG.into(), Value::String(hash.clone()));
+            }
+        }
+        let r = self
+            .arm
+            .send(Method::PUT, &path, Some(&tagged), RetryPolicy::Idempotent)
+            .await?;
+        if r.status == 409 {
+            // Another invocation created it between our GET and PUT.
+            let found = self.get(name).await?.ok()?;
+            return self.adopt(name, &hash, found).await;
+        }
+        self.arm
+            .wait(r, Some(&path))
+            .await
+            .map(drop)
+            .map_err(provisioning_error)
+    }
+
+    async fn run(&self, name: &str) -> Result<(), ProviderError> {
+        match self.status(name).await? {
+            TemplateStatus::Run(_) => return Ok(()),
+            TemplateStatus::Missing => {
+                return Err(ProviderError::new(
+                    FailureCategory::Transient,
+                    format!("image template {name} does not exist, so it cannot run"),
+                ))
+            }
+            TemplateStatus::NotRun => {}
+        }
+        let r = self
+            .arm
+            .send(
+                Method::POST,
+                &self.path(name, "/run"),
+                None,
+                RetryPolicy::NoRetry,
+            )
+            .await?;
+        if r.is_success() {
+            tracing::info!(template = name, status = r.status, client_request_id = %r.client_request_id, "image template run started");
+            return Ok(());
+        }
+        let err = ArmError::from_response(&r);
+        if r.status == 409 {
+            // "Already running" or a twin run request that won: either way a run exists now.
+            if let TemplateStatus::Run(_) = self.status(name).await? {
+                return Ok(());
+            }
+        }
+        Err(err.into())
+    }
+
+    async fn status(&self, name: &str) -> Result<TemplateStatus, ProviderError> {
+        match self.arm.get_json(&self.path(name, "")).await? {
+            None => Ok(TemplateStatus::Missing),
+            Some(doc) => Ok(template_status(&doc)),
+        }
+    }
+
+    async fn run_outputs(&self, name: &str) -> Result<Vec<RunOutput>, ProviderError> {
+        let items = match self.arm.list_all(&self.path(name, "/runOutputs")).await {
+            Ok(items) => items,
+            Err(e) if e.is_not_found() => return Ok(vec![]),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(items.iter().filter_map(run_output).collect())
+    }
+
+    async fn cancel(&self, name: &str) -> Result<(), ProviderError> {
+        let r = self
+            .arm
+            .send(
+                Method::POST,
+                &self.path(name, "/cancel"),
+                None,
+                RetryPolicy::NoRetry,
+            )
+            .await?;
+        if r.is_success() || r.status == 404 {
+            return Ok(());
+        }
+        let err = ArmError::from_response(&r);
+        // Refused because nothing is running: there is nothing to cancel.
+        if matches!(r.status, 400 | 409) {
+            match self.status(name).await? {
+                TemplateStatus::Run(s)
+                    if matches!(s.run_state, RunState::Running | RunState::Canceling) => {}
+                _ => return Ok(()),
+            }
+        }
+        Err(err.into())
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<(), ProviderError> {
+        let r = self
+            .arm
+            .send(
+                Method::DELETE,
+                &self.path(name, ""),
+                None,
+                RetryPolicy::Idempotent,
+            )
+            .await?;
+        if r.status == 404 {
+            return Ok(());
+        }
+        match self.arm.wait(r, None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check(&self, template: &ImageTemplate) -> Vec<FieldError> {
+        let err = |path: &str, message: &str| FieldError {
+            path: path.into(),
+            message: message.into(),
+        };
+        let Some(identity) = &template.identity else {
+            return vec![err(
+                "identity",
+                "required by Azure VM Image Builder: the user-assigned identity the build runs as",
+            )];
+        };
+        let kind = identity.get("type").and_then(Value::as_str).unwrap_or("");
+        if !kind.eq_ignore_ascii_case("UserAssigned") {
+            return vec![err(
+                "identity.type",
+                "Azure VM Image Builder needs `UserAssigned`",
+            )];
+        }
+        let named = identity
+            .get("userAssignedIdentities")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty());
+        if !named {
+            return vec![err(
+                "identity.userAssignedIdentities",
+                "name the user-assigned identity (its resource id) the build runs as",
+            )];
+        }
+        vec![]
+    }
+}
+
+/// sha256 of the body with object keys sorted, so key order does not matter.
+fn body_hash(body: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(&m[k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    write(body, &mut text);
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Image Builder's provisioning error codes name a template problem, except these two.
+fn provisioning_error(mut e: ArmError) -> ProviderError {
+    if e.category == FailureCategory::Internal {
+        e.category = match e.code.as_deref() {
+            Some("ServerError") => FailureCategory::Transient,
+            Some("Other") | None => FailureCategory::Internal,
+            Some(_) => FailureCategory::Validation,
+        };
+    }
+    e.into()
+}
+
+fn template_status(doc: &Value) -> TemplateStatus {
+    let Some(last) = doc
+        .pointer("/properties/lastRunStatus")
+        .filter(|v| v.is_object())
+    else {
+        return TemplateStatus::NotRun;
+    };
+    let text = |k: &str| last.get(k).and_then(Value::as_str);
+    TemplateStatus::Run(RunStatus {
+        run_state: RunState::parse(text("runState").unwrap_or("")),
+        run_sub_state: text("runSubState")
+            .filter(|s| !s.is_empty())
+            .map(RunSubState::parse),
+        message: text("message").unwrap_or("").to_string(),
+        start_time: text("startTime").and_then(time),
+        end_time: text("endTime").and_then(time),
+    })
+}
+
+/// AIB reports an unfinished run's end as `0001-01-01T00:00:00Z`: that is no time at all.
+fn time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| t.year() > 1)
+}
+
+fn run_output(item: &Value) -> Option<RunOutput> {
+    let text = |p: &str| item.pointer(p).and_then(Value::as_str).map(str::to_string);
+    Some(RunOutput {
+        name: text("/name")?,
+        artifact_id: text("/properties/artifactId"),
+        artifact_uri: text("/properties/artifactUri"),
+        provisioning_state: text("/properties/provisioningState").unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

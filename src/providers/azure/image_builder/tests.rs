@@ -1,0 +1,352 @@
+use serde_json::json;
+use wiremock::matchers::{method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use super::*;
+use crate::providers::azure::arm::testing::client;
+
+const T: &str = "/subscriptions/s/resourceGroups/myResourceGroup/providers/Microsoft.VirtualMachineImages/imageTemplates/myImageTemplate";
+
+fn template_fixture() -> Value {
+    serde_json::from_str(include_str!("../testdata/GetImageTemplate.json")).unwrap()
+}
+
+/// The spec's GET example, with the `lastRunStatus` the examples never show
+/// (its shape from the spec and observed AIB output).
+fn with_last_run(state: &str, sub: &str, message: &str) -> Value {
+    let mut t = template_fixture();
+    t["properties"]["provisioningState"] = json!("Succeeded");
+    t["properties"]["lastRunStatus"] = json!({
+        "startTime": "2019-08-21T00:39:40.61322415Z",
+        "endTime": "0001-01-01T00:00:00Z",
+        "runState": state,
+        "runSubState": sub,
+        "message": message
+    });
+    t
+}
+
+fn builder(server: &MockServer) -> AzureImageBuilder {
+    AzureImageBuilder::new(client(&server.uri()).0, "s", "myResourceGroup")
+}
+
+async fn serve_template(server: &MockServer, body: Value) {
+    Mock::given(method("GET"))
+        .and(path(T))
+        .and(query_param("api-version", API_VERSION))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(server)
+        .await;
+}
+
+fn run_of(s: TemplateStatus) -> RunStatus {
+    match s {
+        TemplateStatus::Run(r) => r,
+        other => panic!("expected a run, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_running_template_reports_its_phase_and_no_end_time() {
+    let server = MockServer::start().await;
+    serve_template(&server, with_last_run("Running", "Customizing", "")).await;
+    let run = run_of(builder(&server).status("myImageTemplate").await.unwrap());
+    assert_eq!(run.run_state, RunState::Running);
+    assert_eq!(run.run_sub_state, Some(RunSubState::Customizing));
+    assert_eq!(
+        run.start_time.unwrap().to_rfc3339(),
+        "2019-08-21T00:39:40.613224150+00:00"
+    );
+    assert_eq!(run.end_time, None);
+}
+
+#[tokio::test]
+async fn a_failed_run_carries_the_builders_message() {
+    let server = MockServer::start().await;
+    let msg = "Failed while waiting for packerizer: Microservice has failed: Failed while processing request: Error when executing packerizer: Packer build command has failed: exit status 1";
+    serve_template(&server, with_last_run("Failed", "Building", msg)).await;
+    let run = run_of(builder(&server).status("myImageTemplate").await.unwrap());
+    assert_eq!(run.run_state, RunState::Failed);
+    assert_eq!(run.message, msg);
+}
+
+#[tokio::test]
+async fn a_template_never_run_is_not_run_and_an_absent_one_is_missing() {
+    let server = MockServer::start().await;
+    serve_template(&server, template_fixture()).await;
+    let b = builder(&server);
+    assert_eq!(
+        b.status("myImageTemplate").await.unwrap(),
+        TemplateStatus::NotRun
+    );
+    assert_eq!(b.status("other").await.unwrap(), TemplateStatus::Missing);
+}
+
+fn body() -> Value {
+    let mut t = template_fixture();
+    for k in ["id", "name", "type"] {
+        t.as_object_mut().unwrap().remove(k);
+    }
+    t
+}
+
+#[tokio::test]
+async fn a_new_template_is_created_tagged_with_its_hash_and_followed_to_the_end() {
+    let server = MockServer::start().await;
+    let op = "https://management.azure.com/subscriptions/s/providers/Microsoft.VirtualMachineImages/locations/westus/operations/op1?api-version=2025-10-01";
+    Mock::given(method("PUT"))
+        .and(path(T))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .insert_header("Azure-AsyncOperation", op)
+                .set_body_json(json!({"properties": {"provisioningState": "Creating"}})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(
+            "/subscriptions/s/providers/Microsoft.VirtualMachineImages/locations/westus/operations/op1",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"status": "Succeeded"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    builder(&server)
+        .put_template("myImageTemplate", &body())
+        .await
+        .unwrap();
+    let put = server
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.method.as_str() == "PUT")
+        .unwrap();
+    let sent: Value = serde_json::from_slice(&put.body).unwrap();
+    assert_eq!(sent["tags"][BODY_HASH_TAG], json!(body_hash(&body())));
+    assert_eq!(sent["properties"], body()["properties"]);
+}
+
+#[tokio::test]
+async fn a_template_already_there_with_the_same_body_is_adopted_without_a_put() {
+    let server = MockServer::start().await;
+    let mut existing = template_fixture();
+    existing["tags"] = json!({ BODY_HASH_TAG: body_hash(&body()) });
+    existing["properties"]["provisioningState"] = json!("Succeeded");
+    serve_template(&server, existing).await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(0)
+        .mount(&server)
+        .await;
+    builder(&server)
+        .put_template("myImageTemplate", &body())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_template_already_there_with_another_body_is_refused() {
+    let server = MockServer::start().await;
+    let mut existing = template_fixture();
+    existing["tags"] = json!({ BODY_HASH_TAG: "0000" });
+    serve_template(&server, existing).await;
+    let e = builder(&server)
+        .put_template("myImageTemplate", &body())
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("different body"), "{e}");
+}
+
+#[tokio::test]
+async fn a_template_that_fails_provisioning_is_a_template_problem() {
+    let server = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(
+            ResponseTemplate::new(201).insert_header("Azure-AsyncOperation", "https://x/ops/p"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/ops/p"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "status": "Failed",
+            "error": {"code": "BadSharedImageDistribute", "message": "The gallery image definition does not exist"}
+        })))
+        .mount(&server)
+        .await;
+    let e = builder(&server)
+        .put_template("myImageTemplate", &body())
+        .await
+        .unwrap_err();
+    assert_eq!(e.category, FailureCategory::Validation, "{e}");
+    assert!(e.message.contains("does not exist"));
+}
+
+#[tokio::test]
+async fn run_starts_a_template_once_and_leaves_one_that_ran_alone() {
+    let server = MockServer::start().await;
+    serve_template(&server, template_fixture()).await;
+    Mock::given(method("POST"))
+        .and(path(format!("{T}/run")))
+        .respond_with(ResponseTemplate::new(202).insert_header(
+            "Azure-AsyncOperation",
+            "https://management.azure.com/ops/run?api-version=2025-10-01",
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    builder(&server).run("myImageTemplate").await.unwrap();
+
+    let ran = MockServer::start().await;
+    serve_template(&ran, with_last_run("Succeeded", "", "")).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&ran)
+        .await;
+    builder(&ran).run("myImageTemplate").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_500_on_run_is_reported_and_not_retried() {
+    let server = MockServer::start().await;
+    serve_template(&server, template_fixture()).await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(500).set_body_json(
+                json!({"error": {"code": "InternalServerError", "message": "boom"}}),
+            ),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let e = builder(&server).run("myImageTemplate").await.unwrap_err();
+    assert_eq!(e.category, FailureCategory::Transient);
+}
+
+#[tokio::test]
+async fn a_conflict_on_run_is_fine_when_a_run_exists() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(T))
+        .respond_with(ResponseTemplate::new(200).set_body_json(template_fixture()))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    serve_template(&server, with_last_run("Running", "Queued", "")).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(409).set_body_json(
+            json!({"error": {"code": "Conflict", "message": "The image template is already running"}}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    builder(&server).run("myImageTemplate").await.unwrap();
+}
+
+#[tokio::test]
+async fn run_outputs_are_read_across_pages() {
+    let server = MockServer::start().await;
+    let outputs = format!("{T}/runOutputs");
+    // The example's nextLink is relative, spells `resourcegroups` in lower case and carries $skipToken=3.
+    let mut first: Value =
+        serde_json::from_str(include_str!("../testdata/ListRunOutputs.json")).unwrap();
+    let next = first["nextLink"]
+        .as_str()
+        .unwrap()
+        .replace("{subscription-id}", "s");
+    first["nextLink"] = json!(next);
+    let next_path = next.split('?').next().unwrap().to_string();
+    Mock::given(method("GET"))
+        .and(path(next_path.as_str()))
+        .and(query_param("$skipToken", "3"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": [
+            {"name": "vhdOutput", "properties": {"artifactUri": "https://st.blob.core.windows.net/vhds/x.vhd", "provisioningState": "Succeeded"}}
+        ]})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(outputs.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(first))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let got = builder(&server)
+        .run_outputs("myImageTemplate")
+        .await
+        .unwrap();
+    let names: Vec<&str> = got.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["myManagedImageOutput", "mySharedImageOutput", "vhdOutput"]
+    );
+    assert!(got[1]
+        .artifact_id
+        .as_deref()
+        .unwrap()
+        .ends_with("/images/SharedImageOutput/imageversions/1.2.3"));
+    assert_eq!(
+        got[2].artifact_uri.as_deref(),
+        Some("https://st.blob.core.windows.net/vhds/x.vhd")
+    );
+}
+
+#[tokio::test]
+async fn deleting_follows_location_and_a_missing_template_is_fine() {
+    let server = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .and(path(T))
+        .respond_with(ResponseTemplate::new(202).insert_header(
+            "Location",
+            "https://management.azure.com/subscriptions/s/providers/Microsoft.VirtualMachineImages/locations/westus/operations/d1?api-version=2025-10-01",
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/subscriptions/s/providers/Microsoft.VirtualMachineImages/locations/westus/operations/d1"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let b = builder(&server);
+    b.delete_template("myImageTemplate").await.unwrap();
+    b.delete_template("gone").await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_template_that_is_gone_is_fine() {
+    let server = MockServer::start().await;
+    builder(&server).cancel("gone").await.unwrap();
+}
+
+#[test]
+fn image_builder_needs_a_user_assigned_identity() {
+    let server_less = AzureImageBuilder::new(client("http://127.0.0.1:9").0, "s", "rg");
+    let mut doc = template_fixture();
+    let ok: ImageTemplate = serde_json::from_value(doc.clone()).unwrap();
+    assert!(server_less.check(&ok).is_empty());
+    doc["identity"]["userAssignedIdentities"] = json!({});
+    let t: ImageTemplate = serde_json::from_value(doc.clone()).unwrap();
+    assert_eq!(
+        server_less.check(&t)[0].path,
+        "identity.userAssignedIdentities"
+    );
+    doc["identity"] = json!({"type": "None"});
+    let t: ImageTemplate = serde_json::from_value(doc.clone()).unwrap();
+    assert_eq!(server_less.check(&t)[0].path, "identity.type");
+    doc.as_object_mut().unwrap().remove("identity");
+    let t: ImageTemplate = serde_json::from_value(doc).unwrap();
+    assert_eq!(server_less.check(&t)[0].path, "identity");
+}
+
+#[test]
+fn the_body_hash_ignores_key_order() {
+    let a = json!({"a": 1, "b": {"c": [1, {"d": 2, "e": 3}]}});
+    let b = json!({"b": {"c": [1, {"e": 3, "d": 2}]}, "a": 1});
+    assert_eq!(body_hash(&a), body_hash(&b));
+    assert_ne!(body_hash(&a), body_hash(&json!({"a": 2})));
+}

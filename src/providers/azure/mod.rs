@@ -1,0 +1,308 @@
+//! The Azure provider: one adapter per REST surface, all through one
+//! [`arm::ArmClient`].
+//!
+//! | module | surface | port |
+//! |---|---|---|
+//! | [`image_builder`] | `Microsoft.VirtualMachineImages/imageTemplates` 2025-10-01 | [`ImageBuilder`](crate::ports::ImageBuilder) |
+//! | [`gallery`] | Compute Gallery image versions 2025-03-03 | [`Gallery`](crate::ports::Gallery) |
+//! | [`marketplace`] | marketplace image versions 2024-11-01 (+ gallery for gallery sources) | [`BaseCatalog`](crate::ports::BaseCatalog) |
+//! | [`resource_graph`] | Resource Graph 2024-04-01 | [`Inventory`](crate::ports::Inventory) |
+//! | [`service_bus`] | Service Bus REST send | [`Queue`](crate::ports::Queue) |
+
+pub mod arm;
+pub mod error;
+pub mod gallery;
+pub mod identity;
+pub mod image_builder;
+pub mod marketplace;
+pub mod resource_graph;
+pub mod service_bus;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::config::Env;
+use arm::{ArmClient, ArmOptions};
+use gallery::AzureGallery;
+use identity::{CredentialKind, IdentityTokens, TokenSource};
+use image_builder::AzureImageBuilder;
+use marketplace::AzureCatalog;
+use resource_graph::AzureInventory;
+use service_bus::ServiceBusQueue;
+
+/// The Azure provider's settings, read from the app settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureSettings {
+    /// `AZURE_SUBSCRIPTION_ID`: where image templates are created and marketplace images are listed.
+    pub subscription_id: String,
+    /// `KILN_AZURE_LOCATION`: the region whose marketplace catalog is watched.
+    pub location: String,
+    /// `KILN_AZURE_RESOURCE_GROUP`: where kiln's image templates live.
+    pub resource_group: String,
+    /// `ServiceBusConnection__fullyQualifiedNamespace`: the host name, as the Functions Service Bus binding reads it too.
+    pub service_bus_namespace: String,
+    /// `AZURE_CLIENT_ID`: a user-assigned identity for the app; absent for the system-assigned one.
+    pub client_id: Option<String>,
+    /// `KILN_AZURE_CREDENTIAL`: `managed-identity` (default) or `cli`.
+    pub credential: CredentialKind,
+    /// `KILN_AZURE_INVENTORY_SUBSCRIPTIONS`: comma-separated subscriptions in which
+    /// consumers are looked for; absent means every subscription the identity can read.
+    pub inventory_subscriptions: Vec<String>,
+}
+
+fn get<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
+    env.get(key).map(|s| s.trim()).filter(|s| !s.is_empty())
+}
+
+fn required<'a>(env: &'a Env, key: &str, what: &str) -> anyhow::Result<&'a str> {
+    get(env, key).with_context(|| format!("{key}: required with KILN_PROVIDER=azure ({what})"))
+}
+
+impl AzureSettings {
+    pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+        let subscription_id = required(env, "AZURE_SUBSCRIPTION_ID", "the subscription id")?;
+        if uuid::Uuid::parse_str(subscription_id).is_err() {
+            bail!("AZURE_SUBSCRIPTION_ID: expected a subscription GUID, got `{subscription_id}`");
+        }
+        let location = required(
+            env,
+            "KILN_AZURE_LOCATION",
+            "a region name such as westeurope",
+        )?;
+        if location.contains(char::is_whitespace) {
+            bail!("KILN_AZURE_LOCATION: expected a region name without spaces such as westeurope, got `{location}`");
+        }
+        let resource_group = required(
+            env,
+            "KILN_AZURE_RESOURCE_GROUP",
+            "the resource group of the image templates",
+        )?;
+        let namespace = required(
+            env,
+            "ServiceBusConnection__fullyQualifiedNamespace",
+            "the Service Bus host name",
+        )?;
+        if namespace.contains("://") || namespace.contains('/') || !namespace.contains('.') {
+            bail!("ServiceBusConnection__fullyQualifiedNamespace: expected a host name such as sb-kiln.servicebus.windows.net, got `{namespace}`");
+        }
+        let client_id = get(env, "AZURE_CLIENT_ID").map(str::to_string);
+        let credential = match get(env, "KILN_AZURE_CREDENTIAL").unwrap_or("managed-identity") {
+            "managed-identity" => CredentialKind::ManagedIdentity {
+                client_id: client_id.clone(),
+            },
+            "cli" => CredentialKind::AzureCli,
+            other => {
+                bail!("KILN_AZURE_CREDENTIAL: expected `managed-identity` or `cli`, got `{other}`")
+            }
+        };
+        let inventory_subscriptions = get(env, "KILN_AZURE_INVENTORY_SUBSCRIPTIONS")
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            subscription_id: subscription_id.to_string(),
+            location: location.to_string(),
+            resource_group: resource_group.to_string(),
+            service_bus_namespace: namespace.to_string(),
+            client_id,
+            credential,
+            inventory_subscriptions,
+        })
+    }
+}
+
+/// The five adapters of the Azure provider.
+#[derive(Clone)]
+pub struct AzureProviders {
+    pub builder: Arc<AzureImageBuilder>,
+    pub gallery: Arc<AzureGallery>,
+    pub catalog: Arc<AzureCatalog>,
+    pub inventory: Arc<AzureInventory>,
+    pub queue: Arc<ServiceBusQueue>,
+}
+
+impl AzureProviders {
+    /// Reads the settings and builds the adapters against Azure, with the
+    /// configured credential.
+    pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+        let settings = AzureSettings::from_env(env)?;
+        let http = reqwest::Client::builder()
+            // ARM does not redirect; a redirect would be a surprise worth failing on.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("Cannot build the HTTP client")?;
+        let tokens: Arc<dyn TokenSource> =
+            Arc::new(IdentityTokens::new(&settings.credential, http.clone())?);
+        let arm = ArmClient::new(http.clone(), ArmOptions::management(), tokens.clone());
+        let bus = ArmClient::new(
+            http,
+            service_bus::options(&format!("https://{}", settings.service_bus_namespace)),
+            tokens,
+        );
+        Ok(Self::with_clients(&settings, arm, bus))
+    }
+
+    /// Builds the adapters on given clients (other endpoints, other tokens, tests).
+    pub fn with_clients(settings: &AzureSettings, arm: ArmClient, bus: ArmClient) -> Self {
+        let gallery = AzureGallery::new(arm.clone());
+        Self {
+            builder: Arc::new(AzureImageBuilder::new(
+                arm.clone(),
+                &settings.subscription_id,
+                &settings.resource_group,
+            )),
+            catalog: Arc::new(AzureCatalog::new(
+                arm.clone(),
+                &settings.subscription_id,
+                &settings.location,
+                gallery.clone(),
+            )),
+            gallery: Arc::new(gallery),
+            inventory: Arc::new(AzureInventory::new(
+                arm,
+                settings.inventory_subscriptions.clone(),
+            )),
+            queue: Arc::new(ServiceBusQueue::new(bus)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUB: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn full() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("AZURE_SUBSCRIPTION_ID", SUB),
+            ("KILN_AZURE_LOCATION", "westeurope"),
+            ("KILN_AZURE_RESOURCE_GROUP", "rg-kiln-templates"),
+            (
+                "ServiceBusConnection__fullyQualifiedNamespace",
+                "sb-kiln.servicebus.windows.net",
+            ),
+        ]
+    }
+
+    #[test]
+    fn complete_settings_default_to_the_system_assigned_identity() {
+        let s = AzureSettings::from_env(&env(&full())).unwrap();
+        assert_eq!(s.subscription_id, SUB);
+        assert_eq!(
+            s.credential,
+            CredentialKind::ManagedIdentity { client_id: None }
+        );
+        assert!(s.inventory_subscriptions.is_empty());
+    }
+
+    #[test]
+    fn a_client_id_selects_the_user_assigned_identity_and_cli_the_laptop_login() {
+        let mut pairs = full();
+        pairs.push(("AZURE_CLIENT_ID", "abc"));
+        let s = AzureSettings::from_env(&env(&pairs)).unwrap();
+        assert_eq!(
+            s.credential,
+            CredentialKind::ManagedIdentity {
+                client_id: Some("abc".into())
+            }
+        );
+        pairs.push(("KILN_AZURE_CREDENTIAL", "cli"));
+        pairs.push(("KILN_AZURE_INVENTORY_SUBSCRIPTIONS", "a, b,"));
+        let s = AzureSettings::from_env(&env(&pairs)).unwrap();
+        assert_eq!(s.credential, CredentialKind::AzureCli);
+        assert_eq!(s.inventory_subscriptions, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn each_missing_or_bad_setting_is_named_in_one_line() {
+        for key in [
+            "AZURE_SUBSCRIPTION_ID",
+            "KILN_AZURE_LOCATION",
+            "KILN_AZURE_RESOURCE_GROUP",
+            "ServiceBusConnection__fullyQualifiedNamespace",
+        ] {
+            let pairs: Vec<_> = full().into_iter().filter(|(k, _)| *k != key).collect();
+            let e = AzureSettings::from_env(&env(&pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key) && !e.contains('\n'), "{e}");
+        }
+        let bad = [
+            ("AZURE_SUBSCRIPTION_ID", "my-sub"),
+            ("KILN_AZURE_LOCATION", "West Europe"),
+            (
+                "ServiceBusConnection__fullyQualifiedNamespace",
+                "https://sb-kiln.servicebus.windows.net/",
+            ),
+            ("KILN_AZURE_CREDENTIAL", "password"),
+        ];
+        for (key, value) in bad {
+            let mut pairs = full();
+            pairs.retain(|(k, _)| *k != key);
+            pairs.push((key, value));
+            let e = AzureSettings::from_env(&env(&pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(key), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_adapters_are_wired_to_the_settings_resource_group_and_namespace() {
+        use crate::ports::{ImageBuilder, OutgoingMessage, Queue, TemplateStatus};
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        let management = MockServer::start().await;
+        let bus = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(format!("/subscriptions/{SUB}/resourceGroups/rg-kiln-templates/providers/Microsoft.VirtualMachineImages/imageTemplates/kiln-b1-a1")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"properties": {}})))
+            .expect(1)
+            .mount(&management)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/build-requests/messages"))
+            .respond_with(ResponseTemplate::new(201))
+            .expect(1)
+            .mount(&bus)
+            .await;
+        let s = AzureSettings::from_env(&env(&full())).unwrap();
+        let p = AzureProviders::with_clients(
+            &s,
+            arm::testing::client(&management.uri()).0,
+            arm::testing::client_with(service_bus::options(&bus.uri())).0,
+        );
+        assert_eq!(
+            p.builder.status("kiln-b1-a1").await.unwrap(),
+            TemplateStatus::NotRun
+        );
+        let m = OutgoingMessage {
+            message_id: "r1".into(),
+            body: "{}".into(),
+            delay: std::time::Duration::ZERO,
+        };
+        p.queue.send("build-requests", m).await.unwrap();
+    }
+
+    #[test]
+    fn a_laptop_can_build_the_providers_with_its_cli_login() {
+        let mut pairs = full();
+        pairs.push(("KILN_AZURE_CREDENTIAL", "cli"));
+        assert!(AzureProviders::from_env(&env(&pairs)).is_ok());
+    }
+}
