@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 
-use crate::config::{gather_env, Settings};
-use crate::host::wiring::{local_provider, local_runtime, open_db};
+use crate::config::{gather_env, ProviderKind, Settings};
+use crate::host::wiring::{azure_app, local_provider, local_runtime, open_db};
 use crate::ports::{Gallery, ImageBuilder, SystemClock};
 use crate::providers::local::{BaseFrom, LocalProvider};
 
@@ -129,11 +129,15 @@ pub async fn run_serve() -> anyhow::Result<ExitCode> {
         .context("FUNCTIONS_CUSTOMHANDLER_PORT: not set (the Functions host sets it)")?
         .parse()
         .context("FUNCTIONS_CUSTOMHANDLER_PORT: expected a port number")?;
-    let s = settings(Path::new("local.settings.json"))?;
-    let runtime = local_runtime(s, Arc::new(SystemClock))?;
+    let env = gather_env(Some(Path::new("local.settings.json")))?;
+    let s = Settings::from_env(&env)?;
+    let app = match s.provider {
+        ProviderKind::Azure => azure_app(s, &env, Arc::new(SystemClock))?,
+        ProviderKind::Local => local_runtime(s, Arc::new(SystemClock))?.app,
+    };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    tracing::info!(port, "kiln custom handler listening");
-    crate::host::serve::run(listener, runtime.app, shutdown_signal()).await?;
+    tracing::info!(port, provider = ?app.settings.provider, "kiln custom handler listening");
+    crate::host::serve::run(listener, app, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -100,3 +100,36 @@ pub fn local_runtime(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
         specs,
     })
 }
+
+/// Assembles the custom handler for Azure: Image Builder, Compute Gallery,
+/// marketplace, Resource Graph and Service Bus adapters. Build state stays in
+/// the embedded store under `KILN_DATA_DIR` (one instance; see infra/).
+pub fn azure_app(
+    settings: Settings,
+    env: &crate::config::Env,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<App> {
+    let azure = crate::providers::azure::AzureProviders::from_env(env)?;
+    let db = open_db(&settings)?;
+    let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
+        .map_err(|errors| {
+            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!(
+                "invalid pipelines (run `kiln validate`):\n{}",
+                lines.join("\n")
+            )
+        })?;
+    Ok(App {
+        pipelines: Arc::new(pipelines),
+        store: Store::new(db.clone()),
+        builder: azure.builder,
+        gallery: azure.gallery,
+        catalog: azure.catalog,
+        inventory: azure.inventory,
+        queue: azure.queue,
+        clock,
+        events: EventSink::new(db, settings.events_file.clone(), settings.webhook.clone()),
+        tuning: Tuning::azure(),
+        settings: Arc::new(settings),
+    })
+}
