@@ -118,6 +118,7 @@ impl LocalHost {
                 TriggerSpec::EventGrid | TriggerSpec::Http { .. } => {}
             }
         }
+        tasks.spawn(deliver_events(self.app.clone(), shutdown.clone()));
         let router = crate::host::serve::router(self.app.clone());
         let mut http_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -141,6 +142,19 @@ impl LocalHost {
             tracing::warn!("invocations still running after 60 s; their messages stay queued and are delivered again");
         }
         Ok(())
+    }
+}
+
+/// Delivers webhook events every second (in Azure the sweeper does it).
+async fn deliver_events(app: App, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = app.events.deliver_due(app.clock.now()).await {
+            tracing::warn!(error = %e, "event delivery failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! provider, driven the way the Functions host and users drive them.
 
 mod builds;
+mod events;
 mod handler;
 mod harness;
 mod triggers;
