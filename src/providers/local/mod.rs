@@ -284,6 +284,31 @@ impl LocalProvider {
         }
     }
 
+    /// The host tools the provider needs that are not on `PATH`, each with
+    /// the Debian package that has it (for a one-line start-up error).
+    /// `mmdebstrap`, `busybox` and `qemu-system-x86_64` are only needed for
+    /// Debian imports, busybox bases and boot tests; they are listed too.
+    pub fn missing_tools() -> Vec<String> {
+        const TOOLS: &[(&str, &str)] = &[
+            ("bwrap", "bubblewrap"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("debugfs", "e2fsprogs"),
+            ("qemu-img", "qemu-utils"),
+            ("mmdebstrap", "mmdebstrap"),
+            ("busybox", "busybox-static"),
+            ("qemu-system-x86_64", "qemu-system-x86"),
+        ];
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+            .collect();
+        TOOLS
+            .iter()
+            .filter(|(tool, _)| !dirs.iter().any(|d| d.join(tool).is_file()))
+            .map(|(tool, package)| format!("{tool} (apt-get install {package})"))
+            .collect()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
     }

@@ -1182,6 +1182,11 @@ async fn vms_are_consumers_that_retention_sees() {
 }
 
 #[test]
+fn the_tools_are_installed_here() {
+    assert_eq!(LocalProvider::missing_tools(), Vec::<String>::new());
+}
+
+#[test]
 fn classify_reads_the_category_prefix() {
     assert_eq!(
         classify("customizer: step 'x' exited with 1: …"),
