@@ -253,7 +253,9 @@ async fn a_bootable_debian_image_passes_its_boot_test_and_runs_as_a_vm() {
     );
     body["tags"]["kiln.bootTest.check"] = json!("cat /etc/aib-build-info; uname -r");
     body["tags"]["kiln.bootTest.expect"] = json!("booted-image");
+    let t = Instant::now();
     let s = run_to_end(&p, "kiln-boot-a1", &body, Duration::from_secs(600)).await;
+    eprintln!("build with boot test: {:.1} s", t.elapsed().as_secs_f64());
     assert_eq!(s.run_state, RunState::Succeeded, "{}", s.message);
     let log = std::fs::read_to_string(p.log_path("kiln-boot-a1")).unwrap();
     assert!(log.contains("booted-image"), "{log}");
@@ -262,6 +264,7 @@ async fn a_bootable_debian_image_passes_its_boot_test_and_runs_as_a_vm() {
         .artifact_id
         .clone()
         .unwrap();
+    let t = Instant::now();
     let report = p
         .vm_run(
             &id,
@@ -270,7 +273,15 @@ async fn a_bootable_debian_image_passes_its_boot_test_and_runs_as_a_vm() {
         )
         .await
         .unwrap();
+    eprintln!(
+        "vm_run: {} in {:.1} s: {:?}",
+        report.accel,
+        t.elapsed().as_secs_f64(),
+        report.output
+    );
     assert!(report.passed, "{report:?}");
+    // Generalized: the machine id is empty until a real first boot makes one.
+    assert!(report.output.contains("machine-id-empty"), "{report:?}");
     assert!(report.accel == "kvm" || report.accel == "tcg");
     let failed = p
         .vm_run(&id, "echo failing; exit 4", Duration::from_secs(240))

@@ -129,6 +129,9 @@ pub(crate) struct Finished {
     pub state: &'static str,
     pub message: String,
     pub kept_staging: Option<String>,
+    /// The staging folder to remove once the status is written (scratch
+    /// space: its removal is housekeeping, not part of the result).
+    pub cleanup: Option<PathBuf>,
 }
 
 impl Build {
@@ -206,51 +209,45 @@ impl Build {
         ));
         let result = self.stages().await;
         let finished = match result {
-            Ok(None) => {
-                let _ = std::fs::remove_dir_all(&self.staging);
-                Finished {
-                    state: "Succeeded",
-                    message: String::new(),
-                    kept_staging: None,
-                }
-            }
+            Ok(None) => Finished {
+                state: "Succeeded",
+                message: String::new(),
+                kept_staging: None,
+                cleanup: Some(self.staging.clone()),
+            },
             Ok(Some(validation_message)) => {
                 // continueDistributeOnFailure: distributed, yet the run failed.
-                let _ = std::fs::remove_dir_all(&self.staging);
                 Finished {
                     state: "Failed",
                     message: validation_message,
                     kept_staging: None,
+                    cleanup: Some(self.staging.clone()),
                 }
             }
-            Err(Fail::Canceled) => {
-                let _ = std::fs::remove_dir_all(&self.staging);
-                Finished {
-                    state: "Canceled",
-                    message: "canceled: the run was canceled".to_string(),
-                    kept_staging: None,
-                }
-            }
+            Err(Fail::Canceled) => Finished {
+                state: "Canceled",
+                message: "canceled: the run was canceled".to_string(),
+                kept_staging: None,
+                cleanup: Some(self.staging.clone()),
+            },
             Err(Fail::Failed {
                 category,
                 message,
                 keep,
             }) => {
                 let mut message = format!("{category}: {message}");
-                let kept = if keep && self.staging.exists() {
+                let kept = keep && self.staging.exists();
+                if kept {
                     message.push_str(&format!(
                         " (errorHandling abort: staging kept at {})",
                         self.staging.display()
                     ));
-                    Some(self.staging.display().to_string())
-                } else {
-                    let _ = std::fs::remove_dir_all(&self.staging);
-                    None
-                };
+                }
                 Finished {
                     state: "Failed",
                     message,
-                    kept_staging: kept,
+                    kept_staging: kept.then(|| self.staging.display().to_string()),
+                    cleanup: (!kept).then(|| self.staging.clone()),
                 }
             }
         };
@@ -404,7 +401,10 @@ impl Build {
         .await
         .map_err(|e| Fail::internal(format!("cannot run {what}: {e}")))?;
         match &out.ended {
-            Ended::Exited(0) => Ok(out),
+            Ended::Exited(0) => {
+                self.log.line(&format!("[{what}] done"));
+                Ok(out)
+            }
             Ended::Exited(code) => Err(Fail::internal(format!(
                 "{what} exited with {code}: {}",
                 tail_lines(&out.tail, 6)
@@ -514,6 +514,8 @@ impl Build {
             network,
             ro_binds: vec![(script.to_path_buf(), "/tmp/.kiln/step".to_string())],
         };
+        sb.preflight()
+            .map_err(|e| Fail::new(FailureCategory::Customizer, format!("step '{step}': {e}")))?;
         let deadline = (Instant::now() + self.opts.step_timeout).min(self.deadline);
         let out = run_process(
             sb.command(argv),
@@ -696,6 +698,7 @@ impl Build {
             network: false,
             ro_binds: vec![],
         };
+        sb.preflight().map_err(Fail::internal)?;
         let cmd = sb.command(&["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"]);
         let deadline = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
         let out = run_process(

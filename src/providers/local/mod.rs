@@ -129,9 +129,14 @@ pub fn classify(message: &str) -> FailureCategory {
     }
 }
 
+/// Progress of a run's task, as its watchers see it.
+const STATUS_WRITTEN: u8 = 1;
+const TASK_ENDED: u8 = 2;
+
 struct RunHandle {
     cancel: watch::Sender<bool>,
-    done: watch::Receiver<bool>,
+    /// 0 running, [`STATUS_WRITTEN`], then [`TASK_ENDED`] (staging removed).
+    done: watch::Receiver<u8>,
 }
 
 pub(crate) struct Inner {
@@ -187,11 +192,22 @@ impl Inner {
     }
 }
 
-/// Removes a run's handle when its task ends (even by panic) and wakes `cancel`.
+/// Removes a run's handle when its task ends (even by panic) and wakes the
+/// waiters (`wait_run` once the status is written, `cancel` at the end).
 struct TaskGuard {
     inner: Arc<Inner>,
     name: String,
-    done: watch::Sender<bool>,
+    done: watch::Sender<u8>,
+}
+
+impl TaskGuard {
+    fn status_written(&self) {
+        self.done.send_if_modified(|v| {
+            let changed = *v < STATUS_WRITTEN;
+            *v = (*v).max(STATUS_WRITTEN);
+            changed
+        });
+    }
 }
 
 impl Drop for TaskGuard {
@@ -199,7 +215,7 @@ impl Drop for TaskGuard {
         if let Ok(mut m) = self.inner.running.lock() {
             m.remove(&self.name);
         }
-        let _ = self.done.send(true);
+        let _ = self.done.send(TASK_ENDED);
     }
 }
 
@@ -230,7 +246,7 @@ impl LocalProvider {
                 .with_context(|| format!("Cannot create {}", p.display()))?;
         }
         let pid = std::process::id();
-        Ok(Self {
+        let provider = Self {
             inner: Arc::new(Inner {
                 data_dir: cfg.data_dir,
                 records: Records::new(cfg.db),
@@ -244,7 +260,53 @@ impl LocalProvider {
                 kvm_ok: tokio::sync::Mutex::new(None),
                 tools: tokio::sync::OnceCell::new(),
             }),
-        })
+        };
+        provider.sweep_staging();
+        Ok(provider)
+    }
+
+    /// Removes staging folders nobody needs: runs that ended (and did not
+    /// keep theirs for `abort`) whose process exited before cleaning up.
+    fn sweep_staging(&self) {
+        let Ok(dirs) = std::fs::read_dir(self.inner.data_dir.join("staging")) else {
+            return;
+        };
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().to_string();
+            let stale = match self.inner.records.run_get(&name) {
+                Ok(Some(run)) => !run.is_active() && run.staging.is_none(),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if stale {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
+    }
+
+    /// The host tools the provider needs that are not on `PATH`, each with
+    /// the Debian package that has it (for a one-line start-up error).
+    /// `mmdebstrap`, `busybox` and `qemu-system-x86_64` are only needed for
+    /// Debian imports, busybox bases and boot tests; they are listed too.
+    pub fn missing_tools() -> Vec<String> {
+        const TOOLS: &[(&str, &str)] = &[
+            ("bwrap", "bubblewrap"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("debugfs", "e2fsprogs"),
+            ("qemu-img", "qemu-utils"),
+            ("mmdebstrap", "mmdebstrap"),
+            ("busybox", "busybox-static"),
+            ("qemu-system-x86_64", "qemu-system-x86"),
+        ];
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs: Vec<PathBuf> = std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+            .collect();
+        TOOLS
+            .iter()
+            .filter(|(tool, _)| !dirs.iter().any(|d| d.join(tool).is_file()))
+            .map(|(tool, package)| format!("{tool} (apt-get install {package})"))
+            .collect()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -333,7 +395,8 @@ impl LocalProvider {
                 .ok()
                 .and_then(|m| m.get(name).map(|h| h.done.clone()));
             if let Some(mut done) = done {
-                let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
+                let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d >= STATUS_WRITTEN))
+                    .await;
             }
             match self.status(name).await? {
                 TemplateStatus::Missing => bail!("template {name} does not exist"),
@@ -513,10 +576,10 @@ impl ImageBuilder for LocalProvider {
         name: &str,
         body: &serde_json::Value,
     ) -> Result<(), ProviderError> {
-        if !util::safe_component(name) {
+        if !util::safe_component(name) || name.len() > 64 {
             return Err(ProviderError::new(
                 FailureCategory::Policy,
-                format!("`{name}` is not a template name (1-64 of A-Z a-z 0-9 - _ .)"),
+                format!("`{name}` is not an image template name (1-64 of A-Z a-z 0-9 - _ .)"),
             ));
         }
         let t: ImageTemplate = serde_json::from_value(body.clone()).map_err(|e| {
@@ -564,7 +627,7 @@ impl ImageBuilder for LocalProvider {
         let body: serde_json::Value = serde_json::from_str(&body).map_err(perr)?;
         let template: ImageTemplate = serde_json::from_value(body.clone()).map_err(perr)?;
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let (done_tx, done_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(0u8);
         {
             let mut m = p.running.lock().map_err(perr)?;
             if m.contains_key(name) {
@@ -605,7 +668,7 @@ impl ImageBuilder for LocalProvider {
         let inner = p.clone();
         let name = name.to_string();
         tokio::spawn(async move {
-            let _guard = guard;
+            let guard = guard;
             let cancel = sandbox::CancelWatch::new(cancel_rx, inner.records.clone(), name.clone());
             let finished =
                 match engine::Build::new(inner.clone(), &name, template, body, sha, cancel) {
@@ -614,6 +677,7 @@ impl ImageBuilder for LocalProvider {
                         state: "Failed",
                         message: format!("internal: cannot start the build: {e}"),
                         kept_staging: None,
+                        cleanup: None,
                     },
                 };
             if let Err(e) = inner.records.run_finish(
@@ -626,6 +690,11 @@ impl ImageBuilder for LocalProvider {
             ) {
                 tracing::error!(template = %name, "cannot record the end of the run: {e:#}");
             }
+            guard.status_written();
+            if let Some(dir) = finished.cleanup {
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            }
+            drop(guard);
         });
         Ok(())
     }
@@ -669,7 +738,11 @@ impl ImageBuilder for LocalProvider {
         match done {
             Some(mut done) => {
                 // Wait for the task to kill its sandbox and clean up.
-                let _ = tokio::time::timeout(Duration::from_secs(120), done.wait_for(|d| *d)).await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(120),
+                    done.wait_for(|d| *d >= TASK_ENDED),
+                )
+                .await;
             }
             None => {
                 if p.orphan_reason(&run).is_some() {

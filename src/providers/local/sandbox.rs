@@ -32,6 +32,8 @@ const TAIL: usize = 12;
 #[derive(Clone)]
 pub(crate) struct LogSink {
     file: Option<Arc<Mutex<std::fs::File>>>,
+    /// Each line carries the seconds since the sink opened (the build started).
+    start: std::time::Instant,
 }
 
 impl LogSink {
@@ -45,17 +47,21 @@ impl LogSink {
             .open(path)?;
         Ok(Self {
             file: Some(Arc::new(Mutex::new(file))),
+            start: std::time::Instant::now(),
         })
     }
 
     /// A sink that keeps nothing (for runs whose output is captured instead).
     pub fn discard() -> Self {
-        Self { file: None }
+        Self {
+            file: None,
+            start: std::time::Instant::now(),
+        }
     }
 
     pub fn line(&self, text: &str) {
         if let Some(Ok(mut f)) = self.file.as_ref().map(|f| f.lock()) {
-            let _ = writeln!(f, "{text}");
+            let _ = writeln!(f, "[{:8.3}] {text}", self.start.elapsed().as_secs_f64());
         }
     }
 }
@@ -258,6 +264,34 @@ pub(crate) struct Sandbox<'a> {
 }
 
 impl Sandbox<'_> {
+    /// bubblewrap mounts over the image's `/proc`, `/dev` and `/tmp` and runs
+    /// as root: if the image made one of them a symlink, bwrap would follow it
+    /// to a host path while setting up. Refuse such an image.
+    pub fn preflight(&self) -> Result<(), String> {
+        for d in ["proc", "dev", "tmp"] {
+            if let Ok(md) = std::fs::symlink_metadata(self.root.join(d)) {
+                if !md.is_dir() {
+                    return Err(format!(
+                        "the image's /{d} is not a folder (a symlink?): the sandbox cannot mount over it"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The image's `/etc/resolv.conf` can take the host's (read-only) when
+    /// it is a plain file or absent, never when it is a symlink.
+    fn can_bind_resolv_conf(&self) -> bool {
+        let etc = self.root.join("etc");
+        let etc_ok = std::fs::symlink_metadata(&etc).is_ok_and(|m| m.is_dir());
+        let target_ok = match std::fs::symlink_metadata(etc.join("resolv.conf")) {
+            Ok(m) => m.is_file(),
+            Err(_) => true,
+        };
+        etc_ok && target_ok && Path::new("/etc/resolv.conf").exists()
+    }
+
     pub fn command(&self, argv: &[&str]) -> Command {
         let mut cmd = Command::new("bwrap");
         cmd.args(self.args(argv));
@@ -276,7 +310,7 @@ impl Sandbox<'_> {
             push(s);
         }
         if self.network {
-            if self.root.join("etc").is_dir() && Path::new("/etc/resolv.conf").exists() {
+            if self.can_bind_resolv_conf() {
                 for s in ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"] {
                     push(s);
                 }

@@ -101,8 +101,10 @@ async fn wait(p: &LocalProvider, name: &str) -> RunStatus {
     let start = std::time::Instant::now();
     loop {
         match p.status(name).await.unwrap() {
+            // Ended, and its task has removed the staging folder.
             TemplateStatus::Run(s)
-                if !matches!(s.run_state, RunState::Running | RunState::Canceling) =>
+                if !matches!(s.run_state, RunState::Running | RunState::Canceling)
+                    && !p.inner.has_task(name) =>
             {
                 return s
             }
@@ -183,7 +185,7 @@ async fn a_busybox_build_customizes_validates_captures_and_publishes_with_replic
         json!([
             {"type": "SharedImage", "runOutputName": "sig", "galleryImageId": format!("{}/versions/1.0.0", def_id("app")),
              "targetRegions": [{"name": "West Europe", "replicaCount": 2}, {"name": "eastus", "replicaCount": 1}],
-             "artifactTags": {"team": "platform"}},
+             "artifactTags": {"team": "platform"}, "endOfLifeDate": "2030-01-31T00:00:00Z"},
             {"type": "ManagedImage", "runOutputName": "mi", "imageId": format!("{SUB}/images/app-mi"), "location": "westeurope"},
             {"type": "VHD", "runOutputName": "vhd"}
         ]),
@@ -217,6 +219,11 @@ async fn a_busybox_build_customizes_validates_captures_and_publishes_with_replic
     let v = &versions[0];
     assert_eq!(v.provisioning_state, "Succeeded");
     assert_eq!(v.tags.get("team").map(String::as_str), Some("platform"));
+    assert_eq!(
+        v.end_of_life.map(|t| t.to_rfc3339()),
+        Some("2030-01-31T00:00:00+00:00".to_string())
+    );
+    assert!(!v.exclude_from_latest);
     assert_eq!(
         v.replication
             .iter()
@@ -575,6 +582,30 @@ async fn a_file_customizer_cannot_escape_through_a_symlink() {
     assert_eq!(s.run_state, RunState::Failed);
     assert!(s.message.contains("symlink"), "{}", s.message);
     assert!(!host_target.join("pwned").exists());
+}
+
+#[tokio::test]
+async fn an_image_whose_mount_points_are_symlinks_is_refused() {
+    // Steps cannot do this (their /tmp is a mount), but a tarball base can.
+    let e = env().await;
+    let host_dir = e.dir.path().join("host-tmp");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let bad =
+        e.p.import_base("kiln:busybox:badtmp", "1", BaseFrom::Busybox)
+            .await
+            .unwrap();
+    std::fs::remove_dir(bad.path.join("tmp")).unwrap();
+    std::os::unix::fs::symlink(&host_dir, bad.path.join("tmp")).unwrap();
+    let mut body = template("app", json!([shell("step", &["echo hi"])]));
+    set(&mut body, "/properties/source/sku", json!("badtmp"));
+    let s = build(&e.p, "t-badtmp", &body).await;
+    assert!(
+        s.message
+            .starts_with("customizer: step 'step': the image's /tmp is not a folder"),
+        "{}",
+        s.message
+    );
+    assert_eq!(std::fs::read_dir(&host_dir).unwrap().count(), 0);
 }
 
 #[tokio::test]
@@ -1148,6 +1179,11 @@ async fn vms_are_consumers_that_retention_sees() {
         "{}",
         s.message
     );
+}
+
+#[test]
+fn the_tools_are_installed_here() {
+    assert_eq!(LocalProvider::missing_tools(), Vec::<String>::new());
 }
 
 #[test]
