@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-debian.sh
-cargo test --locked --all-targets -- --test-threads 2
+cargo test --locked --lib --bins --tests

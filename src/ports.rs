@@ -57,12 +57,15 @@ pub trait ImageBuilder: Send + Sync {
     fn check(&self, template: &ImageTemplate) -> Vec<FieldError>;
 }
 
-/// A change to a version's publishing profile (staged deprecation).
+/// A change to a version: its publishing profile (staged deprecation) or its
+/// tags (pins). `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionUpdate {
     pub exclude_from_latest: Option<bool>,
     pub end_of_life: Option<DateTime<Utc>>,
+    /// Replaces the version's tags (ARM PATCH semantics for `tags`).
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[async_trait]

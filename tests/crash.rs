@@ -54,6 +54,8 @@ fn start(dir: &Path, port: u16, n: usize) -> Child {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("kiln local did not come up");
 }
 

@@ -277,6 +277,7 @@ pub async fn apply(
                 Action::Deprecate { end_of_life } => Change::Deprecate(VersionUpdate {
                     exclude_from_latest: Some(true),
                     end_of_life: Some(end_of_life),
+                    tags: None,
                 }),
                 Action::Delete => Change::Delete,
             };

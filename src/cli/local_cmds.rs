@@ -49,6 +49,15 @@ pub enum GalleryCmd {
     },
     /// Print a file from a published version's disk (read without mounting).
     Cat { version_id: String, path: String },
+    /// Pin a version so retention keeps it (or unpin it).
+    Pin {
+        version_id: String,
+        /// The pipeline's `retention.pinTag`.
+        #[arg(long, default_value = "kiln.pin")]
+        tag: String,
+        #[arg(long)]
+        unpin: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +224,29 @@ pub async fn gallery(cmd: GalleryCmd) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+        }
+        GalleryCmd::Pin {
+            version_id,
+            tag,
+            unpin,
+        } => {
+            let v = p
+                .gallery_version(&version_id)
+                .await?
+                .with_context(|| format!("gallery image version {version_id} does not exist"))?;
+            let mut tags = v.version.tags.clone();
+            if unpin {
+                tags.remove(&tag);
+            } else {
+                tags.insert(tag.clone(), chrono::Utc::now().to_rfc3339());
+            }
+            let update = crate::ports::VersionUpdate {
+                tags: Some(tags),
+                ..Default::default()
+            };
+            p.update_version(&v.version.definition_id, v.version.version, &update)
+                .await?;
+            println!("{} {}", if unpin { "unpinned" } else { "pinned" }, v.id);
         }
         GalleryCmd::Cat { version_id, path } => {
             let v = p

@@ -470,13 +470,8 @@ fn print_plan(v: &Value, json: bool) -> anyhow::Result<()> {
             println!(
                 "  {:<12} {:<10} {}",
                 item["version"].as_str().unwrap_or(""),
-                item["action"]
-                    .as_str()
-                    .or(item["action"]["action"].as_str())
-                    .unwrap_or(&item["action"].to_string()),
-                item["reason"]
-                    .as_str()
-                    .unwrap_or(&item["reason"].to_string())
+                item["action"]["kind"].as_str().unwrap_or("?"),
+                item["reason"].as_str().unwrap_or("")
             );
         }
     }

@@ -5,4 +5,5 @@ mod builds;
 mod events;
 mod handler;
 mod harness;
+mod retention;
 mod triggers;

@@ -101,7 +101,10 @@ impl Gallery for AzureGallery {
         version: ImageVersion,
         update: &VersionUpdate,
     ) -> anyhow::Result<()> {
-        if update.exclude_from_latest.is_none() && update.end_of_life.is_none() {
+        if update.exclude_from_latest.is_none()
+            && update.end_of_life.is_none()
+            && update.tags.is_none()
+        {
             return Ok(());
         }
         let path = Self::version_path(definition_id, &version.to_string(), false);
@@ -120,10 +123,13 @@ impl Gallery for AzureGallery {
         }
         // The update model declares storageProfile required (the spec's own
         // example sends it), so the current one is sent back unchanged.
-        let body = json!({"properties": {
+        let mut body = json!({"properties": {
             "publishingProfile": profile,
             "storageProfile": current.pointer("/properties/storageProfile").cloned().unwrap_or(json!({})),
         }});
+        if let Some(tags) = &update.tags {
+            body["tags"] = json!(tags);
+        }
         let r = self
             .arm
             .send(Method::PATCH, &path, Some(&body), RetryPolicy::Idempotent)

@@ -828,7 +828,7 @@ pub(crate) fn place_file(root: &Path, src: &Path, dest: &str) -> std::io::Result
 
 pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 {
+    if s >= 60 && s.is_multiple_of(60) {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")

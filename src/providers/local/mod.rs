@@ -802,6 +802,7 @@ impl Gallery for LocalProvider {
             version,
             update.exclude_from_latest,
             update.end_of_life,
+            update.tags.as_ref(),
         )? {
             bail!("gallery image version {definition_id}/versions/{version} does not exist");
         }

@@ -530,18 +530,22 @@ impl Records {
         version: ImageVersion,
         exclude_from_latest: Option<bool>,
         end_of_life: Option<DateTime<Utc>>,
+        tags: Option<&std::collections::BTreeMap<String, String>>,
     ) -> anyhow::Result<bool> {
+        let tags = tags.map(serde_json::to_string).transpose()?;
         self.db.with(|c| {
             c.execute(
                 "UPDATE local_gallery_versions SET
                    exclude_from_latest = COALESCE(?3, exclude_from_latest),
-                   end_of_life = COALESCE(?4, end_of_life)
+                   end_of_life = COALESCE(?4, end_of_life),
+                   tags = COALESCE(?5, tags)
                  WHERE definition_id = ?1 AND version = ?2",
                 params![
                     definition_id,
                     version.to_string(),
                     exclude_from_latest.map(|b| b as i64),
-                    end_of_life.map(ts)
+                    end_of_life.map(ts),
+                    tags
                 ],
             )
             .map(|n| n == 1)

@@ -968,6 +968,7 @@ async fn gallery_versions_update_delete_and_feed_builds() {
         &VersionUpdate {
             exclude_from_latest: Some(true),
             end_of_life: None,
+            tags: None,
         },
     )
     .await

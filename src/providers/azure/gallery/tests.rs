@@ -154,6 +154,7 @@ async fn a_staged_deprecation_patches_the_publishing_profile_and_waits() {
             &VersionUpdate {
                 exclude_from_latest: Some(true),
                 end_of_life: Some(eol),
+                tags: None,
             },
         )
         .await
