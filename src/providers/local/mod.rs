@@ -111,23 +111,9 @@ pub struct PublishedVersion {
     pub manifest: Option<serde_json::Value>,
 }
 
-/// The failure category a run's message starts with (`customizer: …`).
-/// `orphaned:` (the building process died) is transient; an unknown prefix is internal.
-pub fn classify(message: &str) -> FailureCategory {
-    let prefix = message.split(':').next().unwrap_or("").trim();
-    match prefix {
-        "auth" => FailureCategory::Auth,
-        "policy" => FailureCategory::Policy,
-        "network" => FailureCategory::Network,
-        "quota" => FailureCategory::Quota,
-        "customizer" => FailureCategory::Customizer,
-        "validation" => FailureCategory::Validation,
-        "timeout" => FailureCategory::Timeout,
-        "replication" => FailureCategory::Replication,
-        "transient" | "orphaned" => FailureCategory::Transient,
-        _ => FailureCategory::Internal,
-    }
-}
+/// The failure category a run's message starts with (`customizer: …`); one
+/// reading of messages for every provider lives in the domain.
+pub use crate::domain::failure::classify;
 
 /// Progress of a run's task, as its watchers see it.
 const STATUS_WRITTEN: u8 = 1;
