@@ -194,6 +194,15 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             .unwrap();
         assert_eq!(versions[0]["tags"]["kiln.build"], build["id"]);
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // SIGTERM is a graceful stop: the process ends on its own, successfully.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "kiln local ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "graceful stop exited with {status}");
 }

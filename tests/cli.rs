@@ -1,0 +1,147 @@
+//! The `kiln` binary's offline commands: validate, render, schedule next.
+
+use std::path::Path;
+use std::process::Command;
+
+fn kiln() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR")).env(
+        "KILN_DATA_DIR",
+        std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id())),
+    );
+    c
+}
+
+#[test]
+fn the_shipped_pipelines_validate() {
+    let out = kiln()
+        .args([
+            "validate",
+            "pipelines/tiny.json",
+            "pipelines/ubuntu-2204-baseline.json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_broken_copy_fails_with_file_field_path_and_expectation() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/ubuntu-2204-baseline.json"),
+    )
+    .unwrap();
+    let broken = text
+        .replace(
+            r#""buildTimeoutInMinutes": 60"#,
+            r#""buildTimeoutInMinutes": 2000"#,
+        )
+        .replace(r#""keepLatest": 5"#, r#""keepLatest": "five""#);
+    let file = dir.path().join("broken.json");
+    std::fs::write(&file, broken).unwrap();
+    let windows = dir.path().join("windows.json");
+    std::fs::write(
+        &windows,
+        text.replace(
+            r#""type": "Shell",
+        "name": "baseline-packages""#,
+            r#""type": "PowerShell",
+        "name": "baseline-packages""#,
+        ),
+    )
+    .unwrap();
+    let out = kiln()
+        .arg("validate")
+        .arg(&file)
+        .arg(&windows)
+        .arg("pipelines/tiny.json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: kiln.retention.keepLatest: invalid type",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}: properties.customize[0]", windows.display())),
+        "{err}"
+    );
+    assert!(err.contains("not supported by the local provider"), "{err}");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("pipelines/tiny.json: ok"),
+        "the good file is still checked: {out}"
+    );
+}
+
+#[test]
+fn render_prints_the_template_kiln_submits() {
+    let out = kiln()
+        .args(["render", "ubuntu-2204-baseline", "--version", "1.2.3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(t.get("kiln").is_none());
+    let d = &t["properties"]["distribute"][0];
+    assert!(d["galleryImageId"]
+        .as_str()
+        .unwrap()
+        .ends_with("/images/ubuntu-2204-baseline/versions/1.2.3"));
+    assert_eq!(
+        d["artifactTags"]["os"], "ubuntu-22.04",
+        "user tags are kept"
+    );
+    assert_eq!(d["artifactTags"]["kiln.pipeline"], "ubuntu-2204-baseline");
+    assert_eq!(
+        t["properties"]["vmProfile"]["vmSize"], "Standard_D2s_v5",
+        "unmodelled fields pass through"
+    );
+}
+
+#[test]
+fn schedule_next_prints_patch_tuesday_fire_times() {
+    let out = kiln()
+        .args([
+            "schedule",
+            "next",
+            "ubuntu-2204-baseline",
+            "--count",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    for o in list {
+        let at: chrono::DateTime<chrono::Utc> = o["firesAt"].as_str().unwrap().parse().unwrap();
+        let berlin = at.with_timezone(&chrono_tz::Europe::Berlin);
+        // Second Tuesday (8th-14th) plus one day, 03:00 local, unless deferred by the year-end freeze.
+        if o["deferred"] == false {
+            use chrono::{Datelike, Timelike};
+            assert_eq!(berlin.weekday(), chrono::Weekday::Wed, "{o}");
+            assert!((9..=15).contains(&berlin.day()), "{o}");
+            assert_eq!(berlin.hour(), 3);
+        }
+    }
+}
