@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup-debian.sh
 
 cargo build --release --locked
-kiln=./target/release/kiln
+kiln="${CARGO_TARGET_DIR:-target}/release/kiln"
 export KILN_DATA_DIR="${KILN_DATA_DIR:-.kiln}"
 api="http://127.0.0.1:${KILN_HTTP_PORT:-7071}"
 
