@@ -33,6 +33,12 @@ pub enum BaseCmd {
         #[arg(long)]
         busybox: bool,
     },
+    /// Mark a base version deprecated (pipelines on it are warned).
+    Deprecate {
+        urn: String,
+        #[arg(long)]
+        version: String,
+    },
     /// List base images.
     List {
         #[arg(long)]
@@ -169,6 +175,10 @@ pub async fn base(cmd: BaseCmd) -> anyhow::Result<ExitCode> {
             };
             let b = p.import_base(&urn, &version, from).await?;
             println!("{}", serde_json::to_string(&b)?);
+        }
+        BaseCmd::Deprecate { urn, version } => {
+            p.deprecate_base(&urn, &version).await?;
+            println!("deprecated {urn} {version}");
         }
         BaseCmd::List { json } => {
             let bases = p.list_bases().await?;

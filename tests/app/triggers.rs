@@ -213,6 +213,25 @@ async fn a_newer_base_builds_each_pipeline_on_latest_once_and_no_pinned_one() {
         ["follow-a", "follow-b"],
         "{builds:#?}"
     );
+    // A deprecated source version becomes a warning on the pipelines following it.
+    rt.provider
+        .deprecate_base("kiln:busybox:tiny", "1.1.0")
+        .await
+        .unwrap();
+    tick(&rt.app, FunctionName::BaseImageWatch).await;
+    let warnings = rt.app.store.runtime("follow-a").unwrap().memory.warnings;
+    assert_eq!(
+        warnings,
+        ["source kiln:busybox:tiny version 1.1.0 is deprecated"]
+    );
+    assert!(rt
+        .app
+        .store
+        .runtime("pinned")
+        .unwrap()
+        .memory
+        .warnings
+        .is_empty());
     for p in ["follow-a", "follow-b"] {
         assert_eq!(builds[p].len(), 1);
         assert_eq!(

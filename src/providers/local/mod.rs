@@ -328,6 +328,14 @@ impl LocalProvider {
         .await
     }
 
+    /// Marks a base version deprecated: pipelines following it get a warning.
+    pub async fn deprecate_base(&self, urn: &str, version: &str) -> anyhow::Result<()> {
+        if !self.inner.records.base_deprecate(urn, version)? {
+            bail!("no base image {urn} version {version}");
+        }
+        Ok(())
+    }
+
     pub async fn list_bases(&self) -> anyhow::Result<Vec<BaseImage>> {
         let mut all: Vec<BaseImage> = self
             .inner

@@ -372,6 +372,17 @@ impl Records {
         })
     }
 
+    /// Marks a base version deprecated (as the marketplace marks images); false if unknown.
+    pub fn base_deprecate(&self, urn: &str, version: &str) -> anyhow::Result<bool> {
+        self.db.with(|c| {
+            c.execute(
+                "UPDATE local_bases SET deprecated = 1 WHERE urn = ?1 AND version = ?2",
+                params![urn, version],
+            )
+            .map(|n| n == 1)
+        })
+    }
+
     pub fn base_get(&self, urn: &str, version: &str) -> anyhow::Result<Option<BaseRow>> {
         self.db.with(|c| {
             c.query_row(
