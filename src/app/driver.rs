@@ -87,7 +87,7 @@ pub async fn advance(
             Write::Written { .. } => {}
         }
         if let Some(cause) = &d.cause {
-            announce(app, &build, &d.build, cause, now).await;
+            announce(app, &d.build, cause, now).await;
         }
         let mut follow_up = None;
         for effect in &d.effects {
@@ -274,8 +274,7 @@ async fn submit(app: &App, b: &Build, template: &str) -> Result<(), crate::ports
 }
 
 /// Publishes the change and, at the end, counts it for the circuit breaker.
-async fn announce(app: &App, before: &Build, after: &Build, cause: &str, now: DateTime<Utc>) {
-    let _ = before;
+async fn announce(app: &App, after: &Build, cause: &str, now: DateTime<Utc>) {
     if let Err(e) = app
         .events
         .publish(&CloudEvent::build_changed(after, cause, now))
