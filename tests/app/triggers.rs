@@ -370,3 +370,31 @@ async fn the_events_endpoint_speaks_event_grid_and_cloudevents_and_wants_its_key
     assert_eq!(status, 400);
     assert_eq!(depth(), before, "malformed or ignored events start nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_firing_together_make_one_build_per_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2027, 1, 12, 0, 0, 0).unwrap(),
+    ));
+    let opts = Options {
+        pipelines: vec![tiny("twice", patch_tuesday(0, json!([])))],
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    let rt = runtime(dir.path(), &opts).await;
+    tick(&rt.app, FunctionName::PatchTuesday).await; // arms the schedule
+    clock.set(Utc.with_ymd_and_hms(2027, 1, 12, 2, 15, 0).unwrap());
+    let (a, b) = (rt.app.clone(), rt.app.clone());
+    tokio::join!(
+        tick(&a, FunctionName::PatchTuesday),
+        tick(&b, FunctionName::PatchTuesday)
+    );
+    drain_requests(&rt, clock.now()).await;
+    let builds = rt.app.store.list(&Default::default()).unwrap();
+    assert_eq!(builds.len(), 1, "{builds:#?}");
+    assert_eq!(
+        serde_json::to_value(&builds[0].trigger).unwrap(),
+        json!({"kind": "schedule", "cycle": "2027-01"})
+    );
+}
