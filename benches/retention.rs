@@ -27,7 +27,7 @@ use kiln::domain::version::ImageVersion;
 
 const DEFINITIONS: usize = 1_000;
 const VERSIONS_PER_DEFINITION: usize = 100;
-const SUMMARY_ITERATIONS: usize = 7;
+const SUMMARY_ITERATIONS: usize = 31;
 
 struct Definition {
     id: String,
