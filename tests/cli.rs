@@ -145,3 +145,78 @@ fn schedule_next_prints_patch_tuesday_fire_times() {
         }
     }
 }
+
+/// The issue's own words: `kiln local` + `kiln build tiny --wait` exits 0,
+/// and `kiln show --json` reports `succeeded` and version `1.0.0`.
+#[test]
+fn kiln_local_then_kiln_build_wait_then_kiln_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = format!("http://127.0.0.1:{port}");
+    let with_env = |c: &mut Command| {
+        c.env("KILN_DATA_DIR", &data)
+            .env("KILN_HTTP_PORT", port.to_string())
+            .env("KILN_API", &api);
+    };
+    let mut import = kiln();
+    with_env(&mut import);
+    assert!(import
+        .args([
+            "base",
+            "import",
+            "kiln:busybox:tiny",
+            "--version",
+            "1.0.0",
+            "--busybox"
+        ])
+        .status()
+        .unwrap()
+        .success());
+    let mut local = kiln();
+    with_env(&mut local);
+    let mut host = local
+        .arg("local")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if reqwest::blocking::get(format!("{api}/api/health")).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let result = std::panic::catch_unwind(|| {
+        assert!(up, "kiln local did not come up");
+        let mut build = kiln();
+        with_env(&mut build);
+        let out = build
+            .args(["build", "tiny", "--wait", "--reason", "cli test"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut show = kiln();
+        with_env(&mut show);
+        let out = show.args(["show", &id, "--json"]).output().unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["state"], "succeeded");
+        assert_eq!(v["version"], "1.0.0");
+        assert!(v["timeline"].as_array().unwrap().len() >= 3);
+    });
+    unsafe { libc::kill(host.id() as i32, libc::SIGTERM) };
+    let status = host.wait().unwrap();
+    result.unwrap();
+    assert!(status.success(), "graceful stop: {status}");
+}
