@@ -113,6 +113,19 @@ fn remove_file(root: &Path, inner: &str, done: &mut Vec<String>) -> io::Result<(
     Ok(())
 }
 
+/// The entries of folder `dir` of the image, sorted by name, with its host
+/// path; `None` when it is missing, unreadable or a symlink (which could
+/// point out of the image).
+fn entries_inside(root: &Path, dir: &str) -> Option<(std::path::PathBuf, Vec<std::fs::DirEntry>)> {
+    let d = locate(root, &format!("{dir}/x")).and_then(|p| p.parent().map(Path::to_path_buf))?;
+    if is_symlink(&d) {
+        return None;
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(&d).ok()?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    Some((d, entries))
+}
+
 /// Removes the non-folder entries of `dir` whose names match.
 fn remove_matching(
     root: &Path,
@@ -120,18 +133,11 @@ fn remove_matching(
     keep_if_false: impl Fn(&str) -> bool,
     done: &mut Vec<String>,
 ) -> io::Result<()> {
-    let Some(d) = locate(root, &format!("{dir}/x")).and_then(|p| p.parent().map(Path::to_path_buf))
-    else {
+    let Some((d, entries)) = entries_inside(root, dir) else {
         return Ok(());
     };
-    if is_symlink(&d) {
-        return Ok(());
-    }
-    let Ok(rd) = std::fs::read_dir(&d) else {
-        return Ok(());
-    };
-    let mut names: Vec<String> = rd
-        .flatten()
+    let mut names: Vec<String> = entries
+        .into_iter()
         .filter(|e| e.file_type().map(|t| !t.is_dir()).unwrap_or(false))
         .map(|e| e.file_name().to_string_lossy().to_string())
         .filter(|n| keep_if_false(n))
@@ -146,18 +152,9 @@ fn remove_matching(
 
 /// Empties a folder (the folder itself stays).
 fn remove_tree_contents(root: &Path, dir: &str, done: &mut Vec<String>) -> io::Result<()> {
-    let Some(d) = locate(root, &format!("{dir}/x")).and_then(|p| p.parent().map(Path::to_path_buf))
-    else {
+    let Some((_, entries)) = entries_inside(root, dir) else {
         return Ok(());
     };
-    if is_symlink(&d) {
-        return Ok(());
-    }
-    let Ok(rd) = std::fs::read_dir(&d) else {
-        return Ok(());
-    };
-    let mut entries: Vec<_> = rd.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().to_string();
         // remove_dir_all does not follow symlinks; a symlink is removed as a link.
@@ -180,18 +177,9 @@ fn rotated(name: &str) -> bool {
 }
 
 fn clean_logs(root: &Path, dir: &str, done: &mut Vec<String>) -> io::Result<()> {
-    let Some(d) = locate(root, &format!("{dir}/x")).and_then(|p| p.parent().map(Path::to_path_buf))
-    else {
+    let Some((_, entries)) = entries_inside(root, dir) else {
         return Ok(());
     };
-    if is_symlink(&d) {
-        return Ok(());
-    }
-    let Ok(rd) = std::fs::read_dir(&d) else {
-        return Ok(());
-    };
-    let mut entries: Vec<_> = rd.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().to_string();
         let inner = format!("{dir}/{name}");
