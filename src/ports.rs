@@ -55,6 +55,16 @@ pub trait ImageBuilder: Send + Sync {
     async fn delete_template(&self, name: &str) -> Result<(), ProviderError>;
     /// Provider-specific checks, run at validation before anything starts.
     fn check(&self, template: &ImageTemplate) -> Vec<FieldError>;
+    /// The customization log of a template's run, from byte `offset` on,
+    /// when the provider can read it (`None`: no log here).
+    async fn customization_log(
+        &self,
+        name: &str,
+        offset: u64,
+    ) -> Result<Option<Vec<u8>>, ProviderError> {
+        let _ = (name, offset);
+        Ok(None)
+    }
 }
 
 /// A change to a version: its publishing profile (staged deprecation) or its

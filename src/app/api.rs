@@ -63,6 +63,7 @@ pub fn router(app: App) -> Router {
         .route("/api/builds", get(list_builds).post(create_build))
         .route("/api/builds/{id}", get(show_build))
         .route("/api/builds/{id}/cancel", post(cancel_build))
+        .route("/api/builds/{id}/log", get(build_log))
         .route("/api/deadletters", get(dead_letters))
         .route(
             "/api/events/base-image",
@@ -244,6 +245,52 @@ async fn cancel_build(State(app): State<App>, Path(id): Path<String>) -> ApiResu
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "build": id, "state": b.map(|b| b.state.name()) })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    attempt: Option<u32>,
+    offset: Option<u64>,
+}
+
+/// The customization log of a build's attempt (default: the current one),
+/// as text from `offset`; `x-kiln-log-offset` says where to continue, so a
+/// client can follow a running build.
+async fn build_log(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult {
+    let (b, _) = app
+        .store
+        .get(&id)?
+        .ok_or_else(|| not_found(format!("no build {id}")))?;
+    let attempt = q.attempt.unwrap_or(b.attempt);
+    if attempt == 0 || attempt > b.attempt {
+        return Err(not_found(format!(
+            "build {id} has attempts 1 to {}",
+            b.attempt
+        )));
+    }
+    let template = crate::domain::build::template_name(&b.id, attempt);
+    let offset = q.offset.unwrap_or(0);
+    let text = app
+        .builder
+        .customization_log(&template, offset)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?
+        .ok_or_else(|| not_found(format!("no customization log for attempt {attempt} of build {id} (not started yet, or the provider keeps it elsewhere)")))?;
+    // Offsets count bytes: a client continues exactly where this read ended.
+    let next = offset + text.len() as u64;
+    Ok((
+        [
+            ("content-type", "text/plain; charset=utf-8".to_string()),
+            ("x-kiln-log-offset", next.to_string()),
+            ("x-kiln-build-state", b.state.name().to_string()),
+        ],
+        text,
     )
         .into_response())
 }

@@ -52,6 +52,26 @@ impl ApiClient {
         Ok(self.read(resp).await?.1)
     }
 
+    /// A text resource and the response headers (for logs).
+    pub async fn get_text(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<(String, reqwest::header::HeaderMap)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| self.unreachable())?;
+        let headers = resp.headers().clone();
+        if !resp.status().is_success() {
+            let (_, body) = self.read(resp).await?;
+            bail!("{body}");
+        }
+        let bytes = resp.bytes().await?;
+        Ok((String::from_utf8_lossy(&bytes).into_owned(), headers))
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
         let resp = self
             .http

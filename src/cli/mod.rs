@@ -95,6 +95,18 @@ enum Command {
         #[command(flatten)]
         api: ApiOpt,
     },
+    /// Print a build's customization log (every step's output).
+    Logs {
+        id: String,
+        /// Attempt to show (default: the current one).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Keep printing while the build runs.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        api: ApiOpt,
+    },
     /// Cancel a build.
     Cancel {
         id: String,
@@ -183,6 +195,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api,
         } => builds(&api.api, json, pipeline).await,
         Command::Show { id, json, api } => show(&api.api, &id, json).await,
+        Command::Logs {
+            id,
+            attempt,
+            follow,
+            api,
+        } => logs(&api.api, &id, attempt, follow).await,
         Command::Cancel { id, api } => {
             let (_, body) = ApiClient::new(&api.api)?
                 .post(&format!("/api/builds/{id}/cancel"), &json!({}))
@@ -385,6 +403,33 @@ async fn build(
         if tokio::time::Instant::now() >= deadline {
             eprintln!("{id}: still {state} after {timeout} s");
             return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn logs(api: &str, id: &str, attempt: Option<u32>, follow: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(api)?;
+    let mut offset = 0u64;
+    loop {
+        let mut path = format!("/api/builds/{id}/log?offset={offset}");
+        if let Some(a) = attempt {
+            path.push_str(&format!("&attempt={a}"));
+        }
+        let (text, headers) = client.get_text(&path).await?;
+        print!("{text}");
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        offset = header("x-kiln-log-offset")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(offset);
+        let state = header("x-kiln-build-state").unwrap_or_default();
+        if !follow || matches!(state.as_str(), "succeeded" | "failed" | "canceled") {
+            return Ok(ExitCode::SUCCESS);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -108,6 +108,29 @@ async fn a_permanent_failure_names_its_category_and_the_failing_step() {
         v["build"]["attempt"], 1,
         "permanent failures are not retried"
     );
+    // The customization log is one call away, not in a hidden resource group.
+    let log = f
+        .http
+        .get(format!("{}/api/builds/{id}/log", f.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(log.status(), 200);
+    let offset: usize = log.headers()["x-kiln-log-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let text = log.text().await.unwrap();
+    assert!(text.contains("fetching agent"), "{text}");
+    assert_eq!(offset, text.len());
+    let rest = f
+        .http
+        .get(format!("{}/api/builds/{id}/log?offset={offset}", f.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.text().await.unwrap(), "", "nothing new after the end");
     f.stop().await;
 }
 

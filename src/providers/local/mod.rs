@@ -565,6 +565,24 @@ impl LocalProvider {
 
 #[async_trait]
 impl ImageBuilder for LocalProvider {
+    async fn customization_log(
+        &self,
+        name: &str,
+        offset: u64,
+    ) -> Result<Option<Vec<u8>>, ProviderError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.log_path(name);
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(perr(e)),
+        };
+        f.seek(SeekFrom::Start(offset)).map_err(perr)?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(perr)?;
+        Ok(Some(bytes))
+    }
+
     async fn put_template(
         &self,
         name: &str,
