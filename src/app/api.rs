@@ -57,6 +57,7 @@ pub fn router(app: App) -> Router {
             "/api/health",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
+        .route("/api/dashboard", get(dashboard))
         .route("/api/pipelines", get(list_pipelines))
         .route("/api/pipelines/{name}", get(show_pipeline))
         .route("/api/pipelines/{name}/schedule", get(pipeline_schedule))
@@ -74,6 +75,11 @@ pub fn router(app: App) -> Router {
         .route("/api/retention/apply", post(retention_apply))
         .route("/api/retention/audit", get(retention_audit))
         .with_state(app)
+}
+
+async fn dashboard(State(app): State<App>) -> ApiResult {
+    let page = super::dashboard::render(&app).await?;
+    Ok(([("content-type", "text/html; charset=utf-8")], page).into_response())
 }
 
 async fn list_pipelines(State(app): State<App>) -> ApiResult {

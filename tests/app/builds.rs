@@ -36,6 +36,21 @@ async fn a_request_goes_through_the_queue_and_publishes_version_1_0_0() {
         .collect();
     assert_eq!(versions, ["1.0.0", "1.0.1"]);
     assert_eq!(gallery[0]["versions"][0]["tags"]["kiln.build"], json!(id));
+    let page = f
+        .http
+        .get(format!("{}/api/dashboard", f.api))
+        .send()
+        .await
+        .unwrap();
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains(&id) && page.contains("succeeded") && page.contains("1.0.1"),
+        "{page}"
+    );
     f.stop().await;
 }
 
