@@ -305,3 +305,47 @@ async fn bad_messages_are_dead_lettered_at_first_delivery_and_nothing_else_chang
     assert_eq!(status, 404, "{v}");
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_finishes_a_build_whose_poll_messages_were_lost() {
+    use std::sync::Arc;
+
+    use kiln::app::FunctionName;
+    use kiln::ports::{Clock, ManualClock};
+    use kiln::store::queue::LocalQueue;
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let opts = Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    };
+    let rt = crate::harness::runtime(dir.path(), &opts).await;
+    let q = LocalQueue::new(rt.app.store.db().clone());
+    let now = clock.now();
+    q.send("build-requests", "m1", r#"{"pipeline":"tiny"}"#, now, now)
+        .unwrap();
+    crate::triggers::drain_requests(&rt, now).await;
+    let b = rt.app.store.list(&Default::default()).unwrap().remove(0);
+    assert_eq!(b.state.name(), "submitting");
+    // Every follow-up poll is lost.
+    rt.app
+        .store
+        .db()
+        .with(|c| c.execute("DELETE FROM queue_messages WHERE queue = 'build-polls'", []))
+        .unwrap();
+    rt.provider
+        .wait_run(&b.template_name(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Not yet overdue: the sweeper leaves it alone.
+    crate::triggers::tick(&rt.app, FunctionName::BuildSweeper).await;
+    assert_eq!(
+        rt.app.store.get(&b.id).unwrap().unwrap().0.state.name(),
+        "submitting"
+    );
+    clock.advance(chrono::Duration::minutes(2));
+    crate::triggers::tick(&rt.app, FunctionName::BuildSweeper).await;
+    let (after, _) = rt.app.store.get(&b.id).unwrap().unwrap();
+    assert_eq!(after.state.name(), "succeeded", "{after:?}");
+}

@@ -18,7 +18,7 @@ use kiln::store::queue::LocalQueue;
 
 use crate::harness::{repo, runtime, tiny, Options};
 
-async fn tick(app: &App, f: FunctionName) {
+pub async fn tick(app: &App, f: FunctionName) {
     let data = serde_json::Map::from_iter([(
         "timer".to_string(),
         json!({"Schedule": {"AdjustForDST": true}, "IsPastDue": false}),
@@ -36,7 +36,7 @@ async fn tick(app: &App, f: FunctionName) {
 }
 
 /// Delivers every visible build request to the `build_requests` function.
-async fn drain_requests(rt: &LocalRuntime, now: DateTime<Utc>) {
+pub async fn drain_requests(rt: &LocalRuntime, now: DateTime<Utc>) {
     let q = LocalQueue::new(rt.app.store.db().clone());
     while let Some(d) = q
         .receive("build-requests", now, Duration::seconds(60))
