@@ -142,8 +142,17 @@ async fn consecutive_automatic_failures_pause_triggers_until_a_build_succeeds() 
     assert_eq!(p["automaticTriggers"], "paused", "{p:#}");
     assert_eq!(p["consecutiveFailures"], 2);
     // A third automatic request is refused while paused…
-    f.post("/api/events/base-image", &update("1.0.3")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = f.post("/api/events/base-image", &update("1.0.3")).await;
+    assert_eq!(body["requested"][0]["version"], "1.0.3", "{status} {body}");
+    // Wait until the request left the queue: it was handled (and refused).
+    let queue = kiln::store::queue::LocalQueue::new(f.app.store.db().clone());
+    for _ in 0..200 {
+        if queue.depth("build-requests").unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(queue.depth("build-requests").unwrap(), 0);
     let builds = f.get("/api/builds?pipeline=fragile").await;
     assert_eq!(builds.as_array().unwrap().len(), 2, "{builds:#}");
     // …a manual build still runs (the third injected failure), then one succeeds and re-arms.
