@@ -71,6 +71,8 @@ pub fn router(app: App) -> Router {
             post(base_image_event).options(event_options),
         )
         .route("/api/gallery", get(gallery))
+        .route("/api/gallery/pin", post(gallery_pin))
+        .route("/api/gallery/promote", post(gallery_promote))
         .route("/api/retention/plan", get(retention_plan))
         .route("/api/retention/apply", post(retention_apply))
         .route("/api/retention/audit", get(retention_audit))
@@ -388,6 +390,26 @@ async fn gallery(State(app): State<App>) -> ApiResult {
         }
     }
     Ok(Json(out).into_response())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn gallery_pin(State(app): State<App>, body: axum::body::Bytes) -> ApiResult {
+    let req: super::gallery_ops::PinRequest = parse_json(&body)?;
+    match super::gallery_ops::pin(&app, &req).await? {
+        Ok(v) => Ok(Json(v).into_response()),
+        Err(e) => Err(not_found(e.0)),
+    }
+}
+
+async fn gallery_promote(State(app): State<App>, body: axum::body::Bytes) -> ApiResult {
+    let req: super::gallery_ops::PromoteRequest = parse_json(&body)?;
+    match super::gallery_ops::promote(&app, &req).await? {
+        Ok(v) => Ok(Json(v).into_response()),
+        Err(e) => Err(not_found(e.0)),
+    }
 }
 
 async fn retention_plan(State(app): State<App>) -> ApiResult {

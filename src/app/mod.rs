@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod driver;
 pub mod events;
 pub mod functions;
+pub mod gallery_ops;
 pub mod pipelines;
 pub mod render;
 pub mod retention;

@@ -55,14 +55,27 @@ pub enum GalleryCmd {
     },
     /// Print a file from a published version's disk (read without mounting).
     Cat { version_id: String, path: String },
-    /// Pin a version so retention keeps it (or unpin it).
+    /// Pin a version so retention keeps it (or unpin it), through the API.
     Pin {
         version_id: String,
-        /// The pipeline's `retention.pinTag`.
-        #[arg(long, default_value = "kiln.pin")]
-        tag: String,
+        /// Tag to set (default: the pipeline's `retention.pinTag`).
+        #[arg(long)]
+        tag: Option<String>,
         #[arg(long)]
         unpin: bool,
+        /// Why (the tag's value).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: super::ApiOpt,
+    },
+    /// Include a version in `latest` after a staged rollout (or exclude it again), through the API.
+    Promote {
+        version_id: String,
+        #[arg(long)]
+        demote: bool,
+        #[command(flatten)]
+        api: super::ApiOpt,
     },
 }
 
@@ -195,75 +208,86 @@ pub async fn base(cmd: BaseCmd) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn gallery(cmd: GalleryCmd) -> anyhow::Result<ExitCode> {
-    let p = provider()?;
-    match cmd {
-        GalleryCmd::List { json } => {
-            let mut out = Vec::new();
-            for def in p.gallery_images().await? {
-                let mut versions = p.list_versions(&def).await?;
-                versions.sort_by_key(|v| v.version);
-                out.push(serde_json::json!({ "definition": def, "versions": versions }));
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                for d in &out {
-                    println!("{}", d["definition"].as_str().unwrap_or(""));
-                    for v in d["versions"].as_array().into_iter().flatten() {
-                        let regions: Vec<String> = v["replication"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(|r| {
-                                format!(
-                                    "{}x{} {}",
-                                    r["region"].as_str().unwrap_or(""),
-                                    r["replicaCount"],
-                                    r["state"].as_str().unwrap_or("")
-                                )
-                            })
-                            .collect();
-                        println!(
-                            "  {:<12} {}  excludeFromLatest={}  build={}  [{}]",
-                            v["version"].as_str().unwrap_or(""),
-                            v["published"].as_str().unwrap_or("-"),
-                            v["excludeFromLatest"],
-                            v["tags"]["kiln.build"].as_str().unwrap_or("-"),
-                            regions.join(", ")
-                        );
-                    }
-                }
-            }
-        }
+    let (path, body, api) = match cmd {
         GalleryCmd::Pin {
             version_id,
             tag,
             unpin,
-        } => {
-            let v = p
-                .gallery_version(&version_id)
-                .await?
-                .with_context(|| format!("gallery image version {version_id} does not exist"))?;
-            let mut tags = v.version.tags.clone();
-            if unpin {
-                tags.remove(&tag);
-            } else {
-                tags.insert(tag.clone(), chrono::Utc::now().to_rfc3339());
-            }
-            let update = crate::ports::VersionUpdate {
-                tags: Some(tags),
-                ..Default::default()
-            };
-            p.update_version(&v.version.definition_id, v.version.version, &update)
-                .await?;
-            println!("{} {}", if unpin { "unpinned" } else { "pinned" }, v.id);
-        }
+            reason,
+            api,
+        } => (
+            "/api/gallery/pin",
+            serde_json::json!({"versionId": version_id, "tag": tag, "unpin": unpin, "reason": reason}),
+            api,
+        ),
+        GalleryCmd::Promote {
+            version_id,
+            demote,
+            api,
+        } => (
+            "/api/gallery/promote",
+            serde_json::json!({"versionId": version_id, "demote": demote}),
+            api,
+        ),
+        GalleryCmd::List { json } => return gallery_list(json).await,
         GalleryCmd::Cat { version_id, path } => {
-            let v = p
+            let v = provider()?
                 .gallery_version(&version_id)
                 .await?
                 .with_context(|| format!("gallery image version {version_id} does not exist"))?;
             print!("{}", read_from_qcow2(&v.disk, &path)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let (_, v) = super::client::ApiClient::new(&api.api)?
+        .post(path, &body)
+        .await?;
+    println!(
+        "{}/versions/{}  excludeFromLatest={}  tags={}",
+        v["definitionId"].as_str().unwrap_or(""),
+        v["version"].as_str().unwrap_or(""),
+        v["excludeFromLatest"],
+        v["tags"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn gallery_list(json: bool) -> anyhow::Result<ExitCode> {
+    let p = provider()?;
+    let mut out = Vec::new();
+    for def in p.gallery_images().await? {
+        let mut versions = p.list_versions(&def).await?;
+        versions.sort_by_key(|v| v.version);
+        out.push(serde_json::json!({ "definition": def, "versions": versions }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &out {
+        println!("{}", d["definition"].as_str().unwrap_or(""));
+        for v in d["versions"].as_array().into_iter().flatten() {
+            let regions: Vec<String> = v["replication"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{}x{} {}",
+                        r["region"].as_str().unwrap_or(""),
+                        r["replicaCount"],
+                        r["state"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            println!(
+                "  {:<12} {}  excludeFromLatest={}  build={}  [{}]",
+                v["version"].as_str().unwrap_or(""),
+                v["published"].as_str().unwrap_or("-"),
+                v["excludeFromLatest"],
+                v["tags"]["kiln.build"].as_str().unwrap_or("-"),
+                regions.join(", ")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

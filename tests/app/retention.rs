@@ -159,3 +159,75 @@ async fn retention_deletes_only_what_is_unused_unpinned_and_surplus() {
     assert!(a.values().all(|act| act == "keep"), "{a:?}");
     f.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_staged_version_is_promoted_and_pinned_through_the_api() {
+    let f = Factory::start(Options {
+        pipelines: vec![tiny(
+            "staged",
+            json!({"promotion": {"excludeFromLatest": true}, "retention": {"pinTag": "keep-me"}}),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let id = f.build("staged", None).await;
+    assert_eq!(
+        f.wait_terminal(&id, Duration::from_secs(60)).await["state"],
+        "succeeded"
+    );
+    let def = format!("{SUB}/galleries/gal_test/images/staged");
+    let version_id = format!("{def}/versions/1.0.0");
+    let listed = f.provider.list_versions(&def).await.unwrap();
+    assert!(
+        listed[0].exclude_from_latest,
+        "published excluded from latest, for a staged rollout"
+    );
+
+    let (status, v) = f
+        .post("/api/gallery/promote", &json!({"versionId": version_id}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["excludeFromLatest"], false);
+    let (status, v) = f
+        .post(
+            "/api/gallery/pin",
+            &json!({"versionId": version_id, "reason": "rollback target"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["tags"]["keep-me"], "rollback target",
+        "the pipeline's pinTag is used"
+    );
+    assert_eq!(v["tags"]["kiln.build"], json!(id), "lineage tags are kept");
+    let (_, v) = f
+        .post(
+            "/api/gallery/pin",
+            &json!({"versionId": version_id, "unpin": true}),
+        )
+        .await;
+    assert!(v["tags"].get("keep-me").is_none());
+
+    let (status, v) = f
+        .post(
+            "/api/gallery/promote",
+            &json!({"versionId": format!("{def}/versions/9.9.9")}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no gallery image version"),
+        "{v}"
+    );
+    let (status, _) = f
+        .post(
+            "/api/gallery/pin",
+            &json!({"versionId": version_id, "colour": "red"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    f.stop().await;
+}
