@@ -135,7 +135,7 @@ enum Command {
         #[command(subcommand)]
         command: local_cmds::BaseCmd,
     },
-    /// The local gallery.
+    /// Gallery versions: list and read locally; pin and promote through the API.
     Gallery {
         #[command(subcommand)]
         command: local_cmds::GalleryCmd,
@@ -456,7 +456,7 @@ async fn builds(api: &str, json: bool, pipeline: Option<String>) -> anyhow::Resu
             b["pipeline"].as_str().unwrap_or(""),
             b["state"]["state"].as_str().unwrap_or(""),
             b["version"].as_str().unwrap_or(""),
-            b["attempt"],
+            b["attempt"].as_u64().unwrap_or(0),
             b["reason"].as_str().unwrap_or("")
         );
     }
