@@ -57,6 +57,9 @@ pub async fn build_requests(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Poll {
     build_id: String,
+    /// The build's row version when the poll was scheduled.
+    #[serde(default)]
+    row_version: Option<i64>,
 }
 
 pub async fn build_polls(
@@ -79,7 +82,7 @@ pub async fn build_polls(
             return Ok(());
         }
     };
-    if app.store.get(&poll.build_id)?.is_none() {
+    let Some((_, current)) = app.store.get(&poll.build_id)? else {
         refuse(
             app,
             POLLS_QUEUE,
@@ -88,6 +91,15 @@ pub async fn build_polls(
             &format!("buildId: no build {}", poll.build_id),
             out,
         )?;
+        return Ok(());
+    };
+    // The build moved on since this poll was scheduled (the sweeper or a
+    // cancel stepped it and scheduled its own poll): this chain ends here.
+    if poll.row_version.is_some_and(|v| v != current) {
+        out.log(format!(
+            "build_polls: stale poll for {} dropped",
+            poll.build_id
+        ));
         return Ok(());
     }
     if let Some(b) = driver::advance(app, &poll.build_id, None).await? {

@@ -33,12 +33,22 @@ pub async fn advance(
     let mut wake_queued = false;
     let mut result = None;
     let mut pending = given;
+    // A follow-up (a submit failure) belongs to the row this step wrote; if
+    // someone else moved the build on meanwhile, it is stale and dropped.
+    let mut follow_up_of: Option<i64> = None;
     for _ in 0..MAX_RACES {
         let Some((build, row_version)) = app.store.get(build_id)? else {
             anyhow::bail!("build {build_id} does not exist");
         };
         if build.state.is_terminal() {
             return Ok(Some(build));
+        }
+        if follow_up_of.is_some_and(|v| v != row_version) {
+            tracing::info!(
+                build = build_id,
+                "the build moved on; dropping a stale submit failure"
+            );
+            break;
         }
         let now = app.clock.now();
         let obs = match pending.clone() {
@@ -79,13 +89,16 @@ pub async fn advance(
                 now,
             )?
         };
-        match write {
+        let written = match write {
             Write::Conflict => {
+                if follow_up_of.is_some() {
+                    break;
+                }
                 tracing::debug!(build = build_id, "lost a write race; re-reading");
                 continue;
             }
-            Write::Written { .. } => {}
-        }
+            Write::Written { row_version } => row_version,
+        };
         if let Some(cause) = &d.cause {
             announce(app, &d.build, cause, now).await;
         }
@@ -112,9 +125,12 @@ pub async fn advance(
                     }
                 }
                 Effect::SchedulePoll { after } => {
+                    // The row version lets a poll that arrives after the build
+                    // moved on (late, or overtaken by the sweeper) be dropped,
+                    // so poll chains never multiply.
                     let msg = OutgoingMessage {
-                        message_id: format!("poll:{}:{}", d.build.id, uuid::Uuid::new_v4()),
-                        body: json!({ "buildId": d.build.id }).to_string(),
+                        message_id: format!("poll:{}:{written}", d.build.id),
+                        body: json!({ "buildId": d.build.id, "rowVersion": written }).to_string(),
                         delay: *after,
                     };
                     if let Err(e) = app.queue.send(POLLS_QUEUE, msg).await {
@@ -130,6 +146,7 @@ pub async fn advance(
         if pending.is_none() {
             break;
         }
+        follow_up_of = Some(written);
     }
     if wake_queued {
         admit_queued(app).await;
@@ -209,7 +226,15 @@ async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation> {
     let (outputs, replicated) = match &status {
         TemplateStatus::Run(run) => match run.run_state {
             RunState::Succeeded | RunState::PartiallySucceeded => {
-                let outputs = app.builder.run_outputs(&template).await.unwrap_or_default();
+                // Without its outputs a finished run cannot be recorded (and
+                // its template must not be deleted): ask again next time.
+                let outputs = match app.builder.run_outputs(&template).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(build = %b.id, error = %e, "run outputs unavailable");
+                        return Ok(Observation::Tick);
+                    }
+                };
                 let replicated = if run.run_state == RunState::PartiallySucceeded {
                     Some(replication_complete(app, &outputs).await)
                 } else {
@@ -234,6 +259,9 @@ async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation> {
 
 /// Whether every gallery version in the outputs finished replicating.
 async fn replication_complete(app: &App, outputs: &[crate::ports::RunOutput]) -> bool {
+    if outputs.is_empty() {
+        return false;
+    }
     for o in outputs {
         let Some(r) = o.artifact_id.as_deref().and_then(GalleryImageRef::parse) else {
             continue;

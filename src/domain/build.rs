@@ -353,7 +353,9 @@ fn step(
         }
         BuildState::Canceling { reason, timed_out } => match obs {
             Observation::Provider {
-                status, outputs, ..
+                status,
+                outputs,
+                replicated,
             } => match status {
                 TemplateStatus::Missing | TemplateStatus::NotRun => {
                     Some(finish_cancel(b, reason, timed_out, effects))
@@ -364,10 +366,22 @@ fn step(
                     }
                     // The run won the race: the image exists, so say so.
                     RunState::Succeeded => Some(succeed(b, outputs.clone(), effects)),
-                    RunState::Running
-                    | RunState::Canceling
-                    | RunState::PartiallySucceeded
-                    | RunState::Unknown(_) => {
+                    // A final state too: published everywhere counts as the
+                    // run winning; otherwise the cancel stands.
+                    RunState::PartiallySucceeded => match replicated {
+                        Some(true) => Some(succeed(b, outputs.clone(), effects)),
+                        Some(false) | None => Some(finish_cancel(b, reason, timed_out, effects)),
+                    },
+                    RunState::Running | RunState::Canceling | RunState::Unknown(_) => {
+                        if let Some(cause) = cancel_unconfirmed(b, &reason, now, t, effects) {
+                            return Some(cause);
+                        }
+                        // A cancel that failed to reach the provider is sent again.
+                        if s.run_state == RunState::Running {
+                            effects.push(Effect::CancelRun {
+                                template: b.template_name(),
+                            });
+                        }
                         poll(b, t, effects);
                         None
                     }
@@ -375,6 +389,9 @@ fn step(
             },
             Observation::SubmitFailed { .. } => Some(finish_cancel(b, reason, timed_out, effects)),
             Observation::Tick => {
+                if let Some(cause) = cancel_unconfirmed(b, &reason, now, t, effects) {
+                    return Some(cause);
+                }
                 poll(b, t, effects);
                 None
             }
@@ -384,6 +401,34 @@ fn step(
             None
         }
     }
+}
+
+/// A provider that never confirms a cancel must not hold the build (and its
+/// pipeline's slot) forever: past the attempt's timeout plus twice the
+/// margin, the build fails as `timeout`, saying the run may still finish.
+fn cancel_unconfirmed(
+    b: &mut Build,
+    reason: &str,
+    now: DateTime<Utc>,
+    t: &Tuning,
+    effects: &mut Vec<Effect>,
+) -> Option<String> {
+    let started = b.attempt_started_at?;
+    let limit = Duration::from_secs(u64::from(b.timeout_minutes) * 60) + t.timeout_margin * 2;
+    if (now - started).to_std().unwrap_or_default() <= limit {
+        return None;
+    }
+    effects.push(Effect::DeleteTemplate {
+        template: b.template_name(),
+    });
+    b.state = BuildState::Failed {
+        category: FailureCategory::Timeout,
+        message: format!(
+            "the provider did not confirm the cancel ({reason}); its run may still publish version {}",
+            b.version
+        ),
+    };
+    Some("cancel not confirmed in time".into())
 }
 
 fn submit_unless_waiting(
@@ -400,14 +445,15 @@ fn submit_unless_waiting(
             return None;
         }
     }
+    let waited = not_before.is_some();
+    if waited {
+        // A new attempt: its clock starts now, not with the failed one.
+        b.attempt_started_at = Some(now);
+    }
     if let Some(cause) = check_timeout(b, now, t, effects) {
         return Some(cause);
     }
-    let waited = not_before.is_some();
     b.state = BuildState::Submitting { not_before: None };
-    if waited {
-        b.attempt_started_at = Some(now);
-    }
     effects.push(Effect::Submit {
         template: b.template_name(),
     });

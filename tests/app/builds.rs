@@ -349,3 +349,54 @@ async fn the_sweeper_finishes_a_build_whose_poll_messages_were_lost() {
     let (after, _) = rt.app.store.get(&b.id).unwrap().unwrap();
     assert_eq!(after.state.name(), "succeeded", "{after:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_scheduled_before_the_build_moved_on_is_dropped() {
+    use kiln::app::{invoke, FunctionName, Invocation};
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = crate::harness::runtime(dir.path(), &Options::default()).await;
+    let now = chrono::Utc::now();
+    let q = kiln::store::queue::LocalQueue::new(rt.app.store.db().clone());
+    q.send("build-requests", "m1", r#"{"pipeline":"tiny"}"#, now, now)
+        .unwrap();
+    crate::triggers::drain_requests(&rt, now).await;
+    let (b, version) = rt
+        .app
+        .store
+        .list(&Default::default())
+        .unwrap()
+        .into_iter()
+        .next()
+        .map(|b| {
+            let v = rt.app.store.get(&b.id).unwrap().unwrap().1;
+            (b, v)
+        })
+        .unwrap();
+    let poll = |v: i64| {
+        let body = json!({"buildId": b.id, "rowVersion": v}).to_string();
+        Invocation {
+            data: serde_json::Map::from_iter([(
+                "msg".to_string(),
+                json!(serde_json::to_string(&body).unwrap()),
+            )]),
+            metadata: serde_json::Map::from_iter([(
+                "MessageId".to_string(),
+                json!(format!("poll:{v}")),
+            )]),
+        }
+    };
+    let stale = invoke(&rt.app, FunctionName::BuildPolls, poll(version - 1))
+        .await
+        .unwrap();
+    assert!(stale.logs[0].contains("stale poll"), "{:?}", stale.logs);
+    assert_eq!(
+        rt.app.store.get(&b.id).unwrap().unwrap().1,
+        version,
+        "a stale poll writes nothing"
+    );
+    let current = invoke(&rt.app, FunctionName::BuildPolls, poll(version))
+        .await
+        .unwrap();
+    assert!(!current.logs[0].contains("stale"), "{:?}", current.logs);
+}

@@ -473,3 +473,86 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_canceling_build_ends_when_the_run_ends_partially_succeeded() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let c = apply(
+        &b,
+        &Observation::CancelRequested { reason: "r".into() },
+        t0(),
+    )
+    .build;
+    let partial = |replicated| Observation::Provider {
+        status: TemplateStatus::Run(RunStatus {
+            run_state: RunState::PartiallySucceeded,
+            run_sub_state: Some(RunSubState::Distributing),
+            message: "replication failed in one region".into(),
+            start_time: None,
+            end_time: None,
+        }),
+        outputs: vec![output()],
+        replicated,
+    };
+    assert_eq!(
+        apply(&c, &partial(Some(false)), t0()).build.state.name(),
+        "canceled"
+    );
+    assert_eq!(
+        apply(&c, &partial(Some(true)), t0()).build.state.name(),
+        "succeeded"
+    );
+}
+
+#[test]
+fn a_cancel_the_provider_ignores_is_sent_again_and_then_given_up() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let c = apply(
+        &b,
+        &Observation::CancelRequested { reason: "r".into() },
+        t0(),
+    )
+    .build;
+    let running = run(RunState::Running, Some(RunSubState::Customizing), "");
+    let again = apply(&c, &running, t0() + chrono::Duration::minutes(1));
+    assert!(again.effects.contains(&Effect::CancelRun {
+        template: "kiln-b1-a1".into()
+    }));
+    assert_eq!(again.build.state.name(), "canceling");
+    // Past the timeout plus twice the margin the build stops waiting.
+    let late = t0() + chrono::Duration::minutes(63);
+    let d = apply(&again.build, &running, late);
+    match &d.build.state {
+        BuildState::Failed { category, message } => {
+            assert_eq!(*category, FailureCategory::Timeout);
+            assert!(message.contains("did not confirm the cancel"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_retry_after_a_long_attempt_gets_its_own_clock() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    // The first attempt fails transiently after 59 of its 60 minutes.
+    let failed_at = t0() + chrono::Duration::minutes(59);
+    let d = apply(&b, &run(RunState::Failed, None, "network: blip"), failed_at);
+    let BuildState::Submitting {
+        not_before: Some(at),
+    } = d.build.state
+    else {
+        panic!("{:?}", d.build.state)
+    };
+    let resubmitted = apply(
+        &d.build,
+        &Observation::Tick,
+        at + chrono::Duration::minutes(5),
+    );
+    assert_eq!(
+        resubmitted.build.state,
+        BuildState::Submitting { not_before: None }
+    );
+    assert!(resubmitted.effects.contains(&Effect::Submit {
+        template: "kiln-b1-a2".into()
+    }));
+}
