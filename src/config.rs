@@ -115,7 +115,10 @@ impl Settings {
                     || url.starts_with("http://127.0.0.1")
                     || url.starts_with("http://localhost"))
                 {
-                    bail!("KILN_WEBHOOK_URL: expected an https:// URL (plain http only on loopback), got `{url}`");
+                    // The URL itself is not echoed: it may carry a secret.
+                    bail!(
+                        "KILN_WEBHOOK_URL: expected an https:// URL (plain http only on loopback)"
+                    );
                 }
                 Some(Webhook {
                     url: url.to_string(),

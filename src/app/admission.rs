@@ -133,7 +133,8 @@ async fn resolve_source_version(
             image_version_id, ..
         } if !source.floats() => Ok(image_version_id.rsplit('/').next().map(str::to_string)),
         Source::PlatformImage { .. } | Source::SharedImageVersion { .. } => {
-            let versions = app.catalog.versions(source).await.unwrap_or_default();
+            // A catalog outage is retried (an error), never read as "no versions".
+            let versions = app.catalog.versions(source).await?;
             Ok(versions
                 .iter()
                 .map(|v| v.version.clone())

@@ -171,15 +171,33 @@ async fn create_build(State(app): State<App>, body: axum::body::Bytes) -> ApiRes
     }
     // The API's callers are people and pipelines: manual by definition.
     req.trigger = None;
+    if let Some(k) = &req.idempotency_key {
+        let key = format!("manual:{}:{k}", req.pipeline);
+        if let Some(id) = app.store.build_for_key(&key)? {
+            let b = app.store.get(&id)?.map(|(b, _)| b);
+            return Ok((
+                StatusCode::OK,
+                Json(json!({ "build": id, "outcome": "existing", "requestKey": key, "detail": b })),
+            )
+                .into_response());
+        }
+    }
     let message_id = admission::enqueue(&app, &req).await?;
     let key = req.key(&message_id);
     let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
     loop {
         if let Some(id) = app.store.build_for_key(&key)? {
             let b = app.store.get(&id)?.map(|(b, _)| b);
+            // Created for this key, or joined to a build still queued.
+            let created = b.as_ref().is_some_and(|b| b.idempotency_key == key);
+            let (status, outcome) = if created {
+                (StatusCode::CREATED, "created")
+            } else {
+                (StatusCode::OK, "coalesced")
+            };
             return Ok((
-                StatusCode::CREATED,
-                Json(json!({ "build": id, "requestKey": key, "detail": b })),
+                status,
+                Json(json!({ "build": id, "outcome": outcome, "requestKey": key, "detail": b })),
             )
                 .into_response());
         }
@@ -396,11 +414,18 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
+fn refusal(e: super::gallery_ops::Refusal) -> ApiError {
+    match e {
+        super::gallery_ops::Refusal::BadId(m) => ApiError(StatusCode::BAD_REQUEST, m),
+        super::gallery_ops::Refusal::Missing(m) => not_found(m),
+    }
+}
+
 async fn gallery_pin(State(app): State<App>, body: axum::body::Bytes) -> ApiResult {
     let req: super::gallery_ops::PinRequest = parse_json(&body)?;
     match super::gallery_ops::pin(&app, &req).await? {
         Ok(v) => Ok(Json(v).into_response()),
-        Err(e) => Err(not_found(e.0)),
+        Err(e) => Err(refusal(e)),
     }
 }
 
@@ -408,7 +433,7 @@ async fn gallery_promote(State(app): State<App>, body: axum::body::Bytes) -> Api
     let req: super::gallery_ops::PromoteRequest = parse_json(&body)?;
     match super::gallery_ops::promote(&app, &req).await? {
         Ok(v) => Ok(Json(v).into_response()),
-        Err(e) => Err(not_found(e.0)),
+        Err(e) => Err(refusal(e)),
     }
 }
 

@@ -125,10 +125,12 @@ pub async fn build_sweeper(app: &App, out: &mut InvocationResult) -> anyhow::Res
         tracing::warn!(error = %e, "event delivery failed");
         0
     });
-    out.log(format!(
-        "build_sweeper: stepped {} overdue builds ({failures} failed), delivered {delivered} events",
-        due.len()
-    ));
+    if !due.is_empty() || delivered > 0 {
+        out.log(format!(
+            "build_sweeper: stepped {} overdue builds ({failures} failed), delivered {delivered} events",
+            due.len()
+        ));
+    }
     if failures > 0 && failures == due.len() {
         anyhow::bail!("every overdue build failed to step");
     }

@@ -155,7 +155,8 @@ impl EventSink {
                 .body(body.clone())
                 .send()
                 .await
-                .map_err(|e| e.to_string())
+                // Without the URL: webhook URLs often carry their secret in the path.
+                .map_err(|e| e.without_url().to_string())
                 .and_then(|r| {
                     if r.status().is_success() {
                         Ok(())

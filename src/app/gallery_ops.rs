@@ -34,19 +34,25 @@ pub struct PromoteRequest {
     pub demote: bool,
 }
 
-/// A request about a version that does not exist or is not a version id.
+/// Why a request about a version cannot be carried out.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NotFound(pub String);
+pub enum Refusal {
+    /// `versionId` is not a gallery image version id (HTTP 400).
+    #[error("{0}")]
+    BadId(String),
+    /// No such version (HTTP 404).
+    #[error("{0}")]
+    Missing(String),
+}
 
-async fn find(app: &App, version_id: &str) -> anyhow::Result<Result<GalleryVersion, NotFound>> {
+async fn find(app: &App, version_id: &str) -> anyhow::Result<Result<GalleryVersion, Refusal>> {
     let Some(r) = GalleryImageRef::parse(version_id) else {
-        return Ok(Err(NotFound(format!(
+        return Ok(Err(Refusal::BadId(format!(
             "versionId: `{version_id}` is not a gallery image version id"
         ))));
     };
     let Some(version) = r.version.as_deref().and_then(|v| v.parse().ok()) else {
-        return Ok(Err(NotFound(format!(
+        return Ok(Err(Refusal::BadId(format!(
             "versionId: `{version_id}` names no Major.Minor.Patch version"
         ))));
     };
@@ -56,7 +62,7 @@ async fn find(app: &App, version_id: &str) -> anyhow::Result<Result<GalleryVersi
         .await?
         .into_iter()
         .find(|v| v.version == version);
-    Ok(found.ok_or_else(|| NotFound(format!("no gallery image version {version_id}"))))
+    Ok(found.ok_or_else(|| Refusal::Missing(format!("no gallery image version {version_id}"))))
 }
 
 fn pin_tag_for(app: &App, definition_id: &str) -> String {
@@ -71,7 +77,7 @@ fn pin_tag_for(app: &App, definition_id: &str) -> String {
         .unwrap_or_else(|| "kiln.pin".to_string())
 }
 
-pub async fn pin(app: &App, req: &PinRequest) -> anyhow::Result<Result<GalleryVersion, NotFound>> {
+pub async fn pin(app: &App, req: &PinRequest) -> anyhow::Result<Result<GalleryVersion, Refusal>> {
     let v = match find(app, &req.version_id).await? {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
@@ -103,7 +109,7 @@ pub async fn pin(app: &App, req: &PinRequest) -> anyhow::Result<Result<GalleryVe
 pub async fn promote(
     app: &App,
     req: &PromoteRequest,
-) -> anyhow::Result<Result<GalleryVersion, NotFound>> {
+) -> anyhow::Result<Result<GalleryVersion, Refusal>> {
     let v = match find(app, &req.version_id).await? {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),

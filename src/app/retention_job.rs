@@ -7,38 +7,48 @@ use crate::domain::build::BuildState;
 use crate::domain::retention::{DefinitionStatus, Plan};
 use crate::store::builds::BuildFilter;
 
-/// Whether the pipeline's latest build is publishing, or failed while
-/// publishing: retention leaves such a definition alone for this run.
+/// Builds looked at when deciding whether a definition is being published to.
+const RECENT_BUILDS: usize = 50;
+
+/// Whether any recent build of the pipeline is publishing, or the most
+/// recent build that reached publishing ended without succeeding: retention
+/// leaves such a definition alone for this run.
 fn definition_status(app: &App, pipeline: &str) -> anyhow::Result<DefinitionStatus> {
-    let latest = app.store.list(&BuildFilter {
+    let recent = app.store.list(&BuildFilter {
         pipeline: Some(pipeline.to_string()),
         state: None,
-        limit: Some(1),
+        limit: Some(RECENT_BUILDS),
     })?;
-    let Some(b) = latest.first() else {
-        return Ok(DefinitionStatus::Idle);
-    };
-    Ok(match &b.state {
-        BuildState::Publishing { .. } => DefinitionStatus::Publishing,
-        BuildState::Failed { .. } | BuildState::Canceled { .. } => {
-            let history = app.store.history(&b.id)?;
-            let ended_publishing = history.last().is_some_and(|h| {
-                matches!(h.from.as_deref(), Some("publishing") | Some("canceling"))
-                    && history.iter().any(|x| x.to == "publishing")
-            });
-            if ended_publishing {
-                DefinitionStatus::FailedWhilePublishing
-            } else {
-                DefinitionStatus::Idle
-            }
+    if recent
+        .iter()
+        .any(|b| matches!(b.state, BuildState::Publishing { .. }))
+    {
+        return Ok(DefinitionStatus::Publishing);
+    }
+    // Newest first: the first finished build that reached publishing decides.
+    for b in recent.iter().filter(|b| b.state.is_terminal()) {
+        let reached_publishing = app
+            .store
+            .history(&b.id)?
+            .iter()
+            .any(|h| h.to == "publishing");
+        if !reached_publishing {
+            continue;
         }
-        BuildState::Queued
-        | BuildState::Submitting { .. }
-        | BuildState::Running { .. }
-        | BuildState::Validating
-        | BuildState::Canceling { .. }
-        | BuildState::Succeeded { .. } => DefinitionStatus::Idle,
-    })
+        return Ok(match &b.state {
+            BuildState::Succeeded { .. } => DefinitionStatus::Idle,
+            BuildState::Failed { .. } | BuildState::Canceled { .. } => {
+                DefinitionStatus::FailedWhilePublishing
+            }
+            BuildState::Queued
+            | BuildState::Submitting { .. }
+            | BuildState::Running { .. }
+            | BuildState::Validating
+            | BuildState::Publishing { .. }
+            | BuildState::Canceling { .. } => DefinitionStatus::Idle,
+        });
+    }
+    Ok(DefinitionStatus::Idle)
 }
 
 pub fn targets(app: &App) -> anyhow::Result<Vec<RetentionTarget>> {

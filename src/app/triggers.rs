@@ -130,7 +130,7 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
                     }
                     let seen_at = m.source_seen_at.unwrap_or(now);
                     if now - seen_at >= debounce {
-                        m.source_requested = Some(newest.version.clone());
+                        // Recorded only once the request is durable (below).
                         WatchDecision::Build
                     } else {
                         WatchDecision::Debouncing
@@ -160,6 +160,17 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
                     ),
                 )
                 .await?;
+                // After the enqueue: a crash in between repeats the request,
+                // which its key (`base:<pipeline>:<version>`) deduplicates.
+                app.store.update_memory(&p.name, |m| {
+                    let newer = m
+                        .source_requested
+                        .as_deref()
+                        .is_none_or(|d| version_order::compare(&newest.version, d).is_gt());
+                    if newer {
+                        m.source_requested = Some(newest.version.clone());
+                    }
+                })?;
                 out.log(format!(
                     "base_image_watch: {} requested for {}",
                     p.name, newest.version

@@ -135,10 +135,11 @@ pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Resu
     if let Some(p) = port {
         s.http_port = p;
     }
+    let _lock = lock_data_dir(&s.data_dir)?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.http_port));
     let runtime = local_runtime(s, Arc::new(SystemClock))?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("Cannot listen on {addr} (is another kiln running? use --port)")
+        format!("Cannot listen on {addr}: the port is taken (choose another with --port)")
     })?;
     tracing::info!(%addr, pipelines = ?runtime.app.pipelines.names(), "kiln local is up");
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -149,6 +150,29 @@ pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Resu
     runtime.into_host().run(listener, rx).await?;
     tracing::info!("kiln local stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One host per data folder: it owns the queue's message locks (and
+/// releases stale ones at start), so a second host would steal work.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all(dir).with_context(|| format!("Cannot create {}", dir.display()))?;
+    let path = dir.join("kiln.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("Cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another kiln local is running on the data folder {} (KILN_DATA_DIR); stop it or use another folder",
+            dir.display()
+        );
+    }
+    Ok(f)
 }
 
 pub async fn run_serve() -> anyhow::Result<ExitCode> {

@@ -217,7 +217,7 @@ impl Store {
                  WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR state = ?2)
                  ORDER BY created_at DESC, id DESC LIMIT ?3",
             )?;
-            let limit = f.limit.unwrap_or(200) as i64;
+            let limit = f.limit.unwrap_or(200).min(10_000) as i64;
             let rows = stmt.query_map(params![f.pipeline, f.state, limit], |r| {
                 r.get::<_, String>(0)
             })?;

@@ -65,13 +65,20 @@ async fn a_timer_invocation_answers_outputs_logs_and_return_value() {
     let (_d, r, _) = router().await;
     let payload = json!({
         "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": {"Last": "2026-11-27T09:59:30+00:00", "LastUpdated": "2026-11-27T09:59:30+00:00", "Next": "2026-11-27T10:00:00+00:00"}, "IsPastDue": false}},
-        "Metadata": {"sys": sys("build_sweeper")}
+        "Metadata": {"sys": sys("base_image_watch")}
     });
-    let (status, v) = call(&r, "POST", "/build_sweeper", payload).await;
+    let (status, v) = call(&r, "POST", "/base_image_watch", payload).await;
     assert_eq!(status, 200, "{v}");
     assert!(v.get("Outputs").is_some() && v.get("ReturnValue").is_some());
+    let logs: Vec<&str> = v["Logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
     assert!(
-        v["Logs"][0].as_str().unwrap().starts_with("build_sweeper"),
+        logs.iter()
+            .any(|l| l.starts_with("base_image_watch: plain baseline")),
         "{v}"
     );
 }

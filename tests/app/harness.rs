@@ -165,7 +165,7 @@ impl Factory {
                 &json!({"pipeline": pipeline, "idempotencyKey": key, "requestedBy": "test"}),
             )
             .await;
-        assert_eq!(status, 201, "{v}");
+        assert!(status == 201 || status == 200, "{status} {v}");
         v["build"].as_str().unwrap().to_string()
     }
 

@@ -229,5 +229,9 @@ async fn a_staged_version_is_promoted_and_pinned_through_the_api() {
         )
         .await;
     assert_eq!(status, 400);
+    let (status, v) = f
+        .post("/api/gallery/promote", &json!({"versionId": "not-an-id"}))
+        .await;
+    assert_eq!(status, 400, "{v}");
     f.stop().await;
 }
