@@ -14,7 +14,7 @@ use super::{App, POLLS_QUEUE};
 use crate::domain::build::{transition, Build, BuildState, Effect, Observation};
 use crate::domain::template::GalleryImageRef;
 use crate::ports::{OutgoingMessage, RunState, TemplateStatus};
-use crate::store::builds::{BreakerChange, Write};
+use crate::store::builds::{BreakerChange, Extras, Outcome, Write};
 
 /// How long a queued build waits before the sweeper looks at it again
 /// (finished builds also wake queued ones directly).
@@ -57,6 +57,16 @@ pub async fn advance(
         };
         let d = transition(&build, &obs, now, &app.tuning);
         let next_poll = next_poll_at(&d.effects, &d.build, now);
+        // The event and the breaker count commit with the transition.
+        let event = d
+            .cause
+            .as_ref()
+            .map(|cause| CloudEvent::build_changed(&d.build, cause, now));
+        let extras = Extras {
+            outbox: event.as_ref().and_then(|e| app.events.outbox_row(e)),
+            outcome: outcome(app, &d.build),
+        };
+        let mut breaker = None;
         let write = if matches!(build.state, BuildState::Queued)
             && matches!(obs, Observation::SlotGranted)
         {
@@ -71,6 +81,7 @@ pub async fn advance(
                 &cause,
                 next_poll,
                 now,
+                &extras,
             )? {
                 Some(w) => w,
                 // The slot went to someone else between observing and writing.
@@ -80,14 +91,17 @@ pub async fn advance(
             if d.cause.is_none() && d.effects.is_empty() {
                 return Ok(Some(build));
             }
-            app.store.update(
+            let (write, change) = app.store.update(
                 &d.build,
                 row_version,
                 &build.state,
                 d.cause.as_deref(),
                 next_poll,
                 now,
-            )?
+                &extras,
+            )?;
+            breaker = change;
+            write
         };
         let written = match write {
             Write::Conflict => {
@@ -99,8 +113,13 @@ pub async fn advance(
             }
             Write::Written { row_version } => row_version,
         };
-        if let Some(cause) = &d.cause {
-            announce(app, &d.build, cause, now).await;
+        if let Some(ev) = &event {
+            if let Err(e) = app.events.append(ev) {
+                tracing::warn!(build = %d.build.id, error = %e, "event not written to the events file");
+            }
+        }
+        if let Some(change) = breaker {
+            announce_breaker(app, &d.build, change, now);
         }
         let mut follow_up = None;
         for effect in &d.effects {
@@ -301,15 +320,9 @@ async fn submit(app: &App, b: &Build, template: &str) -> Result<(), crate::ports
     app.builder.run(template).await
 }
 
-/// Publishes the change and, at the end, counts it for the circuit breaker.
-async fn announce(app: &App, after: &Build, cause: &str, now: DateTime<Utc>) {
-    if let Err(e) = app
-        .events
-        .publish(&CloudEvent::build_changed(after, cause, now))
-    {
-        tracing::warn!(build = %after.id, error = %e, "event not recorded");
-    }
-    let succeeded = match &after.state {
+/// How a transition into a final state counts for the circuit breaker.
+fn outcome(app: &App, b: &Build) -> Option<Outcome> {
+    let succeeded = match &b.state {
         BuildState::Succeeded { .. } => true,
         BuildState::Failed { .. } => false,
         BuildState::Canceled { .. }
@@ -318,40 +331,40 @@ async fn announce(app: &App, after: &Build, cause: &str, now: DateTime<Utc>) {
         | BuildState::Running { .. }
         | BuildState::Validating
         | BuildState::Publishing { .. }
-        | BuildState::Canceling { .. } => return,
+        | BuildState::Canceling { .. } => return None,
     };
     let threshold = app
         .pipelines
-        .get(&after.pipeline)
+        .get(&b.pipeline)
         .map(|p| p.kiln.build.circuit_breaker_failures)
         .unwrap_or(3);
-    match app.store.record_outcome(
-        &after.pipeline,
-        after.trigger.is_automatic(),
+    Some(Outcome {
+        automatic: b.trigger.is_automatic(),
         succeeded,
         threshold,
+    })
+}
+
+/// Says that the circuit breaker opened or closed (the count itself is already committed).
+fn announce_breaker(app: &App, b: &Build, change: BreakerChange, now: DateTime<Utc>) {
+    let (kind, detail) = match change {
+        BreakerChange::Opened { failures } => (
+            "dev.kiln.pipeline.paused",
+            format!("{failures} consecutive automatic builds failed; automatic triggers are paused until a build succeeds"),
+        ),
+        BreakerChange::Closed => (
+            "dev.kiln.pipeline.resumed",
+            "a build succeeded; automatic triggers are re-armed".to_string(),
+        ),
+    };
+    tracing::warn!(pipeline = %b.pipeline, "{detail}");
+    let ev = CloudEvent::new(
+        kind.into(),
+        format!("pipelines/{}", b.pipeline),
         now,
-    ) {
-        Ok(Some(change)) => {
-            let (kind, detail) = match change {
-                BreakerChange::Opened { failures } => (
-                    "dev.kiln.pipeline.paused",
-                    format!("{failures} consecutive automatic builds failed; automatic triggers are paused until a build succeeds"),
-                ),
-                BreakerChange::Closed => ("dev.kiln.pipeline.resumed", "a build succeeded; automatic triggers are re-armed".to_string()),
-            };
-            tracing::warn!(pipeline = %after.pipeline, "{detail}");
-            let ev = CloudEvent::new(
-                kind.into(),
-                format!("pipelines/{}", after.pipeline),
-                now,
-                json!({ "pipeline": after.pipeline, "detail": detail, "buildId": after.id }),
-            );
-            if let Err(e) = app.events.publish(&ev) {
-                tracing::warn!(error = %e, "event not recorded");
-            }
-        }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(pipeline = %after.pipeline, error = %e, "breaker not updated"),
+        json!({ "pipeline": b.pipeline, "detail": detail, "buildId": b.id }),
+    );
+    if let Err(e) = app.events.publish(&ev) {
+        tracing::warn!(error = %e, "event not recorded");
     }
 }

@@ -104,7 +104,32 @@ impl EventSink {
         }
     }
 
-    /// Records an event: the file line now, the webhook delivery later.
+    /// The outbox row of an event when a webhook is configured, for the
+    /// caller to commit together with the change it describes.
+    pub fn outbox_row(&self, ev: &CloudEvent) -> Option<(String, String, DateTime<Utc>)> {
+        self.webhook.as_ref()?;
+        let body = serde_json::to_string(ev).ok()?;
+        Some((ev.id.clone(), body, ev.time))
+    }
+
+    /// Appends the event to the JSON-lines file (and the log).
+    pub fn append(&self, ev: &CloudEvent) -> anyhow::Result<()> {
+        let line = serde_json::to_string(ev)?;
+        if let Some(path) = &self.file {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            writeln!(f, "{line}")?;
+        }
+        tracing::info!(event = %ev.event_type, subject = %ev.subject, "event");
+        Ok(())
+    }
+
+    /// Records an event on its own: the file line now, the webhook delivery later.
     pub fn publish(&self, ev: &CloudEvent) -> anyhow::Result<()> {
         let line = serde_json::to_string(ev)?;
         if let Some(path) = &self.file {

@@ -177,6 +177,79 @@ fn write_if_unchanged(
     Ok(n == 1)
 }
 
+/// How a finished build counts for its pipeline's circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub automatic: bool,
+    pub succeeded: bool,
+    pub threshold: u32,
+}
+
+/// What commits in the same transaction as a transition, so a crash right
+/// after it cannot lose the webhook event or the breaker count.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// (event id, CloudEvent JSON, when) for the webhook outbox.
+    pub outbox: Option<(String, String, DateTime<Utc>)>,
+    /// Set when the transition ends the build.
+    pub outcome: Option<Outcome>,
+}
+
+fn apply_extras(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    extras: &Extras,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Option<BreakerChange>> {
+    if let Some((id, body, at)) = &extras.outbox {
+        tx.execute(
+            "INSERT OR IGNORE INTO event_outbox (event_id, body, next_attempt) VALUES (?1, ?2, ?3)",
+            params![id, body, ts(*at)],
+        )?;
+    }
+    match extras.outcome {
+        Some(o) => record_outcome_tx(tx, pipeline, o, now),
+        None => Ok(None),
+    }
+}
+
+fn record_outcome_tx(
+    tx: &Transaction<'_>,
+    pipeline: &str,
+    o: Outcome,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Option<BreakerChange>> {
+    tx.execute(
+        "INSERT INTO pipeline_state (pipeline) VALUES (?1) ON CONFLICT(pipeline) DO NOTHING",
+        [pipeline],
+    )?;
+    let (failures, open): (u32, bool) = tx.query_row(
+        "SELECT consecutive_failures, breaker_open_since IS NOT NULL FROM pipeline_state WHERE pipeline = ?1",
+        [pipeline],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let change = if o.succeeded {
+        tx.execute(
+            "UPDATE pipeline_state SET consecutive_failures = 0, breaker_open_since = NULL WHERE pipeline = ?1",
+            [pipeline],
+        )?;
+        open.then_some(BreakerChange::Closed)
+    } else if o.automatic {
+        let failures = failures + 1;
+        let opens = !open && failures >= o.threshold;
+        tx.execute(
+            "UPDATE pipeline_state SET consecutive_failures = ?2,
+                 breaker_open_since = CASE WHEN ?3 THEN ?4 ELSE breaker_open_since END
+             WHERE pipeline = ?1",
+            params![pipeline, failures, opens, ts(now)],
+        )?;
+        opens.then_some(BreakerChange::Opened { failures })
+    } else {
+        None
+    };
+    Ok(change)
+}
+
 /// Result of admitting a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admitted {
@@ -246,6 +319,7 @@ impl Store {
     }
 
     /// Writes `build` if the row is still at `expected`; appends history when `cause` is set.
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &self,
         build: &Build,
@@ -254,13 +328,15 @@ impl Store {
         cause: Option<&str>,
         next_poll_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Write> {
+        extras: &Extras,
+    ) -> anyhow::Result<(Write, Option<BreakerChange>)> {
         let body = serde_json::to_string(build)?;
         self.db.with(|c| {
             let tx = c.transaction()?;
             if !write_if_unchanged(&tx, build, &body, expected, next_poll_at, now)? {
-                return Ok(Write::Conflict);
+                return Ok((Write::Conflict, None));
             }
+            let change = apply_extras(&tx, &build.pipeline, extras, now)?;
             if let Some(cause) = cause {
                 insert_history(
                     &tx,
@@ -272,9 +348,12 @@ impl Store {
                 )?;
             }
             tx.commit()?;
-            Ok(Write::Written {
-                row_version: expected + 1,
-            })
+            Ok((
+                Write::Written {
+                    row_version: expected + 1,
+                },
+                change,
+            ))
         })
     }
 
@@ -381,6 +460,7 @@ impl Store {
         cause: &str,
         next_poll_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
+        extras: &Extras,
     ) -> anyhow::Result<Option<Write>> {
         let body = serde_json::to_string(build)?;
         self.db.with(|c| {
@@ -391,6 +471,7 @@ impl Store {
             if !write_if_unchanged(&tx, build, &body, expected, next_poll_at, now)? {
                 return Ok(Some(Write::Conflict));
             }
+            apply_extras(&tx, &build.pipeline, extras, now)?;
             insert_history(
                 &tx,
                 &build.id,
@@ -492,34 +573,16 @@ impl Store {
     ) -> anyhow::Result<Option<BreakerChange>> {
         self.db.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO pipeline_state (pipeline) VALUES (?1) ON CONFLICT(pipeline) DO NOTHING",
-                [pipeline],
+            let change = record_outcome_tx(
+                &tx,
+                pipeline,
+                Outcome {
+                    automatic,
+                    succeeded,
+                    threshold,
+                },
+                now,
             )?;
-            let (failures, open): (u32, bool) = tx.query_row(
-                "SELECT consecutive_failures, breaker_open_since IS NOT NULL FROM pipeline_state WHERE pipeline = ?1",
-                [pipeline],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let change = if succeeded {
-                tx.execute(
-                    "UPDATE pipeline_state SET consecutive_failures = 0, breaker_open_since = NULL WHERE pipeline = ?1",
-                    [pipeline],
-                )?;
-                open.then_some(BreakerChange::Closed)
-            } else if automatic {
-                let failures = failures + 1;
-                let opens = !open && failures >= threshold;
-                tx.execute(
-                    "UPDATE pipeline_state SET consecutive_failures = ?2,
-                         breaker_open_since = CASE WHEN ?3 THEN ?4 ELSE breaker_open_since END
-                     WHERE pipeline = ?1",
-                    params![pipeline, failures, opens, ts(now)],
-                )?;
-                opens.then_some(BreakerChange::Opened { failures })
-            } else {
-                None
-            };
             tx.commit()?;
             Ok(change)
         })

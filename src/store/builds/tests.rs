@@ -49,25 +49,81 @@ fn a_write_from_a_stale_read_is_a_conflict_and_changes_nothing() {
     first.state = BuildState::Submitting { not_before: None };
     let now = b.created_at;
     assert_eq!(
-        s.update(&first, v, &read.state, Some("first"), None, now)
-            .unwrap(),
+        s.update(
+            &first,
+            v,
+            &read.state,
+            Some("first"),
+            None,
+            now,
+            &Extras::default()
+        )
+        .unwrap()
+        .0,
         Write::Written { row_version: v + 1 }
     );
     let mut second = read.clone();
-    second.state = BuildState::Canceled {
-        reason: "late".into(),
+    second.state = BuildState::Failed {
+        category: crate::domain::build::FailureCategory::Customizer,
+        message: "late".into(),
+    };
+    // The loser's event and breaker count are not committed either.
+    let extras = Extras {
+        outbox: Some(("ev-late".into(), "{}".into(), now)),
+        outcome: Some(Outcome {
+            automatic: true,
+            succeeded: false,
+            threshold: 1,
+        }),
     };
     assert_eq!(
-        s.update(&second, v, &read.state, Some("second"), None, now)
+        s.update(&second, v, &read.state, Some("second"), None, now, &extras)
             .unwrap(),
-        Write::Conflict
+        (Write::Conflict, None)
     );
+    let outbox: i64 = s
+        .db()
+        .with(|c| c.query_row("SELECT COUNT(*) FROM event_outbox", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(outbox, 0);
+    assert_eq!(s.runtime("p").unwrap().consecutive_failures, 0);
     assert_eq!(s.get("b1").unwrap().unwrap().0.state, first.state);
     assert_eq!(
         s.history("b1").unwrap().len(),
         2,
         "admission and the first write only"
     );
+}
+
+#[test]
+fn a_final_transition_commits_its_event_and_breaker_count_with_it() {
+    let b = build("b1");
+    let s = store_with(&b);
+    let (read, v) = s.get("b1").unwrap().unwrap();
+    let mut failed = read.clone();
+    failed.state = BuildState::Failed {
+        category: crate::domain::build::FailureCategory::Customizer,
+        message: "x".into(),
+    };
+    let now = b.created_at;
+    let extras = Extras {
+        outbox: Some(("ev-1".into(), "{}".into(), now)),
+        outcome: Some(Outcome {
+            automatic: true,
+            succeeded: false,
+            threshold: 1,
+        }),
+    };
+    let (w, change) = s
+        .update(&failed, v, &read.state, Some("failed"), None, now, &extras)
+        .unwrap();
+    assert!(matches!(w, Write::Written { .. }));
+    assert_eq!(change, Some(BreakerChange::Opened { failures: 1 }));
+    let outbox: i64 = s
+        .db()
+        .with(|c| c.query_row("SELECT COUNT(*) FROM event_outbox", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(outbox, 1);
 }
 
 #[test]
