@@ -131,27 +131,15 @@ impl EventSink {
 
     /// Records an event on its own: the file line now, the webhook delivery later.
     pub fn publish(&self, ev: &CloudEvent) -> anyhow::Result<()> {
-        let line = serde_json::to_string(ev)?;
-        if let Some(path) = &self.file {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            writeln!(f, "{line}")?;
-        }
-        if self.webhook.is_some() {
+        if let Some((id, body, at)) = self.outbox_row(ev) {
             self.db.with(|c| {
                 c.execute(
                     "INSERT OR IGNORE INTO event_outbox (event_id, body, next_attempt) VALUES (?1, ?2, ?3)",
-                    params![ev.id, line, ts(ev.time)],
+                    params![id, body, ts(at)],
                 )
             })?;
         }
-        tracing::info!(event = %ev.event_type, subject = %ev.subject, "event");
-        Ok(())
+        self.append(ev)
     }
 
     /// Delivers due outbox events; returns how many were delivered.
