@@ -17,7 +17,7 @@ use sha2::Sha256;
 
 use crate::config::Webhook;
 use crate::domain::build::Build;
-use crate::store::Db;
+use crate::store::{insert_outbox, ts, Db};
 
 /// The signature header: `sha256=<hex of HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "x-kiln-signature-256";
@@ -86,10 +86,6 @@ pub struct EventSink {
     http: reqwest::Client,
 }
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 impl EventSink {
     pub fn new(db: Db, file: Option<PathBuf>, webhook: Option<Webhook>) -> Self {
         let http = reqwest::Client::builder()
@@ -132,12 +128,7 @@ impl EventSink {
     /// Records an event on its own: the file line now, the webhook delivery later.
     pub fn publish(&self, ev: &CloudEvent) -> anyhow::Result<()> {
         if let Some((id, body, at)) = self.outbox_row(ev) {
-            self.db.with(|c| {
-                c.execute(
-                    "INSERT OR IGNORE INTO event_outbox (event_id, body, next_attempt) VALUES (?1, ?2, ?3)",
-                    params![id, body, ts(at)],
-                )
-            })?;
+            self.db.with(|c| insert_outbox(c, &id, &body, at))?;
         }
         self.append(ev)
     }

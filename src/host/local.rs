@@ -57,7 +57,7 @@ pub fn release_stale_locks(db: &Db, now: DateTime<Utc>) -> anyhow::Result<usize>
     db.with(|c| {
         c.execute(
             "UPDATE queue_messages SET lock_token = NULL, visible_at = ?1 WHERE lock_token IS NOT NULL",
-            [now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)],
+            [crate::store::ts(now)],
         )
     })
 }

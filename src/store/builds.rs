@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
-use super::Db;
+use super::{insert_outbox, ts, Db};
 use crate::domain::build::{Build, BuildState, Trigger};
 use crate::domain::request::{admit, Admission, AdmissionView};
 use crate::domain::version::ImageVersion;
@@ -66,10 +66,6 @@ pub struct BuildFilter {
 #[derive(Clone)]
 pub struct Store {
     db: Db,
-}
-
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 fn parse_build(body: String) -> rusqlite::Result<Build> {
@@ -202,10 +198,7 @@ fn apply_extras(
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Option<BreakerChange>> {
     if let Some((id, body, at)) = &extras.outbox {
-        tx.execute(
-            "INSERT OR IGNORE INTO event_outbox (event_id, body, next_attempt) VALUES (?1, ?2, ?3)",
-            params![id, body, ts(*at)],
-        )?;
+        insert_outbox(tx, id, body, *at)?;
     }
     match extras.outcome {
         Some(o) => record_outcome_tx(tx, pipeline, o, now),
