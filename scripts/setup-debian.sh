@@ -1,21 +1,96 @@
 #!/usr/bin/env bash
-# Installs what kiln's local provider and tests need on Debian (root or sudo).
+# Installs what kiln's local provider, its lint and its tests need on Debian
+# (root or sudo), then checks the result: every host tool kiln runs must be
+# on PATH and answer --version. apt's exit code is not enough: on a machine
+# with backports, installing one package can make apt remove another (the
+# qemu-utils 10.0 backport Breaks bookworm's qemu-system-common 7.2, so
+# `apt-get install qemu-system-x86` removes qemu-utils and with it
+# qemu-img). A tool that an install removed is reinstalled; a tool that is
+# still missing stops the script with the tool and its Debian package named.
+#
+#   scripts/setup-debian.sh           install what is missing, repair, check
+#   scripts/setup-debian.sh --check   only check; exit 1 naming what is missing
 set -euo pipefail
 
-packages=(bubblewrap busybox-static mmdebstrap e2fsprogs qemu-utils qemu-system-x86 ca-certificates)
-missing=()
+# tool:Debian package:argument that makes it answer and exit 0.
+# qemu-system-x86_64 boots images (`kiln vm run`, the demo's marker check,
+# boot tests); shellcheck lints customizers in `kiln validate`.
+tools=(
+  bwrap:bubblewrap:--version
+  mkfs.ext4:e2fsprogs:-V
+  debugfs:e2fsprogs:-V
+  qemu-img:qemu-utils:--version
+  mmdebstrap:mmdebstrap:--version
+  busybox:busybox-static:true
+  qemu-system-x86_64:qemu-system-x86:--version
+  shellcheck:shellcheck:--version
+)
+# Packages that bring no tool of their own but are needed.
+extra_packages=(ca-certificates)
+
+# Prints "tool:package" for every tool that is missing or does not run.
+missing_tools() {
+  local entry tool rest package arg
+  for entry in "${tools[@]}"; do
+    tool=${entry%%:*} rest=${entry#*:}
+    package=${rest%%:*} arg=${rest#*:}
+    # sbin folders are not on every user's PATH but hold mkfs.ext4 and debugfs.
+    PATH="$PATH:/usr/sbin:/sbin" "$tool" "$arg" >/dev/null 2>&1 || echo "$tool:$package"
+  done
+}
+
+report_and_exit() {
+  local entry
+  echo "kiln setup: these tools are missing or do not run:" >&2
+  for entry in "$@"; do
+    echo "  ${entry%%:*} (Debian package ${entry#*:})" >&2
+  done
+  exit 1
+}
+
+if [ "${1:-}" = "--check" ]; then
+  mapfile -t missing < <(missing_tools)
+  ((${#missing[@]} == 0)) || report_and_exit "${missing[@]}"
+  echo "kiln setup: all ${#tools[@]} tools present"
+  exit 0
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "$@"
+}
+
+packages=("${extra_packages[@]}")
+for entry in "${tools[@]}"; do rest=${entry#*:}; packages+=("${rest%%:*}"); done
+wanted=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || wanted+=("$p")
 done
-if ((${#missing[@]})); then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "kiln setup: installing ${missing[*]}"
+if ((${#wanted[@]})); then
+  # Deduplicate (e2fsprogs has two tools).
+  mapfile -t wanted < <(printf '%s\n' "${wanted[@]}" | sort -u)
+  echo "kiln setup: installing ${wanted[*]}"
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  apt_install "${wanted[@]}"
+fi
+
+mapfile -t missing < <(missing_tools)
+if ((${#missing[@]})); then
+  # Repair: reinstall the packages of the tools that are gone. After a
+  # Breaks-removal this takes the archive's version, which fits the rest.
+  repair=()
+  for entry in "${missing[@]}"; do repair+=("${entry#*:}"); done
+  mapfile -t repair < <(printf '%s\n' "${repair[@]}" | sort -u)
+  echo "kiln setup: ${repair[*]} missing after install (removed by apt to resolve a conflict?); reinstalling"
+  $sudo apt-get update -q
+  apt_install "${repair[@]}" || true
+  mapfile -t missing < <(missing_tools)
+  ((${#missing[@]} == 0)) || report_and_exit "${missing[@]}"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "kiln setup: cargo not found; install a Rust toolchain (rustup, Rust 1.88 or newer) first" >&2
   exit 1
 fi
+echo "kiln setup: all ${#tools[@]} tools present ($(qemu-img --version | head -n 1))"
