@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::time::Instant;
 
+use super::build_user::{self, BuildUser, StepUser};
 use super::capture::{self, Captured};
 use super::catalog::{self, SourceData};
 use super::fetch::{fetch, FetchError};
@@ -302,6 +303,18 @@ impl Build {
         // ---- Customizing ----
         self.sub_state("Customizing")?;
         let mut prov = Provenance::default();
+        let user = build_user::ensure(&self.root())
+            .map_err(|e| Fail::internal(format!("cannot make the build user in the image: {e}")))?;
+        match &user {
+            BuildUser::Created(u) | BuildUser::Existing(u) => self.log.line(&format!(
+                "steps run as the build user {} (uid {}) with passwordless sudo, as on AIB",
+                u.name, u.ids.uid
+            )),
+            BuildUser::NoSudo => self
+                .log
+                .line("the image has no sudo: steps run as root (AIB's build user needs sudo)"),
+        }
+        let step_user = user.step_user();
         let abort_c = on_customizer_error == OnBuildError::Abort;
         self.inject_faults(&mut prov)
             .await
@@ -312,7 +325,7 @@ impl Build {
         } else {
             for (i, c) in props.customize.iter().enumerate() {
                 let rec = self
-                    .step(Phase::Customize, i, props.customize.len(), c)
+                    .step(Phase::Customize, i, props.customize.len(), c, step_user)
                     .await
                     .map_err(|f| f.keep(abort_c))?;
                 prov.customizers.push(rec);
@@ -325,7 +338,7 @@ impl Build {
         let mut validation_failure: Option<String> = None;
         let n = validate.in_vm_validations.len();
         for (i, v) in validate.in_vm_validations.iter().enumerate() {
-            match self.step(Phase::Validate, i, n, v).await {
+            match self.step(Phase::Validate, i, n, v, step_user).await {
                 Ok(rec) => prov.validators.push(rec),
                 Err(Fail::Failed {
                     category, message, ..
@@ -340,10 +353,16 @@ impl Build {
             }
         }
         let root = self.root();
+        // Deprovisioning, as AIB's last step: the build user goes first.
+        let removed_user = match &user {
+            BuildUser::Created(u) => build_user::remove(&root, u)?,
+            BuildUser::Existing(_) | BuildUser::NoSudo => Vec::new(),
+        };
         prov.generalized =
             tokio::task::spawn_blocking(move || super::generalize::generalize(&root))
                 .await
                 .map_err(Fail::internal)??;
+        prov.generalized.splice(0..0, removed_user);
         self.log.line(&format!(
             "generalized: {} paths removed or emptied",
             prov.generalized.len()
@@ -475,13 +494,9 @@ impl Build {
                 .push(serde_json::json!({"fault": spec, "use": use_n}));
             let script = self.work().join(format!("{name}.sh"));
             std::fs::write(&script, spec.script())?;
+            // kiln's own test hook, not a customer step: it runs as root.
             let out = self
-                .sandboxed(
-                    &name,
-                    &script,
-                    &["/bin/sh", "/tmp/.kiln/step"],
-                    self.opts.network,
-                )
+                .sandboxed(&name, &script, "/tmp/script_fault.sh", None)
                 .await?;
             match out.ended {
                 Ended::Exited(0) => {}
@@ -500,25 +515,40 @@ impl Build {
         Ok(())
     }
 
-    /// Runs `argv` in the sandbox with `script` bound at /tmp/.kiln/step,
-    /// under the step and build deadlines.
+    /// Runs `script` (bound read-only at `inside`) in the sandbox as `user`,
+    /// the way Packer's shell provisioner runs it over SSH: the user's login
+    /// shell runs the file, which the kernel starts by its `#!` line (a file
+    /// without one is run by that shell), under the step and build deadlines.
     async fn sandboxed(
         &self,
         step: &str,
         script: &Path,
-        argv: &[&str],
-        network: bool,
+        inside: &str,
+        user: Option<&StepUser>,
     ) -> Result<ProcOutput, Fail> {
         let sb = Sandbox {
             root: &self.root(),
-            network,
-            ro_binds: vec![(script.to_path_buf(), "/tmp/.kiln/step".to_string())],
+            network: self.opts.network,
+            ro_binds: vec![(script.to_path_buf(), inside.to_string())],
+            user,
+            // What Packer sets for every script it runs.
+            env: vec![
+                ("PACKER_BUILDER_TYPE".into(), "azure-arm".into()),
+                ("PACKER_BUILD_NAME".into(), "azure-arm".into()),
+            ],
         };
         sb.preflight()
             .map_err(|e| Fail::new(FailureCategory::Customizer, format!("step '{step}': {e}")))?;
+        // Packer's `chmod +x` before it runs an uploaded script.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755))?;
+        let shell = user.map_or("/bin/sh", |u| u.shell.as_str());
+        let cmd = sb
+            .command(&[shell, "-c", inside])
+            .map_err(|e| Fail::internal(format!("step '{step}': {e}")))?;
         let deadline = (Instant::now() + self.opts.step_timeout).min(self.deadline);
         let out = run_process(
-            sb.command(argv),
+            cmd,
             &self.log,
             &format!("[{step}] "),
             deadline,
@@ -526,7 +556,7 @@ impl Build {
             false,
         )
         .await
-        .map_err(|e| Fail::internal(format!("cannot start bwrap for step '{step}': {e}")))?;
+        .map_err(|e| Fail::internal(format!("cannot start the sandbox for step '{step}': {e}")))?;
         self.forget_mount_points();
         if out.ended == Ended::Canceled {
             return Err(Fail::Canceled);
@@ -534,8 +564,8 @@ impl Build {
         Ok(out)
     }
 
-    /// bwrap creates an empty /etc/resolv.conf to bind onto when the image has
-    /// none; it is not the image's, so it goes.
+    /// The sandbox creates an empty /etc/resolv.conf to bind onto when the
+    /// image has none; it is not the image's, so it goes.
     fn forget_mount_points(&self) {
         let p = self.root().join("etc/resolv.conf");
         if let Ok(md) = std::fs::symlink_metadata(&p) {
@@ -573,6 +603,7 @@ impl Build {
         i: usize,
         n: usize,
         c: &Customizer,
+        user: Option<&StepUser>,
     ) -> Result<serde_json::Value, Fail> {
         let list = match phase {
             Phase::Customize => "customize",
@@ -607,31 +638,20 @@ impl Build {
                 sha256_checksum,
                 ..
             } => {
-                let (argv, sha, uri): (Vec<&str>, String, Option<&str>) = match (inline, script_uri)
-                {
+                let (sha, uri): (String, Option<&str>) = match (inline, script_uri) {
                     (Some(lines), None) => {
+                        // Packer's shell provisioner: the lines joined into one
+                        // file that starts with its inline_shebang, `/bin/sh -e`
+                        // (AIB sets no other): the first failing line fails the step.
                         let text = lines.join("\n") + "\n";
-                        std::fs::write(&work, &text)?;
-                        // As AIB (Packer) runs inline commands: `sh -e`, stop at the first failure.
-                        (
-                            vec!["/bin/sh", "-e", "/tmp/.kiln/step"],
-                            sha256_hex(text.as_bytes()),
-                            None,
-                        )
+                        std::fs::write(&work, format!("#!/bin/sh -e\n{text}"))?;
+                        (sha256_hex(text.as_bytes()), None)
                     }
                     (None, Some(uri)) => {
                         let sha = fetch(&self.p.http, uri, &work, sha256_checksum.as_deref())
                             .await
                             .map_err(|e| fetch_fail(uri, e))?;
-                        let shebang = std::fs::read(&work)?.starts_with(b"#!");
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755))?;
-                        let argv = if shebang {
-                            vec!["/tmp/.kiln/step"]
-                        } else {
-                            vec!["/bin/sh", "/tmp/.kiln/step"]
-                        };
-                        (argv, sha, Some(uri.as_str()))
+                        (sha, Some(uri.as_str()))
                     }
                     _ => {
                         return Err(Fail::new(
@@ -642,9 +662,9 @@ impl Build {
                         ))
                     }
                 };
-                let out = self
-                    .sandboxed(&step, &work, &argv, self.opts.network)
-                    .await?;
+                // Packer uploads each script to /tmp/script_<n>.sh.
+                let inside = format!("/tmp/script_{}_{i}.sh", phase.label());
+                let out = self.sandboxed(&step, &work, &inside, user).await?;
                 if !out.success() {
                     return Err(self.step_failure(phase, &step, &out));
                 }
@@ -661,7 +681,7 @@ impl Build {
                 let sha = fetch(&self.p.http, source_uri, &work, sha256_checksum.as_deref())
                     .await
                     .map_err(|e| fetch_fail(source_uri, e))?;
-                place_file(&self.root(), &work, destination).map_err(|e| {
+                place_file(&self.root(), &work, destination, user).map_err(|e| {
                     Fail::new(
                         cat,
                         format!("step '{step}': cannot place {destination}: {e}"),
@@ -697,9 +717,13 @@ impl Build {
             root: &self.root(),
             network: false,
             ro_binds: vec![],
+            user: None,
+            env: vec![],
         };
         sb.preflight().map_err(Fail::internal)?;
-        let cmd = sb.command(&["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"]);
+        let cmd = sb
+            .command(&["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"])
+            .map_err(Fail::internal)?;
         let deadline = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
         let out = run_process(
             cmd,
@@ -795,9 +819,39 @@ impl Build {
 }
 
 /// Writes `src` to `dest` (absolute, inside `root`): no `..`, no symlink in
-/// the way, parents created, mode 0644.
-pub(crate) fn place_file(root: &Path, src: &Path, dest: &str) -> std::io::Result<()> {
-    let target = resolve_inside(root, dest, true)?;
+/// the way, mode 0644. As AIB's File customizer (Packer's file provisioner
+/// over SSH) writes as the build user, with a `user` the destination's
+/// folder must exist and be writable by that user, and the file is theirs;
+/// without one (an image with no sudo), parents are created as root.
+pub(crate) fn place_file(
+    root: &Path,
+    src: &Path,
+    dest: &str,
+    user: Option<&StepUser>,
+) -> std::io::Result<()> {
+    let target = resolve_inside(root, dest, user.is_none())?;
+    if let Some(u) = user {
+        let parent = target.parent().unwrap_or(root);
+        match std::fs::metadata(parent) {
+            Ok(md) if writable_by(&md, u) => {}
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "its folder is not writable by the build user {} (AIB's File customizer uploads as that user: upload to /tmp and move it with sudo in a Shell step)",
+                        u.name
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "its folder does not exist (AIB's File customizer does not create folders)",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
     match std::fs::symlink_metadata(&target) {
         Ok(md) if md.file_type().is_symlink() => {
             return Err(std::io::Error::new(
@@ -823,7 +877,19 @@ pub(crate) fn place_file(root: &Path, src: &Path, dest: &str) -> std::io::Result
         .open(&target)?;
     let mut input = std::fs::File::open(src)?;
     std::io::copy(&mut input, &mut out)?;
+    if let Some(u) = user {
+        std::os::unix::fs::fchown(&out, Some(u.ids.uid), Some(u.ids.gid))?;
+    }
     Ok(())
+}
+
+/// Whether the owner, group or other write bit lets `u` write in a folder.
+fn writable_by(md: &std::fs::Metadata, u: &StepUser) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = md.mode();
+    (md.uid() == u.ids.uid && mode & 0o200 != 0)
+        || (md.gid() == u.ids.gid && mode & 0o020 != 0)
+        || mode & 0o002 != 0
 }
 
 pub(crate) fn human(d: Duration) -> String {

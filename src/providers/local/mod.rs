@@ -19,6 +19,7 @@
 //! logs/<template>.log                                the customization log
 //! ```
 
+mod build_user;
 mod capture;
 mod catalog;
 mod check;
@@ -27,6 +28,7 @@ mod faults;
 mod fetch;
 mod gallery;
 mod generalize;
+mod namespace;
 mod options;
 mod records;
 mod sandbox;

@@ -1,17 +1,18 @@
-//! Running things: the bubblewrap sandbox a step runs in, and one runner for
-//! every child process a build starts (sandboxed steps and host tools alike)
-//! so that each one streams its output to the build log, meets the step and
+//! Running things: the sandbox a step runs in, and one runner for every
+//! child process a build starts (sandboxed steps and host tools alike) so
+//! that each one streams its output to the build log, meets the step and
 //! build deadlines, and dies with its whole process group on cancel.
 //!
-//! The sandbox (see docs/local-provider.md): the image root bound at `/`, a
-//! fresh `/proc`, a minimal `/dev`, a private `/tmp` (mode 1777), new pid,
-//! ipc, uts and cgroup namespaces, no network namespace unless the build
-//! turns the network off, a cleared environment, and nothing of the host
-//! but `/etc/resolv.conf` (read-only, network on) and the step's own script.
-//! No user namespace: apt's `_apt` user must exist inside.
+//! The sandbox (see docs/local-provider.md and [`super::namespace`]): the
+//! image root at `/` through `pivot_root`, a fresh `/proc`, a minimal
+//! `/dev`, a private `/tmp` (mode 1777), new pid, ipc, uts and cgroup
+//! namespaces, a network namespace when the build turns the network off, a
+//! login environment, and nothing of the host but `/etc/resolv.conf`
+//! (read-only, network on) and the step's own script. No user namespace:
+//! apt's `_apt` user and AIB's build user must be real users inside, and
+//! set-user-id `sudo` must work.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,6 +24,8 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::build_user::StepUser;
+use super::namespace::{Launch, Spec};
 use super::records::Records;
 
 /// Lines of output kept for a failure message.
@@ -255,25 +258,40 @@ fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
     })
 }
 
-/// A command run inside the image with bubblewrap.
+/// A command run inside the image (see [`super::namespace`]).
 pub(crate) struct Sandbox<'a> {
     pub root: &'a Path,
     pub network: bool,
-    /// Host files bound read-only inside the sandbox: (host path, path inside).
+    /// Host files bound read-only inside the sandbox: (host path, path
+    /// inside, under `/tmp`).
     pub ro_binds: Vec<(PathBuf, String)>,
+    /// Who runs the command: AIB's build user for customizers and
+    /// validators, root (`None`) for kiln's own work in the image.
+    pub user: Option<&'a StepUser>,
+    /// Extra environment on top of the login environment.
+    pub env: Vec<(String, String)>,
 }
 
+/// PATH of a login on Ubuntu (`/etc/environment`), which an AIB step sees.
+const LOGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 impl Sandbox<'_> {
-    /// bubblewrap mounts over the image's `/proc`, `/dev` and `/tmp` and runs
-    /// as root: if the image made one of them a symlink, bwrap would follow it
-    /// to a host path while setting up. Refuse such an image.
+    /// The sandbox mounts over the image's `/proc`, `/dev` and `/tmp` as
+    /// root on the host: if the image made one of them a symlink, the mount
+    /// would land on a host path. Refuse such an image.
     pub fn preflight(&self) -> Result<(), String> {
         for d in ["proc", "dev", "tmp"] {
-            if let Ok(md) = std::fs::symlink_metadata(self.root.join(d)) {
-                if !md.is_dir() {
+            match std::fs::symlink_metadata(self.root.join(d)) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => {
                     return Err(format!(
                         "the image's /{d} is not a folder (a symlink?): the sandbox cannot mount over it"
-                    ));
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "the image has no /{d} folder: the sandbox mounts its own there"
+                    ))
                 }
             }
         }
@@ -292,98 +310,116 @@ impl Sandbox<'_> {
         etc_ok && target_ok && Path::new("/etc/resolv.conf").exists()
     }
 
-    pub fn command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("bwrap");
-        cmd.args(self.args(argv));
-        cmd
+    /// The environment a step starts with: a cleared one, then what a
+    /// login gives (`HOME`, `USER`, `LOGNAME`, `SHELL`, `PATH`, `LANG`),
+    /// then `env`.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        let (name, home, shell) = match self.user {
+            Some(u) => (u.name.as_str(), u.home.as_str(), u.shell.as_str()),
+            None => ("root", "/root", "/bin/sh"),
+        };
+        let mut vars: Vec<(String, String)> = [
+            ("PATH", LOGIN_PATH),
+            ("HOME", home),
+            ("USER", name),
+            ("LOGNAME", name),
+            ("SHELL", shell),
+            ("LANG", "C.UTF-8"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in &self.env {
+            vars.retain(|(key, _)| key != k);
+            vars.push((k.clone(), v.clone()));
+        }
+        vars
     }
 
-    pub fn args(&self, argv: &[&str]) -> Vec<OsString> {
-        let mut a: Vec<OsString> = Vec::new();
-        let mut push = |s: &str| a.push(OsString::from(s));
-        push("--bind");
-        a.push(self.root.as_os_str().to_owned());
-        let mut push = |s: &str| a.push(OsString::from(s));
-        for s in [
-            "/", "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
-        ] {
-            push(s);
+    pub fn command(&self, argv: &[&str]) -> std::io::Result<Command> {
+        let cwd = self.user.map_or("/", |u| u.home.as_str());
+        let launch = Launch::prepare(&Spec {
+            root: self.root,
+            network: self.network,
+            resolv_conf: self.can_bind_resolv_conf(),
+            ro_binds: &self.ro_binds,
+            user: self.user.map(|u| u.ids),
+            cwd,
+        })?;
+        let (program, args) = argv.split_first().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command to run")
+        })?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).env_clear().envs(self.environment());
+        // SAFETY: `apply` makes only async-signal-safe system calls on data
+        // prepared above (see the namespace module).
+        unsafe {
+            cmd.pre_exec(move || launch.apply());
         }
-        if self.network {
-            if self.can_bind_resolv_conf() {
-                for s in ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"] {
-                    push(s);
-                }
-            }
-        } else {
-            push("--unshare-net");
-        }
-        for s in [
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup",
-            "--die-with-parent",
-            "--hostname",
-            "kiln-build",
-            "--clearenv",
-            "--setenv",
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "--setenv",
-            "HOME",
-            "/root",
-            "--setenv",
-            "LANG",
-            "C.UTF-8",
-            "--setenv",
-            "DEBIAN_FRONTEND",
-            "noninteractive",
-            "--chdir",
-            "/",
-        ] {
-            push(s);
-        }
-        for (host, inside) in &self.ro_binds {
-            a.push(OsString::from("--ro-bind"));
-            a.push(host.as_os_str().to_owned());
-            a.push(OsString::from(inside));
-        }
-        a.push(OsString::from("--"));
-        a.extend(argv.iter().map(OsString::from));
-        a
+        Ok(cmd)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::local::namespace::Ids;
+
+    fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        env.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
 
     #[test]
-    fn sandbox_arguments_isolate_the_step() {
+    fn a_build_user_step_sees_the_login_environment_of_that_user() {
+        let user = StepUser {
+            name: "packer".into(),
+            ids: Ids {
+                uid: 1000,
+                gid: 1000,
+            },
+            home: "/home/packer".into(),
+            shell: "/bin/bash".into(),
+        };
         let sb = Sandbox {
             root: Path::new("/data/staging/t/root"),
             network: false,
-            ro_binds: vec![(
-                PathBuf::from("/data/staging/t/work/s.sh"),
-                "/tmp/.kiln/step".into(),
-            )],
+            ro_binds: vec![],
+            user: Some(&user),
+            env: vec![("PACKER_BUILDER_TYPE".into(), "azure-arm".into())],
         };
-        let args: Vec<String> = sb
-            .args(&["/bin/sh", "/tmp/.kiln/step"])
-            .into_iter()
-            .map(|s| s.into_string().unwrap())
-            .collect();
-        let joined = args.join(" ");
-        assert!(joined.starts_with(
-            "--bind /data/staging/t/root / --proc /proc --dev /dev --perms 1777 --tmpfs /tmp"
-        ));
-        assert!(joined.contains("--unshare-net"));
-        assert!(!joined.contains("resolv.conf"));
-        assert!(!joined.contains("--unshare-all") && !joined.contains("--unshare-user"));
-        assert!(joined.contains("--clearenv"));
-        assert!(joined.ends_with(
-            "--ro-bind /data/staging/t/work/s.sh /tmp/.kiln/step -- /bin/sh /tmp/.kiln/step"
-        ));
+        let env = sb.environment();
+        assert_eq!(get(&env, "HOME"), Some("/home/packer"));
+        assert_eq!(get(&env, "USER"), Some("packer"));
+        assert_eq!(get(&env, "SHELL"), Some("/bin/bash"));
+        assert_eq!(get(&env, "PACKER_BUILDER_TYPE"), Some("azure-arm"));
+        // AIB does not set it, so neither does kiln: a step that needs it says so.
+        assert_eq!(get(&env, "DEBIAN_FRONTEND"), None);
+    }
+
+    #[test]
+    fn kiln_work_in_the_image_runs_as_root_from_slash() {
+        let sb = Sandbox {
+            root: Path::new("/data/staging/t/root"),
+            network: true,
+            ro_binds: vec![],
+            user: None,
+            env: vec![],
+        };
+        assert_eq!(get(&sb.environment(), "HOME"), Some("/root"));
+    }
+
+    #[test]
+    fn binds_outside_tmp_are_refused() {
+        let spec = Spec {
+            root: Path::new("/r"),
+            network: true,
+            resolv_conf: false,
+            ro_binds: &[(PathBuf::from("/x"), "/etc/passwd".into())],
+            user: None,
+            cwd: "/",
+        };
+        assert!(Launch::prepare(&spec).is_err());
     }
 }
