@@ -3,6 +3,7 @@
 pub mod build;
 pub mod events_in;
 pub mod failure;
+pub mod finding;
 pub mod gallery;
 pub mod pipeline;
 pub mod request;
