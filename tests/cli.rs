@@ -3,11 +3,16 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The binary, with a data folder of its own: `kiln validate` opens the
+/// local provider there, and tests running in parallel must not share one
+/// (a folder being created by another run makes the provider checks vanish).
 fn kiln() -> Command {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.current_dir(env!("CARGO_MANIFEST_DIR")).env(
         "KILN_DATA_DIR",
-        std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id())),
+        std::env::temp_dir().join(format!("kiln-cli-{}-{run}", std::process::id())),
     );
     c
 }
