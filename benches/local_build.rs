@@ -109,6 +109,7 @@ async fn provider_build(p: &LocalProvider, i: usize) -> Duration {
     let body = serde_json::json!({
         "location": "westeurope",
         "tags": {"kiln.pipeline": "bench", "kiln.build": name},
+        "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/id": {}}},
         "properties": {
             "source": {"type": "PlatformImage", "publisher": "kiln", "offer": "busybox", "sku": "bench", "version": "latest"},
             "customize": [{"type": "Shell", "name": "step", "inline": STEP.lines().collect::<Vec<_>>()}],

@@ -3,11 +3,16 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The binary, with a data folder of its own: `kiln validate` opens the
+/// local provider there, and tests running in parallel must not share one
+/// (a folder being created by another run makes the provider checks vanish).
 fn kiln() -> Command {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.current_dir(env!("CARGO_MANIFEST_DIR")).env(
         "KILN_DATA_DIR",
-        std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id())),
+        std::env::temp_dir().join(format!("kiln-cli-{}-{run}", std::process::id())),
     );
     c
 }
@@ -81,6 +86,97 @@ fn a_broken_copy_fails_with_file_field_path_and_expectation() {
         out.contains("pipelines/tiny.json: ok"),
         "the good file is still checked: {out}"
     );
+}
+
+/// The seed lab tutorial's template, pasted as given: its inline step starts
+/// with `set -euxo pipefail`, which AIB's `/bin/sh -e` (dash) rejects.
+#[test]
+fn the_tutorial_template_fails_on_pipefail_alone_and_passes_without_it() {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-lab-tutorial.json");
+    let out = kiln().arg("validate").arg(&fixture).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = err.lines().filter(|l| !l.contains(": warning: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    let at = format!("{}: properties.customize[0].inline[0]: ", fixture.display());
+    assert!(errors[0].starts_with(&at), "{err}");
+    assert!(errors[0].contains("set -o pipefail"), "{err}");
+    assert!(errors[0].contains("`/bin/sh -e` (dash on Ubuntu)"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    let without = text.replace("\"set -euxo pipefail\",", "");
+    assert_ne!(without, text);
+    let copy = dir.path().join("seed-lab-tutorial.json");
+    std::fs::write(&copy, without).unwrap();
+    let out = kiln().arg("validate").arg(&copy).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (seed-lab-tutorial)"));
+}
+
+/// Warnings are printed with the file and path, and do not fail the run.
+#[test]
+fn lint_warnings_do_not_fail_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tiny.json"))
+            .unwrap();
+    let warned = text.replace(
+        r#""echo 'hello from kiln' > /etc/kiln-hello","#,
+        r#""echo 'hello from kiln' > /etc/kiln-hello", "echo $unset_var","#,
+    );
+    assert_ne!(warned, text);
+    let file = dir.path().join("warned.json");
+    std::fs::write(&file, warned).unwrap();
+    let out = kiln().arg("validate").arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: properties.customize[0].inline[1]: warning: SC2086",
+            file.display()
+        )),
+        "{err}"
+    );
+}
+
+/// One file with four unrelated problems reports all four in one run.
+#[test]
+fn validate_reports_every_problem_of_a_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tiny.json"))
+            .unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc.as_object_mut().unwrap().remove("identity");
+    let props = &mut doc["properties"];
+    props["source"].as_object_mut().unwrap().remove("offer");
+    props["customize"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "Ansible"}));
+    props["distribute"] = serde_json::json!([]);
+    let file = dir.path().join("broken.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = kiln().arg("validate").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for at in [
+        "identity",
+        "properties.source",
+        "properties.customize[1].type",
+        "properties.distribute",
+    ] {
+        assert!(
+            err.contains(&format!("{}: {at}: ", file.display())),
+            "{at}: {err}"
+        );
+    }
 }
 
 #[test]

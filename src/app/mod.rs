@@ -12,6 +12,7 @@ pub mod driver;
 pub mod events;
 pub mod functions;
 pub mod gallery_ops;
+pub mod lint;
 pub mod pipelines;
 pub mod render;
 pub mod retention;

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::domain::pipeline::{FieldError, Pipeline};
+use crate::domain::pipeline::{FieldError, Parsed, Pipeline};
+use crate::domain::template::ImageTemplate;
 use crate::ports::ImageBuilder;
 
 #[derive(Debug, Clone, Default)]
@@ -30,31 +31,83 @@ impl std::fmt::Display for FileErrors {
     }
 }
 
-/// Reads and checks one pipeline file, with the provider's own checks.
-pub fn load_file(path: &Path, builder: Option<&dyn ImageBuilder>) -> Result<Pipeline, FileErrors> {
-    let fail = |errors| FileErrors {
+/// One pipeline file read and checked: the pipeline if it is valid, and
+/// otherwise every problem found (the file's own and the provider's).
+#[derive(Debug)]
+pub struct FileCheck {
+    pub file: PathBuf,
+    pub pipeline: Option<Pipeline>,
+    pub errors: Vec<FieldError>,
+    /// The template of an invalid file, when it parsed.
+    rejected_template: Option<Box<ImageTemplate>>,
+}
+
+impl FileCheck {
+    /// The parsed template, valid or not: what lint reads.
+    pub fn template(&self) -> Option<&ImageTemplate> {
+        match &self.pipeline {
+            Some(p) => Some(&p.template),
+            None => self.rejected_template.as_deref(),
+        }
+    }
+}
+
+/// Reads and checks one pipeline file. The provider's checks run whenever
+/// the template parsed, even if the kiln section or a semantic check failed,
+/// so one run reports every problem.
+pub fn check_file(path: &Path, builder: Option<&dyn ImageBuilder>) -> FileCheck {
+    let mut check = FileCheck {
         file: path.to_path_buf(),
-        errors,
+        pipeline: None,
+        errors: Vec::new(),
+        rejected_template: None,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(vec![FieldError {
-            path: "$".into(),
-            message: format!("cannot read the file: {e}"),
-        }])
-    })?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            check.errors.push(FieldError {
+                path: "$".into(),
+                message: format!("cannot read the file: {e}"),
+            });
+            return check;
+        }
+    };
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_string();
-    let pipeline = Pipeline::parse(&name, &text).map_err(fail)?;
-    if let Some(b) = builder {
-        let errors = b.check(&pipeline.template);
-        if !errors.is_empty() {
-            return Err(fail(errors));
+    let provider_errors = |t: &ImageTemplate| builder.map(|b| b.check(t)).unwrap_or_default();
+    match Pipeline::read(&name, &text) {
+        Parsed::Valid(p) => {
+            check.errors = provider_errors(&p.template);
+            if check.errors.is_empty() {
+                check.pipeline = Some(*p);
+            } else {
+                check.rejected_template = Some(Box::new(p.template));
+            }
+        }
+        Parsed::Invalid { errors, template } => {
+            check.errors = errors;
+            if let Some(t) = &template {
+                check.errors.extend(provider_errors(t));
+            }
+            check.rejected_template = template;
         }
     }
-    Ok(pipeline)
+    check
+}
+
+/// Reads and checks one pipeline file, with the provider's own checks.
+pub fn load_file(path: &Path, builder: Option<&dyn ImageBuilder>) -> Result<Pipeline, FileErrors> {
+    let check = check_file(path, builder);
+    match check.pipeline {
+        Some(p) => Ok(p),
+        None => Err(FileErrors {
+            file: check.file,
+            errors: check.errors,
+        }),
+    }
 }
 
 impl PipelineSet {

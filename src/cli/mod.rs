@@ -266,16 +266,34 @@ fn load_pipeline(name_or_file: &str) -> anyhow::Result<crate::domain::pipeline::
     crate::app::pipelines::load_file(&path, None).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Prints every error and warning of each file as `file: json.path: …`;
+/// fails (exit 1) only on errors.
 fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    use crate::app::lint;
+    use crate::domain::finding::Finding;
+
     let checker = local_cmds::checker();
+    let shellcheck = lint::Shellcheck::default();
+    let shellcheck = if shellcheck.available() {
+        Some(shellcheck)
+    } else {
+        eprintln!("{}", lint::skipped_warning());
+        None
+    };
     let mut bad = 0;
     for f in files {
-        match crate::app::pipelines::load_file(f, checker.as_deref()) {
-            Ok(p) => println!("{}: ok ({})", f.display(), p.name),
-            Err(e) => {
-                bad += 1;
-                eprintln!("{e}");
-            }
+        let check = crate::app::pipelines::check_file(f, checker.as_deref());
+        let mut findings: Vec<Finding> = check.errors.iter().cloned().map(Finding::from).collect();
+        if let (Some(sc), Some(t)) = (&shellcheck, check.template()) {
+            findings.extend(sc.lint(t));
+        }
+        for finding in &findings {
+            eprintln!("{}: {finding}", f.display());
+        }
+        let errors = findings.iter().filter(|x| x.is_error()).count();
+        match &check.pipeline {
+            Some(p) if errors == 0 => println!("{}: ok ({})", f.display(), p.name),
+            Some(_) | None => bad += 1,
         }
     }
     Ok(if bad == 0 {

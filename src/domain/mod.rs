@@ -3,7 +3,9 @@
 pub mod build;
 pub mod events_in;
 pub mod failure;
+pub mod finding;
 pub mod gallery;
+pub mod lint;
 pub mod pipeline;
 pub mod request;
 pub mod retention;

@@ -17,7 +17,11 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::retention::RetentionPolicy;
-use super::template::{Customizer, Distributor, GalleryImageRef, ImageTemplate};
+use super::template::{
+    Customizer, Distributor, GalleryImageRef, Identity, IdentityType, ImageTemplate,
+};
+
+mod read;
 
 /// The key under which kiln's own settings live in a pipeline file.
 pub const KILN_KEY: &str = "kiln";
@@ -267,6 +271,8 @@ fn field(path: impl Into<String>, message: impl Into<String>) -> FieldError {
 }
 
 /// Reads a serde value into `T`, reporting the failing field's full path.
+///
+/// serde stops at the first error, so callers read one section at a time (see `read`).
 fn typed<T: serde::de::DeserializeOwned>(
     value: &serde_json::Value,
     prefix: &str,
@@ -290,23 +296,50 @@ pub fn valid_pipeline_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// What a pipeline file's text gave.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    Valid(Box<Pipeline>),
+    /// Every problem found, and the template when it parsed (the kiln section
+    /// or a semantic check may still have failed), so provider checks can run too.
+    Invalid {
+        errors: Vec<FieldError>,
+        template: Option<Box<ImageTemplate>>,
+    },
+}
+
 impl Pipeline {
     /// Parses and checks a pipeline file's text. `name` is the file stem.
     pub fn parse(name: &str, text: &str) -> Result<Pipeline, Vec<FieldError>> {
-        let mut doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-            vec![field(
-                format!("line {} column {}", e.line(), e.column()),
-                format!("not valid JSON: {e}"),
-            )]
-        })?;
+        match Pipeline::read(name, text) {
+            Parsed::Valid(p) => Ok(*p),
+            Parsed::Invalid { errors, .. } => Err(errors),
+        }
+    }
+
+    /// Like [`Pipeline::parse`], reporting every problem of the file at once
+    /// (each section and list element is read on its own, see `read`).
+    pub fn read(name: &str, text: &str) -> Parsed {
+        let invalid = |errors| Parsed::Invalid {
+            errors,
+            template: None,
+        };
+        let mut doc: serde_json::Value = match serde_json::from_str(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                return invalid(vec![field(
+                    format!("line {} column {}", e.line(), e.column()),
+                    format!("not valid JSON: {e}"),
+                )])
+            }
+        };
         let Some(obj) = doc.as_object_mut() else {
-            return Err(vec![field(
+            return invalid(vec![field(
                 "$",
                 "expected an object holding an image template",
             )]);
         };
-        let kiln_value = obj.remove(KILN_KEY).unwrap_or(serde_json::json!({}));
-        let template_json = doc;
+        let kiln_value = obj.remove(KILN_KEY);
 
         let mut errors = Vec::new();
         if !valid_pipeline_name(name) {
@@ -315,27 +348,32 @@ impl Pipeline {
                 format!("pipeline name `{name}` (the file name) must be 1-64 characters of a-z, 0-9, - and _"),
             ));
         }
-        let template = typed::<ImageTemplate>(&template_json, "");
-        let kiln = typed::<KilnSection>(&kiln_value, KILN_KEY);
-        let (template, kiln) = match (template, kiln) {
-            (Ok(t), Ok(k)) => (t, k),
-            (t, k) => {
-                errors.extend(t.err());
-                errors.extend(k.err());
-                return Err(errors);
-            }
+        let mut reader = read::Reader::default();
+        let parts = reader.template(obj);
+        // A file without a `kiln` section is a pasted template: every kiln setting at its default.
+        let kiln = match &kiln_value {
+            None => Some(KilnSection::default()),
+            Some(v) => reader.kiln(v),
         };
-        errors.extend(check_template(&template));
-        errors.extend(check_kiln(&kiln));
-        if errors.is_empty() {
-            Ok(Pipeline {
-                name: name.to_string(),
-                template_json,
-                template,
-                kiln,
-            })
-        } else {
-            Err(errors)
+        errors.append(&mut reader.errors);
+        errors.extend(check_template(&parts));
+        if let Some(k) = &kiln {
+            errors.extend(check_kiln(k));
+        }
+        let template = parts.assemble();
+        match (template, kiln) {
+            (Some(template), Some(kiln)) if errors.is_empty() => {
+                Parsed::Valid(Box::new(Pipeline {
+                    name: name.to_string(),
+                    template_json: doc,
+                    template,
+                    kiln,
+                }))
+            }
+            (template, _) => Parsed::Invalid {
+                errors,
+                template: template.map(Box::new),
+            },
         }
     }
 
@@ -363,13 +401,18 @@ impl Pipeline {
     }
 }
 
-fn check_template(t: &ImageTemplate) -> Vec<FieldError> {
+/// The checks serde cannot express, over whatever parts of the template parsed.
+fn check_template(t: &read::TemplateParts) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    let p = &t.properties;
-    if t.location.trim().is_empty() {
-        errors.push(field("location", "expected an Azure region name"));
+    if let Some(location) = &t.location {
+        if location.trim().is_empty() {
+            errors.push(field("location", "expected an Azure region name"));
+        }
     }
-    if let Some(m) = p.build_timeout_in_minutes {
+    if let Some(identity) = &t.identity {
+        errors.extend(check_identity(identity));
+    }
+    if let Some(m) = t.build_timeout_in_minutes {
         if m > 960 {
             errors.push(field(
                 "properties.buildTimeoutInMinutes",
@@ -377,14 +420,70 @@ fn check_template(t: &ImageTemplate) -> Vec<FieldError> {
             ));
         }
     }
-    if p.distribute.is_empty() {
+    errors.extend(check_distribute(&t.distribute));
+    let steps = t
+        .customize
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("properties.customize[{i}]"), c));
+    let validators = t.validate.iter().flat_map(|v| {
+        v.in_vm_validations
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("properties.validate.inVMValidations[{i}]"), c))
+    });
+    for (at, c) in steps.chain(validators) {
+        if let Some(Customizer::Shell {
+            inline, script_uri, ..
+        }) = c
+        {
+            if inline.is_some() == script_uri.is_some() {
+                errors.push(field(
+                    at,
+                    "a Shell step needs exactly one of `inline` and `scriptUri`",
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// AIB builds as a user-assigned managed identity, and takes exactly one.
+fn check_identity(identity: &Identity) -> Vec<FieldError> {
+    match identity.kind {
+        IdentityType::UserAssigned => {}
+        IdentityType::None => {
+            return vec![field(
+                "identity.type",
+                "expected `UserAssigned`: Azure VM Image Builder runs the build as a user-assigned identity",
+            )]
+        }
+    }
+    match identity.user_assigned_identities.len() {
+        1 => vec![],
+        0 => vec![field(
+            "identity.userAssignedIdentities",
+            "expected the resource id of the user-assigned identity the build runs as",
+        )],
+        n => vec![field(
+            "identity.userAssignedIdentities",
+            format!("expected exactly one user-assigned identity (Azure VM Image Builder takes one), got {n}"),
+        )],
+    }
+}
+
+/// `distribute` holds each target that parsed (`None`: reported already) at its index.
+fn check_distribute(distribute: &[Option<Distributor>]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if distribute.is_empty() {
         errors.push(field(
             "properties.distribute",
             "expected at least one distribution target",
         ));
     }
     let mut outputs = std::collections::BTreeSet::new();
-    for (i, d) in p.distribute.iter().enumerate() {
+    for (i, d) in distribute.iter().enumerate() {
+        let Some(d) = d else { continue };
         let at = format!("properties.distribute[{i}]");
         if !outputs.insert(d.run_output_name().to_string()) {
             errors.push(field(
@@ -409,30 +508,6 @@ fn check_template(t: &ImageTemplate) -> Vec<FieldError> {
                     "expected an image definition id without /versions/…: kiln assigns the version (see kiln.versioning)",
                 )),
                 Some(_) => {}
-            }
-        }
-    }
-    let steps = p
-        .customize
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("properties.customize[{i}]"), c));
-    let validators = p.validate.iter().flat_map(|v| {
-        v.in_vm_validations
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (format!("properties.validate.inVMValidations[{i}]"), c))
-    });
-    for (at, c) in steps.chain(validators) {
-        if let Customizer::Shell {
-            inline, script_uri, ..
-        } = c
-        {
-            if inline.is_some() == script_uri.is_some() {
-                errors.push(field(
-                    at,
-                    "a Shell step needs exactly one of `inline` and `scriptUri`",
-                ));
             }
         }
     }
@@ -531,6 +606,122 @@ mod tests {
         assert_eq!(p.kiln.build.max_concurrent, 1);
         assert!(p.kiln.retention.protect_in_use);
         assert_eq!(p.build_timeout_minutes(), 240);
+    }
+
+    fn paths(errs: &[FieldError]) -> Vec<&str> {
+        errs.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn one_run_reports_every_problem_of_the_file_with_its_path() {
+        let mut doc: serde_json::Value = serde_json::from_str(TINY).unwrap();
+        let props = &mut doc["properties"];
+        props["source"].as_object_mut().unwrap().remove("offer");
+        props["customize"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "Ansible", "playbook": "site.yml"}));
+        props["distribute"] = serde_json::json!([]);
+        doc.as_object_mut().unwrap().remove("identity");
+
+        let errs = Pipeline::parse("tiny", &doc.to_string()).unwrap_err();
+
+        let mut got = paths(&errs);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "identity",
+                "properties.customize[1].type",
+                "properties.distribute",
+                "properties.source"
+            ],
+            "{errs:#?}"
+        );
+        let at = |p: &str| &errs.iter().find(|e| e.path == p).unwrap().message;
+        assert!(at("properties.source").contains("missing field `offer`"));
+        assert!(at("properties.customize[1].type").contains("unknown variant `Ansible`"));
+        assert!(at("properties.distribute").contains("at least one distribution target"));
+        assert!(at("identity").contains("UserAssigned"));
+    }
+
+    #[test]
+    fn each_list_element_is_read_on_its_own_and_keeps_its_index() {
+        let mut doc: serde_json::Value = serde_json::from_str(TINY).unwrap();
+        let good = doc["properties"]["distribute"][0].clone();
+        let mut versioned = good.clone();
+        versioned["runOutputName"] = "second".into();
+        versioned["galleryImageId"] = format!(
+            "{}/versions/1.0.0",
+            good["galleryImageId"].as_str().unwrap()
+        )
+        .into();
+        let mut broken = good.clone();
+        broken.as_object_mut().unwrap().remove("galleryImageId");
+        doc["properties"]["distribute"] = serde_json::json!([broken, versioned]);
+
+        let errs = Pipeline::parse("tiny", &doc.to_string()).unwrap_err();
+
+        assert_eq!(
+            paths(&errs),
+            [
+                "properties.distribute[0]",
+                "properties.distribute[1].galleryImageId"
+            ],
+            "the semantic checks still look at the target that parsed: {errs:#?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_kiln_key_does_not_hide_the_next_one() {
+        let text = TINY.replace(
+            r#""versioning": {"scheme": "latest", "major": 1}"#,
+            r#""retention": {"keepLatest": "five"}, "build": {"maxAttempts": "three"}, "triggers": {"baseImage": {"enabled": true}}"#,
+        );
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(
+            paths(&errs),
+            ["kiln.retention.keepLatest", "kiln.build.maxAttempts"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_file_still_yields_its_template_for_the_provider_checks() {
+        let text = TINY.replace(r#""versioning""#, r#""retension": {}, "versioning""#);
+        match Pipeline::read("tiny", &text) {
+            Parsed::Invalid { errors, template } => {
+                assert_eq!(paths(&errors), ["kiln.retension"]);
+                assert_eq!(template.unwrap().location, "westeurope");
+            }
+            Parsed::Valid(_) => panic!("an unknown kiln key is an error"),
+        }
+    }
+
+    #[test]
+    fn a_pasted_template_without_a_kiln_section_takes_every_default() {
+        let mut doc: serde_json::Value = serde_json::from_str(TINY).unwrap();
+        doc.as_object_mut().unwrap().remove(KILN_KEY);
+        let p = Pipeline::parse("tiny", &doc.to_string()).unwrap();
+        assert_eq!(p.kiln.versioning, Versioning::default());
+    }
+
+    #[test]
+    fn the_identity_is_one_user_assigned_identity() {
+        let with_identity = |identity: serde_json::Value| {
+            let mut doc: serde_json::Value = serde_json::from_str(TINY).unwrap();
+            doc["identity"] = identity;
+            Pipeline::parse("tiny", &doc.to_string())
+        };
+        let errs = with_identity(serde_json::json!({"type": "None"})).unwrap_err();
+        assert_eq!(paths(&errs), ["identity.type"]);
+        let errs = with_identity(serde_json::json!({"type": "UserAssigned"})).unwrap_err();
+        assert_eq!(paths(&errs), ["identity.userAssignedIdentities"]);
+        let errs = with_identity(serde_json::json!({"type": "UserAssigned",
+            "userAssignedIdentities": {"/a": {}, "/b": {}}}))
+        .unwrap_err();
+        assert_eq!(paths(&errs), ["identity.userAssignedIdentities"]);
+        let errs = with_identity(serde_json::json!({"type": "SystemAssigned"})).unwrap_err();
+        assert_eq!(paths(&errs), ["identity.type"]);
     }
 
     #[test]

@@ -13,11 +13,29 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct ImageTemplate {
     pub location: String,
-    #[serde(default)]
-    pub identity: Option<serde_json::Value>,
+    /// Required: AIB runs every build as a user-assigned managed identity.
+    pub identity: Identity,
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     pub properties: TemplateProperties,
+}
+
+/// `{"type": "UserAssigned", "userAssignedIdentities": {"<resource id>": {}}}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    #[serde(rename = "type")]
+    pub kind: IdentityType,
+    /// Resource id to (server-filled) properties; AIB takes exactly one.
+    #[serde(default)]
+    pub user_assigned_identities: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum IdentityType {
+    UserAssigned,
+    /// Allowed by the API schema, refused by kiln's checks: AIB cannot build without an identity.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -213,34 +213,10 @@ impl ImageBuilder for AzureImageBuilder {
         }
     }
 
-    fn check(&self, template: &ImageTemplate) -> Vec<FieldError> {
-        let err = |path: &str, message: &str| FieldError {
-            path: path.into(),
-            message: message.into(),
-        };
-        let Some(identity) = &template.identity else {
-            return vec![err(
-                "identity",
-                "required by Azure VM Image Builder: the user-assigned identity the build runs as",
-            )];
-        };
-        let kind = identity.get("type").and_then(Value::as_str).unwrap_or("");
-        if !kind.eq_ignore_ascii_case("UserAssigned") {
-            return vec![err(
-                "identity.type",
-                "Azure VM Image Builder needs `UserAssigned`",
-            )];
-        }
-        let named = identity
-            .get("userAssignedIdentities")
-            .and_then(Value::as_object)
-            .is_some_and(|m| !m.is_empty());
-        if !named {
-            return vec![err(
-                "identity.userAssignedIdentities",
-                "name the user-assigned identity (its resource id) the build runs as",
-            )];
-        }
+    /// Nothing beyond the domain's checks: what AIB requires of every
+    /// template (a user-assigned identity among them) is checked when the
+    /// pipeline is read, whichever provider builds it.
+    fn check(&self, _template: &ImageTemplate) -> Vec<FieldError> {
         vec![]
     }
 }

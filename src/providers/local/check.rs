@@ -247,6 +247,7 @@ mod tests {
     fn template(customize: serde_json::Value) -> ImageTemplate {
         serde_json::from_value(serde_json::json!({
             "location": "westeurope",
+            "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/id": {}}},
             "properties": {
                 "source": {"type": "PlatformImage", "publisher": "kiln", "offer": "busybox", "sku": "1", "version": "latest"},
                 "customize": customize,
