@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Sets up kiln on this machine, starts the factory (`kiln local`) and builds
-# the example pipelines. The factory keeps running; Ctrl-C stops it.
+# Sets up kiln on this machine, starts the factory (`kiln local`), builds the
+# example pipelines and ends as the seed lab does: it boots the published
+# seed-lab version and reads /etc/aib-build-info back from the running VM.
+# The factory then keeps running; Ctrl-C stops it.
+#   --once                build, check the marker, stop the factory, exit 0
 #   KILN_DEMO_SEED_LAB=0  skips the Debian-based seed lab (needs the Debian mirror)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+once=0
+case "${1:-}" in
+  --once) once=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--once]" >&2; exit 2 ;;
+esac
+
 ./scripts/setup-debian.sh
 
 cargo build --release --locked
 kiln="${CARGO_TARGET_DIR:-target}/release/kiln"
 export KILN_DATA_DIR="${KILN_DATA_DIR:-.kiln}"
-api="http://127.0.0.1:${KILN_HTTP_PORT:-7071}"
+port="${KILN_HTTP_PORT:-7071}"
+api="http://127.0.0.1:$port"
 
 $kiln validate pipelines/*.json
 
@@ -18,34 +30,75 @@ if ! $kiln base list --json | grep -q '"kiln:busybox:tiny"'; then
   $kiln base import kiln:busybox:tiny --version 1.0.0 --busybox
 fi
 seed_lab="${KILN_DEMO_SEED_LAB:-1}"
-if [ "$seed_lab" = 1 ] && ! $kiln base list --json | grep -q '"Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2"'; then
-  # Debian bookworm stands in for Ubuntu 22.04 on the local provider.
-  $kiln base import Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2 --version 22.04.202611010 \
-    --debian bookworm --include ca-certificates
+seed_urn="Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2"
+if [ "$seed_lab" = 1 ] && ! $kiln base list --json | grep -q "\"$seed_urn\""; then
+  # Debian bookworm stands in for Ubuntu 22.04 and carries what templates
+  # rely on in the marketplace image: sudo (AIB's build user needs it), a
+  # kernel and initramfs (the image boots), systemd as init.
+  $kiln base import "$seed_urn" --version 22.04.202611010 --debian bookworm \
+    --include ca-certificates,sudo,linux-image-cloud-amd64,initramfs-tools,systemd-sysv
 fi
 
 mkdir -p "$KILN_DATA_DIR"
-$kiln local > "$KILN_DATA_DIR/kiln-local.log" 2>&1 &
+$kiln local --port "$port" > "$KILN_DATA_DIR/kiln-local.log" 2>&1 &
 factory=$!
-trap 'kill -TERM $factory 2>/dev/null; wait $factory' INT TERM
+stop() { kill -TERM "$factory" 2>/dev/null || true; wait "$factory" || true; }
+trap 'stop' EXIT
+trap 'exit 130' INT TERM
+up=0
 for _ in $(seq 1 100); do
-  curl -fsS "$api/api/health" >/dev/null 2>&1 && break
-  kill -0 $factory 2>/dev/null || { cat "$KILN_DATA_DIR/kiln-local.log"; exit 1; }
+  if curl -fsS "$api/api/health" >/dev/null 2>&1; then up=1; break; fi
+  if ! kill -0 "$factory" 2>/dev/null; then break; fi
   sleep 0.1
 done
+if [ "$up" != 1 ]; then
+  echo "kiln local did not come up:" >&2
+  cat "$KILN_DATA_DIR/kiln-local.log" >&2
+  exit 1
+fi
 echo "kiln local is up on $api (log: $KILN_DATA_DIR/kiln-local.log)"
 
-id=$($kiln build tiny --wait --reason "demo")
-$kiln show "$id"
+# `kiln build --wait` prints the build id, then progress on stderr; a
+# failed build shows the end of its log.
+build() {
+  local id
+  if ! id=$($kiln build "$1" --wait --reason "$2" --api "$api"); then
+    [ -z "$id" ] || $kiln logs "$id" --api "$api" | tail -n 40 >&2
+    return 1
+  fi
+  echo "$id"
+}
+
+id=$(build tiny "demo")
+$kiln show "$id" --api "$api"
 if [ "$seed_lab" = 1 ]; then
   start=$(date +%s)
-  lab=$($kiln build ubuntu-2204-baseline --wait --reason "demo: seed lab")
+  lab=$(build ubuntu-2204-baseline "demo: seed lab")
   echo "seed lab built in $(( $(date +%s) - start )) s (Azure VM Image Builder: 20-40 minutes)"
-  $kiln show "$lab"
-  version=$($kiln show "$lab" --json | sed -n 's/^  "version": "\(.*\)",$/\1/p')
-  echo "--- /etc/aib-build-info read from the published qcow2:"
-  $kiln gallery cat "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/gal_platform/images/ubuntu-2204-baseline/versions/$version" /etc/aib-build-info
+  $kiln show "$lab" --api "$api"
+  version_id=$($kiln show "$lab" --json --api "$api" | sed -n 's/^ *"artifact_id": "\(.*\/versions\/[^"]*\)".*/\1/p' | head -n 1)
+  if [ -z "$version_id" ]; then
+    echo "the seed lab build published no gallery version" >&2
+    exit 1
+  fi
+  # The tutorial's last step: create a VM from the image, log in, verify the marker.
+  start=$(date +%s)
+  # shellcheck disable=SC2016 # the check runs in the guest, which expands it
+  out=$($kiln vm run "$version_id" --check 'cat /etc/aib-build-info; for t in curl jq unzip; do command -v "$t"; done')
+  echo "$out"
+  echo "booted $version_id and read the marker in $(( $(date +%s) - start )) s"
+  if ! grep -q '^Baseline build completed on ' <<<"$out"; then
+    echo "the booted seed-lab image lacks the marker in /etc/aib-build-info" >&2
+    exit 1
+  fi
+  for t in curl jq unzip; do
+    grep -q "/$t\$" <<<"$out" || { echo "the booted seed-lab image lacks $t" >&2; exit 1; }
+  done
 fi
 $kiln gallery list
+if [ "$once" = 1 ]; then
+  echo "demo done (--once): stopping the factory"
+  exit 0
+fi
 echo "The factory keeps running (timers, queues, API on $api). Ctrl-C to stop."
-wait $factory
+wait "$factory"

@@ -16,7 +16,6 @@ set -euo pipefail
 # qemu-system-x86_64 boots images (`kiln vm run`, the demo's marker check,
 # boot tests); shellcheck lints customizers in `kiln validate`.
 tools=(
-  bwrap:bubblewrap:--version
   mkfs.ext4:e2fsprogs:-V
   debugfs:e2fsprogs:-V
   qemu-img:qemu-utils:--version

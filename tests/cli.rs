@@ -43,7 +43,7 @@ fn a_broken_copy_fails_with_file_field_path_and_expectation() {
     .unwrap();
     let broken = text
         .replace(
-            r#""buildTimeoutInMinutes": 60"#,
+            r#""buildTimeoutInMinutes": 80"#,
             r#""buildTimeoutInMinutes": 2000"#,
         )
         .replace(r#""keepLatest": 5"#, r#""keepLatest": "five""#);
@@ -54,9 +54,9 @@ fn a_broken_copy_fails_with_file_field_path_and_expectation() {
         &windows,
         text.replace(
             r#""type": "Shell",
-        "name": "baseline-packages""#,
+        "name": "baseline""#,
             r#""type": "PowerShell",
-        "name": "baseline-packages""#,
+        "name": "baseline""#,
         ),
     )
     .unwrap();
@@ -315,4 +315,26 @@ fn kiln_local_then_kiln_build_wait_then_kiln_show() {
     let status = host.wait().unwrap();
     result.unwrap();
     assert!(status.success(), "graceful stop: {status}");
+}
+
+/// A new user's first run must not get as far as a build that fails on a
+/// missing tool: `kiln local` names each one and its package, and exits.
+#[test]
+fn kiln_local_refuses_to_start_without_its_host_tools() {
+    let data = tempfile::tempdir().unwrap();
+    // No PATH: the sbin folders still have mkfs.ext4 and debugfs, but
+    // qemu-img (in /usr/bin) is not found.
+    let out = kiln()
+        .args(["local", "--port", "0"])
+        .env("KILN_DATA_DIR", data.path())
+        .env("PATH", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("qemu-img (Debian package qemu-utils)"),
+        "{err}"
+    );
+    assert!(!err.contains("mkfs.ext4"), "{err}");
 }

@@ -155,8 +155,10 @@ async fn a_busybox_pipeline_through_the_public_api() {
     assert_eq!(classify(msg), FailureCategory::Customizer);
 }
 
-/// The seed-lab image: a Debian bookworm minbase, `apt-get install` in the
-/// sandbox, `/etc/aib-build-info`, read back from the published qcow2.
+/// The seed-lab image as AIB builds it: a Debian bookworm minbase with sudo,
+/// the tutorial's Shell lines run by the non-root build user `packer` with
+/// passwordless sudo, `/etc/aib-build-info` read back from the published
+/// qcow2, and no trace of the build user left in it.
 /// About a minute (mmdebstrap ~35 s, apt ~7 s, capture a few seconds).
 #[tokio::test]
 async fn a_debian_base_gets_packages_from_the_mirror_inside_the_sandbox() {
@@ -169,12 +171,13 @@ async fn a_debian_base_gets_packages_from_the_mirror_inside_the_sandbox() {
             "12.0.1",
             BaseFrom::Debian {
                 suite: "bookworm".into(),
-                include: vec!["ca-certificates".into()],
+                include: vec!["ca-certificates".into(), "sudo".into()],
             },
         )
         .await
         .unwrap();
     eprintln!("mmdebstrap import: {:.1} s", t0.elapsed().as_secs_f64());
+    let passwd_before = std::fs::read_to_string(base.path.join("etc/passwd")).unwrap();
     let sources = std::fs::read_to_string(base.path.join("etc/apt/sources.list")).unwrap();
     assert_eq!(sources.lines().count(), 1, "{sources}");
     assert!(!sources.contains("security"));
@@ -183,12 +186,21 @@ async fn a_debian_base_gets_packages_from_the_mirror_inside_the_sandbox() {
         ("Debian", "debian-12", "12"),
         "seed-lab",
         "1.0.0",
-        json!([{"type": "Shell", "name": "seed-lab", "inline": [
-            "apt-get update",
-            "apt-get install -y --no-install-recommends jq",
-            "jq --version",
-            "echo \"pipeline=seed-lab jq=$(jq --version)\" > /etc/aib-build-info"
-        ]}]),
+        json!([
+            {"type": "Shell", "name": "as-aib-runs-it", "inline": [
+                // The build user, in its home, with the environment of a login.
+                "test \"$(id -un)\" = packer && test \"$(pwd)\" = /home/packer && test \"$HOME\" = /home/packer",
+                // Not root: /etc is not writable without sudo.
+                "if touch /etc/written-without-sudo 2>/dev/null; then echo 'wrote /etc as the build user'; exit 1; fi",
+                "touch \"$HOME/mine\" && test \"$(stat -c %U \"$HOME/mine\")\" = packer"
+            ]},
+            {"type": "Shell", "name": "seed-lab", "inline": [
+                "sudo apt-get update",
+                "sudo apt-get install -y --no-install-recommends jq",
+                "jq --version",
+                "echo \"Baseline build completed on $(date) jq=$(jq --version)\" | sudo tee /etc/aib-build-info"
+            ]}
+        ]),
     );
     let t1 = Instant::now();
     let s = run_to_end(&p, "kiln-seed-a1", &body, Duration::from_secs(300)).await;
@@ -199,7 +211,14 @@ async fn a_debian_base_gets_packages_from_the_mirror_inside_the_sandbox() {
         .clone()
         .unwrap();
     let v = p.gallery_version(&id).await.unwrap().unwrap();
-    assert!(cat_in_qcow2(&v.disk, "/etc/aib-build-info").starts_with("pipeline=seed-lab jq=jq-1.6"));
+    let marker = cat_in_qcow2(&v.disk, "/etc/aib-build-info");
+    assert!(
+        marker.starts_with("Baseline build completed on "),
+        "{marker}"
+    );
+    assert!(marker.trim_end().ends_with("jq=jq-1.6"), "{marker}");
+    // Deprovisioned: the build user, its home and its sudoers rule are gone.
+    assert_eq!(cat_in_qcow2(&v.disk, "/etc/passwd"), passwd_before);
     // Generalized: apt lists are gone, machine-id is empty.
     assert_eq!(cat_in_qcow2(&v.disk, "/etc/machine-id"), "");
     let m = v.manifest.unwrap();

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use crate::config::{gather_env, ProviderKind, Settings};
 use crate::host::wiring::{azure_app, local_provider, local_runtime, open_db};
 use crate::ports::{Gallery, ImageBuilder, SystemClock};
-use crate::providers::local::{BaseFrom, LocalProvider};
+use crate::providers::local::{BaseFrom, LocalProvider, ToolNeed};
 
 #[derive(Subcommand)]
 pub enum BaseCmd {
@@ -130,6 +130,23 @@ async fn shutdown_signal() {
     }
 }
 
+/// Stops a command before it starts work that would fail later for want of
+/// a host tool: one line per tool, with the Debian package that has it.
+fn require_tools(needs: &[ToolNeed], what: &str) -> anyhow::Result<()> {
+    let missing = LocalProvider::missing_tools(needs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{what} needs host tools that are missing (scripts/setup-debian.sh installs them):\n{}",
+        missing
+            .iter()
+            .map(|m| format!("  {m}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
 pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Result<ExitCode> {
     let mut s = settings(local_settings)?;
     if let Some(p) = port {
@@ -138,6 +155,18 @@ pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Resu
     let _lock = lock_data_dir(&s.data_dir)?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.http_port));
     let runtime = local_runtime(s, Arc::new(SystemClock))?;
+    // Builds need the capture tools; pipelines with a boot test need QEMU.
+    let boots = runtime
+        .app
+        .pipelines
+        .iter()
+        .any(|p| p.kiln.build.boot_test.is_some());
+    let needs: &[ToolNeed] = if boots {
+        &[ToolNeed::Build, ToolNeed::Boot]
+    } else {
+        &[ToolNeed::Build]
+    };
+    require_tools(needs, "kiln local")?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("Cannot listen on {addr}: the port is taken (choose another with --port)")
     })?;
@@ -205,9 +234,15 @@ pub async fn base(cmd: BaseCmd) -> anyhow::Result<ExitCode> {
             busybox,
         } => {
             let from = match (debian, tar, busybox) {
-                (Some(suite), None, false) => BaseFrom::Debian { suite, include },
+                (Some(suite), None, false) => {
+                    require_tools(&[ToolNeed::DebianImport], "kiln base import --debian")?;
+                    BaseFrom::Debian { suite, include }
+                }
                 (None, Some(t), false) => BaseFrom::Tar(t),
-                (None, None, true) => BaseFrom::Busybox,
+                (None, None, true) => {
+                    require_tools(&[ToolNeed::BusyboxImport], "kiln base import --busybox")?;
+                    BaseFrom::Busybox
+                }
                 _ => bail!("choose one of --debian SUITE, --tar FILE, --busybox"),
             };
             let b = p.import_base(&urn, &version, from).await?;
@@ -352,6 +387,7 @@ pub async fn vm(cmd: VmCmd) -> anyhow::Result<ExitCode> {
             check,
             timeout,
         } => {
+            require_tools(&[ToolNeed::Boot], "kiln vm run")?;
             let r = p
                 .vm_run(&version_id, &check, Duration::from_secs(timeout))
                 .await?;

@@ -84,15 +84,15 @@ pub(crate) async fn tool_version(program: &str, arg: &str) -> String {
 }
 
 pub(crate) async fn tool_versions() -> serde_json::Value {
-    let (bwrap, mkfs, qemu_img, debugfs) = tokio::join!(
-        tool_version("bwrap", "--version"),
+    let (mkfs, qemu_img, debugfs) = tokio::join!(
         tool_version("mkfs.ext4", "-V"),
         tool_version("qemu-img", "--version"),
         tool_version("debugfs", "-V"),
     );
     serde_json::json!({
         "kiln": env!("CARGO_PKG_VERSION"),
-        "bwrap": bwrap,
+        // Steps run in kiln's own namespace sandbox (see namespace.rs).
+        "sandbox": "kiln namespaces + pivot_root",
         "mkfs.ext4": mkfs,
         "qemu-img": qemu_img,
         "debugfs": debugfs,

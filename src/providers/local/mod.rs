@@ -2,7 +2,7 @@
 //!
 //! It implements the app's ports ([`ImageBuilder`], [`Gallery`],
 //! [`BaseCatalog`], [`Inventory`]) with base root filesystems from a local
-//! catalog, customizers run in a bubblewrap sandbox, generalization, capture
+//! catalog, customizers run in a namespace sandbox as AIB's build user, generalization, capture
 //! to ext4/qcow2, a local Compute Gallery with regional replicas, and a boot
 //! test under QEMU. It reports in AIB's vocabulary (`runState`,
 //! `runSubState`, `message`, run outputs), so the build state machine cannot
@@ -61,6 +61,35 @@ pub use vm::{BootReport, VmRecord};
 
 use records::{Records, RunRow};
 use util::{now, parse_ts};
+
+/// What a host tool is needed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolNeed {
+    /// Any build: copy, capture and read images.
+    Build,
+    /// Boot tests and `kiln vm run`.
+    Boot,
+    /// `kiln base import --debian`.
+    DebianImport,
+    /// `kiln base import --busybox`.
+    BusyboxImport,
+}
+
+impl ToolNeed {
+    /// (tool, Debian package).
+    fn tools(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ToolNeed::Build => &[
+                ("mkfs.ext4", "e2fsprogs"),
+                ("debugfs", "e2fsprogs"),
+                ("qemu-img", "qemu-utils"),
+            ],
+            ToolNeed::Boot => &[("qemu-system-x86_64", "qemu-system-x86")],
+            ToolNeed::DebianImport => &[("mmdebstrap", "mmdebstrap")],
+            ToolNeed::BusyboxImport => &[("busybox", "busybox-static")],
+        }
+    }
+}
 
 /// Whether boot tests may use KVM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -272,28 +301,21 @@ impl LocalProvider {
         }
     }
 
-    /// The host tools the provider needs that are not on `PATH`, each with
-    /// the Debian package that has it (for a one-line start-up error).
-    /// `mmdebstrap`, `busybox` and `qemu-system-x86_64` are only needed for
-    /// Debian imports, busybox bases and boot tests; they are listed too.
-    pub fn missing_tools() -> Vec<String> {
-        const TOOLS: &[(&str, &str)] = &[
-            ("bwrap", "bubblewrap"),
-            ("mkfs.ext4", "e2fsprogs"),
-            ("debugfs", "e2fsprogs"),
-            ("qemu-img", "qemu-utils"),
-            ("mmdebstrap", "mmdebstrap"),
-            ("busybox", "busybox-static"),
-            ("qemu-system-x86_64", "qemu-system-x86"),
-        ];
+    /// The host tools that `needs` call for and are not on `PATH` (or the
+    /// sbin folders), each as `tool (Debian package P)`, for a start-up
+    /// error of one line per tool.
+    pub fn missing_tools(needs: &[ToolNeed]) -> Vec<String> {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let dirs: Vec<PathBuf> = std::env::split_paths(&path)
             .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
             .collect();
-        TOOLS
+        let mut seen = std::collections::BTreeSet::new();
+        needs
             .iter()
+            .flat_map(|n| n.tools())
+            .filter(|(tool, _)| seen.insert(*tool))
             .filter(|(tool, _)| !dirs.iter().any(|d| d.join(tool).is_file()))
-            .map(|(tool, package)| format!("{tool} (apt-get install {package})"))
+            .map(|(tool, package)| format!("{tool} (Debian package {package})"))
             .collect()
     }
 
