@@ -24,8 +24,9 @@ tools=(
   qemu-system-x86_64:qemu-system-x86:--version
   shellcheck:shellcheck:--version
 )
-# Packages that bring no tool of their own but are needed.
-extra_packages=(ca-certificates)
+# Packages that kiln itself does not run: certificates for downloads, and
+# bubblewrap for the local_build benchmark's bare-tools baseline.
+extra_packages=(ca-certificates bubblewrap)
 
 # Prints "tool:package" for every tool that is missing or does not run.
 missing_tools() {

@@ -198,8 +198,13 @@ fn render_prints_the_template_kiln_submits() {
         .unwrap()
         .ends_with("/images/ubuntu-2204-baseline/versions/1.2.3"));
     assert_eq!(
-        d["artifactTags"]["os"], "ubuntu-22.04",
+        d["artifactTags"]["baseosimg"], "ubuntu2204",
         "user tags are kept"
+    );
+    // The tutorial's deprecated region list is still valid in 2025-10-01.
+    assert_eq!(
+        d["replicationRegions"],
+        serde_json::json!(["westeurope", "northeurope"])
     );
     assert_eq!(d["artifactTags"]["kiln.pipeline"], "ubuntu-2204-baseline");
     assert_eq!(

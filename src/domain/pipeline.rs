@@ -495,9 +495,20 @@ fn check_distribute(distribute: &[Option<Distributor>]) -> Vec<FieldError> {
             ));
         }
         if let Distributor::SharedImage {
-            gallery_image_id, ..
+            gallery_image_id,
+            target_regions,
+            replication_regions,
+            ..
         } = d
         {
+            // API 2025-10-01: the deprecated list "can be specified only if
+            // targetRegions is not specified" (AIB refuses the template).
+            if !target_regions.is_empty() && !replication_regions.is_empty() {
+                errors.push(field(
+                    format!("{at}.replicationRegions"),
+                    "expected either targetRegions or the deprecated replicationRegions, not both",
+                ));
+            }
             match GalleryImageRef::parse(gallery_image_id) {
                 None => errors.push(field(
                     format!("{at}.galleryImageId"),
@@ -597,6 +608,24 @@ mod tests {
         let text = TINY.replace("images/tiny", "images/tiny/versions/1.0.0");
         let errs = Pipeline::parse("tiny", &text).unwrap_err();
         assert_eq!(errs[0].path, "properties.distribute[0].galleryImageId");
+    }
+
+    #[test]
+    fn target_regions_and_replication_regions_exclude_each_other() {
+        let text = TINY.replace(
+            r#""runOutputName": "tiny","#,
+            r#""runOutputName": "tiny", "replicationRegions": ["westeurope"],
+               "targetRegions": [{"name": "westeurope"}],"#,
+        );
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "properties.distribute[0].replicationRegions");
+        // Either alone is fine: the seed lab's tutorial uses the deprecated one.
+        let alone = TINY.replace(
+            r#""runOutputName": "tiny","#,
+            r#""runOutputName": "tiny", "replicationRegions": ["westeurope", "northeurope"],"#,
+        );
+        assert!(Pipeline::parse("tiny", &alone).is_ok());
     }
 
     #[test]

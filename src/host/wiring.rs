@@ -72,6 +72,7 @@ pub fn local_runtime(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
                 lines.join("\n")
             )
         })?;
+    refuse_lint_errors(&pipelines)?;
     let queue = LocalQueue::new(db.clone());
     let notify = Arc::new(Notify::new());
     let provider_arc = Arc::new(provider.clone());
@@ -132,4 +133,36 @@ pub fn azure_app(
         tuning: Tuning::azure(),
         settings: Arc::new(settings),
     })
+}
+
+/// A step that cannot run under AIB's shell (`set -o pipefail` under dash)
+/// would fail every build of its pipeline: the local factory refuses it at
+/// start, as `kiln validate` does, instead of after a build has begun.
+/// Without shellcheck on the machine nothing is linted (`kiln validate`
+/// says so).
+fn refuse_lint_errors(pipelines: &PipelineSet) -> anyhow::Result<()> {
+    let shellcheck = crate::app::lint::Shellcheck::default();
+    if !shellcheck.available() {
+        tracing::warn!("{}", crate::app::lint::skipped_warning());
+        return Ok(());
+    }
+    let errors: Vec<String> = pipelines
+        .iter()
+        .flat_map(|p| {
+            shellcheck
+                .lint(&p.template)
+                .into_iter()
+                .filter(|f| f.is_error())
+                .map(|f| format!("{}: {f}", p.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "pipelines with steps that cannot run (run `kiln validate`):\n{}",
+            errors.join("\n")
+        )
+    }
 }

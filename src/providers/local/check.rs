@@ -38,6 +38,29 @@ pub(crate) fn destination_ok(dest: &str) -> bool {
         })
 }
 
+/// Why the local provider cannot fetch a supported URI, found before a
+/// build starts: a local file that is not there, or an Azure Storage blob
+/// without a SAS token, which AIB downloads with the template's
+/// user-assigned identity and the local provider (no identity) cannot.
+pub(crate) fn unreachable(uri: &str) -> Option<String> {
+    let local = uri
+        .strip_prefix("file://")
+        .or_else(|| uri.starts_with('/').then_some(uri));
+    if let Some(path) = local {
+        return (!Path::new(path).is_file())
+            .then(|| format!("`{path}` is not a file on this machine"));
+    }
+    let host = uri
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+        .unwrap_or("");
+    let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let signed = query.split('&').any(|kv| kv.starts_with("sig="));
+    (host.ends_with(".blob.core.windows.net") && !signed).then(|| {
+        "an Azure Storage blob without a SAS token: AIB downloads it with the template's identity, which the local provider does not have (use a SAS URL or a local copy)".to_string()
+    })
+}
+
 fn checksum_ok(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -80,6 +103,11 @@ fn check_step(c: &Customizer, path: &str, validator: bool, errors: &mut Vec<Fiel
                         format!("{path}.scriptUri"),
                         "the local provider fetches scripts from an absolute path, file://, https:// or http://",
                     ));
+                } else if let Some(why) = unreachable(u) {
+                    errors.push(err(
+                        format!("{path}.scriptUri"),
+                        format!("the local provider cannot fetch it: {why}"),
+                    ));
                 }
             }
             if let Some(s) = sha256_checksum {
@@ -101,6 +129,11 @@ fn check_step(c: &Customizer, path: &str, validator: bool, errors: &mut Vec<Fiel
                 errors.push(err(
                     format!("{path}.sourceUri"),
                     "the local provider fetches files from an absolute path, file://, https:// or http://",
+                ));
+            } else if let Some(why) = unreachable(source_uri) {
+                errors.push(err(
+                    format!("{path}.sourceUri"),
+                    format!("the local provider cannot fetch it: {why}"),
                 ));
             }
             if !destination_ok(destination) {
@@ -258,6 +291,34 @@ mod tests {
     }
 
     #[test]
+    fn sources_the_local_provider_cannot_fetch_are_found_before_a_build() {
+        let script = tempfile::NamedTempFile::new().unwrap();
+        let here = script.path().display().to_string();
+        assert_eq!(unreachable(&here), None);
+        assert_eq!(unreachable(&format!("file://{here}")), None);
+        assert!(unreachable("/nonexistent/setup.sh")
+            .unwrap()
+            .contains("not a file on this machine"));
+        let blob = "https://acct.blob.core.windows.net/scripts/setup.sh";
+        assert!(unreachable(blob).unwrap().contains("SAS"));
+        assert_eq!(unreachable(&format!("{blob}?sv=2024&sig=abc")), None);
+        assert_eq!(unreachable("https://example.com/setup.sh"), None);
+        let t = template(serde_json::json!([
+            {"type": "Shell", "scriptUri": blob},
+            {"type": "File", "sourceUri": "/nonexistent/f", "destination": "/tmp/f"}
+        ]));
+        let errs = check(&t);
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "properties.customize[0].scriptUri",
+                "properties.customize[1].sourceUri"
+            ]
+        );
+    }
+
+    #[test]
     fn windows_steps_are_refused_with_their_index() {
         let t = template(serde_json::json!([
             {"type": "Shell", "inline": ["true"]},
@@ -284,12 +345,12 @@ mod tests {
     fn file_destinations_must_stay_inside() {
         for bad in ["etc/motd", "/etc/../../host", "../x", "/"] {
             let t = template(
-                serde_json::json!([{"type": "File", "sourceUri": "/tmp/x", "destination": bad}]),
+                serde_json::json!([{"type": "File", "sourceUri": "/etc/passwd", "destination": bad}]),
             );
             assert_eq!(check(&t).len(), 1, "{bad}");
         }
         let t = template(
-            serde_json::json!([{"type": "File", "sourceUri": "/tmp/x", "destination": "/etc/motd"}]),
+            serde_json::json!([{"type": "File", "sourceUri": "/etc/passwd", "destination": "/etc/motd"}]),
         );
         assert!(check(&t).is_empty());
     }

@@ -455,12 +455,12 @@ async fn checksums_are_verified_before_a_script_or_file_is_used() {
         "app",
         json!([{"type": "File", "name": "f", "sourceUri": "/nonexistent/file", "destination": "/etc/x"}]),
     );
-    let s = build(&e.p, "t-missing", &body).await;
+    // A local file that is not there is refused with the template, before
+    // any build starts.
+    let err = e.p.put_template("t-missing", &body).await.unwrap_err();
     assert!(
-        s.message
-            .starts_with("customizer: step 'f': cannot read /nonexistent/file"),
-        "{}",
-        s.message
+        format!("{err:#}").contains("`/nonexistent/file` is not a file on this machine"),
+        "{err:#}"
     );
 }
 
