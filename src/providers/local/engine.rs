@@ -829,7 +829,17 @@ pub(crate) fn place_file(
     dest: &str,
     user: Option<&StepUser>,
 ) -> std::io::Result<()> {
-    let target = resolve_inside(root, dest, user.is_none())?;
+    let no_folder = || {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "its folder does not exist (AIB's File customizer does not create folders)",
+        )
+    };
+    let target =
+        resolve_inside(root, dest, user.is_none()).map_err(|e| match (user, e.kind()) {
+            (Some(_), std::io::ErrorKind::NotFound) => no_folder(),
+            _ => e,
+        })?;
     if let Some(u) = user {
         let parent = target.parent().unwrap_or(root);
         match std::fs::metadata(parent) {
@@ -843,12 +853,7 @@ pub(crate) fn place_file(
                     ),
                 ))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "its folder does not exist (AIB's File customizer does not create folders)",
-                ))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_folder()),
             Err(e) => return Err(e),
         }
     }

@@ -1210,3 +1210,49 @@ fn classify_reads_the_category_prefix() {
     assert_eq!(classify("replication: x"), FailureCategory::Replication);
     assert_eq!(classify("something odd"), FailureCategory::Internal);
 }
+
+/// AIB's File customizer uploads as the build user: a folder that user
+/// cannot write is refused with what to do instead, and what it places is
+/// the user's.
+#[test]
+fn the_file_customizer_writes_as_the_build_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    std::fs::create_dir_all(r.join("tmp")).unwrap();
+    std::fs::set_permissions(r.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::set_permissions(r.join("etc"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = r.join("payload");
+    std::fs::write(&src, "hello\n").unwrap();
+    let user = build_user::StepUser {
+        name: "packer".into(),
+        ids: namespace::Ids {
+            uid: 4242,
+            gid: 4242,
+        },
+        home: "/home/packer".into(),
+        shell: "/bin/sh".into(),
+    };
+    let err = engine::place_file(r, &src, "/etc/app.conf", Some(&user)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not writable by the build user packer"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upload to /tmp"), "{err}");
+    assert!(!r.join("etc/app.conf").exists());
+    let err = engine::place_file(r, &src, "/opt/app/app.conf", Some(&user)).unwrap_err();
+    assert!(err.to_string().contains("does not create folders"), "{err}");
+
+    engine::place_file(r, &src, "/tmp/app.conf", Some(&user)).unwrap();
+    let md = std::fs::metadata(r.join("tmp/app.conf")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (4242, 4242));
+    // Without a build user (an image without sudo), kiln places it as root
+    // and makes the folders.
+    engine::place_file(r, &src, "/opt/app/app.conf", None).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(r.join("opt/app/app.conf")).unwrap(),
+        "hello\n"
+    );
+}
