@@ -26,12 +26,13 @@ api="http://127.0.0.1:$port"
 $kiln validate pipelines/*.json
 
 # Base images, named like the marketplace images the pipelines use.
-if ! $kiln base list --json | grep -q '"kiln:busybox:tiny"'; then
+bases=$($kiln base list --json)
+if ! grep -q '"kiln:busybox:tiny"' <<<"$bases"; then
   $kiln base import kiln:busybox:tiny --version 1.0.0 --busybox
 fi
 seed_lab="${KILN_DEMO_SEED_LAB:-1}"
 seed_urn="Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2"
-if [ "$seed_lab" = 1 ] && ! $kiln base list --json | grep -q "\"$seed_urn\""; then
+if [ "$seed_lab" = 1 ] && ! grep -q "\"$seed_urn\"" <<<"$bases"; then
   # Debian bookworm stands in for Ubuntu 22.04 and carries what templates
   # rely on in the marketplace image: sudo (AIB's build user needs it), a
   # kernel and initramfs (the image boots), systemd as init.
@@ -42,13 +43,26 @@ fi
 mkdir -p "$KILN_DATA_DIR"
 $kiln local --port "$port" > "$KILN_DATA_DIR/kiln-local.log" 2>&1 &
 factory=$!
-stop() { kill -TERM "$factory" 2>/dev/null || true; wait "$factory" || true; }
-trap 'stop' EXIT
+# Stops the factory gracefully, then for good after 30 s; returns its status.
+stop() {
+  local status=0
+  kill -TERM "$factory" 2>/dev/null || return 0
+  for _ in $(seq 1 300); do
+    kill -0 "$factory" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$factory" 2>/dev/null || true
+  wait "$factory" || status=$?
+  return "$status"
+}
+trap 'stop || true' EXIT
 trap 'exit 130' INT TERM
+# Up means: this factory answers its API (another process on the port, or a
+# factory that exited, is not up).
 up=0
 for _ in $(seq 1 100); do
-  if curl -fsS "$api/api/health" >/dev/null 2>&1; then up=1; break; fi
-  if ! kill -0 "$factory" 2>/dev/null; then break; fi
+  kill -0 "$factory" 2>/dev/null || break
+  if $kiln builds --api "$api" >/dev/null 2>&1 && kill -0 "$factory" 2>/dev/null; then up=1; break; fi
   sleep 0.1
 done
 if [ "$up" != 1 ]; then
@@ -98,6 +112,12 @@ fi
 $kiln gallery list
 if [ "$once" = 1 ]; then
   echo "demo done (--once): stopping the factory"
+  trap - EXIT
+  if ! stop; then
+    echo "kiln local did not stop cleanly:" >&2
+    tail -n 20 "$KILN_DATA_DIR/kiln-local.log" >&2
+    exit 1
+  fi
   exit 0
 fi
 echo "The factory keeps running (timers, queues, API on $api). Ctrl-C to stop."

@@ -58,7 +58,8 @@ fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 apt_install() {
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "$@"
+  # Through env: sudo's env_reset would drop a plain assignment.
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
 packages=("${extra_packages[@]}")
@@ -82,9 +83,10 @@ if ((${#missing[@]})); then
   repair=()
   for entry in "${missing[@]}"; do repair+=("${entry#*:}"); done
   mapfile -t repair < <(printf '%s\n' "${repair[@]}" | sort -u)
-  echo "kiln setup: ${repair[*]} missing after install (removed by apt to resolve a conflict?); reinstalling"
+  echo "kiln setup: ${repair[*]} missing or broken after install (removed by apt to resolve a conflict?); reinstalling"
   $sudo apt-get update -q
-  apt_install "${repair[@]}" || true
+  # --reinstall also mends a package that is installed but whose tool does not run.
+  apt_install --reinstall "${repair[@]}" || true
   mapfile -t missing < <(missing_tools)
   ((${#missing[@]} == 0)) || report_and_exit "${missing[@]}"
 fi

@@ -306,10 +306,12 @@ impl Build {
         let user = build_user::ensure(&self.root())
             .map_err(|e| Fail::internal(format!("cannot make the build user in the image: {e}")))?;
         match &user {
-            BuildUser::Created(u) | BuildUser::Existing(u) => self.log.line(&format!(
-                "steps run as the build user {} (uid {}) with passwordless sudo, as on AIB",
-                u.name, u.ids.uid
-            )),
+            BuildUser::Created(build_user::Created { user: u, .. }) | BuildUser::Existing(u) => {
+                self.log.line(&format!(
+                    "steps run as the build user {} (uid {}) with passwordless sudo, as on AIB",
+                    u.name, u.ids.uid
+                ))
+            }
             BuildUser::NoSudo => self
                 .log
                 .line("the image has no sudo: steps run as root (AIB's build user needs sudo)"),
@@ -355,7 +357,7 @@ impl Build {
         let root = self.root();
         // Deprovisioning, as AIB's last step: the build user goes first.
         let removed_user = match &user {
-            BuildUser::Created(u) => build_user::remove(&root, u)?,
+            BuildUser::Created(c) => build_user::remove(&root, c)?,
             BuildUser::Existing(_) | BuildUser::NoSudo => Vec::new(),
         };
         prov.generalized =
@@ -515,10 +517,12 @@ impl Build {
         Ok(())
     }
 
-    /// Runs `script` (bound read-only at `inside`) in the sandbox as `user`,
-    /// the way Packer's shell provisioner runs it over SSH: the user's login
-    /// shell runs the file, which the kernel starts by its `#!` line (a file
-    /// without one is run by that shell), under the step and build deadlines.
+    /// Uploads `script` to `inside` (under the image's `/tmp`) and runs it
+    /// in the sandbox as `user`, the way Packer's shell provisioner runs it
+    /// over SSH: `chmod +x`, then the user's login shell runs the file, which
+    /// the kernel starts by its `#!` line (a file without one is run by that
+    /// shell), under the step and build deadlines; then the file is removed,
+    /// as Packer removes it.
     async fn sandboxed(
         &self,
         step: &str,
@@ -529,7 +533,6 @@ impl Build {
         let sb = Sandbox {
             root: &self.root(),
             network: self.opts.network,
-            ro_binds: vec![(script.to_path_buf(), inside.to_string())],
             user,
             // What Packer sets for every script it runs.
             env: vec![
@@ -539,11 +542,14 @@ impl Build {
         };
         sb.preflight()
             .map_err(|e| Fail::new(FailureCategory::Customizer, format!("step '{step}': {e}")))?;
-        // Packer's `chmod +x` before it runs an uploaded script.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755))?;
+        let uploaded = upload(&self.root(), script, inside, user).map_err(|e| {
+            Fail::new(
+                FailureCategory::Customizer,
+                format!("step '{step}': cannot upload its script to {inside}: {e}"),
+            )
+        })?;
         let shell = user.map_or("/bin/sh", |u| u.shell.as_str());
-        let cmd = sb
+        let (cmd, diag) = sb
             .command(&[shell, "-c", inside])
             .map_err(|e| Fail::internal(format!("step '{step}': {e}")))?;
         let deadline = (Instant::now() + self.opts.step_timeout).min(self.deadline);
@@ -555,8 +561,17 @@ impl Build {
             Some(&self.cancel),
             false,
         )
-        .await
-        .map_err(|e| Fail::internal(format!("cannot start the sandbox for step '{step}': {e}")))?;
+        .await;
+        let _ = std::fs::remove_file(&uploaded);
+        let out = out.map_err(|e| {
+            let why = diag.explain().map(|d| format!("{d}: ")).unwrap_or_default();
+            // What the image lacks (a home, a login shell) is the template's
+            // problem to fix, as it would be on AIB.
+            Fail::new(
+                FailureCategory::Customizer,
+                format!("step '{step}': the sandbox could not start: {why}{e}"),
+            )
+        })?;
         self.forget_mount_points();
         if out.ended == Ended::Canceled {
             return Err(Fail::Canceled);
@@ -716,12 +731,11 @@ impl Build {
         let sb = Sandbox {
             root: &self.root(),
             network: false,
-            ro_binds: vec![],
             user: None,
             env: vec![],
         };
         sb.preflight().map_err(Fail::internal)?;
-        let cmd = sb
+        let (cmd, _diag) = sb
             .command(&["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"])
             .map_err(Fail::internal)?;
         let deadline = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
@@ -856,6 +870,21 @@ pub(crate) fn place_file(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_folder()),
             Err(e) => return Err(e),
         }
+        // Replacing a file needs write access to it, and in a sticky folder
+        // (/tmp) it must be the user's own, as for an upload over SSH.
+        if let Ok(existing) = std::fs::symlink_metadata(&target) {
+            use std::os::unix::fs::MetadataExt;
+            let sticky = std::fs::metadata(parent).is_ok_and(|m| m.mode() & 0o1000 != 0);
+            if !writable_by(&existing, u) || (sticky && existing.uid() != u.ids.uid) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "it exists and the build user {} may not replace it (AIB's File customizer uploads as that user)",
+                        u.name
+                    ),
+                ));
+            }
+        }
     }
     match std::fs::symlink_metadata(&target) {
         Ok(md) if md.file_type().is_symlink() => {
@@ -888,7 +917,32 @@ pub(crate) fn place_file(
     Ok(())
 }
 
-/// Whether the owner, group or other write bit lets `u` write in a folder.
+/// Copies a step's script into the image at `inside` (a path in `/tmp`),
+/// executable and owned by the step's user, never through a symlink; returns
+/// where it is on the host.
+fn upload(
+    root: &Path,
+    script: &Path,
+    inside: &str,
+    user: Option<&StepUser>,
+) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let target = resolve_inside(root, inside, false)?;
+    let _ = std::fs::remove_file(&target);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&target)?;
+    std::io::copy(&mut std::fs::File::open(script)?, &mut out)?;
+    if let Some(u) = user {
+        std::os::unix::fs::fchown(&out, Some(u.ids.uid), Some(u.ids.gid))?;
+    }
+    Ok(target)
+}
+
+/// Whether the owner, group or other write bit lets `u` write a file or folder.
 fn writable_by(md: &std::fs::Metadata, u: &StepUser) -> bool {
     use std::os::unix::fs::MetadataExt;
     let mode = md.mode();

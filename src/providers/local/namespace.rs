@@ -8,8 +8,10 @@
 //! not set the flag. The sandbox is otherwise what bwrap gave: new mount,
 //! pid, ipc, uts and cgroup namespaces (and network, when the build has it
 //! off), the image at `/` through `pivot_root` (the host's tree is detached,
-//! not merely hidden by a `chroot`), a fresh `/proc`, a minimal `/dev`, a
-//! private `/tmp`, and a cleared environment.
+//! not merely hidden by a `chroot`), a fresh `/proc` with the kernel's knobs
+//! read-only, a minimal `/dev`, a session of its own, and a cleared
+//! environment. `/tmp` is the image's own, as on a build VM: a file that one
+//! step (or the File customizer) puts there is there for the next.
 //!
 //! Everything the child does is prepared here as plain data (C strings)
 //! before the fork: after `fork` in a multi-threaded process only
@@ -22,6 +24,11 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+// The raw clone below passes (flags, stack, parent_tid, child_tid, tls),
+// the argument order of x86_64 and aarch64 (s390 and others differ).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("the local provider's sandbox supports x86_64 and aarch64 Linux");
 
 /// The user a step runs as, inside the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +47,12 @@ enum Op {
         data: CString,
         what: &'static [u8],
     },
-    /// Bind `src` on `target`, then make the bind read-only.
+    /// Bind `src` on `target`, then make the bind read-only; an optional
+    /// one that does not exist is skipped.
     BindRo {
         src: CString,
         target: CString,
+        optional: bool,
         what: &'static [u8],
     },
     Mkdir {
@@ -69,6 +78,48 @@ pub(crate) struct Launch {
     user: Option<Ids>,
     cwd: CString,
     loopback: bool,
+    /// Write end of the pipe that says which set-up step failed (see [`Diagnostics`]).
+    diag: libc::c_int,
+}
+
+/// Why a sandbox could not start. A failure between fork and exec reaches
+/// the parent only as an errno; the failing step's name travels through
+/// this pipe (close-on-exec, so a started step never holds it).
+pub(crate) struct Diagnostics {
+    read: std::os::fd::OwnedFd,
+    write: Option<std::os::fd::OwnedFd>,
+}
+
+impl Diagnostics {
+    fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors this function then owns.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned only here.
+        let (read, write) = unsafe {
+            (
+                std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        Ok(Self {
+            read,
+            write: Some(write),
+        })
+    }
+
+    /// After a failed spawn: what the sandbox said, if anything.
+    pub fn explain(mut self) -> Option<String> {
+        use std::io::Read;
+        drop(self.write.take());
+        let mut text = String::new();
+        let _ = std::fs::File::from(self.read).read_to_string(&mut text);
+        let text = text.trim().to_string();
+        (!text.is_empty()).then_some(text)
+    }
 }
 
 fn c(p: impl AsRef<[u8]>) -> io::Result<CString> {
@@ -87,15 +138,16 @@ pub(crate) struct Spec<'a> {
     pub root: &'a Path,
     pub network: bool,
     pub resolv_conf: bool,
-    /// (host path, absolute path inside): files bound read-only. Their
-    /// parents must be under `/tmp` (created on the sandbox's tmpfs).
-    pub ro_binds: &'a [(std::path::PathBuf, String)],
     pub user: Option<Ids>,
     pub cwd: &'a str,
 }
 
+/// Kernel knobs under /proc that a step must not change on the host: read-only,
+/// as bubblewrap left them.
+const PROC_READ_ONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"];
+
 impl Launch {
-    pub fn prepare(s: &Spec<'_>) -> io::Result<Launch> {
+    pub fn prepare(s: &Spec<'_>) -> io::Result<(Launch, Diagnostics)> {
         let root = s.root.as_os_str().as_bytes().to_vec();
         let at = |inner: &str| c([root.as_slice(), inner.as_bytes()].concat());
         let none = || c("");
@@ -109,14 +161,14 @@ impl Launch {
             data: none()?,
             what: b"mount /proc",
         });
-        ops.push(Op::Mount {
-            src: c("tmpfs")?,
-            target: at("/tmp")?,
-            fstype: c("tmpfs")?,
-            flags: nosuid,
-            data: c("mode=1777")?,
-            what: b"mount /tmp",
-        });
+        for p in PROC_READ_ONLY {
+            ops.push(Op::BindRo {
+                src: at(p)?,
+                target: at(p)?,
+                optional: true,
+                what: b"make /proc/sys read-only",
+            });
+        }
         ops.push(Op::Mount {
             src: c("tmpfs")?,
             target: at("/dev")?,
@@ -181,34 +233,8 @@ impl Launch {
             ops.push(Op::BindRo {
                 src: c("/etc/resolv.conf")?,
                 target: at("/etc/resolv.conf")?,
+                optional: false,
                 what: b"bind /etc/resolv.conf",
-            });
-        }
-        for (host, inside) in s.ro_binds {
-            let inner = Path::new(inside);
-            if !inner.starts_with("/tmp") || inside.contains("/..") {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("sandbox bind {inside}: must be under /tmp"),
-                ));
-            }
-            let mut dirs: Vec<&Path> = inner
-                .ancestors()
-                .skip(1)
-                .take_while(|a| *a != Path::new("/tmp"))
-                .collect();
-            dirs.reverse();
-            for d in dirs {
-                ops.push(Op::Mkdir {
-                    path: at(&d.to_string_lossy())?,
-                    mode: 0o755,
-                });
-            }
-            ops.push(Op::Touch { path: at(inside)? });
-            ops.push(Op::BindRo {
-                src: c(host.as_os_str().as_bytes())?,
-                target: at(inside)?,
-                what: b"bind a step file",
             });
         }
         let mut flags = libc::CLONE_NEWNS
@@ -219,7 +245,8 @@ impl Launch {
         if !s.network {
             flags |= libc::CLONE_NEWNET;
         }
-        Ok(Launch {
+        let diag = Diagnostics::new()?;
+        let launch = Launch {
             root: c(root)?,
             ops,
             flags,
@@ -227,7 +254,9 @@ impl Launch {
             user: s.user,
             cwd: c(s.cwd)?,
             loopback: !s.network,
-        })
+            diag: std::os::fd::AsRawFd::as_raw_fd(diag.write.as_ref().expect("just made")),
+        };
+        Ok((launch, diag))
     }
 
     /// Runs in the forked child, before `exec`. Returns only in PID 1 of the
@@ -239,7 +268,12 @@ impl Launch {
     pub unsafe fn apply(&self) -> io::Result<()> {
         // SAFETY (whole body): raw system calls on prepared C strings; no
         // allocation, no locks.
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), b"prctl")?;
+        let d = self.diag;
+        check(
+            d,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
+            b"prctl",
+        )?;
         let pid = libc::syscall(
             libc::SYS_clone,
             (self.flags | libc::SIGCHLD) as libc::c_ulong,
@@ -249,14 +283,15 @@ impl Launch {
             0usize,
         );
         if pid < 0 {
-            return Err(fail(b"clone (new namespaces)"));
+            return Err(fail(d, b"clone (new namespaces)"));
         }
         if pid > 0 {
             // The waiting process must not hold std's exec-status pipe (or
             // any other descriptor): the parent's spawn returns only when
             // every copy of that pipe is closed.
             if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) < 0 {
-                for fd in 3..4096 {
+                let max = libc::sysconf(libc::_SC_OPEN_MAX).max(4096) as libc::c_int;
+                for fd in 3..max {
                     libc::close(fd);
                 }
             }
@@ -277,11 +312,17 @@ impl Launch {
             };
             libc::_exit(code);
         }
-        // PID 1 of the new pid namespace from here on.
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), b"prctl")?;
+        // PID 1 of the new pid namespace from here on. It dies with the
+        // waiting process, which kiln kills with the step's process group.
+        check(
+            d,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
+            b"prctl",
+        )?;
         let empty = c"".as_ptr();
         // Nothing mounted here may propagate back to the host.
         check(
+            d,
             libc::mount(
                 empty,
                 c"/".as_ptr(),
@@ -293,6 +334,7 @@ impl Launch {
         )?;
         // pivot_root needs the new root to be a mount point.
         check(
+            d,
             libc::mount(
                 self.root.as_ptr(),
                 self.root.as_ptr(),
@@ -302,44 +344,71 @@ impl Launch {
             ),
             b"bind the image root",
         )?;
+        // A bind keeps the flags of the data folder's mount: on a nosuid
+        // mount, sudo could not work. Clear them on this private bind.
+        check(
+            d,
+            libc::mount(
+                empty,
+                self.root.as_ptr(),
+                empty,
+                libc::MS_BIND | libc::MS_REMOUNT,
+                std::ptr::null(),
+            ),
+            b"clear nosuid on the image root (is the data folder on a nosuid mount?)",
+        )?;
         for op in &self.ops {
-            op.run()?;
+            op.run(d)?;
         }
         check(
+            d,
             libc::sethostname(self.hostname.as_ptr(), self.hostname.as_bytes().len()),
             b"sethostname",
         )?;
         if self.loopback {
-            loopback_up()?;
+            loopback_up(d)?;
         }
-        check(libc::chdir(self.root.as_ptr()), b"chdir to the image")?;
+        check(d, libc::chdir(self.root.as_ptr()), b"chdir to the image")?;
         // pivot_root(".", ".") stacks the old root on the new one; detaching
         // it leaves nothing of the host's tree reachable.
         check(
+            d,
             libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int,
             b"pivot_root",
         )?;
         check(
+            d,
             libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
             b"detach the host root",
         )?;
-        check(libc::chdir(c"/".as_ptr()), b"chdir /")?;
+        check(d, libc::chdir(c"/".as_ptr()), b"chdir /")?;
+        // A session of its own: no controlling terminal, so a step cannot
+        // reach the operator's (/dev/tty fails with ENXIO, as over SSH
+        // without a pty).
+        check(d, libc::setsid(), b"setsid")?;
         if let Some(ids) = self.user {
             let groups = [ids.gid as libc::gid_t];
-            check(libc::setgroups(1, groups.as_ptr()), b"setgroups")?;
-            check(libc::setresgid(ids.gid, ids.gid, ids.gid), b"setresgid")?;
-            check(libc::setresuid(ids.uid, ids.uid, ids.uid), b"setresuid")?;
+            check(d, libc::setgroups(1, groups.as_ptr()), b"setgroups")?;
+            check(d, libc::setresgid(ids.gid, ids.gid, ids.gid), b"setresgid")?;
+            check(d, libc::setresuid(ids.uid, ids.uid, ids.uid), b"setresuid")?;
+            // Changing ids clears the parent-death signal: set it again.
+            check(
+                d,
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
+                b"prctl",
+            )?;
         }
         check(
+            d,
             libc::chdir(self.cwd.as_ptr()),
-            b"chdir to the step's folder",
+            b"chdir to the step's folder (the build user's home)",
         )?;
         Ok(())
     }
 }
 
 impl Op {
-    unsafe fn run(&self) -> io::Result<()> {
+    unsafe fn run(&self, d: libc::c_int) -> io::Result<()> {
         match self {
             Op::Mount {
                 src,
@@ -354,28 +423,36 @@ impl Op {
                 } else {
                     fstype.as_ptr()
                 };
-                let d = if data.as_bytes().is_empty() {
+                let data_ptr = if data.as_bytes().is_empty() {
                     std::ptr::null()
                 } else {
                     data.as_ptr() as *const libc::c_void
                 };
                 check(
-                    libc::mount(src.as_ptr(), target.as_ptr(), fs, *flags, d),
+                    d,
+                    libc::mount(src.as_ptr(), target.as_ptr(), fs, *flags, data_ptr),
                     what,
                 )
             }
-            Op::BindRo { src, target, what } => {
+            Op::BindRo {
+                src,
+                target,
+                optional,
+                what,
+            } => {
+                let r = libc::mount(
+                    src.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                );
+                if r < 0 && *optional && *libc::__errno_location() == libc::ENOENT {
+                    return Ok(());
+                }
+                check(d, r, what)?;
                 check(
-                    libc::mount(
-                        src.as_ptr(),
-                        target.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ),
-                    what,
-                )?;
-                check(
+                    d,
                     libc::mount(
                         std::ptr::null(),
                         target.as_ptr(),
@@ -394,10 +471,14 @@ impl Op {
                 if libc::mkdir(path.as_ptr(), *mode) < 0
                     && *libc::__errno_location() != libc::EEXIST
                 {
-                    return Err(fail(b"mkdir in the sandbox"));
+                    return Err(fail(d, b"mkdir in the sandbox"));
                 }
                 // mkdir applies the umask; the mode must be exact (1777).
-                check(libc::chmod(path.as_ptr(), *mode), b"chmod in the sandbox")
+                check(
+                    d,
+                    libc::chmod(path.as_ptr(), *mode),
+                    b"chmod in the sandbox",
+                )
             }
             Op::Touch { path } => {
                 let fd = libc::open(
@@ -406,12 +487,13 @@ impl Op {
                     0o644,
                 );
                 if fd < 0 {
-                    return Err(fail(b"create a mount point"));
+                    return Err(fail(d, b"create a mount point"));
                 }
                 libc::close(fd);
                 Ok(())
             }
             Op::Symlink { target, link } => check(
+                d,
                 libc::symlink(target.as_ptr(), link.as_ptr()),
                 b"symlink in /dev",
             ),
@@ -421,10 +503,10 @@ impl Op {
 
 /// A new network namespace has a loopback device that is down; bring it up
 /// so that a step can still talk to itself (as bwrap's --unshare-net does).
-unsafe fn loopback_up() -> io::Result<()> {
+unsafe fn loopback_up(d: libc::c_int) -> io::Result<()> {
     let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
     if fd < 0 {
-        return Err(fail(b"socket for loopback"));
+        return Err(fail(d, b"socket for loopback"));
     }
     let mut req: libc::ifreq = std::mem::zeroed();
     for (i, b) in b"lo".iter().enumerate() {
@@ -433,23 +515,22 @@ unsafe fn loopback_up() -> io::Result<()> {
     req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as i16;
     let r = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
     libc::close(fd);
-    check(r, b"bring loopback up")
+    check(d, r, b"bring loopback up")
 }
 
-/// The error of the last call, after telling stderr (which goes to the build
-/// log) which sandbox step failed: errno alone would not say.
-unsafe fn fail(what: &[u8]) -> io::Error {
+/// The error of the last call, after writing which sandbox step failed to
+/// the diagnostics pipe `d`: errno alone would not say.
+unsafe fn fail(d: libc::c_int, what: &[u8]) -> io::Error {
     let e = io::Error::last_os_error();
-    let prefix = b"kiln sandbox: cannot ";
-    libc::write(2, prefix.as_ptr().cast(), prefix.len());
-    libc::write(2, what.as_ptr().cast(), what.len());
-    libc::write(2, b"\n".as_ptr().cast(), 1);
+    let prefix = b"cannot ";
+    libc::write(d, prefix.as_ptr().cast(), prefix.len());
+    libc::write(d, what.as_ptr().cast(), what.len());
     e
 }
 
-unsafe fn check(r: libc::c_int, what: &[u8]) -> io::Result<()> {
+unsafe fn check(d: libc::c_int, r: libc::c_int, what: &[u8]) -> io::Result<()> {
     if r < 0 {
-        Err(fail(what))
+        Err(fail(d, what))
     } else {
         Ok(())
     }

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::build_user::StepUser;
-use super::namespace::{Launch, Spec};
+use super::namespace::{Diagnostics, Launch, Spec};
 use super::records::Records;
 
 /// Lines of output kept for a failure message.
@@ -262,9 +262,6 @@ fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
 pub(crate) struct Sandbox<'a> {
     pub root: &'a Path,
     pub network: bool,
-    /// Host files bound read-only inside the sandbox: (host path, path
-    /// inside, under `/tmp`).
-    pub ro_binds: Vec<(PathBuf, String)>,
     /// Who runs the command: AIB's build user for customizers and
     /// validators, root (`None`) for kiln's own work in the image.
     pub user: Option<&'a StepUser>,
@@ -276,22 +273,27 @@ pub(crate) struct Sandbox<'a> {
 const LOGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl Sandbox<'_> {
-    /// The sandbox mounts over the image's `/proc`, `/dev` and `/tmp` as
-    /// root on the host: if the image made one of them a symlink, the mount
-    /// would land on a host path. Refuse such an image.
+    /// The sandbox mounts over the image's `/proc` and `/dev` as root on the
+    /// host, and steps use its `/tmp`: if the image made one of them a
+    /// symlink, a mount or a write would land on a host path. Refuse such an
+    /// image; make a missing one (a minimal root), as bubblewrap did.
     pub fn preflight(&self) -> Result<(), String> {
-        for d in ["proc", "dev", "tmp"] {
-            match std::fs::symlink_metadata(self.root.join(d)) {
+        for (d, mode) in [("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777)] {
+            let path = self.root.join(d);
+            match std::fs::symlink_metadata(&path) {
                 Ok(md) if md.is_dir() => {}
                 Ok(_) => {
                     return Err(format!(
-                        "the image's /{d} is not a folder (a symlink?): the sandbox cannot mount over it"
+                        "the image's /{d} is not a folder (a symlink?): the sandbox cannot use it"
                     ))
                 }
                 Err(_) => {
-                    return Err(format!(
-                        "the image has no /{d} folder: the sandbox mounts its own there"
-                    ))
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::create_dir(&path)
+                        .and_then(|()| {
+                            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                        })
+                        .map_err(|e| format!("cannot make the image's /{d}: {e}"))?;
                 }
             }
         }
@@ -336,13 +338,19 @@ impl Sandbox<'_> {
         vars
     }
 
-    pub fn command(&self, argv: &[&str]) -> std::io::Result<Command> {
-        let cwd = self.user.map_or("/", |u| u.home.as_str());
-        let launch = Launch::prepare(&Spec {
+    /// The command, and what explains a failure to start it (pass the
+    /// spawn error to [`Diagnostics::explain`]).
+    pub fn command(&self, argv: &[&str]) -> std::io::Result<(Command, Diagnostics)> {
+        // sshd starts a user without a home in `/`.
+        let cwd = self
+            .user
+            .map(|u| u.home.as_str())
+            .filter(|h| !h.is_empty())
+            .unwrap_or("/");
+        let (launch, diag) = Launch::prepare(&Spec {
             root: self.root,
             network: self.network,
             resolv_conf: self.can_bind_resolv_conf(),
-            ro_binds: &self.ro_binds,
             user: self.user.map(|u| u.ids),
             cwd,
         })?;
@@ -356,7 +364,7 @@ impl Sandbox<'_> {
         unsafe {
             cmd.pre_exec(move || launch.apply());
         }
-        Ok(cmd)
+        Ok((cmd, diag))
     }
 }
 
@@ -385,7 +393,6 @@ mod tests {
         let sb = Sandbox {
             root: Path::new("/data/staging/t/root"),
             network: false,
-            ro_binds: vec![],
             user: Some(&user),
             env: vec![("PACKER_BUILDER_TYPE".into(), "azure-arm".into())],
         };
@@ -403,7 +410,6 @@ mod tests {
         let sb = Sandbox {
             root: Path::new("/data/staging/t/root"),
             network: true,
-            ro_binds: vec![],
             user: None,
             env: vec![],
         };
@@ -411,15 +417,20 @@ mod tests {
     }
 
     #[test]
-    fn binds_outside_tmp_are_refused() {
-        let spec = Spec {
-            root: Path::new("/r"),
-            network: true,
-            resolv_conf: false,
-            ro_binds: &[(PathBuf::from("/x"), "/etc/passwd".into())],
+    fn a_missing_proc_dev_or_tmp_is_made_and_a_symlinked_one_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let sb = Sandbox {
+            root: root.path(),
+            network: false,
             user: None,
-            cwd: "/",
+            env: vec![],
         };
-        assert!(Launch::prepare(&spec).is_err());
+        sb.preflight().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = std::fs::metadata(root.path().join("tmp")).unwrap();
+        assert_eq!(tmp.permissions().mode() & 0o7777, 0o1777);
+        std::fs::remove_dir(root.path().join("dev")).unwrap();
+        std::os::unix::fs::symlink("/dev", root.path().join("dev")).unwrap();
+        assert!(sb.preflight().unwrap_err().contains("/dev is not a folder"));
     }
 }

@@ -532,6 +532,38 @@ async fn scripts_and_files_come_over_http_with_their_checksums() {
     assert!(classify(&s.message).is_transient());
 }
 
+/// The build VM's /tmp is a disk folder: what the File customizer or one
+/// step puts there, the next step finds (AIB's "upload to /tmp, then `sudo
+/// mv`" pattern). The host kernel's knobs stay read-only, and a step has no
+/// controlling terminal to reach the operator's.
+#[tokio::test]
+async fn tmp_carries_over_between_steps_and_the_host_kernel_is_out_of_reach() {
+    let e = env().await;
+    let payload = e.dir.path().join("agent.conf");
+    std::fs::write(&payload, "agent=on\n").unwrap();
+    let body = template(
+        "app",
+        json!([
+            {"type": "File", "name": "upload", "sourceUri": payload.display().to_string(), "destination": "/tmp/agent.conf"},
+            shell("first", &["echo from-first > /tmp/handoff"]),
+            shell(
+                "second",
+                &[
+                    "grep -q agent=on /tmp/agent.conf",
+                    "grep -q from-first /tmp/handoff",
+                    // core_pattern runs a program as root on the host: the
+                    // classic way out of a container.
+                    "test -e /proc/sys/kernel/core_pattern",
+                    "if (echo '|/tmp/x' > /proc/sys/kernel/core_pattern) 2>/dev/null; then echo 'wrote core_pattern'; exit 1; fi",
+                    "if (cat </dev/tty) 2>/dev/null; then echo 'opened a terminal'; exit 1; fi",
+                ]
+            ),
+        ]),
+    );
+    let s = build(&e.p, "t-tmp", &body).await;
+    assert_eq!(s.run_state, RunState::Succeeded, "{}", s.message);
+}
+
 #[tokio::test]
 async fn a_sandboxed_step_cannot_read_a_host_file() {
     let e = env().await;
@@ -1248,6 +1280,15 @@ fn the_file_customizer_writes_as_the_build_user() {
     engine::place_file(r, &src, "/tmp/app.conf", Some(&user)).unwrap();
     let md = std::fs::metadata(r.join("tmp/app.conf")).unwrap();
     assert_eq!((md.uid(), md.gid()), (4242, 4242));
+    // Someone else's file in sticky /tmp cannot be replaced.
+    std::fs::write(r.join("tmp/roots"), "root's\n").unwrap();
+    std::fs::set_permissions(r.join("tmp/roots"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = engine::place_file(r, &src, "/tmp/roots", Some(&user)).unwrap_err();
+    assert!(err.to_string().contains("may not replace it"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(r.join("tmp/roots")).unwrap(),
+        "root's\n"
+    );
     // Without a build user (an image without sudo), kiln places it as root
     // and makes the folders.
     engine::place_file(r, &src, "/opt/app/app.conf", None).unwrap();
