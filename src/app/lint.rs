@@ -47,28 +47,37 @@ impl Shellcheck {
     /// Lints every inline Shell step (as `sh`) and every local `scriptUri`
     /// (by its shebang). A script that cannot be linted gives a warning.
     pub fn lint(&self, t: &ImageTemplate) -> Vec<Finding> {
+        let sh = lint::system_sh(t);
         lint::scripts(t)
             .iter()
             .flat_map(|s| {
-                self.lint_script(s).unwrap_or_else(|e| {
+                self.lint_script(s, sh).unwrap_or_else(|e| {
                     vec![Finding::warning(s.field(), format!("not linted: {e}"))]
                 })
             })
             .collect()
     }
 
-    fn lint_script(&self, script: &Script) -> Result<Vec<Finding>, String> {
+    fn lint_script(&self, script: &Script, sh: lint::SystemSh) -> Result<Vec<Finding>, String> {
         let out = match script {
-            Script::Inline { lines, .. } => {
-                self.run(&["--shell=sh", "--format=json1", "-"], &lint::joined(lines))?
-            }
+            // --norc: a .shellcheckrc where kiln runs must not change the verdict.
+            Script::Inline { lines, .. } => self.run(
+                &["--norc", "--shell=sh", "--format=json1", "-"],
+                &lint::joined(lines),
+            )?,
             Script::File { path, .. } => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                self.run(&["--format=json1", "-"], &text)?
+                // Without a shebang the step's shell runs it as sh.
+                let args: &[&str] = if text.starts_with("#!") {
+                    &["--norc", "--format=json1", "-"]
+                } else {
+                    &["--norc", "--shell=sh", "--format=json1", "-"]
+                };
+                self.run(args, &text)?
             }
         };
-        lint::findings(script, &out)
+        lint::findings_on(script, &out, sh)
     }
 
     /// Runs the program with `stdin`, returning stdout when it exits 0 or 1
@@ -134,7 +143,7 @@ mod tests {
             "location": "westeurope",
             "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/id": {}}},
             "properties": {
-                "source": {"type": "PlatformImage", "publisher": "p", "offer": "o", "sku": "s", "version": "latest"},
+                "source": {"type": "PlatformImage", "publisher": "Canonical", "offer": "o", "sku": "s", "version": "latest"},
                 "customize": customize,
                 "distribute": [{"type": "VHD", "runOutputName": "vhd"}]
             }

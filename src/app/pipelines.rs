@@ -78,6 +78,16 @@ pub fn check_file(path: &Path, builder: Option<&dyn ImageBuilder>) -> FileCheck 
         .unwrap_or_default()
         .to_string();
     let provider_errors = |t: &ImageTemplate| builder.map(|b| b.check(t)).unwrap_or_default();
+    // One problem, one line: a provider rule that repeats a domain rule at
+    // the same path (a Shell step without a script, a bad gallery id) is
+    // dropped.
+    let merge = |errors: &mut Vec<FieldError>, more: Vec<FieldError>| {
+        for e in more {
+            if !errors.iter().any(|x| x.path == e.path) {
+                errors.push(e);
+            }
+        }
+    };
     match Pipeline::read(&name, &text) {
         Parsed::Valid(p) => {
             check.errors = provider_errors(&p.template);
@@ -90,7 +100,7 @@ pub fn check_file(path: &Path, builder: Option<&dyn ImageBuilder>) -> FileCheck 
         Parsed::Invalid { errors, template } => {
             check.errors = errors;
             if let Some(t) = &template {
-                check.errors.extend(provider_errors(t));
+                merge(&mut check.errors, provider_errors(t));
             }
             check.rejected_template = template;
         }

@@ -114,11 +114,21 @@ fn provider() -> anyhow::Result<LocalProvider> {
     local_provider(&s, open_db(&s)?)
 }
 
-/// The local provider's template checks, for `kiln validate` (none if the data folder cannot be opened).
+/// The local provider's template checks, for `kiln validate` when the local
+/// provider is the one that builds (`KILN_PROVIDER` unset or `local`): what
+/// it cannot do is no error for a pipeline that builds on Azure.
 pub fn checker() -> Option<Box<dyn ImageBuilder>> {
-    provider()
-        .ok()
-        .map(|p| Box::new(p) as Box<dyn ImageBuilder>)
+    match settings(Path::new("local.settings.json")) {
+        Ok(s) if s.provider == ProviderKind::Azure => return None,
+        Ok(_) | Err(_) => {}
+    }
+    match provider() {
+        Ok(p) => Some(Box::new(p) as Box<dyn ImageBuilder>),
+        Err(e) => {
+            eprintln!("warning: the local provider's checks were skipped: {e:#}");
+            None
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -15,7 +15,32 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::finding::Finding;
-use super::template::{Customizer, ImageTemplate};
+use super::template::{Customizer, ImageTemplate, Source};
+
+/// What `/bin/sh` is in the image a template builds from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemSh {
+    /// Ubuntu and Debian: what dash rejects stops the step.
+    Dash,
+    /// Another shell, or not known (a gallery image, RHEL's bash, busybox's
+    /// ash): the same findings are warnings that say what dash would do.
+    NotKnownDash,
+}
+
+/// Read off the template's source: marketplace publishers whose images link
+/// `/bin/sh` to dash. A gallery or managed image could be anything.
+pub fn system_sh(t: &ImageTemplate) -> SystemSh {
+    match &t.properties.source {
+        Source::PlatformImage { publisher, .. }
+            if ["canonical", "debian"].contains(&publisher.to_ascii_lowercase().as_str()) =>
+        {
+            SystemSh::Dash
+        }
+        Source::PlatformImage { .. }
+        | Source::SharedImageVersion { .. }
+        | Source::ManagedImage { .. } => SystemSh::NotKnownDash,
+    }
+}
 
 /// A script to lint, located by the JSON path of its step.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +121,9 @@ struct Comment {
     line: usize,
     code: u32,
     message: String,
+    /// error, warning, info or style.
+    #[serde(default)]
+    level: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,8 +141,16 @@ enum DashFailure {
     SetOption(String),
     /// SC3001 process substitution, SC3011 here-strings, SC3030 arrays: `Syntax error`.
     Syntax,
-    /// SC3053 `${!x}`, SC3057 `${x:1:2}`, SC3060 `${x//a/b}`: `Bad substitution`.
+    /// SC3053 `${!x}`, SC3054 `${a[0]}`, SC3057 `${x:1:2}`, SC3059 `${x^^}`,
+    /// SC3060 `${x//a/b}`: `Bad substitution`.
     Substitution,
+    /// SC3019 `**` in `$(( ))`: an arithmetic error.
+    Arithmetic,
+    /// SC2113 `function f { …; }`: `Syntax error: "}" unexpected`.
+    FunctionKeyword,
+    /// SC1xxx at level error: shellcheck could not parse the script, and
+    /// neither can any sh (an unclosed `if`, quote or brace).
+    Parse,
 }
 
 /// bash options of `set -o` that dash rejects. SC3040 also fires for options
@@ -147,7 +183,10 @@ fn dash_failure(c: &Comment) -> Option<DashFailure> {
                 .then(|| DashFailure::SetOption(option.to_string()))
         }
         3001 | 3011 | 3030 => Some(DashFailure::Syntax),
-        3053 | 3057 | 3060 => Some(DashFailure::Substitution),
+        3053 | 3054 | 3057 | 3059 | 3060 => Some(DashFailure::Substitution),
+        3019 => Some(DashFailure::Arithmetic),
+        2113 => Some(DashFailure::FunctionKeyword),
+        1000..=1999 if c.level == "error" => Some(DashFailure::Parse),
         _ => None,
     }
 }
@@ -167,7 +206,8 @@ fn failure_message(script: &Script, c: &Comment, f: &DashFailure) -> String {
     let (rejects, change) = match f {
         DashFailure::SetOption(o) => (
             format!("which rejects `set -o {o}` and stops the build"),
-            format!("drop {o}"),
+            // `sh -e` already stops at the first failing line.
+            format!("drop `{o}` (for `set -euxo {o}` write `set -eux`)"),
         ),
         DashFailure::Syntax => (
             "which cannot parse this and stops the build".to_string(),
@@ -177,6 +217,18 @@ fn failure_message(script: &Script, c: &Comment, f: &DashFailure) -> String {
             "which stops the build here with `Bad substitution`".to_string(),
             "rewrite it for sh".to_string(),
         ),
+        DashFailure::Arithmetic => (
+            "which stops the build here with an arithmetic error".to_string(),
+            "rewrite it for sh".to_string(),
+        ),
+        DashFailure::FunctionKeyword => (
+            "which cannot parse `function` and stops the build".to_string(),
+            "write `name() { …; }`".to_string(),
+        ),
+        DashFailure::Parse => (
+            "which cannot parse it either and stops the build".to_string(),
+            "fix the syntax".to_string(),
+        ),
     };
     format!(
         "SC{}: {} {runs}, {rejects}: {change}, {fix}",
@@ -185,10 +237,18 @@ fn failure_message(script: &Script, c: &Comment, f: &DashFailure) -> String {
 }
 
 /// Maps shellcheck's `json1` output for `script` to findings at the step's
+/// path, for an image whose `/bin/sh` is dash (see [`findings_on`]).
+pub fn findings(script: &Script, json1: &str) -> Result<Vec<Finding>, String> {
+    findings_on(script, json1, SystemSh::Dash)
+}
+
+/// Maps shellcheck's `json1` output for `script` to findings at the step's
 /// path: for inline steps the line of `inline` (shellcheck's line N of the
 /// joined script is `inline[N-1]`, counting lines that hold newlines
 /// themselves), for files `scriptUri` with the line number in the message.
-pub fn findings(script: &Script, json1: &str) -> Result<Vec<Finding>, String> {
+/// What dash rejects is an error where `/bin/sh` is dash; elsewhere it is a
+/// warning that says so (a parse error is an error in any shell).
+pub fn findings_on(script: &Script, json1: &str, sh: SystemSh) -> Result<Vec<Finding>, String> {
     let out: Json1 = serde_json::from_str(json1)
         .map_err(|e| format!("unexpected shellcheck output ({e}): {json1}"))?;
     Ok(out
@@ -204,11 +264,25 @@ pub fn findings(script: &Script, json1: &str) -> Result<Vec<Finding>, String> {
                     (format!("{at}.scriptUri"), format!("line {}: ", c.line))
                 }
             };
-            match dash_failure(c) {
-                Some(f) => {
+            match (dash_failure(c), sh) {
+                (Some(f), SystemSh::Dash) => {
                     Finding::error(path, format!("{prefix}{}", failure_message(script, c, &f)))
                 }
-                None => Finding::warning(path, format!("{prefix}SC{}: {}", c.code, c.message)),
+                (Some(DashFailure::Parse), SystemSh::NotKnownDash) => Finding::error(
+                    path,
+                    format!(
+                        "{prefix}{}",
+                        failure_message(script, c, &DashFailure::Parse)
+                    ),
+                ),
+                (Some(f), SystemSh::NotKnownDash) => Finding::warning(
+                    path,
+                    format!(
+                        "{prefix}{} (where /bin/sh is dash, as on Ubuntu and Debian)",
+                        failure_message(script, c, &f)
+                    ),
+                ),
+                (None, _) => Finding::warning(path, format!("{prefix}SC{}: {}", c.code, c.message)),
             }
         })
         .collect())
@@ -229,6 +303,66 @@ fn inline_index(lines: &[String], line: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn comment(code: u32, level: &str, message: &str) -> String {
+        serde_json::json!({"comments": [{"line": 1, "code": code, "level": level, "message": message}]})
+            .to_string()
+    }
+
+    #[test]
+    fn what_dash_rejects_is_an_error_only_where_sh_is_dash() {
+        let script = inline(&["set -euxo pipefail"]);
+        let out = comment(
+            3040,
+            "warning",
+            "In POSIX sh, set option pipefail is undefined.",
+        );
+        let on_ubuntu = findings_on(&script, &out, SystemSh::Dash).unwrap();
+        assert!(on_ubuntu[0].is_error());
+        assert!(
+            on_ubuntu[0].to_string().contains("set -eux"),
+            "{}",
+            on_ubuntu[0]
+        );
+        // RHEL's /bin/sh is bash, busybox's is ash: both accept pipefail.
+        let elsewhere = findings_on(&script, &out, SystemSh::NotKnownDash).unwrap();
+        assert!(!elsewhere[0].is_error());
+        assert!(elsewhere[0].to_string().contains("where /bin/sh is dash"));
+    }
+
+    #[test]
+    fn a_script_no_shell_can_parse_is_an_error_everywhere() {
+        let script = inline(&["if true; then echo"]);
+        let out = comment(1046, "error", "Couldn't find 'fi' for this 'if'.");
+        for sh in [SystemSh::Dash, SystemSh::NotKnownDash] {
+            assert!(findings_on(&script, &out, sh).unwrap()[0].is_error());
+        }
+        // A parse *warning* (SC1xxx at level warning) stays a warning.
+        let out = comment(
+            1091,
+            "info",
+            "Not following: ./x was not specified as input.",
+        );
+        assert!(!findings_on(&script, &out, SystemSh::Dash).unwrap()[0].is_error());
+    }
+
+    #[test]
+    fn the_source_says_whether_sh_is_dash() {
+        let t = |publisher: &str| -> ImageTemplate {
+            serde_json::from_value(serde_json::json!({
+                "location": "westeurope",
+                "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/id": {}}},
+                "properties": {
+                    "source": {"type": "PlatformImage", "publisher": publisher, "offer": "o", "sku": "s", "version": "latest"},
+                    "distribute": []
+                }
+            }))
+            .unwrap()
+        };
+        assert_eq!(system_sh(&t("Canonical")), SystemSh::Dash);
+        assert_eq!(system_sh(&t("Debian")), SystemSh::Dash);
+        assert_eq!(system_sh(&t("RedHat")), SystemSh::NotKnownDash);
+    }
 
     fn inline(lines: &[&str]) -> Script {
         Script::Inline {

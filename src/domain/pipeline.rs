@@ -341,7 +341,7 @@ impl Pipeline {
         };
         let kiln_value = obj.remove(KILN_KEY);
 
-        let mut errors = Vec::new();
+        let mut errors = misplaced_kiln_keys(obj);
         if !valid_pipeline_name(name) {
             errors.push(field(
                 "$",
@@ -472,15 +472,39 @@ fn check_identity(identity: &Identity) -> Vec<FieldError> {
     }
 }
 
+/// A `kiln` section under another spelling or inside `properties` would be
+/// kept as an unknown template field and submitted to AIB, and every kiln
+/// setting would silently take its default.
+fn misplaced_kiln_keys(doc: &serde_json::Map<String, serde_json::Value>) -> Vec<FieldError> {
+    let looks_like = |k: &str| k.trim().eq_ignore_ascii_case(KILN_KEY);
+    let top = doc.keys().filter(|k| looks_like(k)).map(|k| {
+        field(
+            k.as_str(),
+            format!("expected the key `{KILN_KEY}` (lower case, no spaces) for kiln's section"),
+        )
+    });
+    let nested = doc
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .into_iter()
+        .flat_map(|p| p.keys())
+        .filter(|k| looks_like(k))
+        .map(|k| {
+            field(
+                format!("properties.{k}"),
+                format!(
+                    "kiln's section belongs at the top level, beside `properties`, as `{KILN_KEY}`"
+                ),
+            )
+        });
+    top.chain(nested).collect()
+}
+
 /// `distribute` holds each target that parsed (`None`: reported already) at its index.
 fn check_distribute(distribute: &[Option<Distributor>]) -> Vec<FieldError> {
+    // An empty list is reported by the reader (which also reports a missing
+    // or malformed one), so that one problem is one error.
     let mut errors = Vec::new();
-    if distribute.is_empty() {
-        errors.push(field(
-            "properties.distribute",
-            "expected at least one distribution target",
-        ));
-    }
     let mut outputs = std::collections::BTreeSet::new();
     for (i, d) in distribute.iter().enumerate() {
         let Some(d) = d else { continue };
@@ -608,6 +632,48 @@ mod tests {
         let text = TINY.replace("images/tiny", "images/tiny/versions/1.0.0");
         let errs = Pipeline::parse("tiny", &text).unwrap_err();
         assert_eq!(errs[0].path, "properties.distribute[0].galleryImageId");
+    }
+
+    #[test]
+    fn a_misspelled_or_misplaced_kiln_section_is_an_error_not_a_default() {
+        let text = TINY.replace(r#""kiln": {"#, r#""Kiln": {"#);
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs[0].path, "Kiln", "{errs:?}");
+        let text = TINY.replace(r#""futureField""#, r#""kiln": {}, "futureField""#);
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs[0].path, "properties.kiln", "{errs:?}");
+    }
+
+    #[test]
+    fn a_missing_or_empty_distribute_is_one_error() {
+        for (from, to) in [
+            (r#""distribute": ["#, r#""distribut": ["#),
+            (r#""distribute": ["#, r#""distribute": "x", "d": ["#),
+        ] {
+            let text = TINY.replace(from, to);
+            let errs = Pipeline::parse("tiny", &text).unwrap_err();
+            let n = errs
+                .iter()
+                .filter(|e| e.path == "properties.distribute")
+                .count();
+            assert_eq!(n, 1, "{errs:?}");
+        }
+    }
+
+    #[test]
+    fn identity_type_is_read_as_arm_reads_it_regardless_of_case() {
+        let text = TINY.replace(r#""type": "UserAssigned""#, r#""type": "userAssigned""#);
+        assert!(Pipeline::parse("tiny", &text).is_ok());
+        let text = TINY.replace(r#""type": "UserAssigned""#, r#""type": "SystemAssigned""#);
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs[0].path, "identity.type", "{errs:?}");
+        assert!(errs[0].message.contains("user-assigned"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_null_validate_is_no_validate() {
+        let text = TINY.replace(r#""futureField""#, r#""validate": null, "futureField""#);
+        assert!(Pipeline::parse("tiny", &text).is_ok());
     }
 
     #[test]

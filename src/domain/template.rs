@@ -31,11 +31,26 @@ pub struct Identity {
     pub user_assigned_identities: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityType {
     UserAssigned,
     /// Allowed by the API schema, refused by kiln's checks: AIB cannot build without an identity.
     None,
+}
+
+/// ARM compares enum values without regard to case (`userAssigned` is
+/// accepted), so kiln does too; `SystemAssigned` gets AIB's reason.
+impl<'de> Deserialize<'de> for IdentityType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.to_ascii_lowercase().as_str() {
+            "userassigned" => Ok(IdentityType::UserAssigned),
+            "none" => Ok(IdentityType::None),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected `UserAssigned`, got `{s}`: Azure VM Image Builder builds with a user-assigned identity (a system-assigned one is not supported)"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

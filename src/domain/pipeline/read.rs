@@ -186,18 +186,22 @@ impl Reader {
             "the base image: PlatformImage, SharedImageVersion or ManagedImage",
         );
         t.customize = self.list(p, "customize", "properties.customize");
-        if let Some(v) = p.get("validate") {
+        // null is absent, as serde's `Option` reads it.
+        if let Some(v) = p.get("validate").filter(|v| !v.is_null()) {
             if let Some(v) = self.object(v, "properties.validate") {
                 t.validate = Some(self.validate(v));
             }
         }
-        if p.contains_key("distribute") {
-            t.distribute = self.list(p, "distribute", "properties.distribute");
-        } else {
-            self.errors.push(field(
+        match p.get("distribute") {
+            None => self.errors.push(field(
                 "properties.distribute",
                 "missing: expected at least one distribution target",
-            ));
+            )),
+            Some(Value::Array(a)) if a.is_empty() => self.errors.push(field(
+                "properties.distribute",
+                "expected at least one distribution target",
+            )),
+            Some(_) => t.distribute = self.list(p, "distribute", "properties.distribute"),
         }
         // Optional fields: `None` both when absent and when reported as an error.
         t.error_handling = self

@@ -43,20 +43,31 @@ pub(crate) fn destination_ok(dest: &str) -> bool {
 /// without a SAS token, which AIB downloads with the template's
 /// user-assigned identity and the local provider (no identity) cannot.
 pub(crate) fn unreachable(uri: &str) -> Option<String> {
-    let local = uri
-        .strip_prefix("file://")
-        .or_else(|| uri.starts_with('/').then_some(uri));
-    if let Some(path) = local {
-        return (!Path::new(path).is_file())
-            .then(|| format!("`{path}` is not a file on this machine"));
+    if uri.starts_with('/') {
+        return (!Path::new(uri).is_file())
+            .then(|| format!("`{uri}` is not a file on this machine"));
     }
-    let host = uri
-        .split_once("://")
-        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
-        .unwrap_or("");
-    let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let signed = query.split('&').any(|kv| kv.starts_with("sig="));
-    (host.ends_with(".blob.core.windows.net") && !signed).then(|| {
+    let url = reqwest::Url::parse(uri).ok()?;
+    if url.scheme() == "file" {
+        let path = url.to_file_path().ok()?;
+        return (!path.is_file())
+            .then(|| format!("`{}` is not a file on this machine", path.display()));
+    }
+    // The parser lowercases the host and keeps the port and the fragment
+    // apart; every Azure cloud's blob endpoint counts.
+    let host = url.host_str().unwrap_or("").trim_end_matches('.');
+    let blob = [
+        ".blob.core.windows.net",
+        ".blob.core.usgovcloudapi.net",
+        ".blob.core.chinacloudapi.cn",
+        ".blob.storage.azure.net",
+    ]
+    .iter()
+    .any(|suffix| host.ends_with(suffix));
+    let signed = url
+        .query_pairs()
+        .any(|(k, v)| k.eq_ignore_ascii_case("sig") && !v.is_empty());
+    (blob && !signed).then(|| {
         "an Azure Storage blob without a SAS token: AIB downloads it with the template's identity, which the local provider does not have (use a SAS URL or a local copy)".to_string()
     })
 }
@@ -303,6 +314,16 @@ mod tests {
         assert!(unreachable(blob).unwrap().contains("SAS"));
         assert_eq!(unreachable(&format!("{blob}?sv=2024&sig=abc")), None);
         assert_eq!(unreachable("https://example.com/setup.sh"), None);
+        for unsigned in [
+            "https://ACCT.BLOB.CORE.WINDOWS.NET/s/x.sh",
+            "https://acct.blob.core.windows.net:443/s/x.sh",
+            "https://acct.blob.core.windows.net/s/x.sh#?sig=x",
+            "https://acct.blob.core.windows.net/s/x.sh?sig=",
+            "https://acct.blob.core.usgovcloudapi.net/s/x.sh",
+        ] {
+            assert!(unreachable(unsigned).is_some(), "{unsigned}");
+        }
+        assert_eq!(unreachable(&format!("{blob}?SIG=abc")), None);
         let t = template(serde_json::json!([
             {"type": "Shell", "scriptUri": blob},
             {"type": "File", "sourceUri": "/nonexistent/f", "destination": "/tmp/f"}
