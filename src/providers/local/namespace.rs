@@ -502,7 +502,7 @@ impl Op {
 }
 
 /// A new network namespace has a loopback device that is down; bring it up
-/// so that a step can still talk to itself (as bwrap's --unshare-net does).
+/// so that a step can still talk to itself (as bubblewrap's did).
 unsafe fn loopback_up(d: libc::c_int) -> io::Result<()> {
     let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
     if fd < 0 {

@@ -5,7 +5,7 @@
 //!
 //! | tag | meaning | default |
 //! |---|---|---|
-//! | `kiln.network` | `false` runs steps without network (`--unshare-net`) | `true` |
+//! | `kiln.network` | `false` runs steps in a network namespace of their own (loopback only) | `true` |
 //! | `kiln.stepTimeoutMinutes` | limit of one customizer/validator step | 30 |
 //! | `kiln.stepTimeoutSeconds` | the same in seconds (wins over minutes) | – |
 //! | `kiln.bootTest.check` | shell run in the booted image after capture | – |

@@ -4,13 +4,13 @@
 //! build deadlines, and dies with its whole process group on cancel.
 //!
 //! The sandbox (see docs/local-provider.md and [`super::namespace`]): the
-//! image root at `/` through `pivot_root`, a fresh `/proc`, a minimal
-//! `/dev`, a private `/tmp` (mode 1777), new pid, ipc, uts and cgroup
-//! namespaces, a network namespace when the build turns the network off, a
-//! login environment, and nothing of the host but `/etc/resolv.conf`
-//! (read-only, network on) and the step's own script. No user namespace:
-//! apt's `_apt` user and AIB's build user must be real users inside, and
-//! set-user-id `sudo` must work.
+//! image root at `/` through `pivot_root`, a fresh `/proc` (kernel knobs
+//! read-only), a minimal `/dev`, the image's own `/tmp` (as on a build VM),
+//! new pid, ipc, uts and cgroup namespaces, a network namespace when the
+//! build turns the network off, a session of its own, a login environment,
+//! and nothing of the host but `/etc/resolv.conf` (read-only, network on).
+//! No user namespace: apt's `_apt` user and AIB's build user must be real
+//! users inside, and set-user-id `sudo` must work.
 
 use std::collections::VecDeque;
 use std::io::Write;
