@@ -18,9 +18,58 @@ use chrono::{
     Timelike, Utc, Weekday,
 };
 use chrono_tz::Tz;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::pipeline::{Blackout, PatchTuesdaySpec, ScheduleSpec};
+// ---- The schedule as a pipeline file writes it (`kiln.triggers.schedule`) ----
+
+/// When a pipeline builds on its own. Exactly one of `patchTuesday` and `cron`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleSpec {
+    #[serde(default)]
+    pub patch_tuesday: Option<PatchTuesdaySpec>,
+    /// Six fields: second minute hour day month day-of-week (NCRONTAB order).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// IANA time zone of `cron`; `patchTuesday` carries its own.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Windows in which an automatic build is deferred to the first day after the window.
+    #[serde(default)]
+    pub blackouts: Vec<Blackout>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchTuesdaySpec {
+    /// Days after the second Tuesday of the month; may be negative.
+    #[serde(default)]
+    pub offset_days: i32,
+    /// Local time of day, `HH:MM`.
+    #[serde(default = "default_at")]
+    pub at: String,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
+    #[serde(default = "default_tz")]
+    pub time_zone: String,
+}
+
+fn default_at() -> String {
+    "00:00".into()
+}
+fn default_tz() -> String {
+    "UTC".into()
+}
+
+/// A single date (`from` only) or an inclusive range of local dates.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Blackout {
+    pub from: NaiveDate,
+    #[serde(default)]
+    pub to: Option<NaiveDate>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
 
 /// One firing of a schedule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -123,6 +123,11 @@ impl ArmResponse {
         (200..300).contains(&self.status)
     }
 
+    /// The error this reply stands for, read from ARM's error envelope.
+    pub fn error(&self) -> ArmError {
+        ArmError::from_reply(self.status, &self.body, &self.client_request_id)
+    }
+
     pub fn json(&self) -> Result<Value, ArmError> {
         if self.body.trim().is_empty() {
             return Ok(Value::Null);
@@ -141,7 +146,7 @@ impl ArmResponse {
         if self.is_success() {
             Ok(self)
         } else {
-            Err(ArmError::from_response(&self))
+            Err(self.error())
         }
     }
 }

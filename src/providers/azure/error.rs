@@ -9,7 +9,6 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::arm::ArmResponse;
 use crate::domain::failure::{classify, FailureCategory};
 use crate::ports::ProviderError;
 
@@ -41,8 +40,9 @@ impl ArmError {
         self
     }
 
-    pub fn from_response(r: &ArmResponse) -> Self {
-        let doc: Option<Value> = serde_json::from_str(&r.body).ok();
+    /// The error an unsuccessful reply stands for (see `ArmResponse::error`).
+    pub fn from_reply(status: u16, body: &str, client_request_id: &str) -> Self {
+        let doc: Option<Value> = serde_json::from_str(body).ok();
         let err = doc.as_ref().and_then(|d| d.get("error"));
         let code = err
             .and_then(|e| e.get("code"))
@@ -54,19 +54,19 @@ impl ArmError {
             .map(str::to_string)
             .unwrap_or_else(|| {
                 // Not an ARM envelope (a gateway page, Service Bus XML): keep a short excerpt.
-                let text: String = r.body.chars().take(300).collect();
+                let text: String = body.chars().take(300).collect();
                 if text.trim().is_empty() {
-                    format!("HTTP {}", r.status)
+                    format!("HTTP {status}")
                 } else {
                     text
                 }
             });
         Self {
-            category: category_for(Some(r.status), code.as_deref().unwrap_or(""), &message),
-            status: Some(r.status),
+            category: category_for(Some(status), code.as_deref().unwrap_or(""), &message),
+            status: Some(status),
             code,
             message,
-            client_request_id: Some(r.client_request_id.clone()),
+            client_request_id: Some(client_request_id.to_string()),
         }
     }
 
@@ -136,12 +136,21 @@ pub fn category_for(status: Option<u16>, code: &str, message: &str) -> FailureCa
 mod tests {
     use super::*;
 
-    fn response(status: u16, body: &str) -> ArmResponse {
-        ArmResponse {
+    struct Reply {
+        status: u16,
+        body: String,
+    }
+
+    fn response(status: u16, body: &str) -> Reply {
+        Reply {
             status,
-            headers: Default::default(),
             body: body.to_string(),
-            client_request_id: "cid-1".into(),
+        }
+    }
+
+    impl ArmError {
+        fn from_response(r: &Reply) -> Self {
+            ArmError::from_reply(r.status, &r.body, "cid-1")
         }
     }
 

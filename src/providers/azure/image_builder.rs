@@ -142,7 +142,7 @@ impl ImageBuilder for AzureImageBuilder {
             tracing::info!(template = name, status = r.status, client_request_id = %r.client_request_id, "image template run started");
             return Ok(());
         }
-        let err = ArmError::from_response(&r);
+        let err = r.error();
         if r.status == 409 {
             // "Already running" or a twin run request that won: either way a run exists now.
             if let TemplateStatus::Run(_) = self.status(name).await? {
@@ -181,7 +181,7 @@ impl ImageBuilder for AzureImageBuilder {
         if r.is_success() || r.status == 404 {
             return Ok(());
         }
-        let err = ArmError::from_response(&r);
+        let err = r.error();
         // Refused because nothing is running: there is nothing to cancel.
         if matches!(r.status, 400 | 409) {
             match self.status(name).await? {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 use super::catalog::ResolvedSource;
-use super::engine::{Build, Fail, Provenance};
+use super::run::{Build, Fail, Provenance};
 use super::util::{cmp_versions, now, resolve_inside, sha256_file, tree_size, ts};
 
 pub(crate) const FS_LABEL: &str = "kiln-root";

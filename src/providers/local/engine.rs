@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! Building      resolve the source, copy it to staging/<template>/root
-//! Customizing   injected fault steps (test hooks), then Shell and File customizers
-//! Validating    inVMValidations, generalize, capture (ext4 + qcow2 + sha256 +
+//! Customizing   AIB's build user made, injected fault steps (test hooks), then
+//!               Shell and File customizers as that user
+//! Validating    inVMValidations, build user removed, generalize, capture (ext4 + qcow2 + sha256 +
 //!               packages + manifest), boot test (kiln.bootTest.check)
 //! Distributing  SharedImage (local gallery, replicas per region), ManagedImage, VHD
 //! ```
@@ -11,10 +12,10 @@
 //! Each state change is written to the store before the work it names, so
 //! `status` reads exactly where a build is. A failure ends the run `Failed`
 //! with a message `<category>: <what>: <last lines>`; the category prefix is
-//! what [`super::classify`] reads.
+//! what [`super::classify`] reads. The run's context (inputs, `Fail`,
+//! `Provenance`, the host-tool runner) is in `run.rs`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -24,62 +25,13 @@ use super::build_user::{self, BuildUser, StepUser};
 use super::capture::{self, Captured};
 use super::catalog::{self, SourceData};
 use super::fetch::{fetch, FetchError};
-use super::options::{BuildOptions, BUILD_SECONDS};
-use super::sandbox::{run_process, CancelWatch, Ended, LogSink, ProcOutput, Sandbox};
+use super::run::{human, Build, Fail, Finished, Provenance};
+use super::sandbox::{run_process, Ended, ProcOutput, Sandbox};
 use super::util::{now, resolve_inside, sha256_hex, tail_lines};
-use super::{gallery, vm, Inner};
+use super::{gallery, vm};
 use crate::domain::build::FailureCategory;
-use crate::domain::template::{Customizer, ImageTemplate, OnBuildError};
+use crate::domain::template::{Customizer, OnBuildError};
 use crate::ports::RunOutput;
-
-/// Why a build stopped early.
-#[derive(Debug)]
-pub(crate) enum Fail {
-    Failed {
-        category: FailureCategory,
-        message: String,
-        /// `errorHandling: abort`: keep the staging folder for a look.
-        keep: bool,
-    },
-    Canceled,
-}
-
-impl Fail {
-    pub fn new(category: FailureCategory, message: impl Into<String>) -> Self {
-        Fail::Failed {
-            category,
-            message: message.into(),
-            keep: false,
-        }
-    }
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(FailureCategory::Internal, e.to_string())
-    }
-    fn keep(self, keep: bool) -> Self {
-        match self {
-            Fail::Failed {
-                category, message, ..
-            } => Fail::Failed {
-                category,
-                message,
-                keep,
-            },
-            c => c,
-        }
-    }
-}
-
-impl From<anyhow::Error> for Fail {
-    fn from(e: anyhow::Error) -> Self {
-        Fail::internal(format!("{e:#}"))
-    }
-}
-
-impl From<std::io::Error> for Fail {
-    fn from(e: std::io::Error) -> Self {
-        Fail::internal(e)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -102,87 +54,7 @@ impl Phase {
     }
 }
 
-/// What the build did, for the provenance manifest.
-#[derive(Debug, Default)]
-pub(crate) struct Provenance {
-    pub customizers: Vec<serde_json::Value>,
-    pub validators: Vec<serde_json::Value>,
-    pub faults: Vec<serde_json::Value>,
-    pub generalized: Vec<String>,
-}
-
-pub(crate) struct Build {
-    pub p: Arc<Inner>,
-    pub name: String,
-    pub template: ImageTemplate,
-    pub body: serde_json::Value,
-    pub body_sha256: String,
-    pub opts: BuildOptions,
-    pub log: LogSink,
-    pub cancel: CancelWatch,
-    pub deadline: Instant,
-    pub build_timeout: Duration,
-    pub staging: PathBuf,
-}
-
-/// How a finished build should be reported.
-pub(crate) struct Finished {
-    pub state: &'static str,
-    pub message: String,
-    pub kept_staging: Option<String>,
-    /// The staging folder to remove once the status is written (scratch
-    /// space: its removal is housekeeping, not part of the result).
-    pub cleanup: Option<PathBuf>,
-}
-
 impl Build {
-    pub fn new(
-        p: Arc<Inner>,
-        name: &str,
-        template: ImageTemplate,
-        body: serde_json::Value,
-        body_sha256: String,
-        cancel: CancelWatch,
-    ) -> std::io::Result<Self> {
-        let opts = BuildOptions::from_tags(&template.tags);
-        let build_timeout = match template
-            .tags
-            .get(BUILD_SECONDS)
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            Some(s) if s > 0 => Duration::from_secs(s),
-            _ => match template.properties.build_timeout_in_minutes {
-                None | Some(0) => Duration::from_secs(240 * 60),
-                Some(m) => Duration::from_secs(u64::from(m) * 60),
-            },
-        };
-        let log = LogSink::open(&p.log_path(name))?;
-        let staging = p.data_dir.join("staging").join(name);
-        Ok(Build {
-            p,
-            name: name.to_string(),
-            template,
-            body,
-            body_sha256,
-            opts,
-            log,
-            cancel,
-            deadline: Instant::now() + build_timeout,
-            build_timeout,
-            staging,
-        })
-    }
-
-    fn root(&self) -> PathBuf {
-        self.staging.join("root")
-    }
-    fn work(&self) -> PathBuf {
-        self.staging.join("work")
-    }
-    fn out(&self) -> PathBuf {
-        self.staging.join("out")
-    }
-
     fn sub_state(&self, s: &str) -> Result<(), Fail> {
         if self.cancel.is_canceled() {
             return Err(Fail::Canceled);
@@ -406,43 +278,6 @@ impl Build {
             self.p.records.output_put(&self.name, &out)?;
         }
         Ok(validation_failure)
-    }
-
-    /// Runs a host tool for the build (cp, mkfs.ext4, qemu-img, debugfs)
-    /// under the build deadline and cancel; a non-zero exit is `internal`.
-    pub(crate) async fn tool(&self, what: &str, cmd: Command) -> Result<ProcOutput, Fail> {
-        let out = run_process(
-            cmd,
-            &self.log,
-            &format!("[{what}] "),
-            self.deadline,
-            Some(&self.cancel),
-            false,
-        )
-        .await
-        .map_err(|e| Fail::internal(format!("cannot run {what}: {e}")))?;
-        match &out.ended {
-            Ended::Exited(0) => {
-                self.log.line(&format!("[{what}] done"));
-                Ok(out)
-            }
-            Ended::Exited(code) => Err(Fail::internal(format!(
-                "{what} exited with {code}: {}",
-                tail_lines(&out.tail, 6)
-            ))),
-            Ended::TimedOut => Err(self.build_timeout_fail(what)),
-            Ended::Canceled => Err(Fail::Canceled),
-        }
-    }
-
-    fn build_timeout_fail(&self, during: &str) -> Fail {
-        Fail::new(
-            FailureCategory::Timeout,
-            format!(
-                "the build exceeded its {} limit (buildTimeoutInMinutes) during {during}",
-                human(self.build_timeout)
-            ),
-        )
     }
 
     /// Copies the source into staging/<template>/root.
@@ -949,13 +784,4 @@ fn writable_by(md: &std::fs::Metadata, u: &StepUser) -> bool {
     (md.uid() == u.ids.uid && mode & 0o200 != 0)
         || (md.gid() == u.ids.gid && mode & 0o020 != 0)
         || mode & 0o002 != 0
-}
-
-pub(crate) fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 && s.is_multiple_of(60) {
-        format!("{} min", s / 60)
-    } else {
-        format!("{s} s")
-    }
 }

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 use super::capture::Captured;
-use super::engine::{Build, Fail};
 use super::records::{Claim, ManagedImageRow, Records};
+use super::run::{Build, Fail};
 use super::util::{normalize_region, now, slug, ts};
 use crate::domain::build::FailureCategory;
 use crate::domain::gallery::RegionReplication;

@@ -31,6 +31,7 @@ mod generalize;
 mod namespace;
 mod options;
 mod records;
+mod run;
 mod sandbox;
 mod util;
 mod vm;
@@ -706,16 +707,16 @@ impl ImageBuilder for LocalProvider {
         tokio::spawn(async move {
             let guard = guard;
             let cancel = sandbox::CancelWatch::new(cancel_rx, inner.records.clone(), name.clone());
-            let finished =
-                match engine::Build::new(inner.clone(), &name, template, body, sha, cancel) {
-                    Ok(build) => build.execute().await,
-                    Err(e) => engine::Finished {
-                        state: "Failed",
-                        message: format!("internal: cannot start the build: {e}"),
-                        kept_staging: None,
-                        cleanup: None,
-                    },
-                };
+            let finished = match run::Build::new(inner.clone(), &name, template, body, sha, cancel)
+            {
+                Ok(build) => build.execute().await,
+                Err(e) => run::Finished {
+                    state: "Failed",
+                    message: format!("internal: cannot start the build: {e}"),
+                    kept_staging: None,
+                    cleanup: None,
+                },
+            };
             if let Err(e) = inner.records.run_finish(
                 &name,
                 &inner.instance_id,
