@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::functions::InvocationResult;
+use super::wire::InvocationResult;
 use super::{admission, App};
 use crate::domain::build::Observation;
 use crate::domain::request::BuildRequest;
@@ -454,7 +454,7 @@ async fn retention_audit(State(app): State<App>) -> ApiResult {
 /// Serves a payload-mode HTTP invocation (`Data.req`) through the router and
 /// returns the `res` output binding value.
 pub async fn invoke_payload(app: &App, req: &Value) -> anyhow::Result<Value> {
-    let req = super::functions::decode_value(req);
+    let req = super::wire::decode_value(req);
     let method = req.get("Method").and_then(Value::as_str).unwrap_or("GET");
     let url = req.get("Url").and_then(Value::as_str).unwrap_or("/");
     let path_and_query = match url.find("://") {

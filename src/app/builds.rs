@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::functions::{InvocationResult, MessageMeta};
+use super::wire::{InvocationResult, MessageMeta};
 use super::{admission, driver, App, POLLS_QUEUE, REQUESTS_QUEUE};
 use crate::domain::request::BuildRequest;
 use crate::store::queue::record_dead_letter;

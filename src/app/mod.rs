@@ -18,6 +18,7 @@ pub mod render;
 pub mod retention;
 pub mod retention_job;
 pub mod triggers;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -26,8 +27,9 @@ use crate::domain::build::Tuning;
 use crate::ports::{BaseCatalog, Clock, Gallery, ImageBuilder, Inventory, Queue};
 use crate::store::Store;
 
-pub use functions::{invoke, FunctionName, Invocation, InvocationResult, InvokeError};
+pub use functions::invoke;
 pub use pipelines::PipelineSet;
+pub use wire::{FunctionName, Invocation, InvocationResult, InvokeError};
 
 /// Queue names, as the function.json bindings name them.
 pub const REQUESTS_QUEUE: &str = "build-requests";

@@ -7,7 +7,7 @@ use chrono::Duration;
 use serde_json::{json, Value};
 
 use super::admission::enqueue;
-use super::functions::InvocationResult;
+use super::wire::InvocationResult;
 use super::App;
 use crate::domain::build::Trigger;
 use crate::domain::events_in::{self, Inbound, InboundEvent};

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::catalog::{FunctionSpec, TriggerSpec};
 use super::timers;
-use crate::app::functions::timer_payload;
+use crate::app::wire::timer_payload;
 use crate::app::{invoke, App, FunctionName, Invocation, InvokeError};
 use crate::ports::{Clock, OutgoingMessage, Queue};
 use crate::store::queue::LocalQueue;
