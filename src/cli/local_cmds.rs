@@ -164,19 +164,21 @@ pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Resu
     }
     let _lock = lock_data_dir(&s.data_dir)?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.http_port));
+    // Builds need the capture tools (checked before the pipelines are read
+    // and linted); pipelines with a boot test need QEMU too.
+    require_tools(&[ToolNeed::Build], "kiln local")?;
     let runtime = local_runtime(s, Arc::new(SystemClock))?;
-    // Builds need the capture tools; pipelines with a boot test need QEMU.
-    let boots = runtime
+    if runtime
         .app
         .pipelines
         .iter()
-        .any(|p| p.kiln.build.boot_test.is_some());
-    let needs: &[ToolNeed] = if boots {
-        &[ToolNeed::Build, ToolNeed::Boot]
-    } else {
-        &[ToolNeed::Build]
-    };
-    require_tools(needs, "kiln local")?;
+        .any(|p| p.kiln.build.boot_test.is_some())
+    {
+        require_tools(
+            &[ToolNeed::Boot],
+            "kiln local (a pipeline has kiln.build.bootTest)",
+        )?;
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("Cannot listen on {addr}: the port is taken (choose another with --port)")
     })?;
