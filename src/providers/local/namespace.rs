@@ -152,15 +152,25 @@ impl Launch {
         let at = |inner: &str| c([root.as_slice(), inner.as_bytes()].concat());
         let none = || c("");
         let mut ops = Vec::new();
+        let mount = |src: &str, target: &str, fstype: &str, flags, data: &str, what| {
+            Ok::<_, io::Error>(Op::Mount {
+                src: c(src)?,
+                target: at(target)?,
+                fstype: c(fstype)?,
+                flags,
+                data: c(data)?,
+                what,
+            })
+        };
         let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
-        ops.push(Op::Mount {
-            src: c("proc")?,
-            target: at("/proc")?,
-            fstype: c("proc")?,
-            flags: nosuid | libc::MS_NOEXEC,
-            data: none()?,
-            what: b"mount /proc",
-        });
+        ops.push(mount(
+            "proc",
+            "/proc",
+            "proc",
+            nosuid | libc::MS_NOEXEC,
+            "",
+            b"mount /proc",
+        )?);
         for p in PROC_READ_ONLY {
             ops.push(Op::BindRo {
                 src: at(p)?,
@@ -169,21 +179,21 @@ impl Launch {
                 what: b"make /proc/sys read-only",
             });
         }
-        ops.push(Op::Mount {
-            src: c("tmpfs")?,
-            target: at("/dev")?,
-            fstype: c("tmpfs")?,
-            flags: libc::MS_NOSUID | libc::MS_NOEXEC,
-            data: c("mode=0755")?,
-            what: b"mount /dev",
-        });
+        let dev_flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+        ops.push(mount(
+            "tmpfs",
+            "/dev",
+            "tmpfs",
+            dev_flags,
+            "mode=0755",
+            b"mount /dev",
+        )?);
         for d in DEVICES {
-            ops.push(Op::Touch {
-                path: at(&format!("/dev/{d}"))?,
-            });
+            let node = format!("/dev/{d}");
+            ops.push(Op::Touch { path: at(&node)? });
             ops.push(Op::Mount {
-                src: c(format!("/dev/{d}"))?,
-                target: at(&format!("/dev/{d}"))?,
+                src: c(&node)?,
+                target: at(&node)?,
                 fstype: none()?,
                 flags: libc::MS_BIND,
                 data: none()?,
@@ -194,26 +204,26 @@ impl Launch {
             path: at("/dev/pts")?,
             mode: 0o755,
         });
-        ops.push(Op::Mount {
-            src: c("devpts")?,
-            target: at("/dev/pts")?,
-            fstype: c("devpts")?,
-            flags: libc::MS_NOSUID | libc::MS_NOEXEC,
-            data: c("newinstance,ptmxmode=0666,mode=0620")?,
-            what: b"mount /dev/pts",
-        });
+        ops.push(mount(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            dev_flags,
+            "newinstance,ptmxmode=0666,mode=0620",
+            b"mount /dev/pts",
+        )?);
         ops.push(Op::Mkdir {
             path: at("/dev/shm")?,
             mode: 0o1777,
         });
-        ops.push(Op::Mount {
-            src: c("tmpfs")?,
-            target: at("/dev/shm")?,
-            fstype: c("tmpfs")?,
-            flags: nosuid,
-            data: c("mode=1777")?,
-            what: b"mount /dev/shm",
-        });
+        ops.push(mount(
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            nosuid,
+            "mode=1777",
+            b"mount /dev/shm",
+        )?);
         for (link, target) in [
             ("/dev/ptmx", "pts/ptmx"),
             ("/dev/fd", "/proc/self/fd"),
