@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::finding::Finding;
-use super::template::{Customizer, ImageTemplate, Source};
+use super::template::{step_paths, Customizer, ImageTemplate, Source};
 
 /// What `/bin/sh` is in the image a template builds from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,19 +65,12 @@ impl Script {
 /// then in-VM validators. Remote scripts are not fetched for lint.
 pub fn scripts(t: &ImageTemplate) -> Vec<Script> {
     let p = &t.properties;
-    let steps = p
-        .customize
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("properties.customize[{i}]"), c));
-    let validators = p.validate.iter().flat_map(|v| {
-        v.in_vm_validations
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (format!("properties.validate.inVMValidations[{i}]"), c))
-    });
+    let validators = p
+        .validate
+        .as_ref()
+        .map_or(&[][..], |v| &v.in_vm_validations);
     let mut out = Vec::new();
-    for (at, c) in steps.chain(validators) {
+    for (at, c) in step_paths(&p.customize, validators) {
         match c {
             Customizer::Shell {
                 inline, script_uri, ..

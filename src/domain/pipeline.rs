@@ -373,18 +373,11 @@ fn check_template(t: &read::TemplateParts) -> Vec<FieldError> {
         }
     }
     errors.extend(check_distribute(&t.distribute));
-    let steps = t
-        .customize
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("properties.customize[{i}]"), c));
-    let validators = t.validate.iter().flat_map(|v| {
-        v.in_vm_validations
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (format!("properties.validate.inVMValidations[{i}]"), c))
-    });
-    for (at, c) in steps.chain(validators) {
+    let validators = t
+        .validate
+        .as_ref()
+        .map_or(&[][..], |v| &v.in_vm_validations);
+    for (at, c) in super::template::step_paths(&t.customize, validators) {
         if let Some(Customizer::Shell {
             inline, script_uri, ..
         }) = c

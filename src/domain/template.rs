@@ -327,6 +327,23 @@ impl GalleryImageRef {
     }
 }
 
+/// Each customizer and then each in-VM validator with its JSON path, the
+/// order AIB runs them in; `T` is a step or whatever stands for one.
+pub fn step_paths<'a, T>(
+    customize: &'a [T],
+    in_vm_validations: &'a [T],
+) -> impl Iterator<Item = (String, &'a T)> {
+    let steps = customize
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("properties.customize[{i}]"), c));
+    let validators = in_vm_validations
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("properties.validate.inVMValidations[{i}]"), c));
+    steps.chain(validators)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
