@@ -163,6 +163,34 @@ impl Launch {
             })
         };
         let nosuid = libc::MS_NOSUID | libc::MS_NODEV;
+        // Nothing mounted here may propagate back to the host.
+        ops.push(Op::Mount {
+            src: none()?,
+            target: c("/")?,
+            fstype: none()?,
+            flags: libc::MS_REC | libc::MS_PRIVATE,
+            data: none()?,
+            what: b"make / private",
+        });
+        // pivot_root needs the new root to be a mount point.
+        ops.push(Op::Mount {
+            src: c(&root)?,
+            target: c(&root)?,
+            fstype: none()?,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: none()?,
+            what: b"bind the image root",
+        });
+        // A bind keeps the flags of the data folder's mount: on a nosuid
+        // mount, sudo could not work. Clear them on this private bind.
+        ops.push(Op::Mount {
+            src: none()?,
+            target: c(&root)?,
+            fstype: none()?,
+            flags: libc::MS_BIND | libc::MS_REMOUNT,
+            data: none()?,
+            what: b"clear nosuid on the image root (is the data folder on a nosuid mount?)",
+        });
         ops.push(mount(
             "proc",
             "/proc",
@@ -328,44 +356,6 @@ impl Launch {
             d,
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
             b"prctl",
-        )?;
-        let empty = c"".as_ptr();
-        // Nothing mounted here may propagate back to the host.
-        check(
-            d,
-            libc::mount(
-                empty,
-                c"/".as_ptr(),
-                empty,
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ),
-            b"make / private",
-        )?;
-        // pivot_root needs the new root to be a mount point.
-        check(
-            d,
-            libc::mount(
-                self.root.as_ptr(),
-                self.root.as_ptr(),
-                empty,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ),
-            b"bind the image root",
-        )?;
-        // A bind keeps the flags of the data folder's mount: on a nosuid
-        // mount, sudo could not work. Clear them on this private bind.
-        check(
-            d,
-            libc::mount(
-                empty,
-                self.root.as_ptr(),
-                empty,
-                libc::MS_BIND | libc::MS_REMOUNT,
-                std::ptr::null(),
-            ),
-            b"clear nosuid on the image root (is the data folder on a nosuid mount?)",
         )?;
         for op in &self.ops {
             op.run(d)?;
