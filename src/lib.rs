@@ -12,4 +12,5 @@ pub mod domain;
 pub mod host;
 pub mod ports;
 pub mod providers;
+pub mod sim;
 pub mod store;

@@ -166,3 +166,130 @@ impl Clock for ManualClock {
         *self.0.lock().expect("clock mutex")
     }
 }
+
+/// A clock that runs `factor` times faster than the wall clock from
+/// `anchor` (a wall instant) on, reading `start` at the anchor. The Azure
+/// simulator and a `kiln serve` pointed at it share one (`KILN_CLOCK`), so a
+/// 30-minute build passes in 30 s at factor 60 and both sides agree on every
+/// timestamp, scheduled delivery and timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaledClock {
+    pub start: DateTime<Utc>,
+    pub anchor: DateTime<Utc>,
+    pub factor: u32,
+}
+
+impl ScaledClock {
+    /// Sim time at wall time `wall`.
+    pub fn at(&self, wall: DateTime<Utc>) -> DateTime<Utc> {
+        let elapsed = (wall - self.anchor).num_microseconds().unwrap_or(i64::MAX);
+        self.start + chrono::Duration::microseconds(elapsed.saturating_mul(i64::from(self.factor)))
+    }
+
+    /// How long, on the wall, `d` of sim time lasts.
+    pub fn wall(&self, d: std::time::Duration) -> std::time::Duration {
+        d / self.factor.max(1)
+    }
+
+    /// The `KILN_CLOCK` spelling: `scaled start=<rfc3339> anchor=<rfc3339> factor=<n>`.
+    pub fn to_setting(&self) -> String {
+        format!(
+            "scaled start={} anchor={} factor={}",
+            self.start.to_rfc3339(),
+            self.anchor.to_rfc3339(),
+            self.factor
+        )
+    }
+
+    pub fn parse_setting(text: &str) -> Result<Self, String> {
+        let expected = "expected `scaled start=<rfc3339> anchor=<rfc3339> factor=<n>`";
+        let mut words = text.split_whitespace();
+        if words.next() != Some("scaled") {
+            return Err(format!("{expected}, got `{text}`"));
+        }
+        let (mut start, mut anchor, mut factor) = (None, None, None);
+        for word in words {
+            let Some((key, value)) = word.split_once('=') else {
+                return Err(format!("{expected}; `{word}` is not key=value"));
+            };
+            let time = |v: &str| {
+                DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| format!("{key}: `{v}` is not an RFC 3339 time: {e}"))
+            };
+            match key {
+                "start" => start = Some(time(value)?),
+                "anchor" => anchor = Some(time(value)?),
+                "factor" => {
+                    factor = Some(value.parse::<u32>().ok().filter(|f| *f >= 1).ok_or_else(
+                        || format!("factor: expected a whole number of at least 1, got `{value}`"),
+                    )?)
+                }
+                other => return Err(format!("{expected}; unknown key `{other}`")),
+            }
+        }
+        match (start, anchor, factor) {
+            (Some(start), Some(anchor), Some(factor)) => Ok(Self {
+                start,
+                anchor,
+                factor,
+            }),
+            _ => Err(format!("{expected}, got `{text}`")),
+        }
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.at(Utc::now())
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_scaled_clock_runs_factor_times_faster_from_its_anchor() {
+        let anchor = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let start = Utc.with_ymd_and_hms(2026, 12, 8, 17, 0, 0).unwrap();
+        let c = ScaledClock {
+            start,
+            anchor,
+            factor: 60,
+        };
+        assert_eq!(c.at(anchor), start);
+        assert_eq!(
+            c.at(anchor + chrono::Duration::seconds(30)),
+            start + chrono::Duration::minutes(30)
+        );
+        assert_eq!(
+            c.wall(std::time::Duration::from_secs(1800)),
+            std::time::Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn the_setting_round_trips_and_bad_ones_say_what_was_expected() {
+        let anchor = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let c = ScaledClock {
+            start: anchor,
+            anchor,
+            factor: 600,
+        };
+        assert_eq!(ScaledClock::parse_setting(&c.to_setting()).unwrap(), c);
+        for bad in [
+            "fast",
+            "scaled start=now anchor=now factor=2",
+            "scaled factor=0",
+            "scaled start=2026-12-01T00:00:00Z anchor=2026-12-01T00:00:00Z",
+        ] {
+            let e = ScaledClock::parse_setting(bad).unwrap_err();
+            assert!(
+                e.contains("expected") || e.contains("RFC 3339"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
