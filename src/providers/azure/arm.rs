@@ -188,6 +188,27 @@ impl ArmClient {
         &self.inner.opts
     }
 
+    /// The same client (HTTP pool, credential, pauses, retry settings) for
+    /// another service: `base_url` and token `scope` replaced. Used for the
+    /// staging storage account's blob endpoint.
+    pub fn rebased(&self, base_url: &str, scope: &str, service: &'static str) -> ArmClient {
+        let opts = ArmOptions {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            scope: scope.to_string(),
+            service,
+            send_client_request_id: true,
+            ..self.inner.opts.clone()
+        };
+        ArmClient {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                opts,
+                tokens: self.inner.tokens.clone(),
+                pause: self.inner.pause.clone(),
+            }),
+        }
+    }
+
     /// `target` is a path with query (`/subscriptions/…?api-version=…`) or a
     /// link the service returned; either way it lands on the configured base.
     fn url(&self, target: &str) -> Result<Url, ArmError> {

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::arm::{ArmClient, ArmResponse, RetryPolicy};
 use super::error::ArmError;
+use super::staging_log::StagingLogs;
 use crate::domain::failure::FailureCategory;
 use crate::domain::pipeline::FieldError;
 use crate::domain::run::provisioning_failure;
@@ -38,6 +39,7 @@ pub const BODY_HASH_TAG: &str = "kiln.bodyHash";
 
 pub struct AzureImageBuilder {
     arm: ArmClient,
+    logs: StagingLogs,
     /// `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates`
     collection: String,
 }
@@ -45,6 +47,7 @@ pub struct AzureImageBuilder {
 impl AzureImageBuilder {
     pub fn new(arm: ArmClient, subscription_id: &str, resource_group: &str) -> Self {
         Self {
+            logs: StagingLogs::new(arm.clone()),
             arm,
             collection: format!(
                 "/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/Microsoft.VirtualMachineImages/imageTemplates"
@@ -258,6 +261,19 @@ impl ImageBuilder for AzureImageBuilder {
             200 | 204 | 404 => Ok(Deletion::Gone),
             202 => Ok(Deletion::InProgress),
             _ => Err(r.error().into()),
+        }
+    }
+
+    /// The run's `customization.log` from the staging resource group, while
+    /// the template exists (kiln keeps a copy when it retires the template).
+    async fn customization_log(
+        &self,
+        name: &str,
+        offset: u64,
+    ) -> Result<Option<Vec<u8>>, ProviderError> {
+        match self.arm.get_json(&self.path(name, "")).await? {
+            None => Ok(None),
+            Some(doc) => self.logs.read(name, &doc, offset).await,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod image_builder;
 pub mod marketplace;
 pub mod resource_graph;
 pub mod service_bus;
+pub mod staging_log;
 
 use std::sync::Arc;
 
