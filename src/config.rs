@@ -90,6 +90,19 @@ fn get<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
         .filter(|s| !s.trim().is_empty())
 }
 
+/// The function folders when neither `KILN_HANDLERS_DIR` nor the Functions
+/// host's `FUNCTIONS_APP_ROOT_PATH` is set: `handlers/` in the repository
+/// (`kiln local`), else the working directory itself, which is the app root
+/// of a deployed package where the Functions host wants them (`kiln
+/// package` puts them there).
+fn default_handlers_dir(cwd: &Path) -> PathBuf {
+    if cwd.join("handlers").is_dir() {
+        PathBuf::from("handlers")
+    } else {
+        PathBuf::from(".")
+    }
+}
+
 impl Settings {
     pub fn from_env(env: &Env) -> anyhow::Result<Settings> {
         let provider = match get(env, "KILN_PROVIDER").unwrap_or("local") {
@@ -151,7 +164,10 @@ impl Settings {
             ),
             data_dir,
             pipelines_dir: PathBuf::from(get(env, "KILN_PIPELINES_DIR").unwrap_or("pipelines")),
-            handlers_dir: PathBuf::from(get(env, "KILN_HANDLERS_DIR").unwrap_or("handlers")),
+            handlers_dir: get(env, "KILN_HANDLERS_DIR")
+                .or(get(env, "FUNCTIONS_APP_ROOT_PATH"))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| default_handlers_dir(Path::new("."))),
             max_active_builds: number("KILN_MAX_ACTIVE_BUILDS", 4, 1)?,
             events_key,
             webhook,
@@ -179,6 +195,25 @@ mod tests {
         assert_eq!(s.max_active_builds, 4);
         assert_eq!(s.http_port, 7071);
         assert!(s.webhook.is_none());
+    }
+
+    #[test]
+    fn function_folders_default_to_handlers_in_the_repository_and_the_app_root_in_a_package() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(default_handlers_dir(repo), PathBuf::from("handlers"));
+        let package = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(package.path().join("build_polls")).unwrap();
+        assert_eq!(default_handlers_dir(package.path()), PathBuf::from("."));
+        // The Functions host names the app root to its custom handler.
+        let s =
+            Settings::from_env(&env(&[("FUNCTIONS_APP_ROOT_PATH", "/home/site/wwwroot")])).unwrap();
+        assert_eq!(s.handlers_dir, PathBuf::from("/home/site/wwwroot"));
+        let s = Settings::from_env(&env(&[
+            ("FUNCTIONS_APP_ROOT_PATH", "/home/site/wwwroot"),
+            ("KILN_HANDLERS_DIR", "/srv/fn"),
+        ]))
+        .unwrap();
+        assert_eq!(s.handlers_dir, PathBuf::from("/srv/fn"));
     }
 
     #[test]
