@@ -1,0 +1,562 @@
+//! What kiln and the Image Builder identity must be allowed to do in Azure,
+//! and whether a set of Azure RBAC permissions allows it (`kiln preflight`).
+//!
+//! The requirements follow what the Azure adapters call
+//! (`src/providers/azure/*.rs`): image templates in kiln's resource group,
+//! gallery versions of each pipeline's image definitions, the marketplace
+//! version lists (a subscription-scope read), Resource Graph over the
+//! inventory subscriptions (it returns only what the caller can read),
+//! Service Bus send and receive (data actions), and naming each pipeline's
+//! user-assigned identity in a template (an `assign` action on it). The
+//! Image Builder identity must write versions to each target and read a
+//! gallery source.
+//!
+//! Matching is ARM's: an action is allowed when some permission block lists
+//! a pattern that matches it (`*` matches any run of characters, `/`
+//! included, without regard to case) and the same block's `notActions` do
+//! not; `notActions` subtract within their block, they are no deny.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use super::pipeline::Pipeline;
+use super::template::{GalleryImageRef, Source};
+
+/// One permission block, as ARM's permissions and role definition APIs
+/// return it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permission {
+    #[serde(default)]
+    pub actions: Vec<String>,
+    #[serde(default)]
+    pub not_actions: Vec<String>,
+    #[serde(default)]
+    pub data_actions: Vec<String>,
+    #[serde(default)]
+    pub not_data_actions: Vec<String>,
+}
+
+/// Control-plane actions (ARM) and data actions (Service Bus messages) are
+/// granted in separate lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Plane {
+    Control,
+    Data,
+}
+
+/// Whose permission it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Principal {
+    /// The identity `kiln preflight` runs as (in Azure, the app's).
+    Kiln,
+    /// A pipeline's `identity.userAssignedIdentities` entry, by resource id.
+    Aib { identity_id: String },
+}
+
+/// One action that must be allowed at one scope.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Requirement {
+    pub who: Principal,
+    pub scope: String,
+    pub plane: Plane,
+    pub action: String,
+    /// A built-in role that grants it, for the fix command.
+    pub role: &'static str,
+    /// What fails without it.
+    pub why: String,
+}
+
+/// What `kiln preflight` checks against: the Azure provider's settings.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub subscription_id: String,
+    /// Where kiln's image templates live.
+    pub resource_group: String,
+    /// Resource id of the Service Bus namespace.
+    pub service_bus_id: String,
+    /// Where retention looks for consumers; empty means kiln's subscription
+    /// (all the identity can read, of which preflight sees only that one).
+    pub inventory_subscriptions: Vec<String>,
+}
+
+const READER: &str = "Reader";
+const CONTRIBUTOR: &str = "Contributor";
+
+/// Whether `pattern` (with `*` wildcards) matches `action`, without regard to case.
+pub fn pattern_matches(pattern: &str, action: &str) -> bool {
+    let p: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
+    let a: Vec<char> = action.to_ascii_lowercase().chars().collect();
+    // Greedy glob with one backtrack point: linear enough for action names.
+    let (mut pi, mut ai) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ai < a.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ai));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == a[ai] {
+            pi += 1;
+            ai += 1;
+        } else if let Some((sp, sa)) = star {
+            pi = sp + 1;
+            ai = sa + 1;
+            star = Some((sp, sa + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Whether `permissions` allow `action` on `plane`.
+pub fn allows(permissions: &[Permission], plane: Plane, action: &str) -> bool {
+    permissions.iter().any(|p| {
+        let (granted, denied) = match plane {
+            Plane::Control => (&p.actions, &p.not_actions),
+            Plane::Data => (&p.data_actions, &p.not_data_actions),
+        };
+        granted.iter().any(|g| pattern_matches(g, action))
+            && !denied.iter().any(|d| pattern_matches(d, action))
+    })
+}
+
+/// Everything kiln and the pipelines' Image Builder identities need, sorted
+/// and without repeats.
+pub fn requirements<'a>(
+    d: &Deployment,
+    pipelines: impl IntoIterator<Item = &'a Pipeline>,
+) -> Vec<Requirement> {
+    let mut out = BTreeSet::new();
+    let kiln = |scope: &str, plane, action: &str, role, why: &str| Requirement {
+        who: Principal::Kiln,
+        scope: scope.to_string(),
+        plane,
+        action: action.to_string(),
+        role,
+        why: why.to_string(),
+    };
+    let templates = format!(
+        "/subscriptions/{}/resourceGroups/{}",
+        d.subscription_id, d.resource_group
+    );
+    for (action, why) in [
+        ("read", "read a build's template status"),
+        ("write", "create a build's image template"),
+        ("delete", "delete a finished attempt's template"),
+        ("run/action", "start a build"),
+        ("cancel/action", "cancel a build"),
+        ("runOutputs/read", "read a build's run outputs"),
+    ] {
+        out.insert(kiln(
+            &templates,
+            Plane::Control,
+            &format!("Microsoft.VirtualMachineImages/imageTemplates/{action}"),
+            CONTRIBUTOR,
+            why,
+        ));
+    }
+    for (action, role, why) in [
+        (
+            "send/action",
+            "Azure Service Bus Data Sender",
+            "send build requests and follow-up polls",
+        ),
+        (
+            "receive/action",
+            "Azure Service Bus Data Receiver",
+            "receive messages (the Functions host's triggers, as the app)",
+        ),
+    ] {
+        out.insert(kiln(
+            &d.service_bus_id,
+            Plane::Data,
+            &format!("Microsoft.ServiceBus/namespaces/messages/{action}"),
+            role,
+            why,
+        ));
+    }
+    let inventory: Vec<String> = if d.inventory_subscriptions.is_empty() {
+        vec![d.subscription_id.clone()]
+    } else {
+        d.inventory_subscriptions.clone()
+    };
+    for sub in &inventory {
+        for kind in [
+            "virtualMachines",
+            "virtualMachineScaleSets",
+            "virtualMachineScaleSets/virtualMachines",
+        ] {
+            out.insert(kiln(
+                &format!("/subscriptions/{sub}"),
+                Plane::Control,
+                &format!("Microsoft.Compute/{kind}/read"),
+                READER,
+                "Resource Graph shows retention only the consumers it can read",
+            ));
+        }
+    }
+    for p in pipelines {
+        for target in p.gallery_targets() {
+            let def = target.definition_id();
+            for (action, why) in [
+                ("read", "list the versions retention plans over"),
+                ("write", "deprecate and exclude versions from latest"),
+                ("delete", "delete versions retention retires"),
+            ] {
+                out.insert(kiln(
+                    &def,
+                    Plane::Control,
+                    &format!("Microsoft.Compute/galleries/images/versions/{action}"),
+                    CONTRIBUTOR,
+                    why,
+                ));
+            }
+        }
+        match &p.template.properties.source {
+            Source::PlatformImage { .. } => {
+                out.insert(kiln(
+                    &format!("/subscriptions/{}", d.subscription_id),
+                    Plane::Control,
+                    "Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions/read",
+                    READER,
+                    "list marketplace versions (a floating `latest` source fails 403 without it)",
+                ));
+            }
+            Source::SharedImageVersion {
+                image_version_id, ..
+            } => {
+                if let Some(src) = GalleryImageRef::parse(image_version_id) {
+                    out.insert(kiln(
+                        &src.definition_id(),
+                        Plane::Control,
+                        "Microsoft.Compute/galleries/images/versions/read",
+                        READER,
+                        "list the source gallery's versions",
+                    ));
+                }
+            }
+            Source::ManagedImage { .. } => {}
+        }
+        for identity in p.template.identity.user_assigned_identities.keys() {
+            out.insert(kiln(
+                identity,
+                Plane::Control,
+                "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+                "Managed Identity Operator",
+                "read the Image Builder identity the pipeline names",
+            ));
+            out.insert(kiln(
+                identity,
+                Plane::Control,
+                "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
+                "Managed Identity Operator",
+                "name the identity in an image template",
+            ));
+            let aib = |scope: String, action: &str, role, why: &str| Requirement {
+                who: Principal::Aib {
+                    identity_id: identity.clone(),
+                },
+                scope,
+                plane: Plane::Control,
+                action: action.to_string(),
+                role,
+                why: why.to_string(),
+            };
+            for target in p.gallery_targets() {
+                out.insert(aib(
+                    target.definition_id(),
+                    "Microsoft.Compute/galleries/images/versions/write",
+                    CONTRIBUTOR,
+                    "Image Builder publishes the build's version",
+                ));
+            }
+            if let Source::SharedImageVersion {
+                image_version_id, ..
+            } = &p.template.properties.source
+            {
+                if let Some(src) = GalleryImageRef::parse(image_version_id) {
+                    out.insert(aib(
+                        src.definition_id(),
+                        "Microsoft.Compute/galleries/images/versions/read",
+                        READER,
+                        "Image Builder reads the source version",
+                    ));
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Granted,
+    Missing,
+    /// The check itself could not be made (and why).
+    Unknown(String),
+}
+
+/// The `az` command that grants `r`: `kiln` names kiln's own principal (the
+/// app identity's object id, or a placeholder saying where to find it); an
+/// Image Builder identity is looked up by its resource id.
+pub fn fix_command(r: &Requirement, kiln: &str) -> String {
+    let assignee = match &r.who {
+        Principal::Kiln => kiln.to_string(),
+        Principal::Aib { identity_id } => {
+            format!("\"$(az identity show --ids {identity_id} --query principalId -o tsv)\"")
+        }
+    };
+    format!(
+        "az role assignment create --assignee {assignee} --role \"{}\" --scope {}",
+        r.role, r.scope
+    )
+}
+
+/// Whether preflight passes: every requirement granted.
+pub fn passes(verdicts: &[(Requirement, Verdict)]) -> bool {
+    verdicts.iter().all(|(_, v)| match v {
+        Verdict::Granted => true,
+        Verdict::Missing | Verdict::Unknown(_) => false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn perm(actions: &[&str], not_actions: &[&str]) -> Permission {
+        Permission {
+            actions: actions.iter().map(|s| s.to_string()).collect(),
+            not_actions: not_actions.iter().map(|s| s.to_string()).collect(),
+            ..Permission::default()
+        }
+    }
+
+    const MARKET: &str =
+        "Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions/read";
+
+    #[test]
+    fn wildcards_match_any_run_of_characters_without_regard_to_case() {
+        assert!(pattern_matches("*", MARKET));
+        assert!(pattern_matches("*/read", MARKET));
+        assert!(pattern_matches("Microsoft.Compute/*/read", MARKET));
+        assert!(pattern_matches("microsoft.compute/*", MARKET));
+        assert!(pattern_matches(
+            "Microsoft.VirtualMachineImages/imageTemplates/*",
+            "Microsoft.VirtualMachineImages/imageTemplates/run/action"
+        ));
+        assert!(!pattern_matches("Microsoft.Compute/*/write", MARKET));
+        assert!(!pattern_matches("Microsoft.Compute/galleries/*", MARKET));
+        assert!(!pattern_matches(
+            "Microsoft.Compute/galleries/images/versions/read",
+            "Microsoft.Compute/galleries/images/versions/readx"
+        ));
+        assert!(pattern_matches("a*b*c", "a/x/b/y/c"));
+        assert!(!pattern_matches("a*b*c", "a/x/c/y/b"));
+    }
+
+    #[test]
+    fn not_actions_subtract_within_their_block_only() {
+        let contributor = perm(&["*"], &["Microsoft.Authorization/*/Write"]);
+        assert!(allows(
+            std::slice::from_ref(&contributor),
+            Plane::Control,
+            MARKET
+        ));
+        assert!(!allows(
+            std::slice::from_ref(&contributor),
+            Plane::Control,
+            "Microsoft.Authorization/roleAssignments/write"
+        ));
+        // Another role's block grants what this one's notActions left out.
+        let owner = perm(&["*"], &[]);
+        assert!(allows(
+            &[contributor, owner],
+            Plane::Control,
+            "Microsoft.Authorization/roleAssignments/write"
+        ));
+    }
+
+    #[test]
+    fn data_actions_are_granted_only_by_data_action_lists() {
+        let send = "Microsoft.ServiceBus/namespaces/messages/send/action";
+        let owner = perm(&["*"], &[]);
+        assert!(!allows(&[owner], Plane::Data, send));
+        let sender = Permission {
+            data_actions: vec!["Microsoft.ServiceBus/*".into()],
+            not_data_actions: vec!["Microsoft.ServiceBus/namespaces/messages/receive/action".into()],
+            ..Permission::default()
+        };
+        assert!(allows(std::slice::from_ref(&sender), Plane::Data, send));
+        assert!(!allows(
+            std::slice::from_ref(&sender),
+            Plane::Data,
+            "Microsoft.ServiceBus/namespaces/messages/receive/action"
+        ));
+        assert!(!allows(&[sender], Plane::Control, send));
+    }
+
+    #[test]
+    fn the_permissions_api_reply_reads_as_permission_blocks() {
+        let reply = r#"{"value":[{"actions":["*"],"notActions":["Microsoft.Authorization/*/Write"],"dataActions":[],"notDataActions":[]},{"actions":["*/read"]}]}"#;
+        #[derive(Deserialize)]
+        struct Reply {
+            value: Vec<Permission>,
+        }
+        let r: Reply = serde_json::from_str(reply).unwrap();
+        assert_eq!(r.value.len(), 2);
+        assert_eq!(r.value[1], perm(&["*/read"], &[]));
+    }
+
+    fn pipeline(file: &str) -> Pipeline {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("pipelines")
+            .join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        Pipeline::parse("p", &text).unwrap()
+    }
+
+    fn deployment() -> Deployment {
+        Deployment {
+            subscription_id: "s1".into(),
+            resource_group: "rg-kiln".into(),
+            service_bus_id:
+                "/subscriptions/s1/resourceGroups/rg-kiln/providers/Microsoft.ServiceBus/namespaces/sb"
+                    .into(),
+            inventory_subscriptions: vec![],
+        }
+    }
+
+    #[test]
+    fn a_marketplace_pipeline_needs_the_subscription_scope_marketplace_read() {
+        let p = pipeline("ubuntu-2204-baseline.json");
+        let reqs = requirements(&deployment(), [&p]);
+        let market: Vec<&Requirement> = reqs.iter().filter(|r| r.action == MARKET).collect();
+        assert_eq!(market.len(), 1);
+        assert_eq!(market[0].scope, "/subscriptions/s1");
+        assert_eq!(market[0].who, Principal::Kiln);
+    }
+
+    #[test]
+    fn every_adapter_call_has_its_requirement() {
+        let p = pipeline("ubuntu-2204-baseline.json");
+        let reqs = requirements(&deployment(), [&p]);
+        let has = |who: &Principal, scope: &str, action: &str| {
+            reqs.iter()
+                .any(|r| &r.who == who && r.scope == scope && r.action == action)
+        };
+        let rg = "/subscriptions/s1/resourceGroups/rg-kiln";
+        for a in ["read", "write", "delete", "run/action", "cancel/action"] {
+            assert!(has(
+                &Principal::Kiln,
+                rg,
+                &format!("Microsoft.VirtualMachineImages/imageTemplates/{a}")
+            ));
+        }
+        let def = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-aib-lab/providers/Microsoft.Compute/galleries/gal_lab/images/ubuntu-2204-baseline";
+        for a in ["read", "write", "delete"] {
+            assert!(has(
+                &Principal::Kiln,
+                def,
+                &format!("Microsoft.Compute/galleries/images/versions/{a}")
+            ));
+        }
+        let identity = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-aib-lab/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-aib-lab";
+        assert!(has(
+            &Principal::Kiln,
+            identity,
+            "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"
+        ));
+        assert!(has(
+            &Principal::Aib {
+                identity_id: identity.into()
+            },
+            def,
+            "Microsoft.Compute/galleries/images/versions/write"
+        ));
+        let data: Vec<&Requirement> = reqs.iter().filter(|r| r.plane == Plane::Data).collect();
+        assert_eq!(data.len(), 2);
+        assert!(data.iter().all(|r| r.scope == deployment().service_bus_id));
+        assert!(has(
+            &Principal::Kiln,
+            "/subscriptions/s1",
+            "Microsoft.Compute/virtualMachines/read"
+        ));
+    }
+
+    #[test]
+    fn inventory_subscriptions_each_need_read_and_repeats_collapse() {
+        let p = pipeline("tiny.json");
+        let mut d = deployment();
+        d.inventory_subscriptions = vec!["s2".into(), "s3".into()];
+        let reqs = requirements(&d, [&p, &p]);
+        for sub in ["/subscriptions/s2", "/subscriptions/s3"] {
+            assert!(reqs
+                .iter()
+                .any(|r| r.scope == sub && r.action == "Microsoft.Compute/virtualMachines/read"));
+        }
+        assert!(!reqs
+            .iter()
+            .any(|r| r.scope == "/subscriptions/s1" && r.action.contains("virtualMachines")));
+        let unique: BTreeSet<&Requirement> = reqs.iter().collect();
+        assert_eq!(unique.len(), reqs.len());
+    }
+
+    #[test]
+    fn a_gallery_source_needs_read_on_the_source_for_kiln_and_image_builder() {
+        let mut p = pipeline("tiny.json");
+        let src = "/subscriptions/s9/resourceGroups/rg-base/providers/Microsoft.Compute/galleries/corpBase/images/ubuntu/versions/latest";
+        p.template.properties.source = Source::SharedImageVersion {
+            image_version_id: src.into(),
+            exact_version: None,
+        };
+        let reqs = requirements(&deployment(), [&p]);
+        let def = "/subscriptions/s9/resourceGroups/rg-base/providers/Microsoft.Compute/galleries/corpBase/images/ubuntu";
+        let readers: Vec<&Principal> = reqs
+            .iter()
+            .filter(|r| r.scope == def && r.action.ends_with("versions/read"))
+            .map(|r| &r.who)
+            .collect();
+        assert_eq!(readers.len(), 2, "{readers:?}");
+        assert!(!reqs.iter().any(|r| r.action == MARKET));
+    }
+
+    #[test]
+    fn fix_commands_name_the_assignee_role_and_scope() {
+        let p = pipeline("tiny.json");
+        let reqs = requirements(&deployment(), [&p]);
+        let market = reqs.iter().find(|r| r.action == MARKET).unwrap();
+        assert_eq!(
+            fix_command(market, "1111-app"),
+            "az role assignment create --assignee 1111-app --role \"Reader\" --scope /subscriptions/s1"
+        );
+        let aib = reqs
+            .iter()
+            .find(|r| matches!(r.who, Principal::Aib { .. }))
+            .unwrap();
+        let cmd = fix_command(aib, "1111-app");
+        assert!(
+            cmd.contains("--assignee \"$(az identity show --ids /subscriptions/")
+                && cmd.contains("--scope /subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/gal_lab/images/tiny"),
+            "{cmd}"
+        );
+    }
+
+    #[test]
+    fn preflight_passes_only_when_everything_is_granted() {
+        let p = pipeline("tiny.json");
+        let reqs = requirements(&deployment(), [&p]);
+        let all = |v: Verdict| -> Vec<(Requirement, Verdict)> {
+            reqs.iter().map(|r| (r.clone(), v.clone())).collect()
+        };
+        assert!(passes(&all(Verdict::Granted)));
+        let mut one_missing = all(Verdict::Granted);
+        one_missing[0].1 = Verdict::Missing;
+        assert!(!passes(&one_missing));
+        let mut one_unknown = all(Verdict::Granted);
+        one_unknown[0].1 = Verdict::Unknown("403".into());
+        assert!(!passes(&one_unknown));
+    }
+}
