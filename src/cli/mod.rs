@@ -3,6 +3,7 @@
 mod client;
 mod local_cmds;
 mod package;
+mod preflight;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,6 +180,19 @@ enum Command {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+    /// Check every Azure permission kiln and the pipelines' Image Builder
+    /// identities need (the Azure provider's settings); prints the `az`
+    /// command for each one missing and exits 1 unless all are granted.
+    Preflight {
+        /// Who the fix commands grant kiln's roles to (default:
+        /// AZURE_CLIENT_ID, else the Function App's identity).
+        #[arg(long)]
+        assignee: Option<String>,
+        /// Resource id of the Service Bus namespace (default: the one named
+        /// by ServiceBusConnection__fullyQualifiedNamespace, in KILN_AZURE_RESOURCE_GROUP).
+        #[arg(long)]
+        service_bus_id: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -303,6 +317,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 entries.len()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Preflight {
+            assignee,
+            service_bus_id,
+        } => {
+            preflight::run(preflight::Options {
+                assignee,
+                service_bus_id,
+            })
+            .await
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod gallery;
 pub mod identity;
 pub mod image_builder;
 pub mod marketplace;
+pub mod preflight;
 pub mod resource_graph;
 pub mod service_bus;
 pub mod staging_log;
