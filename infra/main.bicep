@@ -9,7 +9,7 @@
 //     -p parentGalleryResourceGroup=rg-base-images parentGalleryName=corpBase eventsKey=<random>
 // The deployer needs Owner (or User Access Administrator plus Contributor) on
 // the subscription: the marketplace read kiln needs is granted at subscription
-// scope (modules/marketplace-reader.bicep).
+// scope (modules/subscription-roles.bicep).
 // Not deployed from this repository's CI; see infra/README.md for what to check.
 
 targetScope = 'resourceGroup'
@@ -51,6 +51,9 @@ param webhookSecret string = ''
 
 @description('Subscriptions searched for VMs using gallery images (comma-separated). Empty: all the app identity can read.')
 param inventorySubscriptions string = ''
+
+@description('Grant the app Storage Blob Data Reader on the subscription, so `kiln logs` reads build logs from the staging groups Image Builder creates. Off: that reads every blob in the subscription; prefer a stagingResourceGroup per pipeline.')
+param grantStagingLogRead bool = false
 
 @description('Builds active at once across all pipelines (KILN_MAX_ACTIVE_BUILDS).')
 @minValue(1)
@@ -446,13 +449,15 @@ resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 
 // Marketplace version lists (a floating `latest` PlatformImage source) are
 // a subscription-scope read: without it every watch and build of such a
-// pipeline fails 403.
-module marketplace 'modules/marketplace-reader.bicep' = {
-  name: 'kiln-marketplace-reader-${suffix}'
+// pipeline fails 403. Build logs in Image Builder's staging groups are
+// another, optional (grantStagingLogRead).
+module subscriptionRoles 'modules/subscription-roles.bicep' = {
+  name: 'kiln-subscription-roles-${suffix}'
   scope: subscription()
   params: {
     principalId: appPrincipalId
     deploymentSuffix: suffix
+    grantStagingLogRead: grantStagingLogRead
   }
 }
 

@@ -93,7 +93,7 @@ fn every_service_bus_trigger_names_a_queue_of_queues_json_and_sets_no_delivery_c
 
 #[test]
 fn custom_roles_have_guid_names_and_role_names_unique_per_deployment() {
-    for f in ["infra/main.bicep", "infra/modules/marketplace-reader.bicep"] {
+    for f in ["infra/main.bicep", "infra/modules/subscription-roles.bicep"] {
         let text = read(f);
         let mut found = 0;
         for (at, _) in text.match_indices("'Microsoft.Authorization/roleDefinitions@") {
@@ -215,7 +215,7 @@ fn the_marketplace_read_preflight_requires_is_granted_at_subscription_scope() {
             r.who == Principal::Kiln && r.scope == "/subscriptions/s1" && r.action.contains("skus")
         })
         .expect("a marketplace requirement");
-    let module = read("infra/modules/marketplace-reader.bicep");
+    let module = read("infra/modules/subscription-roles.bicep");
     assert!(module.contains("targetScope = 'subscription'"));
     assert!(
         module.contains(&format!("'{}'", market.action)),
@@ -225,7 +225,7 @@ fn the_marketplace_read_preflight_requires_is_granted_at_subscription_scope() {
     let main = read("infra/main.bicep");
     let call = block(
         &main,
-        "module marketplace 'modules/marketplace-reader.bicep'",
+        "module subscriptionRoles 'modules/subscription-roles.bicep'",
     );
     assert!(call.contains("scope: subscription()"), "{call}");
     assert!(call.contains("principalId: appPrincipalId"), "{call}");

@@ -7,9 +7,10 @@
 //! version lists (a subscription-scope read), Resource Graph over the
 //! inventory subscriptions (it returns only what the caller can read),
 //! Service Bus send and receive (data actions), and naming each pipeline's
-//! user-assigned identity in a template (an `assign` action on it). The
-//! Image Builder identity must write versions to each target and read a
-//! gallery source.
+//! user-assigned identity in a template (an `assign` action on it), and the
+//! build's log in the staging group's storage (a data action). The Image
+//! Builder identity must write versions to each target and read a gallery
+//! source.
 //!
 //! Matching is ARM's: an action is allowed when some permission block lists
 //! a pattern that matches it (`*` matches any run of characters, `/`
@@ -238,6 +239,30 @@ pub fn requirements<'a>(
             }
             Source::ManagedImage { .. } => {}
         }
+        // AIB writes the run's customization.log into a storage account of
+        // the staging group: the template's `stagingResourceGroup`, else a
+        // group it creates per template (anywhere in the subscription).
+        let staging = p
+            .template
+            .properties
+            .staging_resource_group
+            .clone()
+            .filter(|g| !g.trim().is_empty())
+            .unwrap_or_else(|| format!("/subscriptions/{}", d.subscription_id));
+        out.insert(kiln(
+            &staging,
+            Plane::Control,
+            "Microsoft.Storage/storageAccounts/read",
+            READER,
+            "find the staging storage account holding the run's customization.log",
+        ));
+        out.insert(kiln(
+            &staging,
+            Plane::Data,
+            "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read",
+            "Storage Blob Data Reader",
+            "read the run's customization.log (kiln logs, and the copy kept when the template goes)",
+        ));
         for identity in p.template.identity.user_assigned_identities.keys() {
             out.insert(kiln(
                 identity,
@@ -476,14 +501,37 @@ mod tests {
             def,
             "Microsoft.Compute/galleries/images/versions/write"
         ));
-        let data: Vec<&Requirement> = reqs.iter().filter(|r| r.plane == Plane::Data).collect();
-        assert_eq!(data.len(), 2);
-        assert!(data.iter().all(|r| r.scope == deployment().service_bus_id));
+        let bus: Vec<&Requirement> = reqs
+            .iter()
+            .filter(|r| r.plane == Plane::Data && r.action.starts_with("Microsoft.ServiceBus/"))
+            .collect();
+        assert_eq!(bus.len(), 2);
+        assert!(bus.iter().all(|r| r.scope == deployment().service_bus_id));
         assert!(has(
             &Principal::Kiln,
             "/subscriptions/s1",
             "Microsoft.Compute/virtualMachines/read"
         ));
+    }
+
+    #[test]
+    fn the_build_log_is_read_where_image_builder_stages_the_build() {
+        let mut p = pipeline("tiny.json");
+        let blobs = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read";
+        let scope_of = |p: &Pipeline| {
+            requirements(&deployment(), [p])
+                .into_iter()
+                .find(|r| r.action == blobs)
+                .map(|r| (r.scope, r.plane))
+        };
+        // A group per template, anywhere in the subscription.
+        assert_eq!(
+            scope_of(&p),
+            Some(("/subscriptions/s1".to_string(), Plane::Data))
+        );
+        let group = "/subscriptions/s1/resourceGroups/rg-aib-staging";
+        p.template.properties.staging_resource_group = Some(group.into());
+        assert_eq!(scope_of(&p), Some((group.to_string(), Plane::Data)));
     }
 
     #[test]

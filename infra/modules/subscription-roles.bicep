@@ -1,6 +1,8 @@
 // Deployed at subscription scope (main.bicep calls it with
-// `scope: subscription()`): the one read kiln needs there and that no
-// resource-group role gives it. Marketplace image versions are listed under
+// `scope: subscription()`): what kiln needs there and no resource-group role
+// gives it.
+//
+// Marketplace image versions are listed under
 //   /subscriptions/{s}/providers/Microsoft.Compute/locations/{region}/publishers/…/versions
 // which is a subscription-level path: an assignment on a resource group does
 // not cover it, and a pipeline with a floating `latest` PlatformImage source
@@ -11,8 +13,13 @@ targetScope = 'subscription'
 @description('The kiln app identity (principal id).')
 param principalId string
 
-@description('main.bicep\'s uniqueString of its resource group: keeps the role name unique in the tenant.')
+@description('main.bicep\'s uniqueString of its resource group: keeps the role assignment apart from another kiln\'s.')
 param deploymentSuffix string
+
+@description('Also grant Storage Blob Data Reader on the subscription (build logs from the staging groups Image Builder creates per template).')
+param grantStagingLogRead bool = false
+
+var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 
 // One definition per subscription (the GUID is derived from it); a second
 // kiln in the same subscription deploys the same definition, unchanged.
@@ -37,6 +44,21 @@ resource appReadsMarketplace 'Microsoft.Authorization/roleAssignments@2022-04-01
   name: guid(subscription().id, principalId, marketplaceReader.id, deploymentSuffix)
   properties: {
     roleDefinitionId: marketplaceReader.id
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Image Builder writes each run's customization.log to a storage account in
+// a staging group it creates per template, named at run time, anywhere in
+// the subscription: only a subscription-scope grant reaches it. That is a
+// read of every blob in the subscription, so it is off unless asked for;
+// the narrower way is a `stagingResourceGroup` in each pipeline's template
+// with the role granted on that group (`kiln preflight` prints the command).
+resource appReadsStagingLogs 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantStagingLogRead) {
+  name: guid(subscription().id, principalId, storageBlobDataReader, deploymentSuffix)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }
