@@ -311,7 +311,12 @@ pub fn requirements<'a>(
             }
         }
     }
-    out.into_iter().collect()
+    // One line per action and scope, whatever the number of reasons.
+    let mut reqs: Vec<Requirement> = out.into_iter().collect();
+    reqs.dedup_by(|b, a| {
+        a.who == b.who && a.scope == b.scope && a.plane == b.plane && a.action == b.action
+    });
+    reqs
 }
 
 /// What a check found.
@@ -548,7 +553,10 @@ mod tests {
         assert!(!reqs
             .iter()
             .any(|r| r.scope == "/subscriptions/s1" && r.action.contains("virtualMachines")));
-        let unique: BTreeSet<&Requirement> = reqs.iter().collect();
+        let unique: BTreeSet<(&Principal, &str, &str)> = reqs
+            .iter()
+            .map(|r| (&r.who, r.scope.as_str(), r.action.as_str()))
+            .collect();
         assert_eq!(unique.len(), reqs.len());
     }
 
@@ -569,6 +577,27 @@ mod tests {
             .collect();
         assert_eq!(readers.len(), 2, "{readers:?}");
         assert!(!reqs.iter().any(|r| r.action == MARKET));
+    }
+
+    #[test]
+    fn an_action_needed_for_two_reasons_is_listed_once() {
+        let mut p = pipeline("tiny.json");
+        // Built from the definition it publishes to: read is needed both to
+        // list the source and to plan retention.
+        let def = p.gallery_targets()[0].definition_id();
+        p.template.properties.source = Source::SharedImageVersion {
+            image_version_id: format!("{def}/versions/latest"),
+            exact_version: None,
+        };
+        let reads = requirements(&deployment(), [&p])
+            .into_iter()
+            .filter(|r| {
+                r.who == Principal::Kiln
+                    && r.scope == def
+                    && r.action == "Microsoft.Compute/galleries/images/versions/read"
+            })
+            .count();
+        assert_eq!(reads, 1);
     }
 
     #[test]
