@@ -224,6 +224,9 @@ fn every_rendered_pipeline_is_a_valid_image_template_put_body() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// What a deliberately wrong body does to a good one.
+type Breakage = fn(&mut Value);
+
 /// A known-good body to break on purpose.
 fn good_body() -> Value {
     let path = repo().join("pipelines/ubuntu-2204-baseline.json");
@@ -236,7 +239,7 @@ fn the_schema_check_refuses_bodies_that_break_the_spec() {
     let v = validator();
     assert_eq!(violations(&v, &good_body()), Vec::<String>::new());
 
-    let broken: [(&str, fn(&mut Value)); 7] = [
+    let broken: [(&str, Breakage); 7] = [
         ("no identity", |b| {
             b.as_object_mut().unwrap().remove("identity");
         }),
