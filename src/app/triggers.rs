@@ -16,7 +16,7 @@ use crate::domain::request::BuildRequest;
 use crate::domain::schedule::Schedule;
 use crate::domain::source_watch::{self, Hint, Listed, Sighting, WatchMemory};
 use crate::domain::template::Source;
-use crate::domain::version_order;
+use crate::ports::BaseVersion;
 use crate::store::builds::PipelineMemory;
 
 fn request(pipeline: &str, trigger: Trigger, reason: String, by: &str) -> BuildRequest {
@@ -100,10 +100,9 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
                 continue;
             }
         };
-        let Some(newest) = versions
-            .iter()
-            .max_by(|a, b| version_order::compare(&a.version, &b.version))
-        else {
+        let listed: Vec<Listed<'_>> = versions.iter().map(listed).collect();
+        let gallery_source = matches!(source, Source::SharedImageVersion { .. });
+        let Some(newest) = source_watch::newest(&listed, gallery_source) else {
             continue;
         };
         let warning = newest.deprecated.then(|| {
@@ -113,33 +112,37 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
                 newest.version
             )
         });
+        let version = newest.version.to_string();
         let sighting = app.store.update_memory(&p.name, |m| {
             m.warnings.retain(|w| !w.starts_with("source "));
             m.warnings.extend(warning.clone());
-            with_watch(m, |w| {
-                source_watch::sight(w, &newest.version, now, debounce(p))
-            })
+            with_watch(m, |w| source_watch::sight(w, &version, now, debounce(p)))
         })?;
         match sighting {
             Sighting::Baseline => out.log(format!(
-                "base_image_watch: {} baseline {} at {}",
+                "base_image_watch: {} baseline {} at {version}",
                 p.name,
                 source.line(),
-                newest.version
             )),
             Sighting::UpToDate { .. } | Sighting::Debouncing { .. } => {}
             Sighting::Build => {
-                let reason = format!("base image {} updated to {}", source.line(), newest.version);
-                request_base_build(app, p, &newest.version, reason, "kiln/base_image_watch")
-                    .await?;
+                let reason = format!("base image {} updated to {version}", source.line());
+                request_base_build(app, p, &version, reason, "kiln/base_image_watch").await?;
                 out.log(format!(
-                    "base_image_watch: {} requested for {}",
-                    p.name, newest.version
+                    "base_image_watch: {} requested for {version}",
+                    p.name
                 ));
             }
         }
     }
     Ok(())
+}
+
+fn listed(v: &BaseVersion) -> Listed<'_> {
+    Listed {
+        version: &v.version,
+        deprecated: v.deprecated,
+    }
 }
 
 fn debounce(p: &Pipeline) -> Duration {
@@ -279,13 +282,7 @@ async fn gallery_write(
         // The watcher lists the source again on its next tick.
         Err(e) => return Ok(Err(format!("cannot list versions of {definition_id}: {e}"))),
     };
-    let listed: Vec<Listed<'_>> = versions
-        .iter()
-        .map(|v| Listed {
-            version: &v.version,
-            deprecated: v.deprecated,
-        })
-        .collect();
+    let listed: Vec<Listed<'_>> = versions.iter().map(listed).collect();
     let now = app.clock.now();
     let hint = app.store.update_memory(&p.name, |m| {
         with_watch(m, |w| {

@@ -100,6 +100,17 @@ pub struct Listed<'a> {
     pub deprecated: bool,
 }
 
+/// The version the watcher goes by: the newest listed. For a gallery
+/// source only what `latest` resolves to counts, so a version excluded from
+/// latest (which a catalog may list as deprecated) is passed over; a
+/// deprecated marketplace version still counts (the watcher warns).
+pub fn newest<'a>(listed: &'a [Listed<'a>], gallery_source: bool) -> Option<&'a Listed<'a>> {
+    listed
+        .iter()
+        .filter(|l| !(gallery_source && l.deprecated))
+        .max_by(|a, b| version_order::compare(a.version, b.version))
+}
+
 /// What an event about `version` is worth, once the catalog was read again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
@@ -219,6 +230,20 @@ mod tests {
         let mut m = after("1.0.10");
         record_requested(&mut m, "1.0.9");
         assert_eq!(m.requested.as_deref(), Some("1.0.10"));
+    }
+
+    #[test]
+    fn the_watcher_passes_over_a_gallery_version_excluded_from_latest() {
+        let listed = [
+            usable("1.0.9"),
+            Listed {
+                version: "1.0.10",
+                deprecated: true,
+            },
+        ];
+        assert_eq!(newest(&listed, true).map(|l| l.version), Some("1.0.9"));
+        assert_eq!(newest(&listed, false).map(|l| l.version), Some("1.0.10"));
+        assert_eq!(newest(&[], true), None);
     }
 
     #[test]
