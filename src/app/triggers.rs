@@ -237,8 +237,10 @@ pub async fn base_image_events(
             } => {
                 for p in app.pipelines.iter().filter(|p| follows(p, &definition_id)) {
                     match gallery_write(app, p, &id, &definition_id, &version).await? {
-                        Ok(()) => requested.push(json!({ "pipeline": p.name, "version": version })),
-                        Err(why) => {
+                        WriteOutcome::Requested => {
+                            requested.push(json!({ "pipeline": p.name, "version": version }))
+                        }
+                        WriteOutcome::Held(why) => {
                             out.log(format!(
                                 "base_image_events: event {id}: {} not requested for {version}: {why}",
                                 p.name
@@ -264,23 +266,35 @@ pub async fn base_image_events(
     Ok(Ok(json!({ "requested": requested, "held": held })))
 }
 
+/// What a gallery write did for one pipeline.
+enum WriteOutcome {
+    Requested,
+    /// Nothing requested, and why.
+    Held(String),
+}
+
 /// A write on a parent gallery version, for one pipeline following it. The
 /// event is only a hint: the version is read again through the catalog and
 /// must be provisioned, not excluded from latest, the newest, and newer than
 /// what the pipeline last requested; then it goes through the watcher's own
-/// debounce. `Err` says why nothing was requested.
+/// debounce.
 async fn gallery_write(
     app: &App,
     p: &Pipeline,
     event: &str,
     definition_id: &str,
     version: &str,
-) -> anyhow::Result<Result<(), String>> {
+) -> anyhow::Result<WriteOutcome> {
+    use WriteOutcome::Held;
     let source = &p.template.properties.source;
     let versions = match app.catalog.versions(source).await {
         Ok(v) => v,
         // The watcher lists the source again on its next tick.
-        Err(e) => return Ok(Err(format!("cannot list versions of {definition_id}: {e}"))),
+        Err(e) => {
+            return Ok(Held(format!(
+                "cannot list versions of {definition_id}: {e}"
+            )))
+        }
     };
     let listed: Vec<Listed<'_>> = versions.iter().map(listed).collect();
     let now = app.clock.now();
@@ -291,22 +305,22 @@ async fn gallery_write(
     })?;
     Ok(match hint {
         Hint::NotProvisioned => {
-            Err("not a provisioned version `latest` can resolve to (yet)".into())
+            Held("not a provisioned version `latest` can resolve to (yet)".into())
         }
-        Hint::NotEligible => Err("excluded from latest or past its end of life".into()),
-        Hint::Superseded { newest } => Err(format!("older than {newest}")),
-        Hint::Sighted(Sighting::Baseline) => Err("recorded as the baseline".into()),
+        Hint::NotEligible => Held("excluded from latest or past its end of life".into()),
+        Hint::Superseded { newest } => Held(format!("older than {newest}")),
+        Hint::Sighted(Sighting::Baseline) => Held("recorded as the baseline".into()),
         Hint::Sighted(Sighting::UpToDate { requested }) => {
-            Err(format!("not newer than {requested}, already requested"))
+            Held(format!("not newer than {requested}, already requested"))
         }
-        Hint::Sighted(Sighting::Debouncing { due, .. }) => Err(format!(
+        Hint::Sighted(Sighting::Debouncing { due, .. }) => Held(format!(
             "debouncing until {}",
             due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )),
         Hint::Sighted(Sighting::Build) => {
             let reason = format!("event {event}: {definition_id} has version {version}");
             request_base_build(app, p, version, reason, "kiln/base_image_events").await?;
-            Ok(())
+            WriteOutcome::Requested
         }
     })
 }
