@@ -224,9 +224,11 @@ pub async fn run_serve() -> anyhow::Result<ExitCode> {
         .context("FUNCTIONS_CUSTOMHANDLER_PORT: expected a port number")?;
     let env = gather_env(Some(Path::new("local.settings.json")))?;
     let s = Settings::from_env(&env)?;
+    // KILN_CLOCK (from `kiln sim`) puts kiln on the simulator's time.
+    let clock = s.clock();
     let app = match s.provider {
-        ProviderKind::Azure => azure_app(s, &env, Arc::new(SystemClock))?,
-        ProviderKind::Local => local_runtime(s, Arc::new(SystemClock))?.app,
+        ProviderKind::Azure => azure_app(s, &env, clock)?,
+        ProviderKind::Local => local_runtime(s, clock)?.app,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(port, provider = ?app.settings.provider, "kiln custom handler listening");
