@@ -236,6 +236,40 @@ pub async fn run_serve() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kiln sim`: the simulated Azure in the foreground until Ctrl-C.
+pub async fn run_sim(
+    port: u16,
+    clock_factor: u32,
+    start: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if clock_factor == 0 {
+        bail!("--clock-factor: expected a whole number of at least 1, got 0");
+    }
+    let start = match start {
+        None => None,
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| anyhow::anyhow!("--start: `{t}` is not an RFC 3339 time: {e}"))?,
+        ),
+    };
+    let mut options = crate::sim::server::SimOptions::new(clock_factor);
+    options.port = port;
+    options.start = start;
+    let sim = crate::sim::server::Sim::start(options).await?;
+    println!(
+        "# kiln sim on {} at {clock_factor}x; for `kiln serve` (with your own KILN_EVENTS_KEY):",
+        sim.url()
+    );
+    for (k, v) in sim.kiln_env() {
+        // Single quotes: the clock setting has spaces; nothing here has a quote.
+        println!("export {k}='{v}'");
+    }
+    shutdown_signal().await;
+    sim.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn base(cmd: BaseCmd) -> anyhow::Result<ExitCode> {
     let p = provider()?;
     match cmd {

@@ -237,21 +237,28 @@ impl SimHandle {
         .collect()
     }
 
-    /// Stops serving and waits for the server task.
+    /// Stops serving: open requests get 2 s to finish (a receive may be
+    /// waiting up to its `timeout`), then the server task is ended.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 }
 
 impl Drop for SimHandle {
+    /// Dropped without `stop`: the server ends at once, open requests too.
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 }
