@@ -25,6 +25,10 @@ const DEADLINE: Duration = Duration::from_secs(20);
 struct TinyHandler {
     calls: Arc<Mutex<Vec<(String, Value)>>>,
     answers: Arc<BTreeMap<String, u16>>,
+    /// Wall time a function takes to answer.
+    delays: Arc<BTreeMap<String, Duration>>,
+    /// Invocations running now, and the most seen at once, per function.
+    running: Arc<Mutex<BTreeMap<String, (usize, usize)>>>,
 }
 
 impl TinyHandler {
@@ -48,6 +52,16 @@ impl TinyHandler {
                      AxPath(f): AxPath<String>,
                      Json(body): Json<Value>| async move {
                         h.calls.lock().unwrap().push((f.clone(), body));
+                        {
+                            let mut r = h.running.lock().unwrap();
+                            let e = r.entry(f.clone()).or_default();
+                            e.0 += 1;
+                            e.1 = e.1.max(e.0);
+                        }
+                        if let Some(d) = h.delays.get(&f) {
+                            tokio::time::sleep(*d).await;
+                        }
+                        h.running.lock().unwrap().get_mut(&f).unwrap().0 -= 1;
                         let status = h.answers.get(&f).copied().unwrap_or(200);
                         (
                             StatusCode::from_u16(status).unwrap(),
@@ -90,14 +104,33 @@ async fn start(
     options: SimOptions,
     answers: &[(&str, u16)],
 ) -> (SimHandle, TinyHandler, HostHandle) {
+    start_slow(options, answers, &[]).await
+}
+
+async fn start_slow(
+    options: SimOptions,
+    answers: &[(&str, u16)],
+    delays: &[(&str, Duration)],
+) -> (SimHandle, TinyHandler, HostHandle) {
+    start_with(options, answers, delays, |_| {}).await
+}
+
+async fn start_with(
+    options: SimOptions,
+    answers: &[(&str, u16)],
+    delays: &[(&str, Duration)],
+    host_options: impl FnOnce(&mut HostOptions),
+) -> (SimHandle, TinyHandler, HostHandle) {
     let sim = Sim::start(options).await.unwrap();
     let handler = TinyHandler {
         answers: Arc::new(answers.iter().map(|(f, s)| (f.to_string(), *s)).collect()),
+        delays: Arc::new(delays.iter().map(|(f, d)| (f.to_string(), *d)).collect()),
         ..TinyHandler::default()
     };
     let url = handler.clone().serve().await;
     let mut opts = HostOptions::new(&sim, &url, &repo_handlers());
     opts.max_concurrent_calls = 2;
+    host_options(&mut opts);
     let host = FunctionsHost::start(opts).await.unwrap();
     (sim, handler, host)
 }
@@ -224,6 +257,126 @@ async fn timers_fire_on_their_schedule_in_sim_time_with_their_status() {
         .collect();
     assert!(fired.iter().all(InvocationRecord::succeeded));
     assert!(sim.clock().now() >= time(&third["Last"]));
+}
+
+#[tokio::test]
+async fn occurrences_missed_during_a_slow_firing_are_delivered_once_past_due() {
+    // 150 ms on the wall is 90 s of sim time at 600×: three occurrences of */30 s.
+    let (_sim, handler, _host) = start_slow(
+        SimOptions::new(600),
+        &[],
+        &[("build_sweeper", Duration::from_millis(150))],
+    )
+    .await;
+    let calls = wait_until(DEADLINE, "two sweeper firings", || async {
+        let c = handler.calls_to("build_sweeper");
+        (c.len() >= 2).then_some(c)
+    })
+    .await
+    .unwrap();
+    assert_eq!(calls[0]["Data"]["timer"]["IsPastDue"], false);
+    assert_eq!(calls[1]["Data"]["timer"]["IsPastDue"], true);
+}
+
+#[tokio::test]
+async fn a_queue_gets_max_concurrent_calls_invocations_at_once() {
+    let (sim, handler, host) = start_slow(
+        SimOptions::new(60),
+        &[],
+        &[("build_polls", Duration::from_millis(300))],
+    )
+    .await;
+    let q = kiln_queue(&sim);
+    for i in 0..4 {
+        q.send(
+            "build-polls",
+            OutgoingMessage {
+                message_id: format!("p{i}"),
+                body: "{}".into(),
+                delay: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    wait_until(DEADLINE, "four polls completed", || async {
+        (queue_records(&host, "build_polls").len() == 4).then_some(())
+    })
+    .await
+    .unwrap();
+    // The test host runs two receivers per queue.
+    assert_eq!(handler.running.lock().unwrap()["build_polls"].1, 2);
+}
+
+async fn send_poll(sim: &SimHandle, id: &str) {
+    kiln_queue(sim)
+        .send(
+            "build-polls",
+            OutgoingMessage {
+                message_id: id.into(),
+                body: "{}".into(),
+                delay: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_long_invocation_keeps_its_message_locked_by_renewing_the_lock() {
+    // 1.2 s on the wall is 12 sim minutes at 600×, past the 5-minute lock.
+    let (sim, _handler, host) = start_with(
+        SimOptions::new(600),
+        &[],
+        &[("build_polls", Duration::from_millis(1200))],
+        |o| {
+            o.function_timeout = chrono::Duration::minutes(30);
+            o.max_auto_lock_renewal = chrono::Duration::minutes(30);
+        },
+    )
+    .await;
+    send_poll(&sim, "p1").await;
+    wait_until(DEADLINE, "the poll to be settled", || async {
+        let r = queue_records(&host, "build_polls");
+        (!r.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        queue_records(&host, "build_polls"),
+        vec![(1, Settled::Completed)]
+    );
+}
+
+#[tokio::test]
+async fn an_invocation_past_the_function_timeout_fails_and_its_message_is_abandoned() {
+    // functionTimeout 5 sim minutes is 0.5 s on the wall at 600×.
+    let (sim, _handler, host) = start_slow(
+        SimOptions::new(600),
+        &[],
+        &[("build_polls", Duration::from_millis(1500))],
+    )
+    .await;
+    send_poll(&sim, "p1").await;
+    let first = wait_until(DEADLINE, "the first delivery to end", || async {
+        host.invocations()
+            .into_iter()
+            .find(|r| r.function == "build_polls")
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.status, None);
+    assert!(
+        matches!(
+            first.trigger,
+            Trigger::Queue {
+                delivery_count: 1,
+                settled: Settled::Abandoned,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
 }
 
 #[tokio::test]
