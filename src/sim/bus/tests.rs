@@ -236,21 +236,22 @@ async fn settle(method: reqwest::Method, location: &str) -> u16 {
 async fn kilns_scheduled_poll_is_held_until_its_sim_time() {
     let sim = sim(SimOptions::new(600)).await;
     let (q, _) = kiln_queue(&sim);
-    // 60 s of sim time: 100 ms on the wall.
-    q.send(Q, outgoing("poll-b1-1", 60)).await.unwrap();
+    // 10 sim minutes: 1 s on the wall. RFC 1123 has whole seconds, so the
+    // scheduled time may be up to a second before `sent_at + 600 s`.
     let sent_at = sim.clock().now();
+    q.send(Q, outgoing("poll-b1-1", 600)).await.unwrap();
     assert_eq!(head(&sim, Q, 0).await.status, 204);
     let started = Instant::now();
     let got = head(&sim, Q, 10).await;
     assert_eq!(got.status, 201);
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(sim.clock().now() >= sent_at + secs(59));
+    assert!(sim.clock().now() >= sent_at + secs(599));
     assert_eq!(got.props["MessageId"], "poll-b1-1");
     assert_eq!(got.props["DeliveryCount"], 1);
     assert_eq!(got.body, r#"{"buildId":"b1"}"#);
     let enqueued =
         DateTime::parse_from_rfc2822(got.props["EnqueuedTimeUtc"].as_str().unwrap()).unwrap();
-    assert!(enqueued >= sent_at + secs(59), "{enqueued} vs {sent_at}");
+    assert!(enqueued >= sent_at + secs(599), "{enqueued} vs {sent_at}");
 }
 
 #[tokio::test]
@@ -289,8 +290,8 @@ async fn peek_lock_complete_and_abandon_over_rest() {
 
 #[tokio::test]
 async fn an_expired_lock_redelivers_and_the_last_delivery_goes_to_the_dead_letter_queue() {
-    // build-polls' lock is 5 sim minutes: 0.25 s on the wall at 1200×.
-    let sim = sim(SimOptions::new(1200).max_delivery_count(Q, 2)).await;
+    // build-polls' lock is 5 sim minutes: 1.5 s on the wall at 200×.
+    let sim = sim(SimOptions::new(200).max_delivery_count(Q, 2)).await;
     let (q, _) = kiln_queue(&sim);
     q.send(Q, outgoing("m1", 0)).await.unwrap();
     let first = head(&sim, Q, 1).await;

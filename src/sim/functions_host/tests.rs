@@ -152,7 +152,7 @@ fn queue_records(host: &HostHandle, function: &str) -> Vec<(u64, Settled)> {
 
 #[tokio::test]
 async fn a_queue_message_is_delivered_as_the_host_does_and_completed_on_success() {
-    let (sim, handler, host) = start(SimOptions::new(600), &[]).await;
+    let (sim, handler, host) = start(SimOptions::new(60), &[]).await;
     kiln_queue(&sim)
         .send(
             "build-polls",
@@ -189,7 +189,7 @@ async fn a_queue_message_is_delivered_as_the_host_does_and_completed_on_success(
 
 #[tokio::test]
 async fn a_failed_invocation_abandons_its_message_until_it_is_dead_lettered() {
-    let options = SimOptions::new(600).max_delivery_count("build-requests", 2);
+    let options = SimOptions::new(60).max_delivery_count("build-requests", 2);
     let (sim, handler, host) = start(options, &[("build_requests", 500)]).await;
     kiln_queue(&sim)
         .send(
