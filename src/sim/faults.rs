@@ -44,7 +44,11 @@ const LOG_CAPACITY: usize = 100_000;
 
 /// What a matching request gets instead of (or after) its handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "kind")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "kind"
+)]
 pub enum Fault {
     /// 429 with `Retry-After` (seconds) and ARM's `TooManyRequests` envelope.
     Throttle { retry_after_secs: u64 },

@@ -443,3 +443,78 @@ async fn a_throttled_arm_read_is_retried_after_its_retry_after() {
         .path
         .contains("/imageTemplates/kiln-b1-a1?api-version="));
 }
+
+#[tokio::test]
+async fn an_unknown_queue_answers_410_and_unreadable_properties_400() {
+    let sim = sim(SimOptions::new(1)).await;
+    let (q, _) = kiln_queue(&sim);
+    let e = q.send("nope", outgoing("m1", 0)).await.unwrap_err();
+    assert!(format!("{e:#}").contains("HTTP 410"), "{e:#}");
+    let r = reqwest::Client::new()
+        .post(format!("{}/{Q}/messages", sim.service_bus_url()))
+        .bearer_auth(TOKEN)
+        .header(
+            "BrokerProperties",
+            r#"{"MessageId":"m1","ScheduledEnqueueTimeUtc":"2026-12-08T17:00:00Z"}"#,
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("ScheduledEnqueueTimeUtc"));
+}
+
+#[tokio::test]
+async fn faults_are_scripted_and_the_log_read_through_the_control_api() {
+    let sim = sim(SimOptions::new(1)).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/_sim/faults", sim.url()))
+        .json(&serde_json::json!({
+            "method": "POST", "path": "*/build-polls/messages", "times": 1,
+            "fault": { "kind": "throttle", "retryAfterSecs": 2 }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (q, pauses) = kiln_queue(&sim);
+    q.send(Q, outgoing("m1", 0)).await.unwrap();
+    assert_eq!(pauses.taken(), vec![Duration::from_secs(2)]);
+    let log: serde_json::Value = http
+        .get(format!(
+            "{}/_sim/requests?path_contains=build-polls",
+            sim.url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<_> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            serde_json::json!({"status": 429}),
+            serde_json::json!({"status": 201})
+        ]
+    );
+    assert!(log[0]["fault"].as_str().unwrap().contains("Throttle"));
+    assert!(log[0]["sim"].is_string() && log[0]["wall"].is_string());
+    let rules: serde_json::Value = http
+        .get(format!("{}/_sim/faults", sim.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rules, serde_json::json!([]));
+}
