@@ -197,6 +197,17 @@ impl Transport {
             .collect()
     }
 
+    /// The requests whose path contains `part` (a template name such as
+    /// `kiln-<build>-a1`, a queue), oldest first.
+    pub fn requests_matching(&self, part: &str) -> Vec<RecordedRequest> {
+        let log = self.log.lock().expect("log mutex");
+        log.1
+            .iter()
+            .filter(|r| r.path.contains(part))
+            .cloned()
+            .collect()
+    }
+
     pub fn clear_requests(&self) {
         self.log.lock().expect("log mutex").1.clear();
     }
@@ -328,12 +339,10 @@ pub fn control_router(t: Arc<Transport>) -> Router {
             "/_sim/requests",
             get(
                 |State(t): State<Arc<Transport>>, Query(q): Query<RequestsQuery>| async move {
-                    let all = t.requests();
-                    let list: Vec<_> = match q.path_contains {
-                        Some(s) => all.into_iter().filter(|r| r.path.contains(&s)).collect(),
-                        None => all,
-                    };
-                    Json(list)
+                    Json(match q.path_contains {
+                        Some(part) => t.requests_matching(&part),
+                        None => t.requests(),
+                    })
                 },
             )
             .delete(|State(t): State<Arc<Transport>>| async move {

@@ -64,6 +64,20 @@ pub fn rfc1123(t: DateTime<Utc>) -> String {
     t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
+/// A path segment: everything but RFC 3986's unreserved characters encoded,
+/// so a MessageId with `/` or `?` still names one segment of the lock URI.
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 fn error(status: StatusCode, detail: &str) -> Response {
     // Service Bus answers errors with a small XML document.
     (
@@ -181,7 +195,8 @@ fn delivered(base_url: &str, path: &str, l: Locked) -> Response {
     }
     let location = format!(
         "{base_url}/{path}/messages/{}/{}",
-        m.message_id, l.lock_token
+        percent_encode(&m.message_id),
+        l.lock_token
     );
     let mut response = (
         StatusCode::CREATED,

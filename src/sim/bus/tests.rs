@@ -518,3 +518,21 @@ async fn faults_are_scripted_and_the_log_read_through_the_control_api() {
         .unwrap();
     assert_eq!(rules, serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn a_message_id_with_a_slash_still_has_a_working_lock_uri() {
+    let sim = sim(SimOptions::new(1)).await;
+    let (q, _) = kiln_queue(&sim);
+    q.send(Q, outgoing("manual:tiny:pr/4711?x", 0))
+        .await
+        .unwrap();
+    let got = head(&sim, Q, 1).await;
+    assert_eq!(got.props["MessageId"], "manual:tiny:pr/4711?x");
+    assert!(
+        got.location
+            .contains("/messages/manual%3Atiny%3Apr%2F4711%3Fx/"),
+        "{}",
+        got.location
+    );
+    assert_eq!(settle(reqwest::Method::DELETE, &got.location).await, 200);
+}
