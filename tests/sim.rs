@@ -93,11 +93,24 @@ fn diagnose(sim: &SimHandle, host: &kiln::sim::functions_host::HostHandle) -> St
 }
 
 #[tokio::test]
-#[ignore = "needs sim-arm's ARM surfaces and a world holding gallery gal_lab/images/tiny and marketplace image kiln:busybox:tiny: on this branch src/sim/arm's router is empty, so admission's GET …/galleries/gal_lab/images/tiny/versions gets 404, build_requests answers 500 five times and the request is dead-lettered"]
+#[ignore = "needs sim-arm's ARM surfaces: on this branch src/sim/arm's router is empty, so the marketplace seed (POST /_sim/arm/marketplace) gets 404; without it admission's gallery read gets 404 too and the request is dead-lettered after five 500s"]
 async fn a_build_requested_through_service_bus_succeeds_and_its_version_is_in_the_gallery() {
-    // The ARM world must hold the tiny pipeline's gallery image definition and
-    // its marketplace source; seeding them is sim-arm's interface (not on this branch).
     let sim = Sim::start(SimOptions::new(600)).await.unwrap();
+    // The tiny pipeline's source, in the sim's marketplace (ARM's control API).
+    let seeded = reqwest::Client::new()
+        .post(format!("{}/_sim/arm/marketplace", sim.url()))
+        .json(
+            &json!({ "location": "westeurope", "publisher": "kiln", "offer": "busybox",
+                       "sku": "tiny", "versions": [{ "name": "1.0.0" }] }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        seeded.status().is_success(),
+        "seeding the marketplace: {}",
+        seeded.status()
+    );
     let dir = tempfile::tempdir().unwrap();
     let handler = kiln_serve(&sim, dir.path()).await;
     let host = FunctionsHost::start(
