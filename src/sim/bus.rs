@@ -34,7 +34,7 @@ pub const DEAD_LETTER_SUFFIX: &str = "$DeadLetterQueue";
 /// The reason Service Bus gives a message that ran out of deliveries.
 pub const MAX_DELIVERY_REASON: &str = "MaxDeliveryCountExceeded";
 
-/// A queue's settings, as `infra/main.bicep` declares them.
+/// A queue's settings, as `infra/queues.json` declares them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     pub name: String,
@@ -47,23 +47,67 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
-    /// kiln's queues with the settings of `infra/main.bicep`.
-    pub fn kiln_queues() -> Vec<QueueConfig> {
-        vec![
-            QueueConfig {
-                name: crate::app::REQUESTS_QUEUE.to_string(),
-                max_delivery_count: 5,
-                lock_duration: chrono::Duration::minutes(5),
-                duplicate_window: chrono::Duration::hours(1),
-            },
-            QueueConfig {
-                name: crate::app::POLLS_QUEUE.to_string(),
-                max_delivery_count: 10,
-                lock_duration: chrono::Duration::minutes(5),
-                duplicate_window: chrono::Duration::minutes(10),
-            },
-        ]
+    /// kiln's queues as `infra/queues.json` declares them (the file Bicep
+    /// deploys them from).
+    pub fn kiln_queues() -> anyhow::Result<Vec<QueueConfig>> {
+        let file = crate::host::catalog::QUEUES_FILE;
+        crate::host::catalog::queues()?
+            .into_iter()
+            .map(|(name, q)| {
+                let duration = |field: &str, text: &str| {
+                    iso8601_duration(text).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{file}: {name}.{field}: expected an ISO 8601 duration such as PT5M, got `{text}`"
+                        )
+                    })
+                };
+                Ok(QueueConfig {
+                    lock_duration: duration("lockDuration", &q.lock_duration)?,
+                    duplicate_window: duration(
+                        "duplicateDetectionHistoryTimeWindow",
+                        &q.duplicate_detection_history_time_window,
+                    )?,
+                    max_delivery_count: q.max_delivery_count,
+                    name,
+                })
+            })
+            .collect()
     }
+}
+
+/// `P1D`, `PT1H`, `PT10M`, `PT30S`, `P1DT2H`: the durations Service Bus
+/// settings are written in (no years or months, which have no fixed length).
+pub fn iso8601_duration(text: &str) -> Option<chrono::Duration> {
+    let rest = text.strip_prefix('P')?;
+    let (days, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (rest, None),
+    };
+    let mut total = chrono::Duration::zero();
+    let mut any = false;
+    let mut take = |part: &str, units: &[(char, i64)]| -> Option<()> {
+        let mut number = String::new();
+        let mut allowed = units.iter();
+        for c in part.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let (_, secs) = allowed.by_ref().find(|(u, _)| *u == c)?;
+            total += chrono::Duration::seconds(number.parse::<i64>().ok()? * secs);
+            number.clear();
+            any = true;
+        }
+        number.is_empty().then_some(())
+    };
+    take(days, &[('D', 86_400)])?;
+    if let Some(t) = time {
+        if t.is_empty() {
+            return None;
+        }
+        take(t, &[('H', 3_600), ('M', 60), ('S', 1)])?;
+    }
+    any.then_some(total)
 }
 
 /// A message as a sender hands it over.

@@ -38,8 +38,10 @@ pub struct SimOptions {
     pub start: Option<DateTime<Utc>>,
     /// Loopback port; 0 picks a free one.
     pub port: u16,
-    /// The namespace's queues (kiln's, with infra's settings, by default).
+    /// The namespace's queues; empty: kiln's, as `infra/queues.json` declares them.
     pub queues: Vec<QueueConfig>,
+    /// `maxDeliveryCount` overrides by queue name.
+    pub max_delivery_counts: std::collections::BTreeMap<String, u32>,
     /// What `kiln serve` is told to use (`AZURE_SUBSCRIPTION_ID` …).
     pub subscription_id: String,
     pub resource_group: String,
@@ -56,7 +58,8 @@ impl SimOptions {
             clock_factor,
             start: None,
             port: 0,
-            queues: QueueConfig::kiln_queues(),
+            queues: Vec::new(),
+            max_delivery_counts: std::collections::BTreeMap::new(),
             subscription_id: "00000000-0000-0000-0000-000000000000".into(),
             resource_group: "rg-kiln-templates".into(),
             location: "westeurope".into(),
@@ -66,10 +69,25 @@ impl SimOptions {
 
     /// Sets a queue's `maxDeliveryCount`.
     pub fn max_delivery_count(mut self, queue: &str, n: u32) -> Self {
-        for q in self.queues.iter_mut().filter(|q| q.name == queue) {
-            q.max_delivery_count = n;
-        }
+        self.max_delivery_counts.insert(queue.to_string(), n);
         self
+    }
+
+    /// The queues to serve, overrides applied.
+    fn resolved_queues(&self) -> anyhow::Result<Vec<QueueConfig>> {
+        let mut queues = if self.queues.is_empty() {
+            QueueConfig::kiln_queues()?
+        } else {
+            self.queues.clone()
+        };
+        for (name, n) in &self.max_delivery_counts {
+            let q = queues
+                .iter_mut()
+                .find(|q| &q.name == name)
+                .with_context(|| format!("max_delivery_count: no queue `{name}`"))?;
+            q.max_delivery_count = *n;
+        }
+        Ok(queues)
     }
 }
 
@@ -79,6 +97,7 @@ impl Sim {
     /// Binds 127.0.0.1, builds the clock and the worlds, and serves until the
     /// handle is stopped or dropped.
     pub async fn start(options: SimOptions) -> anyhow::Result<SimHandle> {
+        let queues = options.resolved_queues()?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
             .await
             .with_context(|| {
@@ -100,7 +119,7 @@ impl Sim {
                 public_url: url.clone(),
             },
         );
-        let bus = Arc::new(Bus::new(clock, &options.queues));
+        let bus = Arc::new(Bus::new(clock, &queues));
         let transport = Transport::new(clock);
         let router = arm::router(world.clone())
             .nest(

@@ -161,6 +161,29 @@ fn an_unknown_queue_is_gone() {
     );
 }
 
+#[test]
+fn kilns_queues_come_from_infra_queues_json() {
+    let queues = QueueConfig::kiln_queues().unwrap();
+    let polls = queues.iter().find(|q| q.name == Q).unwrap();
+    assert_eq!(polls.max_delivery_count, 10);
+    assert_eq!(polls.lock_duration, chrono::Duration::minutes(5));
+    assert_eq!(polls.duplicate_window, chrono::Duration::minutes(10));
+    let requests = queues.iter().find(|q| q.name == "build-requests").unwrap();
+    assert_eq!(requests.max_delivery_count, 5);
+    assert_eq!(requests.duplicate_window, chrono::Duration::hours(1));
+}
+
+#[test]
+fn iso_8601_durations_read_as_service_bus_writes_them() {
+    assert_eq!(iso8601_duration("PT5M"), Some(secs(300)));
+    assert_eq!(iso8601_duration("PT1H30M"), Some(secs(5400)));
+    assert_eq!(iso8601_duration("P1DT2S"), Some(secs(86_402)));
+    assert_eq!(iso8601_duration("P14D"), Some(secs(14 * 86_400)));
+    for bad in ["5M", "PT", "P", "PT5", "PT5X", "P1M", "PT1M1H"] {
+        assert_eq!(iso8601_duration(bad), None, "{bad}");
+    }
+}
+
 // ---------------------------------------------------------------- over HTTP, with kiln's adapter
 
 async fn sim(options: SimOptions) -> SimHandle {
