@@ -19,8 +19,9 @@
 //!   per event; **HTTP** requests to `/api/…` are forwarded to the handler on
 //!   their original path (`enableForwardingHttpRequest`) and its answer relayed.
 //!
-//! Not simulated: function keys (`authLevel`), scale-out, the host's own retry
-//! policies, output bindings (kiln sends through its `Queue` port).
+//! Function keys are checked when one is set ([`HostOptions::function_key`]),
+//! one key for every function. Not simulated: scale-out, the host's own
+//! retry policies, output bindings (kiln sends through its `Queue` port).
 
 mod app;
 pub mod payload;
@@ -68,6 +69,9 @@ pub struct HostOptions {
     pub receive_timeout_secs: u64,
     /// Wall time the handler gets to answer `GET /` (60 s, as the host allows).
     pub startup_timeout: Duration,
+    /// The key `authLevel: function` HTTP functions require (`x-functions-key`
+    /// header or `code` query), as the host checks it; `None` checks nothing.
+    pub function_key: Option<String>,
 }
 
 impl HostOptions {
@@ -84,6 +88,7 @@ impl HostOptions {
             max_auto_lock_renewal: chrono::Duration::minutes(5),
             receive_timeout_secs: 1,
             startup_timeout: Duration::from_secs(60),
+            function_key: None,
         }
     }
 
@@ -352,12 +357,21 @@ impl HostHandle {
     ) -> anyhow::Result<Value> {
         let url = format!("{}/api/builds/{id}", self.app_url);
         let http = self.shared.http.clone();
+        let key = self.shared.opts.function_key.clone().unwrap_or_default();
         let last = Arc::new(Mutex::new(Value::Null));
         let seen = last.clone();
         let r = wait_until(deadline, &format!("build {id} to be {state}"), || {
-            let (http, url, seen) = (http.clone(), url.clone(), seen.clone());
+            let (http, url, seen, key) = (http.clone(), url.clone(), seen.clone(), key.clone());
             async move {
-                let doc: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                let doc: Value = http
+                    .get(&url)
+                    .header("x-functions-key", key)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
                 *seen.lock().expect("seen mutex") = doc.clone();
                 let now = doc["state"].as_str().unwrap_or("").to_string();
                 if now == state {

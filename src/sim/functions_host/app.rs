@@ -101,6 +101,19 @@ async fn event_grid(
     }
 }
 
+/// Whether the request has the function key in `x-functions-key` or `?code=`.
+fn carries_key(req: &Request, key: &str) -> bool {
+    let header = req
+        .headers()
+        .get("x-functions-key")
+        .and_then(|v| v.to_str().ok());
+    let code = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("code=")));
+    header == Some(key) || code == Some(key)
+}
+
 /// Headers that belong to one hop, not to the forwarded request or answer.
 fn hop_by_hop(name: &str) -> bool {
     matches!(
@@ -123,6 +136,12 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     });
     if !allowed {
         return StatusCode::NOT_FOUND.into_response();
+    }
+    if let Some(key) = &shared.opts.function_key {
+        if !carries_key(&req, key) {
+            // The host's answer to a missing or wrong key: 401, no body.
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
     }
     let (parts, body) = req.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {

@@ -443,6 +443,33 @@ async fn http_requests_are_forwarded_on_their_path_and_the_answer_relayed() {
 }
 
 #[tokio::test]
+async fn with_a_function_key_http_calls_without_it_get_401() {
+    let (_sim, _handler, host) = start_with(SimOptions::new(60), &[], &[], |o| {
+        o.function_key = Some("fk-1".into());
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/builds", host.app_url());
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    let wrong = http
+        .get(&url)
+        .header("x-functions-key", "fk-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let by_header = http
+        .get(&url)
+        .header("x-functions-key", "fk-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 418);
+    let by_code = http.get(format!("{url}?code=fk-1")).send().await.unwrap();
+    assert_eq!(by_code.status(), 418);
+}
+
+#[tokio::test]
 async fn host_json_sets_the_concurrency_and_the_function_timeout() {
     let sim = Sim::start(SimOptions::new(1)).await.unwrap();
     let o = HostOptions::new(&sim, "http://127.0.0.1:1", &repo_handlers())
