@@ -6,8 +6,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
+
+use crate::ports::{Clock, ScaledClock, SystemClock};
 
 /// A secret: never printed, never logged.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,6 +61,9 @@ pub struct Settings {
     pub http_port: u16,
     /// The local provider's fault hooks (tests only), as JSON.
     pub local_faults: Option<String>,
+    /// `KILN_CLOCK`: a scaled clock shared with the Azure simulator; `None`
+    /// is the system clock.
+    pub clock: Option<ScaledClock>,
 }
 
 pub type Env = BTreeMap<String, String>;
@@ -187,7 +193,22 @@ impl Settings {
             webhook,
             http_port,
             local_faults: get(env, "KILN_LOCAL_FAULTS").map(str::to_string),
+            clock: match get(env, "KILN_CLOCK") {
+                None => None,
+                Some(text) => Some(
+                    ScaledClock::parse_setting(text.trim())
+                        .map_err(|e| anyhow::anyhow!("KILN_CLOCK: {e}"))?,
+                ),
+            },
         })
+    }
+
+    /// The clock kiln runs on: `KILN_CLOCK`'s scaled clock, else the system's.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        match self.clock {
+            Some(scaled) => Arc::new(scaled),
+            None => Arc::new(SystemClock),
+        }
     }
 }
 
@@ -240,6 +261,26 @@ mod tests {
         assert!(e.to_string().starts_with("KILN_WEBHOOK_SECRET"), "{e}");
         let e = Settings::from_env(&env(&[("KILN_PROVIDER", "azure")])).unwrap_err();
         assert!(e.to_string().starts_with("KILN_EVENTS_KEY"), "{e}");
+    }
+
+    #[test]
+    fn kiln_clock_selects_a_scaled_clock_and_a_bad_one_is_named_in_one_line() {
+        let s = Settings::from_env(&env(&[])).unwrap();
+        assert!(s.clock.is_none());
+        let setting = "scaled start=2026-12-08T17:00:00Z anchor=2026-12-01T12:00:00Z factor=600";
+        let s = Settings::from_env(&env(&[("KILN_CLOCK", setting)])).unwrap();
+        let c = s.clock.unwrap();
+        assert_eq!(c.factor, 600);
+        assert_eq!(
+            c.to_setting(),
+            ScaledClock::parse_setting(setting).unwrap().to_setting()
+        );
+        for bad in ["fast", "scaled factor=0"] {
+            let e = Settings::from_env(&env(&[("KILN_CLOCK", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("KILN_CLOCK: ") && !e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

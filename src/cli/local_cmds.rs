@@ -224,13 +224,49 @@ pub async fn run_serve() -> anyhow::Result<ExitCode> {
         .context("FUNCTIONS_CUSTOMHANDLER_PORT: expected a port number")?;
     let env = gather_env(Some(Path::new("local.settings.json")))?;
     let s = Settings::from_env(&env)?;
+    // KILN_CLOCK (from `kiln sim`) puts kiln on the simulator's time.
+    let clock = s.clock();
     let app = match s.provider {
-        ProviderKind::Azure => azure_app(s, &env, Arc::new(SystemClock))?,
-        ProviderKind::Local => local_runtime(s, Arc::new(SystemClock))?.app,
+        ProviderKind::Azure => azure_app(s, &env, clock)?,
+        ProviderKind::Local => local_runtime(s, clock)?.app,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(port, provider = ?app.settings.provider, "kiln custom handler listening");
     crate::host::serve::run(listener, app, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln sim`: the simulated Azure in the foreground until Ctrl-C.
+pub async fn run_sim(
+    port: u16,
+    clock_factor: u32,
+    start: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if clock_factor == 0 {
+        bail!("--clock-factor: expected a whole number of at least 1, got 0");
+    }
+    let start = match start {
+        None => None,
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| anyhow::anyhow!("--start: `{t}` is not an RFC 3339 time: {e}"))?,
+        ),
+    };
+    let mut options = crate::sim::server::SimOptions::new(clock_factor);
+    options.port = port;
+    options.start = start;
+    let sim = crate::sim::server::Sim::start(options).await?;
+    println!(
+        "# kiln sim on {} at {clock_factor}x; for `kiln serve` (with your own KILN_EVENTS_KEY):",
+        sim.url()
+    );
+    for (k, v) in sim.kiln_env() {
+        // Single quotes: the clock setting has spaces; nothing here has a quote.
+        println!("export {k}='{v}'");
+    }
+    shutdown_signal().await;
+    sim.stop().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -71,6 +71,18 @@ enum Command {
     },
     /// Run as an Azure Functions custom handler on FUNCTIONS_CUSTOMHANDLER_PORT.
     Serve,
+    /// Run the Azure simulator in the foreground; prints the settings a `kiln serve` needs.
+    Sim {
+        /// Loopback port (0: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Sim seconds per wall second.
+        #[arg(long, default_value_t = 60)]
+        clock_factor: u32,
+        /// Sim time at start (RFC 3339; default: now).
+        #[arg(long)]
+        start: Option<String>,
+    },
     /// Check pipeline files; prints `file: json.path: what was expected` per problem.
     Validate {
         #[arg(required = true)]
@@ -227,6 +239,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Local { port, settings } => local_cmds::run_local(port, &settings).await,
         Command::Serve => local_cmds::run_serve().await,
+        Command::Sim {
+            port,
+            clock_factor,
+            start,
+        } => local_cmds::run_sim(port, clock_factor, start.as_deref()).await,
         Command::Validate { files } => validate(&files),
         Command::Render { pipeline, version } => render(&pipeline, &version),
         Command::Build {

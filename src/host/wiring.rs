@@ -110,7 +110,7 @@ pub fn azure_app(
     env: &crate::config::Env,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<App> {
-    let azure = crate::providers::azure::AzureProviders::from_env(env)?;
+    let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone())?;
     let db = open_db(&settings)?;
     let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
         .map_err(|errors| {

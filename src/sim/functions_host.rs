@@ -1,1 +1,441 @@
-//! See [`super`].
+//! The Functions host, simulated: it drives a custom handler (`kiln serve`)
+//! over HTTP the way the Azure Functions host does, on the sim's clock.
+//!
+//! - Reads `handlers/*/function.json` through [`crate::host::catalog`] (the
+//!   same single source the real host reads) and waits until the handler
+//!   answers `GET /`.
+//! - **Service Bus triggers**: `maxConcurrentCalls` receivers per queue
+//!   (host.json's `extensions.serviceBus`) take messages from the sim's
+//!   Service Bus by REST peek-lock, POST `{Data, Metadata}` to
+//!   `/{function}`, renew the lock while the invocation runs (up to
+//!   `maxAutoLockRenewalDuration`, 5 min), and complete on 2xx or abandon
+//!   otherwise (`autoCompleteMessages`). An invocation past host.json's
+//!   `functionTimeout` (in sim time) fails and its message is abandoned.
+//! - **Timers** fire on their NCRONTAB schedules in sim time, one invocation
+//!   at a time per function; occurrences missed while the previous one ran are
+//!   delivered once, `IsPastDue: true`; `runOnStartup` fires at start.
+//! - **Event Grid**: the app URL's `/runtime/webhooks/eventgrid?functionName=…`
+//!   answers the validation handshake itself and invokes the function once
+//!   per event; **HTTP** requests to `/api/…` are forwarded to the handler on
+//!   their original path (`enableForwardingHttpRequest`) and its answer relayed.
+//!
+//! Function keys are checked when one is set ([`HostOptions::function_key`]),
+//! one key for every function. Not simulated: scale-out, the host's own
+//! retry policies, output bindings (kiln sends through its `Queue` port).
+
+mod app;
+pub mod payload;
+mod queues;
+#[cfg(test)]
+mod tests;
+mod timer;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::host::catalog::{self, FunctionSpec, TriggerSpec};
+use crate::host::timers;
+use crate::ports::{Clock, ScaledClock};
+use crate::sim::server::SimHandle;
+
+/// The host version the handler is told about.
+const HOST_VERSION: &str = "4.0.0-kiln-sim";
+
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// The custom handler: `http://127.0.0.1:PORT`.
+    pub handler_url: String,
+    /// `handlers/`, one folder per function.
+    pub handlers_dir: PathBuf,
+    /// The sim's Service Bus base URL.
+    pub service_bus_url: String,
+    pub clock: ScaledClock,
+    /// Receivers per queue (host.json `extensions.serviceBus.maxConcurrentCalls`).
+    pub max_concurrent_calls: usize,
+    /// Sim time an invocation may take (host.json `functionTimeout`).
+    pub function_timeout: chrono::Duration,
+    /// Sim time the host keeps renewing a message's lock during an invocation.
+    pub max_auto_lock_renewal: chrono::Duration,
+    /// Wall seconds one receive waits for a message.
+    pub receive_timeout_secs: u64,
+    /// Wall time the handler gets to answer `GET /` (60 s, as the host allows).
+    pub startup_timeout: Duration,
+    /// The key `authLevel: function` HTTP functions require (`x-functions-key`
+    /// header or `code` query), as the host checks it; `None` checks nothing.
+    pub function_key: Option<String>,
+}
+
+impl HostOptions {
+    /// Options against `sim`, with the host's defaults (maxConcurrentCalls 16,
+    /// functionTimeout 5 min); [`HostOptions::host_json`] reads an app's own.
+    pub fn new(sim: &SimHandle, handler_url: &str, handlers_dir: &Path) -> Self {
+        Self {
+            handler_url: handler_url.trim_end_matches('/').to_string(),
+            handlers_dir: handlers_dir.to_path_buf(),
+            service_bus_url: sim.service_bus_url(),
+            clock: sim.clock(),
+            max_concurrent_calls: 16,
+            function_timeout: chrono::Duration::minutes(5),
+            max_auto_lock_renewal: chrono::Duration::minutes(5),
+            receive_timeout_secs: 1,
+            startup_timeout: Duration::from_secs(60),
+            function_key: None,
+        }
+    }
+
+    /// Takes `maxConcurrentCalls` and `functionTimeout` from a host.json.
+    pub fn host_json(mut self, path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("Cannot read {}", path.display()))?;
+        let doc: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        if let Some(n) = doc.pointer("/extensions/serviceBus/maxConcurrentCalls") {
+            self.max_concurrent_calls = n.as_u64().filter(|n| *n >= 1).with_context(|| {
+                format!(
+                    "{}: extensions.serviceBus.maxConcurrentCalls: expected a whole number of at least 1, got {n}",
+                    path.display()
+                )
+            })? as usize;
+        }
+        if let Some(t) = doc.get("functionTimeout") {
+            self.function_timeout = t.as_str().and_then(parse_timespan).with_context(|| {
+                format!(
+                    "{}: functionTimeout: expected hh:mm:ss, got {t}",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(self)
+    }
+}
+
+/// `hh:mm:ss`, as host.json writes time spans.
+fn parse_timespan(s: &str) -> Option<chrono::Duration> {
+    let parts: Vec<i64> = s
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    match parts[..] {
+        [h, m, sec] if h >= 0 && (0..60).contains(&m) && (0..60).contains(&sec) => {
+            Some(chrono::Duration::seconds(h * 3600 + m * 60 + sec))
+        }
+        _ => None,
+    }
+}
+
+/// How a queue invocation's message was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Settled {
+    Completed,
+    Abandoned,
+    /// The lock had run out (or the settle failed): Service Bus delivers it again.
+    LockLost,
+}
+
+/// What triggered an invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Trigger {
+    Queue {
+        queue: String,
+        message_id: String,
+        delivery_count: u64,
+        settled: Settled,
+    },
+    Timer {
+        past_due: bool,
+    },
+    EventGrid {
+        event_id: String,
+    },
+}
+
+/// One invocation the host made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvocationRecord {
+    pub function: String,
+    pub trigger: Trigger,
+    /// The handler's status; `None` when it gave no answer within the function timeout.
+    pub status: Option<u16>,
+    pub sim_started: DateTime<Utc>,
+    pub sim_ended: DateTime<Utc>,
+}
+
+impl InvocationRecord {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+struct Shared {
+    opts: HostOptions,
+    specs: Vec<FunctionSpec>,
+    http: reqwest::Client,
+    log: Mutex<Vec<InvocationRecord>>,
+}
+
+impl Shared {
+    fn now(&self) -> DateTime<Utc> {
+        self.opts.clock.now()
+    }
+
+    fn wall(&self, d: chrono::Duration) -> Duration {
+        self.opts.clock.wall(d.to_std().unwrap_or_default())
+    }
+
+    fn record(&self, r: InvocationRecord) {
+        self.log.lock().expect("log mutex").push(r);
+    }
+
+    /// POSTs one invocation; `None` when no answer came within the function timeout.
+    async fn invoke(&self, function: &str, body: &Value) -> Option<(u16, String)> {
+        let r = self
+            .http
+            .post(format!("{}/{function}", self.opts.handler_url))
+            .header(
+                "x-azure-functions-invocationid",
+                uuid::Uuid::new_v4().to_string(),
+            )
+            .header("x-azure-functions-hostversion", HOST_VERSION)
+            .header("user-agent", format!("Azure-Functions-Host/{HOST_VERSION}"))
+            .json(body)
+            .timeout(
+                self.wall(self.opts.function_timeout)
+                    .max(Duration::from_millis(50)),
+            )
+            .send()
+            .await;
+        match r {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                Some((status, r.text().await.unwrap_or_default()))
+            }
+            Err(e) => {
+                tracing::warn!(function, error = %e, "sim host: invocation got no answer");
+                None
+            }
+        }
+    }
+}
+
+pub struct FunctionsHost;
+
+impl FunctionsHost {
+    /// Reads the catalog, waits for the handler, and starts the triggers and
+    /// the app's HTTP side.
+    pub async fn start(opts: HostOptions) -> anyhow::Result<HostHandle> {
+        let specs = catalog::load(&opts.handlers_dir)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        wait_for_handler(&http, &opts.handler_url, opts.startup_timeout).await?;
+        let shared = Arc::new(Shared {
+            opts,
+            specs,
+            http,
+            log: Mutex::new(Vec::new()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for spec in &shared.specs {
+            match &spec.trigger {
+                TriggerSpec::ServiceBus { queue, .. } => {
+                    for _ in 0..shared.opts.max_concurrent_calls {
+                        tasks.push(tokio::spawn(queues::worker(
+                            shared.clone(),
+                            spec.clone(),
+                            queue.clone(),
+                            stopped.clone(),
+                        )));
+                    }
+                }
+                TriggerSpec::Timer {
+                    schedule,
+                    run_on_startup,
+                } => {
+                    let cron = timers::parse_ncrontab(schedule).map_err(anyhow::Error::msg)?;
+                    tasks.push(tokio::spawn(timer::run(
+                        shared.clone(),
+                        spec.clone(),
+                        cron,
+                        *run_on_startup,
+                        stopped.clone(),
+                    )));
+                }
+                // Served by the app's HTTP side.
+                TriggerSpec::EventGrid | TriggerSpec::Http { .. } => {}
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let app_url = format!("http://{}", listener.local_addr()?);
+        let router = app::router(shared.clone());
+        let mut http_stop = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "sim host: app listener stopped");
+            }
+        }));
+        Ok(HostHandle {
+            app_url,
+            shared,
+            stop,
+            tasks,
+        })
+    }
+}
+
+async fn wait_for_handler(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Any HTTP answer means the handler is up; socket errors mean wait.
+        if http
+            .get(format!("{url}/"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the custom handler at {url} did not answer GET / within {} s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running host.
+pub struct HostHandle {
+    app_url: String,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl HostHandle {
+    /// The Function App's URL: `/api/…` and `/runtime/webhooks/eventgrid`.
+    pub fn app_url(&self) -> &str {
+        &self.app_url
+    }
+
+    /// Every invocation so far, in the order they ended.
+    pub fn invocations(&self) -> Vec<InvocationRecord> {
+        self.shared.log.lock().expect("log mutex").clone()
+    }
+
+    /// Waits until kiln's `/api/builds/{id}` (through the app URL) reports
+    /// `state`; fails at once if the build ends in another terminal state,
+    /// and at `deadline` with the last answer.
+    pub async fn wait_for_build(
+        &self,
+        id: &str,
+        state: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/api/builds/{id}", self.app_url);
+        let http = self.shared.http.clone();
+        let key = self.shared.opts.function_key.clone().unwrap_or_default();
+        let last = Arc::new(Mutex::new(Value::Null));
+        let seen = last.clone();
+        let r = wait_until(deadline, &format!("build {id} to be {state}"), || {
+            let (http, url, seen, key) = (http.clone(), url.clone(), seen.clone(), key.clone());
+            async move {
+                let doc: Value = http
+                    .get(&url)
+                    .header("x-functions-key", key)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                *seen.lock().expect("seen mutex") = doc.clone();
+                let now = doc["state"].as_str().unwrap_or("").to_string();
+                if now == state {
+                    return Some(Ok(doc));
+                }
+                if ["succeeded", "failed", "canceled"].contains(&now.as_str()) {
+                    return Some(Err(anyhow::anyhow!(
+                        "build {id} ended {now}, not {state}: {doc}"
+                    )));
+                }
+                None
+            }
+        })
+        .await;
+        match r {
+            Ok(result) => result,
+            Err(e) => Err(e.context(format!("last answer: {}", last.lock().expect("last mutex")))),
+        }
+    }
+
+    /// Stops the triggers and the app listener; running invocations are cut.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for HostHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Probes every 20 ms until `probe` gives a value; an error naming `what`
+/// after `deadline`.
+pub async fn wait_until<T, F, Fut>(
+    deadline: Duration,
+    what: &str,
+    mut probe: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if Instant::now() >= end {
+            bail!(
+                "timed out after {} s waiting for {what}",
+                deadline.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

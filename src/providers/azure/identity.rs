@@ -2,8 +2,9 @@
 //!
 //! The adapters ask a [`TokenSource`] for a token per request and never see
 //! a credential. In Azure the source is the app's managed identity; on a
-//! laptop it is the Azure CLI's login (`KILN_AZURE_CREDENTIAL=cli`); in tests
-//! it is a fixed string.
+//! laptop it is the Azure CLI's login (`KILN_AZURE_CREDENTIAL=cli`); against
+//! the simulator (`KILN_AZURE_CREDENTIAL=sim`) and in tests it is a fixed
+//! string.
 //!
 //! `azure_identity` is used only for acquiring tokens. It is built without
 //! its own HTTP stack (which would bring a second reqwest and a C crypto
@@ -59,6 +60,41 @@ pub enum CredentialKind {
     ManagedIdentity { client_id: Option<String> },
     /// Whoever is logged in to the Azure CLI (`az login`).
     AzureCli,
+    /// The fixed token [`SIM_TOKEN`] for `kiln sim`; accepted only with loopback endpoints.
+    Sim,
+}
+
+/// The token sent with `KILN_AZURE_CREDENTIAL=sim`. Not a secret: the
+/// simulator checks that a bearer token is there, not what it says.
+pub const SIM_TOKEN: &str = "kiln-sim";
+
+/// Whether `url` is plain http on this machine (`http://127.0.0.1…`, `http://localhost…`).
+pub fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    host == "127.0.0.1" || host == "localhost"
+}
+
+/// The token source for a credential kind.
+pub fn token_source(
+    kind: &CredentialKind,
+    http: reqwest::Client,
+) -> anyhow::Result<Arc<dyn TokenSource>> {
+    Ok(match kind {
+        CredentialKind::Sim => Arc::new(StaticToken::new(SIM_TOKEN)),
+        CredentialKind::ManagedIdentity { .. } | CredentialKind::AzureCli => {
+            Arc::new(IdentityTokens::new(kind, http)?)
+        }
+    })
 }
 
 /// Tokens from an `azure_identity` credential, cached per scope until shortly
@@ -85,6 +121,9 @@ impl IdentityTokens {
             }
             CredentialKind::AzureCli => {
                 AzureCliCredential::new(None).context("Cannot set up the Azure CLI credential")?
+            }
+            CredentialKind::Sim => {
+                anyhow::bail!("the sim credential is a fixed token; use identity::token_source")
             }
         };
         Ok(Self {
@@ -205,6 +244,36 @@ mod tests {
             .unwrap();
         assert_eq!(t.expose(), "s3cr3t-token");
         assert!(!format!("{t:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn only_plain_http_on_this_machine_counts_as_loopback() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1",
+            "http://localhost:1/servicebus",
+        ] {
+            assert!(is_loopback_http(ok), "{ok}");
+        }
+        for no in [
+            "https://127.0.0.1:8080",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example:80",
+            "http://10.0.0.1",
+            "https://management.azure.com",
+        ] {
+            assert!(!is_loopback_http(no), "{no}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sim_credential_sends_its_fixed_token() {
+        let t = token_source(&CredentialKind::Sim, reqwest::Client::new())
+            .unwrap()
+            .token(crate::providers::azure::arm::MANAGEMENT_SCOPE)
+            .await
+            .unwrap();
+        assert_eq!(t.expose(), SIM_TOKEN);
     }
 
     #[test]

@@ -26,9 +26,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::config::Env;
+use crate::ports::Clock;
 use arm::{ArmClient, ArmOptions};
 use gallery::AzureGallery;
-use identity::{CredentialKind, IdentityTokens, TokenSource};
+use identity::{is_loopback_http, token_source, CredentialKind, TokenSource};
 use image_builder::AzureImageBuilder;
 use marketplace::AzureCatalog;
 use resource_graph::AzureInventory;
@@ -47,8 +48,12 @@ pub struct AzureSettings {
     pub service_bus_namespace: String,
     /// `AZURE_CLIENT_ID`: a user-assigned identity for the app; absent for the system-assigned one.
     pub client_id: Option<String>,
-    /// `KILN_AZURE_CREDENTIAL`: `managed-identity` (default) or `cli`.
+    /// `KILN_AZURE_CREDENTIAL`: `managed-identity` (default), `cli` or `sim`.
     pub credential: CredentialKind,
+    /// `KILN_AZURE_MANAGEMENT_URL`: ARM's base URL (default `https://management.azure.com`; the simulator's elsewhere).
+    pub management_url: String,
+    /// `KILN_AZURE_SERVICE_BUS_URL`: the Service Bus REST base URL (default `https://{namespace}`).
+    pub service_bus_url: String,
     /// `KILN_AZURE_INVENTORY_SUBSCRIPTIONS`: comma-separated subscriptions in which
     /// consumers are looked for; absent means every subscription the identity can read.
     pub inventory_subscriptions: Vec<String>,
@@ -95,10 +100,42 @@ impl AzureSettings {
                 client_id: client_id.clone(),
             },
             "cli" => CredentialKind::AzureCli,
+            "sim" => CredentialKind::Sim,
             other => {
-                bail!("KILN_AZURE_CREDENTIAL: expected `managed-identity` or `cli`, got `{other}`")
+                bail!("KILN_AZURE_CREDENTIAL: expected `managed-identity`, `cli` or `sim`, got `{other}`")
             }
         };
+        let url = |key: &str, default: String| -> anyhow::Result<String> {
+            let u = get(env, key).map(str::to_string).unwrap_or(default);
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                bail!("{key}: expected an http(s) URL such as https://management.azure.com, got `{u}`");
+            }
+            Ok(u.trim_end_matches('/').to_string())
+        };
+        let management_url = url("KILN_AZURE_MANAGEMENT_URL", arm::MANAGEMENT_URL.to_string())?;
+        let service_bus_url = url("KILN_AZURE_SERVICE_BUS_URL", format!("https://{namespace}"))?;
+        if credential == CredentialKind::Sim {
+            // The fixed token must never reach Azure, nor any other machine.
+            for (key, u) in [
+                ("KILN_AZURE_MANAGEMENT_URL", &management_url),
+                ("KILN_AZURE_SERVICE_BUS_URL", &service_bus_url),
+            ] {
+                if !is_loopback_http(u) {
+                    bail!("KILN_AZURE_CREDENTIAL: `sim` works only against the simulator; {key} must be http://127.0.0.1… or http://localhost…, got `{u}`");
+                }
+            }
+        } else {
+            for (key, u) in [
+                ("KILN_AZURE_MANAGEMENT_URL", &management_url),
+                ("KILN_AZURE_SERVICE_BUS_URL", &service_bus_url),
+            ] {
+                if !(u.starts_with("https://") || is_loopback_http(u)) {
+                    bail!(
+                        "{key}: expected an https:// URL (plain http only on loopback), got `{u}`"
+                    );
+                }
+            }
+        }
         let inventory_subscriptions = get(env, "KILN_AZURE_INVENTORY_SUBSCRIPTIONS")
             .map(|s| {
                 s.split(',')
@@ -115,6 +152,8 @@ impl AzureSettings {
             service_bus_namespace: namespace.to_string(),
             client_id,
             credential,
+            management_url,
+            service_bus_url,
             inventory_subscriptions,
         })
     }
@@ -133,26 +172,38 @@ pub struct AzureProviders {
 impl AzureProviders {
     /// Reads the settings and builds the adapters against Azure, with the
     /// configured credential.
-    pub fn from_env(env: &Env) -> anyhow::Result<Self> {
+    pub fn from_env(env: &Env, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let settings = AzureSettings::from_env(env)?;
         let http = reqwest::Client::builder()
             // ARM does not redirect; a redirect would be a surprise worth failing on.
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("Cannot build the HTTP client")?;
-        let tokens: Arc<dyn TokenSource> =
-            Arc::new(IdentityTokens::new(&settings.credential, http.clone())?);
-        let arm = ArmClient::new(http.clone(), ArmOptions::management(), tokens.clone());
+        let tokens: Arc<dyn TokenSource> = token_source(&settings.credential, http.clone())?;
+        let arm = ArmClient::new(
+            http.clone(),
+            ArmOptions {
+                base_url: settings.management_url.clone(),
+                ..ArmOptions::management()
+            },
+            tokens.clone(),
+        );
         let bus = ArmClient::new(
             http,
-            service_bus::options(&format!("https://{}", settings.service_bus_namespace)),
+            service_bus::options(&settings.service_bus_url),
             tokens,
         );
-        Ok(Self::with_clients(&settings, arm, bus))
+        Ok(Self::with_clients(&settings, arm, bus, clock))
     }
 
     /// Builds the adapters on given clients (other endpoints, other tokens, tests).
-    pub fn with_clients(settings: &AzureSettings, arm: ArmClient, bus: ArmClient) -> Self {
+    /// `clock` dates scheduled Service Bus deliveries.
+    pub fn with_clients(
+        settings: &AzureSettings,
+        arm: ArmClient,
+        bus: ArmClient,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let gallery = AzureGallery::new(arm.clone());
         Self {
             builder: Arc::new(AzureImageBuilder::new(
@@ -171,7 +222,7 @@ impl AzureProviders {
                 arm,
                 settings.inventory_subscriptions.clone(),
             )),
-            queue: Arc::new(ServiceBusQueue::new(bus)),
+            queue: Arc::new(ServiceBusQueue::new(bus, clock)),
         }
     }
 }
@@ -289,6 +340,7 @@ mod tests {
             &s,
             arm::testing::client(&management.uri()).0,
             arm::testing::client_with(service_bus::options(&bus.uri())).0,
+            Arc::new(crate::ports::SystemClock),
         );
         assert_eq!(
             p.builder.status("kiln-b1-a1").await.unwrap(),
@@ -306,6 +358,65 @@ mod tests {
     fn a_laptop_can_build_the_providers_with_its_cli_login() {
         let mut pairs = full();
         pairs.push(("KILN_AZURE_CREDENTIAL", "cli"));
-        assert!(AzureProviders::from_env(&env(&pairs)).is_ok());
+        assert!(
+            AzureProviders::from_env(&env(&pairs), Arc::new(crate::ports::SystemClock)).is_ok()
+        );
+    }
+
+    #[test]
+    fn the_endpoints_default_to_azure_and_can_point_at_a_simulator() {
+        let s = AzureSettings::from_env(&env(&full())).unwrap();
+        assert_eq!(s.management_url, "https://management.azure.com");
+        assert_eq!(s.service_bus_url, "https://sb-kiln.servicebus.windows.net");
+        let mut pairs = full();
+        pairs.push(("KILN_AZURE_MANAGEMENT_URL", "http://127.0.0.1:4100/"));
+        pairs.push((
+            "KILN_AZURE_SERVICE_BUS_URL",
+            "http://127.0.0.1:4100/servicebus",
+        ));
+        let s = AzureSettings::from_env(&env(&pairs)).unwrap();
+        assert_eq!(s.management_url, "http://127.0.0.1:4100");
+        assert_eq!(s.service_bus_url, "http://127.0.0.1:4100/servicebus");
+        let mut pairs = full();
+        pairs.push(("KILN_AZURE_MANAGEMENT_URL", "http://arm.example"));
+        let e = AzureSettings::from_env(&env(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("KILN_AZURE_MANAGEMENT_URL"), "{e}");
+    }
+
+    #[test]
+    fn the_sim_credential_is_refused_unless_both_endpoints_are_on_this_machine() {
+        let sim = |management: &str, bus: &str| {
+            let mut pairs = full();
+            pairs.push(("KILN_AZURE_CREDENTIAL", "sim"));
+            pairs.push(("KILN_AZURE_MANAGEMENT_URL", management));
+            pairs.push(("KILN_AZURE_SERVICE_BUS_URL", bus));
+            AzureSettings::from_env(&env(&pairs)).map(|s| s.credential)
+        };
+        assert_eq!(
+            sim("http://127.0.0.1:4100", "http://localhost:4100/servicebus").unwrap(),
+            CredentialKind::Sim
+        );
+        for (management, bus) in [
+            (
+                "https://management.azure.com",
+                "http://127.0.0.1:4100/servicebus",
+            ),
+            (
+                "http://127.0.0.1:4100",
+                "https://sb-kiln.servicebus.windows.net",
+            ),
+        ] {
+            let e = sim(management, bus).unwrap_err().to_string();
+            assert!(
+                e.starts_with("KILN_AZURE_CREDENTIAL: `sim`") && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        // Without the URLs the defaults are Azure's: refused too.
+        let mut pairs = full();
+        pairs.push(("KILN_AZURE_CREDENTIAL", "sim"));
+        assert!(AzureSettings::from_env(&env(&pairs)).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! header would become an application property of the message, so this
 //! client sends no `x-ms-client-request-id`; the id is still logged.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use reqwest::Method;
 use serde_json::{json, Map};
 
 use super::arm::{ArmClient, ArmOptions, RetryPolicy};
-use crate::ports::{OutgoingMessage, Queue};
+use crate::ports::{Clock, OutgoingMessage, Queue};
 
 pub const SCOPE: &str = "https://servicebus.azure.net/.default";
 
@@ -33,11 +34,14 @@ pub fn options(base_url: &str) -> ArmOptions {
 
 pub struct ServiceBusQueue {
     client: ArmClient,
+    /// Kiln's clock: a scheduled delivery is dated in kiln's time, which is
+    /// the simulator's under `KILN_CLOCK`.
+    clock: Arc<dyn Clock>,
 }
 
 impl ServiceBusQueue {
-    pub fn new(client: ArmClient) -> Self {
-        Self { client }
+    pub fn new(client: ArmClient, clock: Arc<dyn Clock>) -> Self {
+        Self { client, clock }
     }
 }
 
@@ -60,7 +64,7 @@ fn broker_properties(message: &OutgoingMessage, now: chrono::DateTime<Utc>) -> S
 #[async_trait]
 impl Queue for ServiceBusQueue {
     async fn send(&self, queue: &str, message: OutgoingMessage) -> anyhow::Result<()> {
-        let broker = broker_properties(&message, Utc::now());
+        let broker = broker_properties(&message, self.clock.now());
         let body = message.body.clone();
         // Retrying a send may deliver a twin if the first one landed unseen;
         // every consumer is idempotent (at-least-once is the contract), and
@@ -100,7 +104,7 @@ mod tests {
         let mut o = options(&server.uri());
         o.backoff_base = Duration::ZERO;
         o.backoff_max = Duration::ZERO;
-        ServiceBusQueue::new(client_with(o).0)
+        ServiceBusQueue::new(client_with(o).0, Arc::new(crate::ports::SystemClock))
     }
 
     fn message(delay: u64) -> OutgoingMessage {
@@ -149,6 +153,28 @@ mod tests {
             .ends_with(" GMT"));
         assert_eq!(r.body, br#"{"build":"b1"}"#);
         assert!(!r.headers.contains_key("x-ms-client-request-id"));
+    }
+
+    #[tokio::test]
+    async fn the_scheduled_time_is_read_from_kilns_clock_not_the_system_clock() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(201))
+            .mount(&server)
+            .await;
+        let at = Utc.with_ymd_and_hms(2031, 3, 4, 5, 6, 0).unwrap();
+        let q = ServiceBusQueue::new(
+            client_with(options(&server.uri())).0,
+            Arc::new(crate::ports::ManualClock::new(at)),
+        );
+        q.send("build-polls", message(60)).await.unwrap();
+        let r = &server.received_requests().await.unwrap()[0];
+        let props: serde_json::Value =
+            serde_json::from_str(r.headers["brokerproperties"].to_str().unwrap()).unwrap();
+        assert_eq!(
+            props["ScheduledEnqueueTimeUtc"],
+            "Tue, 04 Mar 2031 05:07:00 GMT"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,94 @@
+//! Timer triggers: NCRONTAB occurrences in sim time, one firing at a time;
+//! occurrences missed while a firing ran are delivered once, past due.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{payload, InvocationRecord, Shared, Trigger};
+use crate::host::catalog::FunctionSpec;
+use crate::host::timers;
+
+/// Sleeps until the sim clock reads `at`, or returns `false` when stopped.
+async fn sleep_until(
+    shared: &Shared,
+    at: DateTime<Utc>,
+    stopped: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        let now = shared.now();
+        if now >= at {
+            return true;
+        }
+        let wait = shared.wall(at - now) + Duration::from_millis(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.wait_for(|s| *s) => return false,
+        }
+    }
+}
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    spec: FunctionSpec,
+    cron: croner::Cron,
+    run_on_startup: bool,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let function = spec.name.as_str();
+    let start = shared.now();
+    let mut last: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    // The occurrence to deliver next and whether it is late.
+    let mut due = if run_on_startup {
+        start
+    } else {
+        match timers::next_after(&cron, start) {
+            Some(t) => t,
+            None => return,
+        }
+    };
+    let mut past_due = false;
+    loop {
+        if !sleep_until(&shared, due, &mut stopped).await {
+            return;
+        }
+        let Some(next) = timers::next_after(&cron, due) else {
+            return;
+        };
+        let now = shared.now();
+        let body = payload::timer_invocation(
+            function,
+            &spec.binding_name,
+            &payload::TimerFiring {
+                last,
+                next,
+                past_due,
+            },
+            now,
+        );
+        let answer = shared.invoke(function, &body).await;
+        let ended = shared.now();
+        shared.record(InvocationRecord {
+            function: function.to_string(),
+            trigger: Trigger::Timer { past_due },
+            status: answer.map(|(s, _)| s),
+            sim_started: now,
+            sim_ended: ended,
+        });
+        last = Some((due, ended));
+        // Occurrences that passed while this one ran collapse into one late firing.
+        if timers::missed_since(&cron, due, ended) {
+            let mut latest = next;
+            while let Some(n) = timers::next_after(&cron, latest).filter(|n| *n <= ended) {
+                latest = n;
+            }
+            due = latest;
+            past_due = true;
+        } else {
+            due = next;
+            past_due = false;
+        }
+    }
+}
