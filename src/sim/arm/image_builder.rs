@@ -1,0 +1,896 @@
+//! `Microsoft.VirtualMachineImages/imageTemplates` 2025-10-01: PUT, GET,
+//! DELETE, `run`, `cancel`, `runOutputs`, and the operations they start.
+//!
+//! Modelled choices where the spec is silent (see docs/simulator-arm.md):
+//! a PUT over an existing template answers 409 (AIB cannot update one); a
+//! DELETE while a build runs answers 409 `Conflict` at once and deletes
+//! nothing (AIB refuses to delete a running template; cancel first); `run`
+//! while running answers 409; `cancel` with nothing running answers 409.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Map, Value};
+
+use super::build::{BuildPlan, Cancel, Outcome, Run, RunView, Schedule};
+use super::world::{Fault, LroKind, Operation, Output, SharedImage, Template, TemplateRun, World};
+use super::{arm_error, Answer, ArmRequest, ArmWorld};
+
+pub const API_VERSION: &str = "2025-10-01";
+const TYPE: &str = "Microsoft.VirtualMachineImages/imageTemplates";
+/// How often a client is told to come back when nothing is due sooner (sim time).
+const POLL: Duration = Duration::from_secs(60);
+/// AIB's zero time for an unfinished run's end.
+const NO_TIME: &str = "0001-01-01T00:00:00Z";
+
+pub(crate) fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
+    let s = |i| req.seg(i);
+    if s(0) != "subscriptions" {
+        return None;
+    }
+    // /subscriptions/{s}/providers/Microsoft.VirtualMachineImages/locations/{l}/operations|operationresults/{id}
+    if s(2) == "providers"
+        && s(3) == "microsoft.virtualmachineimages"
+        && s(4) == "locations"
+        && req.segments.len() == 8
+        && req.method == axum::http::Method::GET
+    {
+        return match s(6) {
+            "operations" => Some(operation_status(world, req.raw(7))),
+            "operationresults" => Some(operation_result(world, req.raw(7))),
+            _ => None,
+        };
+    }
+    if s(2) != "resourcegroups"
+        || s(4) != "providers"
+        || s(5) != "microsoft.virtualmachineimages"
+        || s(6) != "imagetemplates"
+        || req.segments.len() < 8
+    {
+        return None;
+    }
+    let name = req.raw(7);
+    let key = template_key(req.raw(1), req.raw(3), name);
+    let id = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/{TYPE}/{name}",
+        req.raw(1),
+        req.raw(3)
+    );
+    use axum::http::Method as M;
+    Some(match (&req.method, s(8), req.segments.len()) {
+        (&M::PUT, _, 8) => put(world, req, &key, &id).into(),
+        (&M::GET, _, 8) => get(world, &key, name, req.raw(3)).into(),
+        (&M::DELETE, _, 8) => delete(world, &key).into(),
+        (&M::POST, "run", 9) => return Some(run(world, &key, name, req.raw(3))),
+        (&M::POST, "cancel", 9) => cancel(world, &key, name, req.raw(3)).into(),
+        (&M::GET, "runoutputs", 9) => run_outputs(world, req, &key, &id).into(),
+        _ => arm_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{} is not served on {}", req.method, req.path),
+        )
+        .into(),
+    })
+}
+
+pub(crate) fn template_key(sub: &str, rg: &str, name: &str) -> String {
+    format!("/subscriptions/{sub}/resourcegroups/{rg}/providers/{TYPE}/{name}").to_ascii_lowercase()
+}
+
+fn not_found(name: &str, rg: &str) -> Response {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        format!("The Resource '{TYPE}/{name}' under resource group '{rg}' was not found."),
+    )
+}
+
+fn location_of(body: &Value) -> String {
+    body.get("location")
+        .and_then(Value::as_str)
+        .unwrap_or("westeurope")
+        .to_string()
+}
+
+fn operation_url(world: &ArmWorld, t: &Template, id: &str, kind: &str) -> String {
+    world.url(&format!(
+        "/subscriptions/{}/providers/Microsoft.VirtualMachineImages/locations/{}/{kind}/{id}?api-version={API_VERSION}",
+        t.subscription,
+        location_of(&t.body).to_ascii_lowercase().replace(' ', "")
+    ))
+}
+
+/// A response with the headers of an accepted long-running operation.
+fn accepted(
+    world: &ArmWorld,
+    status: StatusCode,
+    t: &Template,
+    op: &str,
+    with_location: bool,
+    wait: Duration,
+    body: Option<Value>,
+) -> Response {
+    let mut r = match body {
+        Some(b) => (status, Json(b)).into_response(),
+        None => status.into_response(),
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = operation_url(world, t, op, "operations").parse() {
+        h.insert(HeaderName::from_static("azure-asyncoperation"), v);
+    }
+    if with_location {
+        if let Ok(v) = operation_url(world, t, op, "operationresults").parse() {
+            h.insert(header::LOCATION, v);
+        }
+    }
+    h.insert(header::RETRY_AFTER, world.retry_after(wait));
+    r
+}
+
+fn until(now: DateTime<Utc>, at: Option<DateTime<Utc>>) -> Duration {
+    at.and_then(|a| (a - now).to_std().ok())
+        .map(|d| d.min(POLL))
+        .unwrap_or(POLL)
+}
+
+/// AIB's checks of a template body, as the provisioning error it ends with.
+fn check(body: &Value, sub: &str) -> Option<(&'static str, String)> {
+    let p = body.get("properties")?;
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let identity = body
+        .pointer("/identity/type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !identity.eq_ignore_ascii_case("UserAssigned") {
+        return Some(("InvalidParameter", "identity: a user-assigned identity is required (identity.type UserAssigned with one userAssignedIdentities entry)".into()));
+    }
+    match p.get("source").and_then(|s| text(s, "type")).as_deref() {
+        Some("PlatformImage" | "ManagedImage" | "SharedImageVersion") => {}
+        other => {
+            return Some((
+                "BadSourceType",
+                format!("source.type: expected PlatformImage, ManagedImage or SharedImageVersion, got {other:?}"),
+            ))
+        }
+    }
+    for (i, c) in p
+        .get("customize")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        match text(c, "type").as_deref() {
+            Some("Shell" | "PowerShell") => {
+                if c.get("scriptUri").is_none() && c.get("inline").is_none() {
+                    return Some((
+                        "NoCustomizerScript",
+                        format!("customize[{i}]: a scriptUri or inline is required"),
+                    ));
+                }
+            }
+            Some("File" | "WindowsRestart" | "WindowsUpdate") => {}
+            other => {
+                return Some((
+                    "BadCustomizerType",
+                    format!("customize[{i}].type: unknown customizer type {other:?}"),
+                ))
+            }
+        }
+    }
+    let distribute = p
+        .get("distribute")
+        .and_then(Value::as_array)
+        .filter(|d| !d.is_empty());
+    let Some(distribute) = distribute else {
+        return Some((
+            "InvalidParameter",
+            "distribute: at least one distribution target is required".into(),
+        ));
+    };
+    for (i, d) in distribute.iter().enumerate() {
+        let name = text(d, "runOutputName").unwrap_or_default();
+        let name_ok = (1..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Some((
+                "InvalidParameter",
+                format!("distribute[{i}].runOutputName: expected 1 to 64 of A-Z a-z 0-9 - _ ., got {name:?}"),
+            ));
+        }
+        match text(d, "type").as_deref() {
+            Some("SharedImage") => {
+                let gallery = text(d, "galleryImageId").unwrap_or_default();
+                if !gallery.to_ascii_lowercase().contains("/galleries/") {
+                    return Some((
+                        "BadSharedImageDistribute",
+                        format!("distribute[{i}].galleryImageId: expected a gallery image id, got {gallery:?}"),
+                    ));
+                }
+                if d.get("targetRegions").is_some() && d.get("replicationRegions").is_some() {
+                    return Some(("InvalidParameter", format!("distribute[{i}]: targetRegions and replicationRegions cannot both be set")));
+                }
+            }
+            Some("ManagedImage" | "VHD") => {}
+            other => {
+                return Some((
+                    "BadDistributeType",
+                    format!("distribute[{i}].type: unknown distribution type {other:?}"),
+                ))
+            }
+        }
+    }
+    if let Some(group) = text(p, "stagingResourceGroup").filter(|g| !g.is_empty()) {
+        let prefix = format!("/subscriptions/{sub}/resourcegroups/");
+        let lower = group.to_ascii_lowercase();
+        let ok = lower
+            .strip_prefix(&prefix)
+            .is_some_and(|g| !g.is_empty() && !g.contains('/'));
+        if !ok {
+            return Some(("BadStagingResourceGroup", format!("stagingResourceGroup: expected /subscriptions/{sub}/resourceGroups/<name> in the template's subscription, got {group}")));
+        }
+    }
+    None
+}
+
+fn put(world: &ArmWorld, req: &ArmRequest, key: &str, id: &str) -> Response {
+    let body: Value = match serde_json::from_slice(&req.body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) | Err(_) => {
+            return arm_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                "The request content was invalid and could not be deserialized: expected a JSON object.",
+            )
+        }
+    };
+    let (sub, rg, name) = (req.raw(1), req.raw(3), req.raw(7));
+    let (mut w, now) = world.lock();
+    if w.templates.contains_key(key) {
+        return arm_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("The image template {name} already exists; Image Builder cannot update an image template in place. Delete it, or use a new name."),
+        );
+    }
+    let error = check(&body, sub);
+    let never = w.has_fault(|f| matches!(f, Fault::LroNeverFinishes { template, operation: LroKind::Put } if template.eq_ignore_ascii_case(name)));
+    let provisioned_at =
+        (!never).then(|| now + chrono::Duration::seconds(w.profile.provisioning_secs as i64));
+    let staging_group = match body
+        .pointer("/properties/stagingResourceGroup")
+        .and_then(Value::as_str)
+        .filter(|g| !g.is_empty())
+    {
+        Some(g) if error.is_none() => g.rsplit('/').next().unwrap_or(g).to_string(),
+        _ => format!("IT_{rg}_{name}_{}", w.hex(key, 8)),
+    };
+    let template = Template {
+        id: id.to_string(),
+        name: name.to_string(),
+        subscription: sub.to_string(),
+        resource_group: rg.to_string(),
+        body,
+        provisioned_at,
+        provisioning_error: error.map(|(c, m)| (c.to_string(), m)),
+        deleting: None,
+        staging_group,
+        run: None,
+        runs: 0,
+    };
+    let op = w.guid(key);
+    w.operations.insert(
+        op.clone(),
+        Operation::TemplateCreate {
+            template: key.to_string(),
+        },
+    );
+    w.staging.insert(
+        super::world::staging_key(sub, &template.staging_group),
+        key.to_string(),
+    );
+    let view = view(world, &template, now);
+    let wait = until(now, provisioned_at);
+    w.templates.insert(key.to_string(), template.clone());
+    accepted(
+        world,
+        StatusCode::CREATED,
+        &template,
+        &op,
+        false,
+        wait,
+        Some(view),
+    )
+}
+
+fn provisioning_state(t: &Template, now: DateTime<Utc>) -> &'static str {
+    if t.deleting.is_some() {
+        "Deleting"
+    } else if t.provisioned_at.is_none_or(|at| at > now) {
+        "Creating"
+    } else if t.provisioning_error.is_some() {
+        "Failed"
+    } else {
+        "Succeeded"
+    }
+}
+
+/// The template resource as GET answers it.
+pub(crate) fn view(world: &ArmWorld, t: &Template, now: DateTime<Utc>) -> Value {
+    let mut props = t
+        .body
+        .get("properties")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let state = provisioning_state(t, now);
+    props.insert("provisioningState".into(), json!(state));
+    if let (Some((code, message)), "Failed") = (&t.provisioning_error, state) {
+        props.insert(
+            "provisioningError".into(),
+            json!({"provisioningErrorCode": code, "message": message}),
+        );
+    }
+    props.insert(
+        "exactStagingResourceGroup".into(),
+        json!(format!(
+            "/subscriptions/{}/resourceGroups/{}",
+            t.subscription, t.staging_group
+        )),
+    );
+    if let Some(run) = &t.run {
+        props.insert("lastRunStatus".into(), last_run_status(world, t, run, now));
+    }
+    let mut identity = t.body.get("identity").cloned().unwrap_or(json!({}));
+    if let Some(ids) = identity
+        .get_mut("userAssignedIdentities")
+        .and_then(Value::as_object_mut)
+    {
+        for (i, v) in ids.values_mut().enumerate() {
+            *v = json!({"principalId": format!("00000000-0000-0000-0000-00000000000{}", i % 10), "clientId": format!("00000000-0000-0000-0000-0000000000a{}", i % 10)});
+        }
+    }
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "type": TYPE,
+        "location": location_of(&t.body),
+        "tags": t.body.get("tags").cloned().unwrap_or(json!({})),
+        "identity": identity,
+        "properties": props,
+    })
+}
+
+fn last_run_status(world: &ArmWorld, t: &Template, run: &TemplateRun, now: DateTime<Utc>) -> Value {
+    let v = run.run.view(now);
+    let end = run.run.ended_at(now).map(time).unwrap_or(NO_TIME.into());
+    let mut status = json!({
+        "startTime": time(run.run.schedule.started),
+        "endTime": end,
+        "runState": v.run_state(),
+        "message": run_message(world, t, run, &v),
+    });
+    if let Some(p) = v.sub_state() {
+        status["runSubState"] = json!(p.as_str());
+    }
+    status
+}
+
+/// `lastRunStatus.message` as AIB writes it.
+pub(crate) fn run_message(world: &ArmWorld, t: &Template, run: &TemplateRun, v: &RunView) -> String {
+    match v {
+        RunView::Ended {
+            outcome: Outcome::Failed { .. },
+        } => format!(
+            "Failed while waiting for packerizer: Microservice has failed: Failed while processing request: Error when executing packerizer: Packer build command has failed: exit status 1. During the image build, a failure has occurred, please review the build log to identify which build/customization step failed. For more troubleshooting steps go to https://aka.ms/azvmimagebuilderts. Image Build log location: {}. OperationId: {}. Use this operationId to search packer logs.",
+            super::storage::log_url(world, run),
+            run.operation
+        ),
+        RunView::Ended {
+            outcome: Outcome::PartiallySucceeded { region },
+        } => format!(
+            "Distribution for one or more distributors failed; the run output shows which. Error waiting on Azure Compute Gallery: replication failed in region {region} for image template {}.",
+            t.name
+        ),
+        RunView::Ended {
+            outcome: Outcome::Succeeded,
+        }
+        | RunView::Running(_)
+        | RunView::Canceling(_)
+        | RunView::Canceled { .. } => String::new(),
+    }
+}
+
+fn get(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Response {
+    let (w, now) = world.lock();
+    match w.templates.get(key) {
+        Some(t) => Json(view(world, t, now)).into_response(),
+        None => not_found(name, rg),
+    }
+}
+
+fn delete(world: &ArmWorld, key: &str) -> Response {
+    let (mut w, now) = world.lock();
+    let Some(t) = w.templates.get(key) else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    if t.run.as_ref().is_some_and(|r| !r.run.view(now).is_terminal()) {
+        return arm_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("The image template {} cannot be deleted while a build is running: cancel the build first, then delete the template.", t.name),
+        );
+    }
+    let name = t.name.clone();
+    let never = w.has_fault(|f| matches!(f, Fault::LroNeverFinishes { template, operation: LroKind::Delete } if template.eq_ignore_ascii_case(&name)));
+    let done = (!never).then(|| now + chrono::Duration::seconds(w.profile.deleting_secs as i64));
+    let op = w.guid(key);
+    w.operations.insert(
+        op.clone(),
+        Operation::TemplateDelete {
+            template: key.to_string(),
+            done,
+        },
+    );
+    let Some(t) = w.templates.get_mut(key) else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    if t.deleting.is_none() {
+        t.deleting = Some(done);
+    }
+    accepted(
+        world,
+        StatusCode::ACCEPTED,
+        t,
+        &op,
+        true,
+        until(now, done),
+        None,
+    )
+}
+
+/// One log line per customizer: what Packer prints when it starts it.
+pub(crate) fn describe(c: &Value, i: usize) -> String {
+    let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+    let what = match text("type") {
+        "Shell" if c.get("scriptUri").is_some() => {
+            format!("Provisioning with shell script: {}", text("scriptUri"))
+        }
+        "Shell" => format!("Provisioning with shell script: /tmp/script_{i}.sh"),
+        "PowerShell" if c.get("scriptUri").is_some() => {
+            format!("Provisioning with powershell script: {}", text("scriptUri"))
+        }
+        "PowerShell" => format!("Provisioning with powershell script: C:/Windows/Temp/script_{i}.ps1"),
+        "File" => format!("Uploading {} => {}", text("sourceUri"), text("destination")),
+        "WindowsRestart" => "Restarting Machine".to_string(),
+        other => format!("Running {other} customizer"),
+    };
+    match c.get("name").and_then(Value::as_str) {
+        Some(n) => format!("{what} ({n})"),
+        None => what,
+    }
+}
+
+/// The gallery version a SharedImage distribute creates.
+fn shared_image(w: &World, d: &Value, source_version: Option<&str>) -> Option<SharedImage> {
+    let gallery = d.get("galleryImageId").and_then(Value::as_str)?;
+    let (definition, explicit) = match gallery.to_ascii_lowercase().rfind("/versions/") {
+        Some(i) => (gallery[..i].to_string(), Some(gallery[i + 10..].to_string())),
+        None => (gallery.trim_end_matches('/').to_string(), None),
+    };
+    let version = match explicit {
+        Some(v) => v,
+        None => next_version(w, &definition, d.get("versioning"), source_version),
+    };
+    let regions: Vec<(String, u64)> = match d.get("targetRegions").and_then(Value::as_array) {
+        Some(targets) => targets
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("name")?.as_str()?.to_string(),
+                    r.get("replicaCount").and_then(Value::as_u64).unwrap_or(1),
+                ))
+            })
+            .collect(),
+        None => d
+            .get("replicationRegions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| Some((r.as_str()?.to_string(), 1)))
+            .collect(),
+    };
+    let tags = d
+        .get("artifactTags")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(SharedImage {
+        definition,
+        version,
+        regions,
+        tags,
+        exclude_from_latest: d
+            .get("excludeFromLatest")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+/// AIB's `versioning`: `Latest` (the default here) is one patch above the
+/// highest existing version (of `major`, when given); `Source` takes the
+/// source image's version.
+fn next_version(
+    w: &World,
+    definition: &str,
+    versioning: Option<&Value>,
+    source_version: Option<&str>,
+) -> String {
+    let scheme = versioning
+        .and_then(|v| v.get("scheme"))
+        .and_then(Value::as_str)
+        .unwrap_or("Latest");
+    if scheme.eq_ignore_ascii_case("Source") {
+        if let Some(v) = source_version {
+            let parts: Vec<u64> = v.split('.').filter_map(|p| p.parse().ok()).collect();
+            if parts.len() == 3 {
+                return format!("{}.{}.{}", parts[0], parts[1], parts[2]);
+            }
+        }
+    }
+    let major = versioning
+        .and_then(|v| v.get("major"))
+        .and_then(Value::as_i64)
+        .unwrap_or(-1);
+    let prefix = format!("{}/versions/", definition.to_ascii_lowercase());
+    let highest = w
+        .versions
+        .keys()
+        .filter_map(|k| k.strip_prefix(&prefix))
+        .filter_map(|v| {
+            let p: Vec<u64> = v.split('.').filter_map(|x| x.parse().ok()).collect();
+            (p.len() == 3).then(|| (p[0], p[1], p[2]))
+        })
+        .filter(|(m, _, _)| major < 0 || *m as i64 == major)
+        .max();
+    match highest {
+        Some((a, b, c)) => format!("{a}.{b}.{}", c + 1),
+        None if major >= 0 => format!("{major}.0.0"),
+        None => "1.0.0".to_string(),
+    }
+}
+
+fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
+    let (mut w, now) = world.lock();
+    let Some(t) = w.templates.get(key) else {
+        return not_found(name, rg).into();
+    };
+    if provisioning_state(t, now) != "Succeeded" {
+        return arm_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "The image template {name} cannot run: its provisioningState is {}.",
+                provisioning_state(t, now)
+            ),
+        )
+        .into();
+    }
+    if t.run.as_ref().is_some_and(|r| !r.run.view(now).is_terminal()) {
+        return arm_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("The image template {name} is already running a build."),
+        )
+        .into();
+    }
+    let props = t.body.get("properties").cloned().unwrap_or(Value::Null);
+    let customizers: Vec<String> = props
+        .get("customize")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| describe(c, i))
+        .collect();
+    let failing_step = w.faults.iter().find_map(|f| match f {
+        Fault::BuildFails { template, step } if template.eq_ignore_ascii_case(name) => Some(
+            step.map(|s| s.saturating_sub(1))
+                .unwrap_or(customizers.len().saturating_sub(1)),
+        ),
+        _ => None,
+    });
+    let failing_region = w.faults.iter().find_map(|f| match f {
+        Fault::ReplicationFails { template, region } if template.eq_ignore_ascii_case(name) => {
+            Some(region.clone())
+        }
+        _ => None,
+    });
+    let plan = BuildPlan {
+        customizers,
+        validate: props.get("validate").is_some_and(Value::is_object),
+        failing_step,
+        failing_region,
+    };
+    let source_version = props
+        .pointer("/source/version")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let outputs: Vec<Output> = props
+        .get("distribute")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let shared = (d.get("type").and_then(Value::as_str) == Some("SharedImage"))
+                .then(|| shared_image(&w, d, source_version.as_deref()))
+                .flatten();
+            Output {
+                run_output_name: d
+                    .get("runOutputName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                artifact_id: shared
+                    .as_ref()
+                    .map(|s| format!("{}/versions/{}", s.definition, s.version))
+                    .or_else(|| d.get("imageId").and_then(Value::as_str).map(str::to_string)),
+                shared,
+            }
+        })
+        .collect();
+    let lost = w.has_fault(|f| matches!(f, Fault::RunAnswerLost { template } if template.eq_ignore_ascii_case(name)));
+    let op = w.guid(key);
+    let account = w.hex(key, 20);
+    let folder = w.guid(key);
+    let profile = w.profile;
+    let Some(t) = w.templates.get_mut(key) else {
+        return not_found(name, rg).into();
+    };
+    t.runs += 1;
+    let run_no = t.runs;
+    let schedule = Schedule::plan(now, &profile, &plan);
+    let wait = until(now, Some(schedule.ends));
+    t.run = Some(TemplateRun {
+        run: Run {
+            schedule,
+            cancel: None,
+        },
+        operation: op.clone(),
+        storage_account: account,
+        log_folder: folder,
+        outputs,
+        distributed: false,
+    });
+    let answer = accepted(world, StatusCode::ACCEPTED, t, &op, false, wait, None);
+    w.operations.insert(
+        op,
+        Operation::Run {
+            template: key.to_string(),
+            run: run_no,
+        },
+    );
+    if lost {
+        return Answer::Never;
+    }
+    answer.into()
+}
+
+fn cancel(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Response {
+    let (mut w, now) = world.lock();
+    let stuck = w.has_fault(|f| matches!(f, Fault::StuckCanceling { template } if template.eq_ignore_ascii_case(name)));
+    let canceling = w.profile.canceling_secs as i64;
+    let op = w.guid(key);
+    let Some(t) = w.templates.get_mut(key) else {
+        return not_found(name, rg);
+    };
+    let run_no = t.runs;
+    let Some(run) = t.run.as_mut().filter(|r| !r.run.view(now).is_terminal()) else {
+        return arm_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("The image template {name} has no build running to cancel."),
+        );
+    };
+    if run.run.cancel.is_none() {
+        run.run.cancel = Some(Cancel {
+            at: now,
+            done: (!stuck).then(|| now + chrono::Duration::seconds(canceling)),
+        });
+    }
+    let done = run.run.cancel.and_then(|c| c.done);
+    let wait = until(now, done);
+    let t = t.clone();
+    w.operations.insert(
+        op.clone(),
+        Operation::Cancel {
+            template: key.to_string(),
+            run: run_no,
+        },
+    );
+    accepted(world, StatusCode::ACCEPTED, &t, &op, false, wait, None)
+}
+
+fn run_outputs(world: &ArmWorld, req: &ArmRequest, key: &str, id: &str) -> Response {
+    let (w, now) = world.lock();
+    let Some(t) = w.templates.get(key) else {
+        return not_found(req.raw(7), req.raw(3));
+    };
+    let items: Vec<Value> = t
+        .run
+        .iter()
+        .filter(|r| r.distributed)
+        .flat_map(|r| {
+            let state = match r.run.view(now) {
+                RunView::Ended {
+                    outcome: Outcome::Succeeded | Outcome::PartiallySucceeded { .. },
+                } => "Succeeded",
+                RunView::Ended {
+                    outcome: Outcome::Failed { .. },
+                }
+                | RunView::Canceled { .. } => "Failed",
+                RunView::Running(_) | RunView::Canceling(_) => "Creating",
+            };
+            r.outputs.iter().map(move |o| {
+                let mut props = Map::new();
+                if let Some(a) = &o.artifact_id {
+                    props.insert("artifactId".into(), json!(a));
+                }
+                props.insert("provisioningState".into(), json!(state));
+                json!({
+                    "id": format!("{id}/runOutputs/{}", o.run_output_name),
+                    "name": o.run_output_name,
+                    "type": "Microsoft.VirtualMachineImages/imageTemplates/runOutputs",
+                    "properties": props,
+                })
+            })
+        })
+        .collect();
+    let base = format!("{id}/runOutputs?api-version={API_VERSION}");
+    Json(page(world, req, items, &base)).into_response()
+}
+
+/// One `{value, nextLink}` page of `items`, `$skipToken` being the offset.
+pub(crate) fn page(world: &ArmWorld, req: &ArmRequest, items: Vec<Value>, base: &str) -> Value {
+    let skip: usize = req
+        .query("$skipToken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let size = world.options.page_size.max(1);
+    let value: Vec<Value> = items.iter().skip(skip).take(size).cloned().collect();
+    let mut out = json!({ "value": value });
+    if skip + size < items.len() {
+        out["nextLink"] = json!(world.url(&format!("{base}&$skipToken={}", skip + size)));
+    }
+    out
+}
+
+/// An operation's status body: InProgress, Succeeded, Failed or Canceled.
+fn status_of(world: &ArmWorld, op: &Operation, w: &World, now: DateTime<Utc>) -> (String, Option<Value>, Duration) {
+    let in_progress = |at: Option<DateTime<Utc>>| ("InProgress".to_string(), None, until(now, at));
+    let done = || ("Succeeded".to_string(), None, POLL);
+    match op {
+        Operation::TemplateCreate { template } => match w.templates.get(template) {
+            None => done(),
+            Some(t) => match (t.provisioned_at, &t.provisioning_error) {
+                (at, _) if at.is_none_or(|a| a > now) => in_progress(at),
+                (_, Some((code, message))) => (
+                    "Failed".into(),
+                    Some(json!({"code": code, "message": message})),
+                    POLL,
+                ),
+                (_, None) => done(),
+            },
+        },
+        Operation::TemplateDelete { done: at, .. } => match at {
+            Some(a) if *a <= now => done(),
+            _ => in_progress(*at),
+        },
+        Operation::Run { template, run } => {
+            let Some(t) = w.templates.get(template).filter(|t| t.runs == *run) else {
+                return ("Canceled".into(), None, POLL);
+            };
+            let Some(r) = &t.run else {
+                return ("Canceled".into(), None, POLL);
+            };
+            let v = r.run.view(now);
+            match &v {
+                RunView::Running(_) | RunView::Canceling(_) => {
+                    in_progress(Some(r.run.schedule.ends))
+                }
+                RunView::Canceled { .. } => ("Canceled".into(), None, POLL),
+                RunView::Ended {
+                    outcome: Outcome::Failed { .. },
+                } => (
+                    "Failed".into(),
+                    Some(json!({"code": "PackerBuildFailed", "message": run_message(world, t, r, &v)})),
+                    POLL,
+                ),
+                RunView::Ended { .. } => done(),
+            }
+        }
+        Operation::Cancel { template, run } => {
+            let run_view = w
+                .templates
+                .get(template)
+                .filter(|t| t.runs == *run)
+                .and_then(|t| t.run.as_ref());
+            match run_view {
+                Some(r) if !r.run.view(now).is_terminal() => {
+                    in_progress(r.run.cancel.and_then(|c| c.done))
+                }
+                Some(_) | None => done(),
+            }
+        }
+        Operation::VersionUpdate { done: at } | Operation::VersionDelete { done: at } => {
+            if *at <= now {
+                done()
+            } else {
+                in_progress(Some(*at))
+            }
+        }
+    }
+}
+
+pub(crate) fn operation_status(world: &ArmWorld, id: &str) -> Answer {
+    let (w, now) = world.lock();
+    let Some(op) = w.operations.get(id) else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "OperationNotFound",
+            format!("The operation {id} was not found."),
+        )
+        .into();
+    };
+    let (status, error, wait) = status_of(world, op, &w, now);
+    let mut body = json!({"id": id, "name": id, "status": status});
+    if let Some(e) = error {
+        body["error"] = e;
+    }
+    let mut r = Json(body).into_response();
+    if status == "InProgress" {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, world.retry_after(wait));
+    }
+    r.into()
+}
+
+/// The `Location` of an operation: 202 while it runs, then 204 (or its error).
+pub(crate) fn operation_result(world: &ArmWorld, id: &str) -> Answer {
+    let (w, now) = world.lock();
+    let Some(op) = w.operations.get(id) else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "OperationNotFound",
+            format!("The operation {id} was not found."),
+        )
+        .into();
+    };
+    let (status, error, wait) = status_of(world, op, &w, now);
+    match status.as_str() {
+        "InProgress" => {
+            let mut r = StatusCode::ACCEPTED.into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, world.retry_after(wait));
+            r.into()
+        }
+        "Succeeded" => StatusCode::NO_CONTENT.into(),
+        _ => {
+            let e = error.unwrap_or(json!({"code": status, "message": format!("The operation ended {status}.")}));
+            (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into()
+        }
+    }
+}
