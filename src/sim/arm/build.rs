@@ -84,9 +84,13 @@ pub struct BuildPlan {
 pub enum Outcome {
     Succeeded,
     /// Replication failed in `region`; the other regions completed.
-    PartiallySucceeded { region: String },
+    PartiallySucceeded {
+        region: String,
+    },
     /// Customizer `step` (0-based) exited non-zero.
-    Failed { step: usize },
+    Failed {
+        step: usize,
+    },
 }
 
 /// When a run's phases start and when it ends.
@@ -343,7 +347,10 @@ mod tests {
             ]
         );
         assert_eq!(s.ends, t0() + mins(30));
-        assert_eq!(s.steps, vec![t0() + mins(10), t0() + mins(14), t0() + mins(18)]);
+        assert_eq!(
+            s.steps,
+            vec![t0() + mins(10), t0() + mins(14), t0() + mins(18)]
+        );
     }
 
     #[test]

@@ -94,7 +94,12 @@ impl ArmWorld {
             .rsplit('/')
             .next()
             .filter(|n| n.split('.').filter(|p| p.parse::<u32>().is_ok()).count() == 3)
-            .ok_or_else(|| format!("id: expected .../versions/<major.minor.patch>, got {}", seed.id))?
+            .ok_or_else(|| {
+                format!(
+                    "id: expected .../versions/<major.minor.patch>, got {}",
+                    seed.id
+                )
+            })?
             .to_string();
         let (mut w, now) = self.lock();
         let published = seed.published_date.unwrap_or(now);
@@ -115,7 +120,8 @@ impl ArmWorld {
             "storageAccountType": "Standard_LRS",
         });
         if let Some(eol) = seed.end_of_life_date {
-            publishing["endOfLifeDate"] = json!(eol.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            publishing["endOfLifeDate"] =
+                json!(eol.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         }
         let version = Version {
             id: seed.id.clone(),
@@ -147,7 +153,10 @@ impl ArmWorld {
 
     pub fn seed_resource(&self, seed: SeedResource) -> Result<(), String> {
         if super::resource_graph::Table::parse(&seed.table).is_none() {
-            return Err(format!("table: expected Resources or ComputeResources, got {}", seed.table));
+            return Err(format!(
+                "table: expected Resources or ComputeResources, got {}",
+                seed.table
+            ));
         }
         let (subscription, resource) = as_stored(seed.resource)?;
         let (mut w, _) = self.lock();
@@ -174,31 +183,46 @@ async fn add_fault(State(world): State<Arc<ArmWorld>>, Json(fault): Json<Fault>)
     StatusCode::NO_CONTENT
 }
 
-async fn set_profile(State(world): State<Arc<ArmWorld>>, Json(p): Json<BuildProfile>) -> StatusCode {
+async fn set_profile(
+    State(world): State<Arc<ArmWorld>>,
+    Json(p): Json<BuildProfile>,
+) -> StatusCode {
     world.set_profile(p);
     StatusCode::NO_CONTENT
 }
 
-async fn seed_version(State(world): State<Arc<ArmWorld>>, Json(seed): Json<SeedVersion>) -> Response {
+async fn seed_version(
+    State(world): State<Arc<ArmWorld>>,
+    Json(seed): Json<SeedVersion>,
+) -> Response {
     match world.seed_version(seed) {
         Ok(()) => StatusCode::CREATED.into_response(),
         Err(e) => refused(e),
     }
 }
 
-async fn seed_image_line(State(world): State<Arc<ArmWorld>>, Json(seed): Json<SeedImageLine>) -> StatusCode {
+async fn seed_image_line(
+    State(world): State<Arc<ArmWorld>>,
+    Json(seed): Json<SeedImageLine>,
+) -> StatusCode {
     world.seed_image_line(seed);
     StatusCode::CREATED
 }
 
-async fn seed_resource(State(world): State<Arc<ArmWorld>>, Json(seed): Json<SeedResource>) -> Response {
+async fn seed_resource(
+    State(world): State<Arc<ArmWorld>>,
+    Json(seed): Json<SeedResource>,
+) -> Response {
     match world.seed_resource(seed) {
         Ok(()) => StatusCode::CREATED.into_response(),
         Err(e) => refused(e),
     }
 }
 
-async fn events(State(world): State<Arc<ArmWorld>>, Path(name): Path<String>) -> Json<Vec<RunEvent>> {
+async fn events(
+    State(world): State<Arc<ArmWorld>>,
+    Path(name): Path<String>,
+) -> Json<Vec<RunEvent>> {
     Json(world.template_events(&name))
 }
 

@@ -182,13 +182,24 @@ fn get(world: &ArmWorld, req: &ArmRequest, definition: &str) -> Response {
     }
 }
 
-fn operation_headers(world: &ArmWorld, r: &mut Response, sub: &str, location: &str, op: &str, wait: Duration, with_location: bool) {
+fn operation_headers(
+    world: &ArmWorld,
+    r: &mut Response,
+    sub: &str,
+    location: &str,
+    op: &str,
+    wait: Duration,
+    with_location: bool,
+) {
     let base = format!(
         "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{}/capsOperations/{op}",
         region_key(location)
     );
     let h = r.headers_mut();
-    if let Ok(v) = world.url(&format!("{base}?api-version={API_VERSION}")).parse() {
+    if let Ok(v) = world
+        .url(&format!("{base}?api-version={API_VERSION}"))
+        .parse()
+    {
         h.insert(HeaderName::from_static("azure-asyncoperation"), v);
     }
     if with_location {
@@ -223,7 +234,11 @@ fn patch(world: &ArmWorld, req: &ArmRequest, definition: &str) -> Response {
         return not_found(req);
     };
     if v.deleting_at.is_some() {
-        return arm_error(StatusCode::CONFLICT, "Conflict", format!("The gallery image version {} is being deleted.", v.name));
+        return arm_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("The gallery image version {} is being deleted.", v.name),
+        );
     }
     if let Some(profile) = body
         .pointer("/properties/publishingProfile")
@@ -245,7 +260,8 @@ fn patch(world: &ArmWorld, req: &ArmRequest, definition: &str) -> Response {
     v.updating_until = Some(done);
     let mut r = Json(view(v, now, false)).into_response();
     let location = v.location.clone();
-    w.operations.insert(op.clone(), Operation::VersionUpdate { done });
+    w.operations
+        .insert(op.clone(), Operation::VersionUpdate { done });
     operation_headers(world, &mut r, req.raw(1), &location, &op, UPDATING, false);
     r
 }
@@ -262,7 +278,8 @@ fn delete(world: &ArmWorld, req: &ArmRequest, definition: &str) -> Response {
         .deleting_at
         .get_or_insert(now + chrono::Duration::seconds(secs as i64));
     let location = v.location.clone();
-    w.operations.insert(op.clone(), Operation::VersionDelete { done });
+    w.operations
+        .insert(op.clone(), Operation::VersionDelete { done });
     let mut r = StatusCode::ACCEPTED.into_response();
     let wait = (done - now).to_std().unwrap_or_default();
     operation_headers(world, &mut r, req.raw(1), &location, &op, wait, true);

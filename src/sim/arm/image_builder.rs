@@ -35,18 +35,15 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
     if s(0) != "subscriptions" {
         return None;
     }
-    // /subscriptions/{s}/providers/Microsoft.VirtualMachineImages/locations/{l}/operations|operationresults/{id}
+    // /subscriptions/{s}/providers/Microsoft.VirtualMachineImages/locations/{l}/operations/{id}
     if s(2) == "providers"
         && s(3) == "microsoft.virtualmachineimages"
         && s(4) == "locations"
+        && s(6) == "operations"
         && req.segments.len() == 8
         && req.method == axum::http::Method::GET
     {
-        return match s(6) {
-            "operations" => Some(operation_status(world, req.raw(7))),
-            "operationresults" => Some(operation_result(world, req.raw(7))),
-            _ => None,
-        };
+        return Some(operation_status(world, req.raw(7)));
     }
     if s(2) != "resourcegroups"
         || s(4) != "providers"
@@ -99,13 +96,37 @@ fn location_of(body: &Value) -> String {
         .to_string()
 }
 
-fn operation_url(world: &ArmWorld, t: &Template, id: &str, kind: &str) -> String {
+fn operation_url(world: &ArmWorld, t: &Template, id: &str) -> String {
     world.url(&format!(
-        "/subscriptions/{}/providers/Microsoft.VirtualMachineImages/locations/{}/{kind}/{id}?api-version={API_VERSION}",
+        "/subscriptions/{}/providers/Microsoft.VirtualMachineImages/locations/{}/operations/{id}?api-version={API_VERSION}",
         t.subscription,
         location_of(&t.body).to_ascii_lowercase().replace(' ', "")
     ))
 }
+
+/// Which operation headers an answer carries, as the spec declares them:
+/// PUT and run/cancel `Azure-AsyncOperation` (run/cancel also `Location`),
+/// DELETE only `Location`. Both are the operation's status URL, as in the
+/// spec's examples: it answers 200 with `{status}` whether or not the
+/// operation has ended.
+#[derive(Clone, Copy)]
+struct Links {
+    async_operation: bool,
+    location: bool,
+}
+
+const PUT_LINKS: Links = Links {
+    async_operation: true,
+    location: false,
+};
+const ACTION_LINKS: Links = Links {
+    async_operation: true,
+    location: true,
+};
+const DELETE_LINKS: Links = Links {
+    async_operation: false,
+    location: true,
+};
 
 /// A response with the headers of an accepted long-running operation.
 fn accepted(
@@ -113,7 +134,7 @@ fn accepted(
     status: StatusCode,
     t: &Template,
     op: &str,
-    with_location: bool,
+    links: Links,
     wait: Duration,
     body: Option<Value>,
 ) -> Response {
@@ -122,13 +143,12 @@ fn accepted(
         None => status.into_response(),
     };
     let h = r.headers_mut();
-    if let Ok(v) = operation_url(world, t, op, "operations").parse() {
+    let url = operation_url(world, t, op);
+    if let (true, Ok(v)) = (links.async_operation, url.parse()) {
         h.insert(HeaderName::from_static("azure-asyncoperation"), v);
     }
-    if with_location {
-        if let Ok(v) = operation_url(world, t, op, "operationresults").parse() {
-            h.insert(header::LOCATION, v);
-        }
+    if let (true, Ok(v)) = (links.location, url.parse()) {
+        h.insert(header::LOCATION, v);
     }
     h.insert(header::RETRY_AFTER, world.retry_after(wait));
     r
@@ -306,7 +326,7 @@ fn put(world: &ArmWorld, req: &ArmRequest, key: &str, id: &str) -> Response {
         StatusCode::CREATED,
         &template,
         &op,
-        false,
+        PUT_LINKS,
         wait,
         Some(view),
     )
@@ -386,7 +406,12 @@ fn last_run_status(world: &ArmWorld, t: &Template, run: &TemplateRun, now: DateT
 }
 
 /// `lastRunStatus.message` as AIB writes it.
-pub(crate) fn run_message(world: &ArmWorld, t: &Template, run: &TemplateRun, v: &RunView) -> String {
+pub(crate) fn run_message(
+    world: &ArmWorld,
+    t: &Template,
+    run: &TemplateRun,
+    v: &RunView,
+) -> String {
     match v {
         RunView::Ended {
             outcome: Outcome::Failed { .. },
@@ -423,7 +448,10 @@ fn delete(world: &ArmWorld, key: &str) -> Response {
     let Some(t) = w.templates.get(key) else {
         return StatusCode::NO_CONTENT.into_response();
     };
-    if t.run.as_ref().is_some_and(|r| !r.run.view(now).is_terminal()) {
+    if t.run
+        .as_ref()
+        .is_some_and(|r| !r.run.view(now).is_terminal())
+    {
         return arm_error(
             StatusCode::CONFLICT,
             "Conflict",
@@ -452,7 +480,7 @@ fn delete(world: &ArmWorld, key: &str) -> Response {
         StatusCode::ACCEPTED,
         t,
         &op,
-        true,
+        DELETE_LINKS,
         until(now, done),
         None,
     )
@@ -469,7 +497,9 @@ pub(crate) fn describe(c: &Value, i: usize) -> String {
         "PowerShell" if c.get("scriptUri").is_some() => {
             format!("Provisioning with powershell script: {}", text("scriptUri"))
         }
-        "PowerShell" => format!("Provisioning with powershell script: C:/Windows/Temp/script_{i}.ps1"),
+        "PowerShell" => {
+            format!("Provisioning with powershell script: C:/Windows/Temp/script_{i}.ps1")
+        }
         "File" => format!("Uploading {} => {}", text("sourceUri"), text("destination")),
         "WindowsRestart" => "Restarting Machine".to_string(),
         other => format!("Running {other} customizer"),
@@ -484,7 +514,10 @@ pub(crate) fn describe(c: &Value, i: usize) -> String {
 fn shared_image(w: &World, d: &Value, source_version: Option<&str>) -> Option<SharedImage> {
     let gallery = d.get("galleryImageId").and_then(Value::as_str)?;
     let (definition, explicit) = match gallery.to_ascii_lowercase().rfind("/versions/") {
-        Some(i) => (gallery[..i].to_string(), Some(gallery[i + 10..].to_string())),
+        Some(i) => (
+            gallery[..i].to_string(),
+            Some(gallery[i + 10..].to_string()),
+        ),
         None => (gallery.trim_end_matches('/').to_string(), None),
     };
     let version = match explicit {
@@ -589,7 +622,10 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
         )
         .into();
     }
-    if t.run.as_ref().is_some_and(|r| !r.run.view(now).is_terminal()) {
+    if t.run
+        .as_ref()
+        .is_some_and(|r| !r.run.view(now).is_terminal())
+    {
         return arm_error(
             StatusCode::CONFLICT,
             "Conflict",
@@ -652,7 +688,9 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
             }
         })
         .collect();
-    let lost = w.has_fault(|f| matches!(f, Fault::RunAnswerLost { template } if template.eq_ignore_ascii_case(name)));
+    let lost = w.has_fault(
+        |f| matches!(f, Fault::RunAnswerLost { template } if template.eq_ignore_ascii_case(name)),
+    );
     let op = w.guid(key);
     let account = w.hex(key, 20);
     let folder = w.guid(key);
@@ -675,7 +713,15 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
         outputs,
         distributed: false,
     });
-    let answer = accepted(world, StatusCode::ACCEPTED, t, &op, false, wait, None);
+    let answer = accepted(
+        world,
+        StatusCode::ACCEPTED,
+        t,
+        &op,
+        ACTION_LINKS,
+        wait,
+        None,
+    );
     w.operations.insert(
         op,
         Operation::Run {
@@ -691,7 +737,9 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
 
 fn cancel(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Response {
     let (mut w, now) = world.lock();
-    let stuck = w.has_fault(|f| matches!(f, Fault::StuckCanceling { template } if template.eq_ignore_ascii_case(name)));
+    let stuck = w.has_fault(
+        |f| matches!(f, Fault::StuckCanceling { template } if template.eq_ignore_ascii_case(name)),
+    );
     let canceling = w.profile.canceling_secs as i64;
     let op = w.guid(key);
     let Some(t) = w.templates.get_mut(key) else {
@@ -721,7 +769,15 @@ fn cancel(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Response {
             run: run_no,
         },
     );
-    accepted(world, StatusCode::ACCEPTED, &t, &op, false, wait, None)
+    accepted(
+        world,
+        StatusCode::ACCEPTED,
+        &t,
+        &op,
+        ACTION_LINKS,
+        wait,
+        None,
+    )
 }
 
 fn run_outputs(world: &ArmWorld, req: &ArmRequest, key: &str, id: &str) -> Response {
@@ -779,7 +835,12 @@ pub(crate) fn page(world: &ArmWorld, req: &ArmRequest, items: Vec<Value>, base: 
 }
 
 /// An operation's status body: InProgress, Succeeded, Failed or Canceled.
-fn status_of(world: &ArmWorld, op: &Operation, w: &World, now: DateTime<Utc>) -> (String, Option<Value>, Duration) {
+fn status_of(
+    world: &ArmWorld,
+    op: &Operation,
+    w: &World,
+    now: DateTime<Utc>,
+) -> (String, Option<Value>, Duration) {
     let in_progress = |at: Option<DateTime<Utc>>| ("InProgress".to_string(), None, until(now, at));
     let done = || ("Succeeded".to_string(), None, POLL);
     match op {
@@ -816,7 +877,9 @@ fn status_of(world: &ArmWorld, op: &Operation, w: &World, now: DateTime<Utc>) ->
                     outcome: Outcome::Failed { .. },
                 } => (
                     "Failed".into(),
-                    Some(json!({"code": "PackerBuildFailed", "message": run_message(world, t, r, &v)})),
+                    Some(
+                        json!({"code": "PackerBuildFailed", "message": run_message(world, t, r, &v)}),
+                    ),
                     POLL,
                 ),
                 RunView::Ended { .. } => done(),
@@ -889,7 +952,9 @@ pub(crate) fn operation_result(world: &ArmWorld, id: &str) -> Answer {
         }
         "Succeeded" => StatusCode::NO_CONTENT.into(),
         _ => {
-            let e = error.unwrap_or(json!({"code": status, "message": format!("The operation ended {status}.")}));
+            let e = error.unwrap_or(
+                json!({"code": status, "message": format!("The operation ended {status}.")}),
+            );
             (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into()
         }
     }

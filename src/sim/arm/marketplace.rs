@@ -43,7 +43,9 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
             arm_error(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                format!("Artifact: VMImage was not found for {publisher}:{offer}:{sku} in {location}."),
+                format!(
+                    "Artifact: VMImage was not found for {publisher}:{offer}:{sku} in {location}."
+                ),
             )
             .into(),
         );

@@ -230,7 +230,10 @@ impl Query {
     /// The row `resource` gives, or `None` if the query filters it out.
     pub fn row(&self, resource: &Value) -> Option<Value> {
         if let Some(types) = &self.types {
-            let t = resource.get("type").and_then(Value::as_str)?.to_ascii_lowercase();
+            let t = resource
+                .get("type")
+                .and_then(Value::as_str)?
+                .to_ascii_lowercase();
             if !types.contains(&t) {
                 return None;
             }
@@ -281,24 +284,48 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
         return None;
     }
     if req.method != Method::POST {
-        return Some(arm_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Resource Graph queries are POSTed.").into());
+        return Some(
+            arm_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "Resource Graph queries are POSTed.",
+            )
+            .into(),
+        );
     }
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
-        return Some(arm_error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "The request content was invalid and could not be deserialized.").into());
+        return Some(
+            arm_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                "The request content was invalid and could not be deserialized.",
+            )
+            .into(),
+        );
     };
     let Some(text) = body.get("query").and_then(Value::as_str) else {
-        return Some(arm_error(StatusCode::BAD_REQUEST, "InvalidRequestContent", "query: required").into());
+        return Some(
+            arm_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContent",
+                "query: required",
+            )
+            .into(),
+        );
     };
     let query = match Query::parse(text) {
         Ok(q) => q,
         Err(reason) => return Some(invalid_query(&reason).into()),
     };
-    let scopes: Option<Vec<String>> = body.get("subscriptions").and_then(Value::as_array).map(|a| {
-        a.iter()
-            .filter_map(Value::as_str)
-            .map(str::to_ascii_lowercase)
-            .collect()
-    });
+    let scopes: Option<Vec<String>> =
+        body.get("subscriptions")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_ascii_lowercase)
+                    .collect()
+            });
     let (w, _) = world.lock();
     let unreadable = |sub: &str| {
         w.has_fault(|f| matches!(f, Fault::UnreadableSubscription { subscription } if subscription.eq_ignore_ascii_case(sub)))
@@ -325,7 +352,12 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
         .iter()
         .filter(in_table)
         .filter_map(|s| {
-            let id = s.resource.get("id").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+            let id = s
+                .resource
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_ascii_lowercase();
             query.row(&s.resource).map(|r| (id, r))
         })
         .collect();
@@ -339,12 +371,26 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
     let skip = match options.get("$skipToken").and_then(Value::as_str) {
         Some(t) => match read_skip_token(t) {
             Some(n) => n,
-            None => return Some(arm_error(StatusCode::BAD_REQUEST, "InvalidSkipToken", "The $skipToken is not one this service issued.").into()),
+            None => {
+                return Some(
+                    arm_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidSkipToken",
+                        "The $skipToken is not one this service issued.",
+                    )
+                    .into(),
+                )
+            }
         },
         None => options.get("$skip").and_then(Value::as_u64).unwrap_or(0) as usize,
     };
     let total = rows.len();
-    let data: Vec<Value> = rows.into_iter().skip(skip).take(top).map(|(_, r)| r).collect();
+    let data: Vec<Value> = rows
+        .into_iter()
+        .skip(skip)
+        .take(top)
+        .map(|(_, r)| r)
+        .collect();
     let mut out = json!({
         "totalRecords": total,
         "count": data.len(),
@@ -378,7 +424,9 @@ pub fn as_stored(mut resource: Value) -> Result<(String, Value), String> {
         .position(|p| p.eq_ignore_ascii_case("resourceGroups"))
         .and_then(|i| parts.get(i + 1))
         .map(|g| g.to_ascii_lowercase());
-    let obj = resource.as_object_mut().ok_or("resource: expected an object")?;
+    let obj = resource
+        .as_object_mut()
+        .ok_or("resource: expected an object")?;
     let t = obj
         .get("type")
         .and_then(Value::as_str)
@@ -411,9 +459,19 @@ mod tests {
             ])
         );
         let cols = q.project.unwrap();
-        assert_eq!(cols[0], Column { name: "id".into(), path: vec!["id".into()] });
-        assert_eq!(cols[1].path, vec!["properties", "storageProfile", "imageReference", "id"]);
-        let q = Query::parse("Resources | where type =~ 'microsoft.compute/virtualmachines'").unwrap();
+        assert_eq!(
+            cols[0],
+            Column {
+                name: "id".into(),
+                path: vec!["id".into()]
+            }
+        );
+        assert_eq!(
+            cols[1].path,
+            vec!["properties", "storageProfile", "imageReference", "id"]
+        );
+        let q =
+            Query::parse("Resources | where type =~ 'microsoft.compute/virtualmachines'").unwrap();
         assert_eq!(q.project, None);
     }
 
@@ -437,7 +495,10 @@ mod tests {
     fn a_missing_path_projects_null_and_types_match_without_case() {
         let q = Query::parse("Resources | where type in~ ('Microsoft.Compute/virtualMachines') | project id, imageId = properties.storageProfile.imageReference.id").unwrap();
         let vm = json!({"id": "/subscriptions/s/x/vm1", "type": "microsoft.compute/virtualmachines", "properties": {}});
-        assert_eq!(q.row(&vm), Some(json!({"id": "/subscriptions/s/x/vm1", "imageId": null})));
+        assert_eq!(
+            q.row(&vm),
+            Some(json!({"id": "/subscriptions/s/x/vm1", "imageId": null}))
+        );
         let disk = json!({"id": "d", "type": "microsoft.compute/disks"});
         assert_eq!(q.row(&disk), None);
     }

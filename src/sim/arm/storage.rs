@@ -52,9 +52,15 @@ pub(crate) fn render_log(t: &Template, run: &TemplateRun, now: DateTime<Utc>) ->
         let line = match phase {
             Phase::Queued => format!("PACKER START: image template {} queued", t.name),
             Phase::Building => "[azure-arm] ==> azure-arm: Creating the build VM ...".to_string(),
-            Phase::Customizing => "[azure-arm] ==> azure-arm: Waiting for SSH to become available...".to_string(),
-            Phase::Validating => "[azure-arm] ==> azure-arm: Running in-VM validations ...".to_string(),
-            Phase::Distributing => "[azure-arm] ==> azure-arm: Capturing image and distributing ...".to_string(),
+            Phase::Customizing => {
+                "[azure-arm] ==> azure-arm: Waiting for SSH to become available...".to_string()
+            }
+            Phase::Validating => {
+                "[azure-arm] ==> azure-arm: Running in-VM validations ...".to_string()
+            }
+            Phase::Distributing => {
+                "[azure-arm] ==> azure-arm: Capturing image and distributing ...".to_string()
+            }
         };
         lines.push((*at, line));
     }
@@ -62,7 +68,10 @@ pub(crate) fn render_log(t: &Template, run: &TemplateRun, now: DateTime<Utc>) ->
         let what = describe_step(t, i);
         lines.push((
             *at,
-            format!("[azure-arm] (telemetry) Starting provisioner {}", packer_type(t, i)),
+            format!(
+                "[azure-arm] (telemetry) Starting provisioner {}",
+                packer_type(t, i)
+            ),
         ));
         lines.push((*at, format!("[azure-arm] ==> azure-arm: {what}")));
     }
@@ -92,7 +101,10 @@ pub(crate) fn render_log(t: &Template, run: &TemplateRun, now: DateTime<Utc>) ->
     }
     if let Some(c) = run.run.cancel.filter(|c| c.at < s.ends) {
         lines.retain(|(at, _)| *at < c.at);
-        lines.push((c.at, "[azure-arm] Cancelling build after receiving a cancel request".to_string()));
+        lines.push((
+            c.at,
+            "[azure-arm] Cancelling build after receiving a cancel request".to_string(),
+        ));
         if let Some(done) = c.done {
             lines.push((done, "[azure-arm] Build 'azure-arm' canceled.".to_string()));
         }
@@ -231,22 +243,39 @@ async fn list_blobs(
     request: Request,
 ) -> Response {
     if !authorized(request.headers(), &q) {
-        return storage_error(StatusCode::UNAUTHORIZED, "NoAuthenticationInformation", "Server failed to authenticate the request.");
+        return storage_error(
+            StatusCode::UNAUTHORIZED,
+            "NoAuthenticationInformation",
+            "Server failed to authenticate the request.",
+        );
     }
     if q.get("restype").map(String::as_str) != Some("container")
         || q.get("comp").map(String::as_str) != Some("list")
     {
-        return storage_error(StatusCode::BAD_REQUEST, "InvalidQueryParameterValue", "Expected restype=container&comp=list.");
+        return storage_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidQueryParameterValue",
+            "Expected restype=container&comp=list.",
+        );
     }
     let Some((folder, log)) = find_log(&world, &account).filter(|_| container == CONTAINER) else {
-        return storage_error(StatusCode::NOT_FOUND, "ContainerNotFound", "The specified container does not exist.");
+        return storage_error(
+            StatusCode::NOT_FOUND,
+            "ContainerNotFound",
+            "The specified container does not exist.",
+        );
     };
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?><EnumerationResults ServiceEndpoint=\"{}\" ContainerName=\"{CONTAINER}\"><Blobs><Blob><Name>{folder}/{LOG}</Name><Properties><Content-Length>{}</Content-Length><Content-Type>text/plain</Content-Type><BlobType>AppendBlob</BlobType></Properties></Blob></Blobs><NextMarker /></EnumerationResults>",
         world.url(&format!("/blob/{account}/")),
         log.len()
     );
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/xml")], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/xml")],
+        body,
+    )
+        .into_response()
 }
 
 async fn get_blob(
@@ -256,12 +285,20 @@ async fn get_blob(
     request: Request,
 ) -> Response {
     if !authorized(request.headers(), &q) {
-        return storage_error(StatusCode::UNAUTHORIZED, "NoAuthenticationInformation", "Server failed to authenticate the request.");
+        return storage_error(
+            StatusCode::UNAUTHORIZED,
+            "NoAuthenticationInformation",
+            "Server failed to authenticate the request.",
+        );
     }
     let found = find_log(&world, &account)
         .filter(|(folder, _)| container == CONTAINER && blob == format!("{folder}/{LOG}"));
     let Some((_, log)) = found else {
-        return storage_error(StatusCode::NOT_FOUND, "BlobNotFound", "The specified blob does not exist.");
+        return storage_error(
+            StatusCode::NOT_FOUND,
+            "BlobNotFound",
+            "The specified blob does not exist.",
+        );
     };
     let total = log.len();
     let range = request
@@ -285,7 +322,10 @@ async fn get_blob(
         StatusCode::PARTIAL_CONTENT,
         [
             (header::CONTENT_TYPE, "text/plain".to_string()),
-            (header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}")),
+            (
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{end}/{total}"),
+            ),
         ],
         log[start..=end].to_vec(),
     )

@@ -22,7 +22,10 @@ use super::build::{BuildProfile, Outcome, Run, RunEvent};
 pub enum Fault {
     /// The template's PUT (`operation: put`) or DELETE (`operation: delete`)
     /// operation stays InProgress, and the template `Creating`/`Deleting`.
-    LroNeverFinishes { template: String, operation: LroKind },
+    LroNeverFinishes {
+        template: String,
+        operation: LroKind,
+    },
     /// A cancel of the template's run stays `Canceling`.
     StuckCanceling { template: String },
     /// The run fails in customizer `step` (1-based; default: the last) with
@@ -84,7 +87,9 @@ impl Template {
         match run.run.view(now) {
             super::build::RunView::Ended {
                 outcome: Outcome::Failed { .. },
-            } => self.error_handling("onCustomizerError").eq_ignore_ascii_case("abort"),
+            } => self
+                .error_handling("onCustomizerError")
+                .eq_ignore_ascii_case("abort"),
             _ => false,
         }
     }
@@ -144,12 +149,27 @@ pub struct Version {
 /// What an operation id stands for.
 #[derive(Debug, Clone)]
 pub enum Operation {
-    TemplateCreate { template: String },
-    TemplateDelete { template: String, done: Option<DateTime<Utc>> },
-    Run { template: String, run: u32 },
-    Cancel { template: String, run: u32 },
-    VersionUpdate { done: DateTime<Utc> },
-    VersionDelete { done: DateTime<Utc> },
+    TemplateCreate {
+        template: String,
+    },
+    TemplateDelete {
+        template: String,
+        done: Option<DateTime<Utc>>,
+    },
+    Run {
+        template: String,
+        run: u32,
+    },
+    Cancel {
+        template: String,
+        run: u32,
+    },
+    VersionUpdate {
+        done: DateTime<Utc>,
+    },
+    VersionDelete {
+        done: DateTime<Utc>,
+    },
 }
 
 /// A Resource Graph row source.

@@ -32,26 +32,60 @@ async fn a_version_appears_at_distributing_and_replicates_region_by_region() {
     b.put_template("t1", &template("1.2.0")).await.unwrap();
     b.run("t1").await.unwrap();
     sim.advance(23);
-    assert!(sim.gallery().get_version(DEF, "1.2.0").await.unwrap().is_none());
+    assert!(sim
+        .gallery()
+        .get_version(DEF, "1.2.0")
+        .await
+        .unwrap()
+        .is_none());
     sim.advance(2);
-    let got = sim.gallery().get_version(DEF, "1.2.0").await.unwrap().unwrap();
+    let got = sim
+        .gallery()
+        .get_version(DEF, "1.2.0")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.provisioning_state, "Creating");
-    let states: Vec<(&str, &str)> = got.replication.iter().map(|r| (r.region.as_str(), r.state.as_str())).collect();
-    assert_eq!(states, vec![("westeurope", "Replicating"), ("northeurope", "Replicating")]);
+    let states: Vec<(&str, &str)> = got
+        .replication
+        .iter()
+        .map(|r| (r.region.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("westeurope", "Replicating"),
+            ("northeurope", "Replicating")
+        ]
+    );
     assert_eq!(got.replication[1].replica_count, 2);
     // Without $expand the list carries no replication status, as the spec says.
     let page: Value = sim
-        .call(Method::GET, &format!("{DEF}/versions?api-version=2025-03-03"), None)
+        .call(
+            Method::GET,
+            &format!("{DEF}/versions?api-version=2025-03-03"),
+            None,
+        )
         .await
         .json()
         .await
         .unwrap();
-    assert!(page["value"][0]["properties"].get("replicationStatus").is_none());
+    assert!(page["value"][0]["properties"]
+        .get("replicationStatus")
+        .is_none());
     sim.advance(5);
-    let got = sim.gallery().get_version(DEF, "1.2.0").await.unwrap().unwrap();
+    let got = sim
+        .gallery()
+        .get_version(DEF, "1.2.0")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.provisioning_state, "Succeeded");
     assert!(got.replication.iter().all(|r| r.state == "Completed"));
-    assert_eq!(got.published, Some(super::t0() + chrono::Duration::minutes(24) + chrono::Duration::seconds(60)));
+    assert_eq!(
+        got.published,
+        Some(super::t0() + chrono::Duration::minutes(24) + chrono::Duration::seconds(60))
+    );
 }
 
 #[tokio::test]
@@ -59,7 +93,11 @@ async fn version_lists_page_through_next_link() {
     let sim = Sim::start().await;
     seed_versions(&sim, &["1.0.10", "1.0.2", "1.0.1", "2.0.0", "1.1.0"]).await;
     let first: Value = sim
-        .call(Method::GET, &format!("{DEF}/versions?api-version=2025-03-03"), None)
+        .call(
+            Method::GET,
+            &format!("{DEF}/versions?api-version=2025-03-03"),
+            None,
+        )
         .await
         .json()
         .await
@@ -69,7 +107,9 @@ async fn version_lists_page_through_next_link() {
     let all = sim.gallery().list_versions(DEF).await.unwrap();
     let names: Vec<String> = all.iter().map(|g| g.version.to_string()).collect();
     assert_eq!(names, ["1.0.1", "1.0.2", "1.0.10", "1.1.0", "2.0.0"]);
-    assert!(all.iter().all(|g| g.provisioning_state == "Succeeded" && g.replication.len() == 2));
+    assert!(all
+        .iter()
+        .all(|g| g.provisioning_state == "Succeeded" && g.replication.len() == 2));
 }
 
 #[tokio::test]
@@ -94,8 +134,16 @@ async fn a_patch_changes_the_publishing_profile_and_tags_and_is_followed_to_the_
         end_of_life: Some(eol),
         tags: Some([("kiln.pin".to_string(), "keep".to_string())].into()),
     };
-    sim.gallery().update_version(DEF, v("1.0.0"), &update).await.unwrap();
-    let got = sim.gallery().get_version(DEF, "1.0.0").await.unwrap().unwrap();
+    sim.gallery()
+        .update_version(DEF, v("1.0.0"), &update)
+        .await
+        .unwrap();
+    let got = sim
+        .gallery()
+        .get_version(DEF, "1.0.0")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!got.exclude_from_latest);
     assert_eq!(got.end_of_life, Some(eol));
     assert_eq!(got.tags.keys().collect::<Vec<_>>(), ["kiln.pin"]);
@@ -110,11 +158,24 @@ async fn a_delete_is_a_long_running_operation_and_a_second_one_finds_nothing() {
     let r = sim.call(Method::DELETE, &path, None).await;
     assert_eq!(r.status(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_string();
-    assert!(location.contains("/capsOperations/") && location.contains("monitor=true"), "{location}");
-    let doc: Value = sim.call(Method::GET, &path, None).await.json().await.unwrap();
+    assert!(
+        location.contains("/capsOperations/") && location.contains("monitor=true"),
+        "{location}"
+    );
+    let doc: Value = sim
+        .call(Method::GET, &path, None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["properties"]["provisioningState"], "Deleting");
     sim.gallery().delete_version(DEF, v("1.0.1")).await.unwrap();
-    assert!(sim.gallery().get_version(DEF, "1.0.1").await.unwrap().is_none());
+    assert!(sim
+        .gallery()
+        .get_version(DEF, "1.0.1")
+        .await
+        .unwrap()
+        .is_none());
     sim.gallery().delete_version(DEF, v("1.0.1")).await.unwrap();
     sim.advance(1);
     assert_eq!(sim.call(Method::GET, &path, None).await.status(), 404);
@@ -130,10 +191,20 @@ async fn marketplace_lists_come_from_seeded_image_lines() {
     )
     .await;
     let list_path = format!("/subscriptions/{SUB}/providers/Microsoft.Compute/locations/westeurope/publishers/Canonical/artifacttypes/vmimage/offers/ubuntu-24_04-lts/skus/server/versions?api-version=2024-11-01");
-    let list: Value = sim.call(Method::GET, &list_path, None).await.json().await.unwrap();
+    let list: Value = sim
+        .call(Method::GET, &list_path, None)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(list.is_array(), "a bare array, as the spec says: {list}");
     let arm = sim.client();
-    let catalog = AzureCatalog::new(arm.clone(), SUB, "westeurope", crate::providers::azure::gallery::AzureGallery::new(arm));
+    let catalog = AzureCatalog::new(
+        arm.clone(),
+        SUB,
+        "westeurope",
+        crate::providers::azure::gallery::AzureGallery::new(arm),
+    );
     let ubuntu = Source::PlatformImage {
         publisher: "Canonical".into(),
         offer: "ubuntu-24_04-lts".into(),
@@ -142,10 +213,17 @@ async fn marketplace_lists_come_from_seeded_image_lines() {
         exact_version: None,
     };
     let got = catalog.versions(&ubuntu).await.unwrap();
-    let flagged: Vec<(&str, bool)> = got.iter().map(|v| (v.version.as_str(), v.deprecated)).collect();
+    let flagged: Vec<(&str, bool)> = got
+        .iter()
+        .map(|v| (v.version.as_str(), v.deprecated))
+        .collect();
     assert_eq!(
         flagged,
-        [("24.04.202409120", false), ("24.04.202410100", true), ("24.04.202409300", false)]
+        [
+            ("24.04.202409120", false),
+            ("24.04.202410100", true),
+            ("24.04.202409300", false)
+        ]
     );
     let other = Source::PlatformImage {
         publisher: "Canonical".into(),

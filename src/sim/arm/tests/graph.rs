@@ -50,7 +50,11 @@ async fn query(sim: &Sim, body: Value) -> (u16, Value) {
 async fn pages_follow_the_skip_token_to_the_total() {
     let sim = Sim::start().await;
     seed(&sim).await;
-    let (status, first) = query(&sim, json!({"query": QUERY, "subscriptions": [SUB], "options": {"$top": 2}})).await;
+    let (status, first) = query(
+        &sim,
+        json!({"query": QUERY, "subscriptions": [SUB], "options": {"$top": 2}}),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(first["totalRecords"], 4);
     assert_eq!(first["count"], 2);
@@ -59,12 +63,28 @@ async fn pages_follow_the_skip_token_to_the_total() {
     let (_, second) = query(&sim, json!({"query": QUERY, "subscriptions": [SUB], "options": {"$top": 2, "$skipToken": token}})).await;
     assert_eq!(second["count"], 2);
     assert!(second.get("$skipToken").is_none());
-    let rows: Vec<&Value> = first["data"].as_array().unwrap().iter().chain(second["data"].as_array().unwrap()).collect();
+    let rows: Vec<&Value> = first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["data"].as_array().unwrap())
+        .collect();
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 4);
-    assert!(ids.windows(2).all(|w| w[0].to_lowercase() < w[1].to_lowercase()), "{ids:?}");
-    let marketplace = rows.iter().find(|r| r["id"].as_str().unwrap().ends_with("vm-marketplace")).unwrap();
-    assert_eq!(marketplace["imageId"], Value::Null, "a missing path projects null");
+    assert!(
+        ids.windows(2)
+            .all(|w| w[0].to_lowercase() < w[1].to_lowercase()),
+        "{ids:?}"
+    );
+    let marketplace = rows
+        .iter()
+        .find(|r| r["id"].as_str().unwrap().ends_with("vm-marketplace"))
+        .unwrap();
+    assert_eq!(
+        marketplace["imageId"],
+        Value::Null,
+        "a missing path projects null"
+    );
 }
 
 #[tokio::test]
@@ -84,7 +104,11 @@ async fn kiln_reads_every_row_of_a_subset_query() {
 #[tokio::test]
 async fn anything_outside_the_subset_is_an_invalid_query() {
     let sim = Sim::start().await;
-    let (status, e) = query(&sim, json!({"query": "Resources | where type =~ 'a' or type =~ 'b' | project id"})).await;
+    let (status, e) = query(
+        &sim,
+        json!({"query": "Resources | where type =~ 'a' or type =~ 'b' | project id"}),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(e["error"]["details"][0]["code"], "InvalidQuery");
     // kiln's inventory queries today use `or`, `extend` and `iff`: refused.
@@ -97,7 +121,8 @@ async fn anything_outside_the_subset_is_an_invalid_query() {
 async fn an_unreadable_subscription_fails_a_scoped_query_and_hides_from_a_tenant_one() {
     let sim = Sim::start().await;
     seed(&sim).await;
-    sim.fault(json!({"kind": "unreadableSubscription", "subscription": OTHER_SUB})).await;
+    sim.fault(json!({"kind": "unreadableSubscription", "subscription": OTHER_SUB}))
+        .await;
     let (status, e) = query(&sim, json!({"query": QUERY, "subscriptions": [SUB, OTHER_SUB], "options": {"allowPartialScopes": false}})).await;
     assert_eq!(status, 403);
     assert_eq!(e["error"]["code"], "AuthorizationFailed");
