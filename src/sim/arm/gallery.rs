@@ -13,7 +13,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::image_builder::{operation_result, operation_status, page};
+use super::operations::{operation_result, operation_status, page};
 use super::world::{region_key, Operation, Version};
 use super::{arm_error, Answer, ArmRequest, ArmWorld};
 

@@ -9,7 +9,8 @@
 //! |---|---|
 //! | [`build`] | the scripted build: phase times and outcomes as a pure plan |
 //! | [`world`] | the state behind every answer: templates, operations, versions, seeds, faults |
-//! | [`image_builder`] | `Microsoft.VirtualMachineImages/imageTemplates` 2025-10-01 and its operations |
+//! | [`image_builder`] | `Microsoft.VirtualMachineImages/imageTemplates` 2025-10-01 (checks in `template_check`, outputs in `distribute`) |
+//! | `operations` | the status of every long-running operation, and list paging |
 //! | [`gallery`] | Compute Gallery image versions 2025-03-03 |
 //! | [`marketplace`] | marketplace image versions 2024-11-01 |
 //! | [`resource_graph`] | Resource Graph 2024-04-01 and the KQL subset it evaluates |
@@ -30,11 +31,14 @@
 
 pub mod build;
 pub mod control;
+mod distribute;
 pub mod gallery;
 pub mod image_builder;
 pub mod marketplace;
+mod operations;
 pub mod resource_graph;
 pub mod storage;
+mod template_check;
 pub mod world;
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::build::{Outcome, Phase};
 use super::world::{staging_key, Template, TemplateRun};
@@ -120,10 +120,10 @@ pub(crate) fn render_log(t: &Template, run: &TemplateRun, now: DateTime<Utc>) ->
     out.into_bytes()
 }
 
-fn customizer(t: &Template, i: usize) -> Option<&serde_json::Value> {
+fn customizer(t: &Template, i: usize) -> Option<&Value> {
     t.body
         .pointer("/properties/customize")
-        .and_then(serde_json::Value::as_array)
+        .and_then(Value::as_array)
         .and_then(|a| a.get(i))
 }
 
@@ -131,14 +131,14 @@ fn describe_step(t: &Template, i: usize) -> String {
     // The run plan holds the same descriptions; re-derived here so a kept
     // log needs nothing but the template.
     customizer(t, i)
-        .map(|c| super::image_builder::describe(c, i))
+        .map(|c| describe(c, i))
         .unwrap_or_else(|| format!("step {}", i + 1))
 }
 
 fn packer_type(t: &Template, i: usize) -> &'static str {
     match customizer(t, i)
         .and_then(|c| c.get("type"))
-        .and_then(serde_json::Value::as_str)
+        .and_then(Value::as_str)
     {
         Some("PowerShell") => "powershell",
         Some("File") => "file",
@@ -184,7 +184,7 @@ pub(crate) fn handle_arm(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
             .into(),
         );
     }
-    let value: Vec<serde_json::Value> = accounts
+    let value: Vec<Value> = accounts
         .iter()
         .map(|a| {
             json!({
@@ -345,6 +345,30 @@ fn parse_range(range: &str, total: usize) -> Option<(usize, usize)> {
         e => e.parse::<usize>().ok()?.min(total - 1),
     };
     (end >= start).then_some((start, end))
+}
+
+/// One log line per customizer: what Packer prints when it starts it.
+pub(crate) fn describe(c: &Value, i: usize) -> String {
+    let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+    let what = match text("type") {
+        "Shell" if c.get("scriptUri").is_some() => {
+            format!("Provisioning with shell script: {}", text("scriptUri"))
+        }
+        "Shell" => format!("Provisioning with shell script: /tmp/script_{i}.sh"),
+        "PowerShell" if c.get("scriptUri").is_some() => {
+            format!("Provisioning with powershell script: {}", text("scriptUri"))
+        }
+        "PowerShell" => {
+            format!("Provisioning with powershell script: C:/Windows/Temp/script_{i}.ps1")
+        }
+        "File" => format!("Uploading {} => {}", text("sourceUri"), text("destination")),
+        "WindowsRestart" => "Restarting Machine".to_string(),
+        other => format!("Running {other} customizer"),
+    };
+    match c.get("name").and_then(Value::as_str) {
+        Some(n) => format!("{what} ({n})"),
+        None => what,
+    }
 }
 
 #[cfg(test)]
