@@ -20,7 +20,7 @@ use super::distribute::shared_image;
 use super::operations::{operation_status, page, until};
 use super::storage::describe;
 use super::template_check::check;
-use super::world::{Fault, LroKind, Operation, Output, Template, TemplateRun};
+use super::world::{Fault, LroKind, Operation, Output, Template, TemplateRun, World};
 use super::{arm_error, Answer, ArmRequest, ArmWorld};
 
 pub const API_VERSION: &str = "2025-10-01";
@@ -263,6 +263,12 @@ pub(crate) fn view(world: &ArmWorld, t: &Template, now: DateTime<Utc>) -> Value 
     );
     if let Some(run) = &t.run {
         props.insert("lastRunStatus".into(), last_run_status(world, t, run, now));
+        if let (Some(v), Some(source)) = (
+            &run.exact_version,
+            props.get_mut("source").and_then(Value::as_object_mut),
+        ) {
+            source.insert("exactVersion".into(), json!(v));
+        }
     }
     let mut identity = t.body.get("identity").cloned().unwrap_or(json!({}));
     if let Some(ids) = identity
@@ -380,6 +386,27 @@ fn delete(world: &ArmWorld, key: &str) -> Response {
     )
 }
 
+/// The platform image version a run builds from, as AIB reports it in
+/// `source.exactVersion`: the version asked for, or for `latest` the newest
+/// seeded in the template's region (none seeded: not reported).
+fn exact_version(w: &World, props: &Value, location: &str) -> Option<String> {
+    let source = props.get("source")?;
+    if source.get("type").and_then(Value::as_str) != Some("PlatformImage") {
+        return None;
+    }
+    let text = |k: &str| source.get(k).and_then(Value::as_str).unwrap_or("");
+    let version = text("version");
+    if !version.eq_ignore_ascii_case("latest") {
+        return Some(version.to_string());
+    }
+    let key = super::marketplace::line_key(location, text("publisher"), text("offer"), text("sku"));
+    w.marketplace
+        .get(&key)?
+        .iter()
+        .map(|(v, _)| v.clone())
+        .max_by(|a, b| crate::domain::version_order::compare(a, b))
+}
+
 fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
     let (mut w, now) = world.lock();
     let Some(t) = w.templates.get(key) else {
@@ -435,10 +462,7 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
         failing_step,
         failing_region,
     };
-    let source_version = props
-        .pointer("/source/version")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let source_version = exact_version(&w, &props, &location_of(&t.body));
     let outputs: Vec<Output> = props
         .get("distribute")
         .and_then(Value::as_array)
@@ -486,6 +510,7 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
         log_folder: folder,
         outputs,
         distributed: false,
+        exact_version: source_version,
     });
     let answer = accepted(
         world,

@@ -106,6 +106,8 @@ pub struct TemplateRun {
     pub outputs: Vec<Output>,
     /// Whether the run's gallery versions exist yet.
     pub distributed: bool,
+    /// `source.exactVersion` for a platform image source.
+    pub exact_version: Option<String>,
 }
 
 /// One `distribute[]` entry's result.

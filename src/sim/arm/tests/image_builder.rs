@@ -448,3 +448,85 @@ async fn deleting_the_template_removes_its_staging_group() {
         .await;
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn run_outputs_page_and_name_each_gallery_version_as_its_versioning_says() {
+    let sim = Sim::start().await;
+    sim.control(
+        "marketplace",
+        json!({"location": "westeurope", "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server",
+               "versions": [{"name": "24.04.202409120"}, {"name": "24.04.202410100"}]}),
+    )
+    .await;
+    let other = DEF.replace("/images/ubuntu", "/images/ubuntu-min");
+    sim.control(
+        "gallery/versions",
+        json!({"id": format!("{other}/versions/2.0.3")}),
+    )
+    .await;
+    sim.control(
+        "gallery/versions",
+        json!({"id": format!("{other}/versions/3.0.0")}),
+    )
+    .await;
+    let mut body = template("1.0.0");
+    let shared = |name: &str, gallery: &str, versioning: Value| {
+        json!({"type": "SharedImage", "runOutputName": name, "galleryImageId": gallery,
+               "targetRegions": [{"name": "westeurope"}], "versioning": versioning})
+    };
+    body["properties"]["distribute"]
+        .as_array_mut()
+        .unwrap()
+        .extend([
+            shared("latest-2", &other, json!({"scheme": "Latest", "major": 2})),
+            shared("from-source", &other, json!({"scheme": "Source"})),
+        ]);
+    let b = sim.builder();
+    b.put_template("t1", &body).await.unwrap();
+    b.run("t1").await.unwrap();
+    sim.advance(31);
+    let first: Value = sim
+        .call(Method::GET, &sim.template_path("t1", "/runOutputs"), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        first["nextLink"].as_str().is_some(),
+        "a page of 2 of 3: {first}"
+    );
+    let got: Vec<(String, Option<String>)> = b
+        .run_outputs("t1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.name, o.artifact_id))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "ubuntu-gallery".to_string(),
+                Some(format!("{DEF}/versions/1.0.0"))
+            ),
+            (
+                "latest-2".to_string(),
+                Some(format!("{other}/versions/2.0.4"))
+            ),
+            (
+                "from-source".to_string(),
+                Some(format!("{other}/versions/24.4.202410100"))
+            ),
+        ]
+    );
+    let doc: Value = sim
+        .call(Method::GET, &sim.template_path("t1", ""), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["properties"]["source"]["exactVersion"],
+        "24.04.202410100"
+    );
+}
