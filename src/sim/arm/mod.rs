@@ -161,7 +161,12 @@ async fn require_bearer(request: Request, next: Next) -> Response {
             "Authentication failed. The 'Authorization' header is missing.",
         );
     }
-    next.run(request).await
+    let mut r = next.run(request).await;
+    // ARM's own id of the request, as kiln logs it next to its client id.
+    if let Ok(v) = uuid::Uuid::new_v4().to_string().parse() {
+        r.headers_mut().insert("x-ms-request-id", v);
+    }
+    r
 }
 
 pub fn router(world: Arc<ArmWorld>) -> axum::Router {

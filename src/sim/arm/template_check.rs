@@ -106,3 +106,72 @@ pub(crate) fn check(body: &Value, sub: &str) -> Option<(&'static str, String)> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check;
+    use serde_json::{json, Value};
+
+    fn valid() -> Value {
+        json!({
+            "identity": {"type": "UserAssigned", "userAssignedIdentities": {"/x/id": {}}},
+            "properties": {
+                "source": {"type": "PlatformImage", "publisher": "p", "offer": "o", "sku": "s", "version": "latest"},
+                "customize": [{"type": "Shell", "inline": ["true"]}],
+                "distribute": [{"type": "SharedImage", "runOutputName": "out", "galleryImageId": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/galleries/c/images/d"}]
+            }
+        })
+    }
+
+    #[test]
+    fn each_problem_has_the_code_image_builder_gives_it() {
+        assert_eq!(check(&valid(), "s"), None);
+        let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "/identity",
+                json!({"type": "SystemAssigned"}),
+                "InvalidParameter",
+            ),
+            ("/properties/source/type", json!("Iso"), "BadSourceType"),
+            (
+                "/properties/customize/0",
+                json!({"type": "Shell"}),
+                "NoCustomizerScript",
+            ),
+            (
+                "/properties/customize/0/type",
+                json!("Ansible"),
+                "BadCustomizerType",
+            ),
+            ("/properties/distribute", json!([]), "InvalidParameter"),
+            (
+                "/properties/distribute/0/runOutputName",
+                json!("has space"),
+                "InvalidParameter",
+            ),
+            (
+                "/properties/distribute/0/type",
+                json!("Blob"),
+                "BadDistributeType",
+            ),
+            (
+                "/properties/distribute/0/galleryImageId",
+                json!("/images/d"),
+                "BadSharedImageDistribute",
+            ),
+        ];
+        for (pointer, value, code) in cases {
+            let mut body = valid();
+            *body.pointer_mut(pointer).unwrap() = value;
+            assert_eq!(check(&body, "s").map(|(c, _)| c), Some(code), "{pointer}");
+        }
+        let mut body = valid();
+        body["properties"]["stagingResourceGroup"] = json!("/subscriptions/other/resourceGroups/g");
+        assert_eq!(
+            check(&body, "s").map(|(c, _)| c),
+            Some("BadStagingResourceGroup")
+        );
+        body["properties"]["stagingResourceGroup"] = json!("/subscriptions/s/resourceGroups/g");
+        assert_eq!(check(&body, "s"), None);
+    }
+}
