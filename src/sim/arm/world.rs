@@ -315,6 +315,7 @@ impl World {
             };
             self.versions.insert(id.to_ascii_lowercase(), version);
         }
+        self.fail_canceled_distributions();
         let gone: Vec<String> = self
             .templates
             .iter()
@@ -337,6 +338,47 @@ impl World {
         }
         self.versions
             .retain(|_, v| v.deleting_at.is_none_or(|at| at > now));
+    }
+}
+
+impl World {
+    /// A run canceled while distributing leaves its versions `Failed`,
+    /// settled when the cancel began: replication stopped there.
+    fn fail_canceled_distributions(&mut self) {
+        let mut stopped: Vec<(String, DateTime<Utc>)> = Vec::new();
+        for t in self.templates.values() {
+            let Some(run) = t.run.as_ref().filter(|r| r.distributed) else {
+                continue;
+            };
+            let Some(cancel) = run.run.cancel.filter(|c| c.at < run.run.schedule.ends) else {
+                continue;
+            };
+            for shared in run.outputs.iter().filter_map(|o| o.shared.as_ref()) {
+                let id = format!("{}/versions/{}", shared.definition, shared.version);
+                stopped.push((id.to_ascii_lowercase(), cancel.at));
+            }
+        }
+        for (key, at) in stopped {
+            if let Some(v) = self.versions.get_mut(&key) {
+                if v.settles > at {
+                    v.settles = at;
+                    v.failing_regions = v.regions();
+                }
+            }
+        }
+    }
+}
+
+impl Version {
+    /// The normalised names of the version's target regions.
+    pub fn regions(&self) -> Vec<String> {
+        self.publishing
+            .get("targetRegions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.get("name").and_then(Value::as_str).map(region_key))
+            .collect()
     }
 }
 

@@ -234,3 +234,32 @@ async fn marketplace_lists_come_from_seeded_image_lines() {
     };
     assert!(catalog.versions(&other).await.is_err());
 }
+
+#[tokio::test]
+async fn a_run_canceled_while_distributing_leaves_its_version_failed() {
+    let sim = Sim::start().await;
+    let b = sim.builder();
+    b.put_template("t1", &template("1.3.0")).await.unwrap();
+    b.run("t1").await.unwrap();
+    sim.advance(26);
+    b.cancel("t1").await.unwrap();
+    sim.advance(10);
+    let got = sim
+        .gallery()
+        .get_version(DEF, "1.3.0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.provisioning_state, "Failed");
+    assert!(
+        got.replication.iter().all(|r| r.state == "Failed"),
+        "{:?}",
+        got.replication
+    );
+    assert!(b
+        .run_outputs("t1")
+        .await
+        .unwrap()
+        .iter()
+        .all(|o| o.provisioning_state == "Failed"));
+}
