@@ -443,18 +443,20 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
         .enumerate()
         .map(|(i, c)| describe(c, i))
         .collect();
-    let failing_step = w.faults.iter().find_map(|f| match f {
-        Fault::BuildFails { template, step } if template.eq_ignore_ascii_case(name) => Some(
-            step.map(|s| s.saturating_sub(1))
-                .unwrap_or(customizers.len().saturating_sub(1)),
-        ),
-        _ => None,
+    let last = customizers.len().saturating_sub(1);
+    let failing_step = w.faults.iter().find_map(|f| {
+        let Fault::BuildFails { template, step } = f else {
+            return None;
+        };
+        template
+            .eq_ignore_ascii_case(name)
+            .then(|| step.map_or(last, |s| s.saturating_sub(1)))
     });
-    let failing_region = w.faults.iter().find_map(|f| match f {
-        Fault::ReplicationFails { template, region } if template.eq_ignore_ascii_case(name) => {
-            Some(region.clone())
-        }
-        _ => None,
+    let failing_region = w.faults.iter().find_map(|f| {
+        let Fault::ReplicationFails { template, region } = f else {
+            return None;
+        };
+        template.eq_ignore_ascii_case(name).then(|| region.clone())
     });
     let plan = BuildPlan {
         customizers,

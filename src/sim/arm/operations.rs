@@ -40,128 +40,150 @@ pub(crate) fn page(world: &ArmWorld, req: &ArmRequest, items: Vec<Value>, base: 
     out
 }
 
-/// An operation's status body: InProgress, Succeeded, Failed or Canceled.
-fn status_of(
-    world: &ArmWorld,
-    op: &Operation,
-    w: &World,
-    now: DateTime<Utc>,
-) -> (String, Option<Value>, Duration) {
-    let in_progress = |at: Option<DateTime<Utc>>| ("InProgress".to_string(), None, until(now, at));
-    let done = || ("Succeeded".to_string(), None, POLL);
+/// Where an operation stands.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum OpStatus {
+    /// Come back in `wait` (sim time).
+    InProgress {
+        wait: Duration,
+    },
+    Succeeded,
+    /// With its error: `{code, message}`.
+    Failed {
+        error: Value,
+    },
+    Canceled,
+}
+
+impl OpStatus {
+    fn as_str(&self) -> &'static str {
+        match self {
+            OpStatus::InProgress { .. } => "InProgress",
+            OpStatus::Succeeded => "Succeeded",
+            OpStatus::Failed { .. } => "Failed",
+            OpStatus::Canceled => "Canceled",
+        }
+    }
+}
+
+fn status_of(world: &ArmWorld, op: &Operation, w: &World, now: DateTime<Utc>) -> OpStatus {
+    let in_progress = |at: Option<DateTime<Utc>>| OpStatus::InProgress {
+        wait: until(now, at),
+    };
+    let by = |at: DateTime<Utc>| {
+        if at <= now {
+            OpStatus::Succeeded
+        } else {
+            in_progress(Some(at))
+        }
+    };
     match op {
-        Operation::TemplateCreate { template } => match w.templates.get(template) {
-            None => done(),
-            Some(t) => match (t.provisioned_at, &t.provisioning_error) {
-                (at, _) if at.is_none_or(|a| a > now) => in_progress(at),
-                (_, Some((code, message))) => (
-                    "Failed".into(),
-                    Some(json!({"code": code, "message": message})),
-                    POLL,
-                ),
-                (_, None) => done(),
-            },
-        },
-        Operation::TemplateDelete { done: at, .. } => match at {
-            Some(a) if *a <= now => done(),
-            _ => in_progress(*at),
+        Operation::TemplateCreate { template } => {
+            let Some(t) = w.templates.get(template) else {
+                return OpStatus::Succeeded;
+            };
+            match (t.provisioned_at, &t.provisioning_error) {
+                (None, _) => in_progress(None),
+                (Some(at), _) if at > now => in_progress(Some(at)),
+                (Some(_), Some((code, message))) => OpStatus::Failed {
+                    error: json!({"code": code, "message": message}),
+                },
+                (Some(_), None) => OpStatus::Succeeded,
+            }
+        }
+        Operation::TemplateDelete { done, .. } => match done {
+            Some(at) => by(*at),
+            None => in_progress(None),
         },
         Operation::Run { template, run } => {
-            let Some(t) = w.templates.get(template).filter(|t| t.runs == *run) else {
-                return ("Canceled".into(), None, POLL);
-            };
-            let Some(r) = &t.run else {
-                return ("Canceled".into(), None, POLL);
+            let found = w.templates.get(template).filter(|t| t.runs == *run);
+            let Some((t, r)) = found.and_then(|t| t.run.as_ref().map(|r| (t, r))) else {
+                // The template went, or ran again: this run is over.
+                return OpStatus::Canceled;
             };
             let v = r.run.view(now);
             match &v {
                 RunView::Running(_) | RunView::Canceling(_) => {
                     in_progress(Some(r.run.schedule.ends))
                 }
-                RunView::Canceled { .. } => ("Canceled".into(), None, POLL),
+                RunView::Canceled { .. } => OpStatus::Canceled,
                 RunView::Ended {
                     outcome: Outcome::Failed { .. },
-                } => (
-                    "Failed".into(),
-                    Some(
-                        json!({"code": "PackerBuildFailed", "message": run_message(world, t, r, &v)}),
-                    ),
-                    POLL,
-                ),
-                RunView::Ended { .. } => done(),
+                } => OpStatus::Failed {
+                    error: json!({"code": "PackerBuildFailed", "message": run_message(world, t, r, &v)}),
+                },
+                RunView::Ended {
+                    outcome: Outcome::Succeeded | Outcome::PartiallySucceeded { .. },
+                } => OpStatus::Succeeded,
             }
         }
         Operation::Cancel { template, run } => {
-            let run_view = w
+            let running = w
                 .templates
                 .get(template)
                 .filter(|t| t.runs == *run)
-                .and_then(|t| t.run.as_ref());
-            match run_view {
-                Some(r) if !r.run.view(now).is_terminal() => {
-                    in_progress(r.run.cancel.and_then(|c| c.done))
-                }
-                Some(_) | None => done(),
+                .and_then(|t| t.run.as_ref())
+                .filter(|r| !r.run.view(now).is_terminal());
+            match running {
+                Some(r) => in_progress(r.run.cancel.and_then(|c| c.done)),
+                None => OpStatus::Succeeded,
             }
         }
-        Operation::VersionUpdate { done: at } | Operation::VersionDelete { done: at } => {
-            if *at <= now {
-                done()
-            } else {
-                in_progress(Some(*at))
-            }
-        }
+        Operation::VersionUpdate { done } | Operation::VersionDelete { done } => by(*done),
     }
 }
 
+fn not_found(id: &str) -> Answer {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "OperationNotFound",
+        format!("The operation {id} was not found."),
+    )
+    .into()
+}
+
+/// `Azure-AsyncOperation`: 200 with `{id, name, status, error}` while and after it runs.
 pub(crate) fn operation_status(world: &ArmWorld, id: &str) -> Answer {
     let (w, now) = world.lock();
     let Some(op) = w.operations.get(id) else {
-        return arm_error(
-            StatusCode::NOT_FOUND,
-            "OperationNotFound",
-            format!("The operation {id} was not found."),
-        )
-        .into();
+        return not_found(id);
     };
-    let (status, error, wait) = status_of(world, op, &w, now);
-    let mut body = json!({"id": id, "name": id, "status": status});
-    if let Some(e) = error {
-        body["error"] = e;
+    let status = status_of(world, op, &w, now);
+    let mut body = json!({"id": id, "name": id, "status": status.as_str()});
+    if let OpStatus::Failed { error } = &status {
+        body["error"] = error.clone();
     }
     let mut r = Json(body).into_response();
-    if status == "InProgress" {
+    if let OpStatus::InProgress { wait } = status {
         r.headers_mut()
             .insert(header::RETRY_AFTER, world.retry_after(wait));
     }
     r.into()
 }
 
-/// The `Location` of an operation: 202 while it runs, then 204 (or its error).
+/// A `Location` in the ARM RPC's manner (gallery `?monitor=true`): 202 while
+/// the operation runs, then 204, or its error.
 pub(crate) fn operation_result(world: &ArmWorld, id: &str) -> Answer {
     let (w, now) = world.lock();
     let Some(op) = w.operations.get(id) else {
-        return arm_error(
-            StatusCode::NOT_FOUND,
-            "OperationNotFound",
-            format!("The operation {id} was not found."),
-        )
-        .into();
+        return not_found(id);
     };
-    let (status, error, wait) = status_of(world, op, &w, now);
-    match status.as_str() {
-        "InProgress" => {
+    match status_of(world, op, &w, now) {
+        OpStatus::InProgress { wait } => {
             let mut r = StatusCode::ACCEPTED.into_response();
             r.headers_mut()
                 .insert(header::RETRY_AFTER, world.retry_after(wait));
             r.into()
         }
-        "Succeeded" => StatusCode::NO_CONTENT.into(),
-        _ => {
-            let e = error.unwrap_or(
-                json!({"code": status, "message": format!("The operation ended {status}.")}),
-            );
-            (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into()
+        OpStatus::Succeeded => StatusCode::NO_CONTENT.into(),
+        OpStatus::Failed { error } => {
+            (StatusCode::BAD_REQUEST, Json(json!({"error": error}))).into()
         }
+        OpStatus::Canceled => arm_error(
+            StatusCode::BAD_REQUEST,
+            "OperationCanceled",
+            "The operation was canceled.",
+        )
+        .into(),
     }
 }

@@ -84,14 +84,16 @@ impl Template {
     /// (`errorHandling: abort`), so deleting the template keeps the staging group.
     pub fn keeps_staging(&self, now: DateTime<Utc>) -> bool {
         let Some(run) = &self.run else { return false };
-        match run.run.view(now) {
+        let failed = matches!(
+            run.run.view(now),
             super::build::RunView::Ended {
-                outcome: Outcome::Failed { .. },
-            } => self
+                outcome: Outcome::Failed { .. }
+            }
+        );
+        failed
+            && self
                 .error_handling("onCustomizerError")
-                .eq_ignore_ascii_case("abort"),
-            _ => false,
-        }
+                .eq_ignore_ascii_case("abort")
     }
 }
 
