@@ -48,6 +48,9 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
     if !is_versions {
         return None;
     }
+    if let Some(refused) = super::api_version(req, API_VERSION) {
+        return Some(refused);
+    }
     let definition = format!("/{}", req.raw[..10].join("/"));
     Some(match (&req.method, req.segments.len()) {
         (&Method::GET, 11) => list(world, req, &definition).into(),

@@ -55,6 +55,9 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
     {
         return None;
     }
+    if let Some(refused) = super::api_version(req, API_VERSION) {
+        return Some(refused);
+    }
     let name = req.raw(7);
     let key = template_key(req.raw(1), req.raw(3), name);
     let id = format!(

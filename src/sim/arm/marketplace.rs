@@ -33,6 +33,9 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
     if !matches || !(15..=16).contains(&req.segments.len()) {
         return None;
     }
+    if let Some(refused) = super::api_version(req, API_VERSION) {
+        return Some(refused);
+    }
     let (location, publisher, offer, sku) = (req.raw(5), req.raw(7), req.raw(11), req.raw(13));
     let (w, _) = world.lock();
     let Some(versions) = w

@@ -139,6 +139,23 @@ impl ArmWorld {
     }
 }
 
+/// ARM refuses an api-version the resource provider does not have. The sim
+/// has exactly the one it implements for each surface, so a kiln adapter
+/// that drifts to another is caught here, not in Azure.
+pub(crate) fn api_version(req: &ArmRequest, supported: &str) -> Option<Answer> {
+    let asked = req.query("api-version").unwrap_or("");
+    (asked != supported).then(|| {
+        arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            format!(
+                "The api-version '{asked}' is invalid. The supported versions are '{supported}'."
+            ),
+        )
+        .into()
+    })
+}
+
 /// ARM's error envelope.
 pub(crate) fn arm_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = json!({"error": {"code": code, "message": message.into()}});
@@ -305,4 +322,38 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use std::time::Duration;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::ports::ManualClock;
+
+    fn world(factor: Option<u32>) -> Arc<ArmWorld> {
+        let t = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let mut o = ArmSimOptions::new("http://127.0.0.1:1/");
+        o.scale = factor.map(|factor| ScaledClock {
+            start: t,
+            anchor: t,
+            factor,
+        });
+        ArmWorld::new(Arc::new(ManualClock::new(t)), o)
+    }
+
+    #[test]
+    fn retry_after_is_whole_wall_seconds_and_never_zero() {
+        let scaled = world(Some(60));
+        let secs = |w: &ArmWorld, s: u64| w.retry_after(Duration::from_secs(s));
+        assert_eq!(secs(&scaled, 1800), "30");
+        assert_eq!(secs(&scaled, 90), "2", "1.5 s rounds up");
+        assert_eq!(secs(&scaled, 20), "1");
+        assert_eq!(secs(&scaled, 0), "1");
+        let unscaled = world(None);
+        assert_eq!(secs(&unscaled, 90), "90");
+        assert_eq!(unscaled.options.public_url, "http://127.0.0.1:1");
+    }
 }

@@ -293,6 +293,9 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
             .into(),
         );
     }
+    if let Some(refused) = super::api_version(req, API_VERSION) {
+        return Some(refused);
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
         return Some(
             arm_error(

@@ -24,6 +24,8 @@ use super::build::{Outcome, Phase};
 use super::world::{staging_key, Template, TemplateRun};
 use super::{arm_error, Answer, ArmRequest, ArmWorld};
 
+/// `Microsoft.Storage` as the staging account is listed.
+pub const STORAGE_API_VERSION: &str = "2023-05-01";
 const CONTAINER: &str = "packerlogs";
 const LOG: &str = "customization.log";
 
@@ -160,6 +162,9 @@ pub(crate) fn handle_arm(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
         && req.method == axum::http::Method::GET)
     {
         return None;
+    }
+    if let Some(refused) = super::api_version(req, STORAGE_API_VERSION) {
+        return Some(refused);
     }
     let (w, _) = world.lock();
     let group = staging_key(req.raw(1), req.raw(3));
