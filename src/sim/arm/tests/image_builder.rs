@@ -67,7 +67,7 @@ async fn a_template_put_answers_201_creating_with_an_operation_to_follow() {
 }
 
 #[tokio::test]
-async fn arm_refuses_a_request_without_a_bearer_token_and_answers_404_in_its_envelope() {
+async fn arm_refuses_a_request_without_a_bearer_token_or_with_another_api_version() {
     let sim = Sim::start().await;
     let r = sim
         .http
@@ -88,6 +88,13 @@ async fn arm_refuses_a_request_without_a_bearer_token_and_answers_404_in_its_env
         sim.builder().status("nope").await.unwrap(),
         TemplateStatus::Missing
     );
+    let old = sim
+        .template_path("nope", "")
+        .replace("2025-10-01", "2024-02-01");
+    let r = sim.call(Method::GET, &old, None).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "InvalidApiVersionParameter");
 }
 
 #[tokio::test]
