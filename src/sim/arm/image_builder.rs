@@ -94,10 +94,11 @@ fn not_found(name: &str, rg: &str) -> Response {
     )
 }
 
+/// The template's region (a PUT without one is refused).
 fn location_of(body: &Value) -> String {
     body.get("location")
         .and_then(Value::as_str)
-        .unwrap_or("westeurope")
+        .unwrap_or_default()
         .to_string()
 }
 
@@ -170,6 +171,17 @@ fn put(world: &ArmWorld, req: &ArmRequest, key: &str, id: &str) -> Response {
             )
         }
     };
+    if body
+        .get("location")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "LocationRequired",
+            "The location property is required for this definition.",
+        );
+    }
     let (sub, rg, name) = (req.raw(1), req.raw(3), req.raw(7));
     let (mut w, now) = world.lock();
     if w.templates.contains_key(key) {

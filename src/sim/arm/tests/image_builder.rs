@@ -537,3 +537,22 @@ async fn run_outputs_page_and_name_each_gallery_version_as_its_versioning_says()
         "24.04.202410100"
     );
 }
+
+#[tokio::test]
+async fn putting_the_same_template_again_adopts_it_and_another_body_is_refused() {
+    let sim = Sim::start().await;
+    let b = sim.builder();
+    b.put_template("t1", &template("1.0.0")).await.unwrap();
+    b.put_template("t1", &template("1.0.0")).await.unwrap();
+    let e = b.put_template("t1", &template("1.0.1")).await.unwrap_err();
+    assert!(e.message.contains("different body"), "{e}");
+    // On the wire, a PUT over an existing template is a conflict.
+    let r = sim
+        .call(
+            Method::PUT,
+            &sim.template_path("t1", ""),
+            Some(template("1.0.0")),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+}
