@@ -16,9 +16,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
 use super::build::{BuildPlan, Cancel, Outcome, Run, RunView, Schedule};
+use super::customization_log::describe;
 use super::distribute::shared_image;
 use super::operations::{operation_status, page, until};
-use super::storage::describe;
 use super::template_check::check;
 use super::world::{Fault, LroKind, Operation, Output, Template, TemplateRun, World};
 use super::{arm_error, Answer, ArmRequest, ArmWorld};
@@ -332,7 +332,7 @@ pub(crate) fn run_message(
             outcome: Outcome::Failed { .. },
         } => format!(
             "Failed while waiting for packerizer: Microservice has failed: Failed while processing request: Error when executing packerizer: Packer build command has failed: exit status 1. During the image build, a failure has occurred, please review the build log to identify which build/customization step failed. For more troubleshooting steps go to https://aka.ms/azvmimagebuilderts. Image Build log location: {}. OperationId: {}. Use this operationId to search packer logs.",
-            super::storage::log_url(world, run),
+            super::customization_log::log_url(world, run),
             run.operation
         ),
         RunView::Ended {

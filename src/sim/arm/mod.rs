@@ -14,7 +14,7 @@
 //! | [`gallery`] | Compute Gallery image versions 2025-03-03 |
 //! | [`marketplace`] | marketplace image versions 2024-11-01 |
 //! | [`resource_graph`] | Resource Graph 2024-04-01 and the KQL subset it evaluates |
-//! | [`storage`] | the staging group's storage account and its `customization.log` |
+//! | [`storage`] | the staging group's storage account and the blob endpoint; the log is rendered in `customization_log` |
 //! | [`control`] | `/_sim/arm/...`: seeds, faults, the build profile, run events |
 //!
 //! Builds are a scripted fake, not the local provider: a run is a plan of
@@ -31,6 +31,7 @@
 
 pub mod build;
 pub mod control;
+mod customization_log;
 mod distribute;
 pub mod gallery;
 pub mod image_builder;

@@ -330,7 +330,7 @@ impl World {
                 if !t.keeps_staging(now) {
                     self.staging.remove(&group);
                 } else if let Some(run) = &t.run {
-                    let log = super::storage::render_log(&t, run, now);
+                    let log = super::customization_log::render_log(&t, run, now);
                     self.kept_logs.insert(
                         run.storage_account.clone(),
                         (group, run.log_folder.clone(), log),
