@@ -6,7 +6,7 @@
 //! Blob: `/blob/{account}/packerlogs?restype=container&comp=list` and
 //! `GET /blob/{account}/packerlogs/{folder}/customization.log` with `Range: bytes=N-`.
 //!
-//! The log itself is rendered in [`super::customization_log`].
+//! The log itself is rendered in `customization_log`.
 
 use std::sync::Arc;
 
