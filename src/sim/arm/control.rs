@@ -8,6 +8,7 @@
 //! | `POST /_sim/arm/marketplace` | [`SeedImageLine`] | adds a marketplace image line |
 //! | `POST /_sim/arm/resources` | [`SeedResource`] | adds a Resource Graph row source |
 //! | `GET /_sim/arm/templates/{name}/events` | – | the run's [`RunEvent`]s |
+//! | `GET /_sim/arm/state` | – | what exists now: templates with their run state, versions, faults (for people debugging a run) |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -168,6 +169,29 @@ impl ArmWorld {
         Ok(())
     }
 
+    /// A summary of the world at its now, for someone looking at a run.
+    pub fn state(&self) -> Value {
+        let (w, now) = self.lock();
+        let templates: Vec<Value> = w
+            .templates
+            .values()
+            .map(|t| {
+                let run = t.run.as_ref().map(|r| {
+                    let v = r.run.view(now);
+                    json!({"runState": v.run_state(), "runSubState": v.sub_state().map(|p| p.as_str()), "startTime": r.run.schedule.started})
+                });
+                json!({"id": t.id, "stagingResourceGroup": t.staging_group, "deleting": t.deleting.is_some(), "run": run})
+            })
+            .collect();
+        let versions: Vec<Value> = w
+            .versions
+            .values()
+            .map(|v| json!({"id": v.id, "provisioningState": super::gallery::provisioning_state(v, now)}))
+            .collect();
+        let faults: Vec<String> = w.faults.iter().map(|f| format!("{f:?}")).collect();
+        json!({"now": now, "templates": templates, "versions": versions, "faults": faults, "resources": w.resources.len()})
+    }
+
     pub fn set_profile(&self, profile: BuildProfile) {
         let (mut w, _) = self.lock();
         w.profile = profile;
@@ -219,6 +243,10 @@ async fn seed_resource(
     }
 }
 
+async fn state(State(world): State<Arc<ArmWorld>>) -> Json<Value> {
+    Json(world.state())
+}
+
 async fn events(
     State(world): State<Arc<ArmWorld>>,
     Path(name): Path<String>,
@@ -234,5 +262,6 @@ pub(crate) fn router(world: Arc<ArmWorld>) -> axum::Router {
         .route("/_sim/arm/marketplace", post(seed_image_line))
         .route("/_sim/arm/resources", post(seed_resource))
         .route("/_sim/arm/templates/{name}/events", get(events))
+        .route("/_sim/arm/state", get(state))
         .with_state(world)
 }

@@ -70,7 +70,7 @@ fn key(definition: &str, version: &str) -> String {
     format!("{definition}/versions/{version}").to_ascii_lowercase()
 }
 
-fn provisioning_state(v: &Version, now: DateTime<Utc>) -> &'static str {
+pub(crate) fn provisioning_state(v: &Version, now: DateTime<Utc>) -> &'static str {
     if v.deleting_at.is_some() {
         "Deleting"
     } else if v.updating_until.is_some_and(|u| u > now) {

@@ -154,7 +154,28 @@ async fn a_run_moves_through_every_phase_and_leaves_its_gallery_version() {
         Some("ubuntu")
     );
 
+    let state: Value = sim
+        .http
+        .get(format!("{}/_sim/arm/state", sim.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["templates"][0]["run"]["runState"], "Succeeded");
+    assert_eq!(state["versions"][0]["provisioningState"], "Succeeded");
+    let over_http: Vec<Value> = sim
+        .http
+        .get(format!("{}/_sim/arm/templates/t1/events", sim.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let events = sim.world.template_events("t1");
+    assert_eq!(over_http.len(), events.len());
     let states: Vec<(&str, Option<&str>)> = events
         .iter()
         .map(|e| (e.run_state, e.run_sub_state))
