@@ -334,12 +334,15 @@ pub(crate) fn handle(world: &ArmWorld, req: &ArmRequest) -> Option<Answer> {
         w.has_fault(|f| matches!(f, Fault::UnreadableSubscription { subscription } if subscription.eq_ignore_ascii_case(sub)))
     };
     if let Some(scopes) = &scopes {
-        if let Some(bad) = scopes.iter().find(|s| unreadable(s)) {
-            return Some(arm_error(
-                StatusCode::FORBIDDEN,
-                "AuthorizationFailed",
-                format!("The client does not have authorization to perform action 'Microsoft.ResourceGraph/resources/read' over scope '/subscriptions/{bad}' or the scope is invalid."),
-            ).into());
+        if scopes.iter().any(|s| unreadable(s)) {
+            // Resource Graph's answer for a scope the caller may not read, as
+            // reported in Azure/azure-sdk-for-java#29924 and microsoft/ARI#255.
+            let body = json!({"error": {
+                "code": "AccessDenied",
+                "message": "Please provide below info when asking for support: timestamp = simulated, correlationId = simulated.",
+                "details": [{"code": "AccessDenied", "message": "Access is denied to the requested resource. The user might not have enough permission."}],
+            }});
+            return Some((StatusCode::FORBIDDEN, Json(body)).into());
         }
     }
     let table = query.table;

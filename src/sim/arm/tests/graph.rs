@@ -125,9 +125,11 @@ async fn an_unreadable_subscription_fails_a_scoped_query_and_hides_from_a_tenant
         .await;
     let (status, e) = query(&sim, json!({"query": QUERY, "subscriptions": [SUB, OTHER_SUB], "options": {"allowPartialScopes": false}})).await;
     assert_eq!(status, 403);
-    assert_eq!(e["error"]["code"], "AuthorizationFailed");
+    assert_eq!(e["error"]["code"], "AccessDenied");
+    assert_eq!(e["error"]["details"][0]["code"], "AccessDenied");
     let inv = AzureInventory::new(sim.client(), vec![SUB.into(), OTHER_SUB.into()]);
-    assert!(inv.rows(QUERY).await.is_err());
+    let err = inv.rows(QUERY).await.unwrap_err();
+    assert!(format!("{err:#}").contains("page 1 failed"), "{err:#}");
     let tenant = AzureInventory::new(sim.client(), vec![]);
     assert_eq!(tenant.rows(QUERY).await.unwrap().len(), 4);
 }
