@@ -577,3 +577,56 @@ async fn putting_the_same_template_again_adopts_it_and_another_body_is_refused()
         .await;
     assert_eq!(r.status(), 409);
 }
+
+/// The one test on the wall clock: a scaled world and kiln's own pauses.
+#[tokio::test]
+async fn on_a_scaled_clock_a_thirty_minute_build_takes_its_wall_share() {
+    use crate::providers::azure::arm::ArmClient;
+    use crate::providers::azure::identity::StaticToken;
+    use crate::providers::azure::image_builder::AzureImageBuilder;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let now = chrono::Utc::now();
+    let clock = crate::ports::ScaledClock {
+        start: super::t0(),
+        anchor: now,
+        factor: 1800,
+    };
+    let mut options = crate::sim::arm::ArmSimOptions::new(&url);
+    options.scale = Some(clock);
+    let world = crate::sim::arm::ArmWorld::new(Arc::new(clock), options);
+    let app = crate::sim::arm::router(world);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let arm = ArmClient::new(
+        reqwest::Client::new(),
+        crate::providers::azure::arm::testing::options(&url),
+        Arc::new(StaticToken::new("t")),
+    );
+    let b = AzureImageBuilder::new(arm, SUB, RG);
+    let began = Instant::now();
+    b.put_template("t1", &template("1.0.0")).await.unwrap();
+    b.run("t1").await.unwrap();
+    let deadline = began + Duration::from_secs(20);
+    let status = loop {
+        let s = b.status("t1").await.unwrap();
+        if matches!(&s, TemplateStatus::Run(r) if r.end_time.is_some()) || Instant::now() > deadline
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let TemplateStatus::Run(r) = status else {
+        panic!("{status:?}")
+    };
+    assert_eq!(r.run_state, RunState::Succeeded, "{r:?}");
+    // 30 sim minutes at 1800x is one wall second, after the PUT's
+    // one-second Retry-After (never less than 1).
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
