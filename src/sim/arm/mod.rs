@@ -1,9 +1,15 @@
 //! The ARM side of the simulator. Interface used by [`super::server`]:
 //!
 //! ```ignore
-//! let world = ArmWorld::new(clock, ArmSimOptions { public_url, .. });
+//! let mut options = ArmSimOptions::new(public_url); // + scale, profile, page_size
+//! options.scale = Some(scaled_clock);                // Retry-After in wall seconds
+//! let world = ArmWorld::new(clock, options);
 //! let routes: axum::Router = router(world.clone()); // ARM paths + /blob/... + /_sim/arm/...
 //! ```
+//!
+//! ARM routes (`/subscriptions/…`, `/providers/…`) need a bearer token; the
+//! blob routes a bearer token or a SAS; `/_sim/arm/…` nothing. The router has
+//! no fallback, so it merges with the other surfaces' routers.
 //!
 //! | module | what |
 //! |---|---|
