@@ -1,11 +1,15 @@
 // kiln in Azure: the Function App (Linux, custom handler), its storage, the
 // Service Bus queues between functions, the gallery kiln publishes to, the
-// identities and their roles, and the Event Grid subscription that tells
+// identities and their roles, the Key Vault holding the app's secrets,
+// Application Insights, and the Event Grid subscription that tells
 // `base_image_events` when a parent gallery publishes a version.
 //
 // Deploy into the resource group that will hold kiln and its image templates:
 //   az deployment group create -g rg-kiln -f infra/main.bicep \
 //     -p parentGalleryResourceGroup=rg-base-images parentGalleryName=corpBase eventsKey=<random>
+// The deployer needs Owner (or User Access Administrator plus Contributor) on
+// the subscription: the marketplace read kiln needs is granted at subscription
+// scope (modules/subscription-roles.bicep).
 // Not deployed from this repository's CI; see infra/README.md for what to check.
 
 targetScope = 'resourceGroup'
@@ -33,7 +37,10 @@ param parentGalleryName string = ''
 @description('Create the Event Grid subscription. Leave false on the first deployment: Event Grid checks the function endpoint, which exists only once the app code is published.')
 param subscribeToParentGallery bool = false
 
-@description('Key required on the events webhook (KILN_EVENTS_KEY). Prefer a Key Vault reference in production.')
+@description('An Event Grid system topic that already watches the parent gallery\'s resource group (Azure allows one per source). Empty: create one.')
+param existingSystemTopicName string = ''
+
+@description('Key required on the events webhook (KILN_EVENTS_KEY). Stored in the Key Vault; the app reads it through a Key Vault reference.')
 @secure()
 param eventsKey string
 
@@ -45,13 +52,24 @@ param webhookSecret string = ''
 @description('Subscriptions searched for VMs using gallery images (comma-separated). Empty: all the app identity can read.')
 param inventorySubscriptions string = ''
 
+@description('Grant the app Storage Blob Data Reader on the subscription, so `kiln logs` reads build logs from the staging groups Image Builder creates. Off: that reads every blob in the subscription; prefer a stagingResourceGroup per pipeline.')
+param grantStagingLogRead bool = false
+
 @description('Builds active at once across all pipelines (KILN_MAX_ACTIVE_BUILDS).')
 @minValue(1)
 param maxActiveBuilds int = 4
 
+// Unique per resource group: names that must not collide across deployments
+// (in other groups or subscriptions of the same tenant) carry it.
 var suffix = uniqueString(resourceGroup().id)
 var storageName = toLower('${prefix}${suffix}')
 var sbName = '${prefix}-sb-${suffix}'
+var vaultName = take('${prefix}kv${suffix}', 24)
+var contentShare = toLower('${prefix}-content')
+
+// The queues' settings, shared with kiln's local host (src/host/catalog.rs
+// embeds the same file): one source for maxDeliveryCount and the rest.
+var queues = loadJsonContent('queues.json')
 
 // ---------------------------------------------------------------- identities
 
@@ -81,6 +99,19 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
 }
 
+// The Premium plan's content share, created here: with its connection string
+// behind a Key Vault reference the platform does not validate or create it
+// (WEBSITE_SKIP_CONTENTSHARE_VALIDATION below).
+resource files 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource contentFiles 'Microsoft.Storage/storageAccounts/fileServices/shares@2023-05-01' = {
+  parent: files
+  name: contentShare
+}
+
 // ---------------------------------------------------------------- Service Bus
 
 resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
@@ -94,16 +125,17 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
 }
 
 // Requests are deduplicated on MessageId (kiln sends its dedupe key there);
-// a request that fails five times is dead-lettered for a person to read.
+// a request that fails maxDeliveryCount times is dead-lettered for a person
+// to read. lockDuration is as long as host.json's functionTimeout.
 resource buildRequests 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
   parent: serviceBus
   name: 'build-requests'
   properties: {
-    maxDeliveryCount: 5
+    maxDeliveryCount: queues['build-requests'].maxDeliveryCount
     requiresDuplicateDetection: true
-    duplicateDetectionHistoryTimeWindow: 'PT1H'
+    duplicateDetectionHistoryTimeWindow: queues['build-requests'].duplicateDetectionHistoryTimeWindow
     deadLetteringOnMessageExpiration: true
-    lockDuration: 'PT5M' // as long as host.json's functionTimeout
+    lockDuration: queues['build-requests'].lockDuration
   }
 }
 
@@ -113,11 +145,73 @@ resource buildPolls 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' 
   parent: serviceBus
   name: 'build-polls'
   properties: {
-    maxDeliveryCount: 10
+    maxDeliveryCount: queues['build-polls'].maxDeliveryCount
     requiresDuplicateDetection: true
-    duplicateDetectionHistoryTimeWindow: 'PT10M'
+    duplicateDetectionHistoryTimeWindow: queues['build-polls'].duplicateDetectionHistoryTimeWindow
     deadLetteringOnMessageExpiration: true
-    lockDuration: 'PT5M'
+    lockDuration: queues['build-polls'].lockDuration
+  }
+}
+
+// ---------------------------------------------------------------- Key Vault
+
+// The app's secrets. App settings name them with Key Vault references, so
+// the values are in neither the site's configuration nor its deployment
+// history; the app identity reads them as Key Vault Secrets User.
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: vaultName
+  location: location
+  properties: {
+    tenantId: subscription().tenantId
+    sku: { family: 'A', name: 'standard' }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+  }
+}
+
+resource eventsKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'kiln-events-key'
+  properties: { value: eventsKey }
+}
+
+resource webhookSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(webhookUrl)) {
+  parent: vault
+  name: 'kiln-webhook-secret'
+  properties: { value: webhookSecret }
+}
+
+// Elastic Premium's content share takes a key-based connection string; the
+// key stays in the vault too.
+resource contentConnection 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'kiln-content-connection'
+  properties: {
+    value: 'DefaultEndpointsProtocol=https;AccountName=${storage.name};AccountKey=${storage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
+  }
+}
+
+// ---------------------------------------------------------------- monitoring
+
+resource logs 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: '${prefix}-logs-${suffix}'
+  location: location
+  properties: {
+    sku: { name: 'PerGB2018' }
+    retentionInDays: 30
+  }
+}
+
+// kiln logs to stderr and the host forwards it, with every invocation's
+// outcome, to Application Insights.
+resource insights 'Microsoft.Insights/components@2020-02-02' = {
+  name: '${prefix}-ai-${suffix}'
+  location: location
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logs.id
   }
 }
 
@@ -142,6 +236,9 @@ resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
   sku: { name: 'EP1', tier: 'ElasticPremium' }
   properties: {
     reserved: true // Linux
+    // One instance on purpose, for now: build state lives in the embedded
+    // SQLite store under KILN_DATA_DIR, which takes one writer. Lift this
+    // (and functionAppScaleLimit) when the Table Storage store replaces it.
     maximumElasticWorkerCount: 1
   }
 }
@@ -157,7 +254,7 @@ var identityClientSettings = useUserAssignedIdentity ? [
 
 var webhookSettings = empty(webhookUrl) ? [] : [
   { name: 'KILN_WEBHOOK_URL', value: webhookUrl }
-  { name: 'KILN_WEBHOOK_SECRET', value: webhookSecret }
+  { name: 'KILN_WEBHOOK_SECRET', value: '@Microsoft.KeyVault(SecretUri=${webhookSecretSecret!.properties.secretUri})' }
 ]
 
 var inventorySettings = empty(inventorySubscriptions) ? [] : [
@@ -177,28 +274,37 @@ resource app 'Microsoft.Web/sites@2023-12-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    // Key Vault references resolve as this identity.
+    keyVaultReferenceIdentity: useUserAssignedIdentity ? appUserIdentity!.id : 'SystemAssigned'
     siteConfig: {
       linuxFxVersion: '' // custom handler: the host starts the `kiln serve` binary named in host.json
       ftpsState: 'Disabled'
       minTlsVersion: '1.2'
-      // Until kiln's Table Storage store lands, the embedded store under
-      // KILN_DATA_DIR must have one writer: keep the app on one instance.
+      // Until kiln's Table Storage store lands (its own issue), the embedded
+      // store under KILN_DATA_DIR must have one writer: keep the app on one
+      // instance. This pin is deliberate and temporary.
       functionAppScaleLimit: 1
       appSettings: concat([
         { name: 'FUNCTIONS_EXTENSION_VERSION', value: '~4' }
         { name: 'FUNCTIONS_WORKER_RUNTIME', value: 'custom' }
         { name: 'AzureWebJobsStorage__accountName', value: storage.name }
-        // Elastic Premium's content share still takes a key-based connection string.
-        { name: 'WEBSITE_CONTENTAZUREFILECONNECTIONSTRING', value: 'DefaultEndpointsProtocol=https;AccountName=${storage.name};AccountKey=${storage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}' }
-        { name: 'WEBSITE_CONTENTSHARE', value: toLower('${prefix}-content') }
+        // Elastic Premium's content share still takes a key-based connection
+        // string: a Key Vault reference, so the platform skips validating the
+        // share (created above).
+        { name: 'WEBSITE_CONTENTAZUREFILECONNECTIONSTRING', value: '@Microsoft.KeyVault(SecretUri=${contentConnection.properties.secretUri})' }
+        { name: 'WEBSITE_SKIP_CONTENTSHARE_VALIDATION', value: '1' }
+        { name: 'WEBSITE_CONTENTSHARE', value: contentShare }
+        { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: insights.properties.ConnectionString }
         // Read by the Service Bus trigger bindings and by kiln's queue adapter alike.
         { name: 'ServiceBusConnection__fullyQualifiedNamespace', value: '${serviceBus.name}.servicebus.windows.net' }
         { name: 'KILN_PROVIDER', value: 'azure' }
-        { name: 'KILN_EVENTS_KEY', value: eventsKey }
+        { name: 'KILN_EVENTS_KEY', value: '@Microsoft.KeyVault(SecretUri=${eventsKeySecret.properties.secretUri})' }
         { name: 'KILN_MAX_ACTIVE_BUILDS', value: string(maxActiveBuilds) }
         { name: 'KILN_DATA_DIR', value: '/home/data/kiln' } // /home persists across restarts
         { name: 'KILN_PIPELINES_DIR', value: 'pipelines' }
-        { name: 'KILN_HANDLERS_DIR', value: '.' } // function.json folders sit at the app root once published
+        // KILN_HANDLERS_DIR is not set: kiln reads the function folders from
+        // the app root the host gives it (FUNCTIONS_APP_ROOT_PATH), where
+        // `kiln package` puts them.
         { name: 'AZURE_SUBSCRIPTION_ID', value: subscription().subscriptionId }
         { name: 'KILN_AZURE_LOCATION', value: location }
         { name: 'KILN_AZURE_RESOURCE_GROUP', value: resourceGroup().name } // image templates live here
@@ -214,6 +320,7 @@ var appPrincipalId = useUserAssignedIdentity ? appUserIdentity!.properties.princ
 // Built-in role ids (stable across tenants).
 var roles = {
   contributor: 'b24988ac-6180-42a0-ab88-20f7382dd24c'
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830'
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
   serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
@@ -222,11 +329,16 @@ var roles = {
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 }
 
+// Custom role definitions are tenant-wide: the resource name is a GUID and
+// the roleName must be unique in the tenant, so both derive from this
+// resource group's id (a group of the same name in another subscription, or
+// a second kiln, gets its own).
+
 // The app creates, runs, cancels and deletes image templates in this group.
 resource templateOperator 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(resourceGroup().id, 'kiln-image-template-operator')
   properties: {
-    roleName: 'kiln image template operator (${resourceGroup().name})'
+    roleName: 'kiln image template operator (${resourceGroup().name}, ${suffix})'
     description: 'Manage and run Azure VM Image Builder templates.'
     type: 'CustomRole'
     assignableScopes: [ resourceGroup().id ]
@@ -245,7 +357,7 @@ resource templateOperator 'Microsoft.Authorization/roleDefinitions@2022-04-01' =
 resource imageDistributor 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(resourceGroup().id, 'kiln-image-distributor')
   properties: {
-    roleName: 'kiln image distributor (${resourceGroup().name})'
+    roleName: 'kiln image distributor (${resourceGroup().name}, ${suffix})'
     description: 'Let Azure VM Image Builder write gallery image versions.'
     type: 'CustomRole'
     assignableScopes: [ resourceGroup().id ]
@@ -325,6 +437,30 @@ resource appReceive 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+resource appSecrets 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, appPrincipalId, roles.keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Marketplace version lists (a floating `latest` PlatformImage source) are
+// a subscription-scope read: without it every watch and build of such a
+// pipeline fails 403. Build logs in Image Builder's staging groups are
+// another, optional (grantStagingLogRead).
+module subscriptionRoles 'modules/subscription-roles.bicep' = {
+  name: 'kiln-subscription-roles-${suffix}'
+  scope: subscription()
+  params: {
+    principalId: appPrincipalId
+    deploymentSuffix: suffix
+    grantStagingLogRead: grantStagingLogRead
+  }
+}
+
 resource appStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for r in [ roles.storageBlobDataOwner, roles.storageQueueDataContributor, roles.storageTableDataContributor ]: {
   name: guid(storage.id, appPrincipalId, r)
   scope: storage
@@ -341,13 +477,15 @@ resource appStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for 
 // lists the versions) and the Event Grid system topic there. Reader across the
 // subscriptions whose VMs retention must see is infra/inventory-reader.bicep.
 module parent 'modules/parent-gallery.bicep' = if (!empty(parentGalleryResourceGroup)) {
-  name: 'kiln-parent-gallery'
+  name: 'kiln-parent-gallery-${suffix}'
   scope: resourceGroup(parentGalleryResourceGroup)
   params: {
     parentGalleryName: parentGalleryName
     readerPrincipalIds: [ appPrincipalId, aibIdentity.properties.principalId ]
     subscribe: subscribeToParentGallery
     functionResourceId: '${app.id}/functions/base_image_events'
+    deploymentSuffix: suffix
+    existingSystemTopicName: existingSystemTopicName
   }
 }
 
@@ -356,3 +494,5 @@ output appPrincipalId string = appPrincipalId
 output aibIdentityId string = aibIdentity.id
 output galleryId string = gallery.id
 output serviceBusNamespace string = '${serviceBus.name}.servicebus.windows.net'
+output serviceBusId string = serviceBus.id
+output keyVaultName string = vault.name

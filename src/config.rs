@@ -90,6 +90,31 @@ fn get<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
         .filter(|s| !s.trim().is_empty())
 }
 
+/// App Service leaves a Key Vault reference it cannot resolve in the
+/// setting as written: taken as the secret, it would be a value anyone who
+/// can read the app's configuration knows.
+fn unresolved_reference(env: &Env, key: &str) -> anyhow::Result<()> {
+    match get(env, key) {
+        Some(v) if v.trim_start().starts_with("@Microsoft.KeyVault(") => bail!(
+            "{key}: the Key Vault reference did not resolve (does the app identity have Key Vault Secrets User on the vault?)"
+        ),
+        Some(_) | None => Ok(()),
+    }
+}
+
+/// The function folders when neither `KILN_HANDLERS_DIR` nor the Functions
+/// host's `FUNCTIONS_APP_ROOT_PATH` is set: `handlers/` in the repository
+/// (`kiln local`), else the working directory itself, which is the app root
+/// of a deployed package where the Functions host wants them (`kiln
+/// package` puts them there).
+fn default_handlers_dir(cwd: &Path) -> PathBuf {
+    if cwd.join("handlers").is_dir() {
+        PathBuf::from("handlers")
+    } else {
+        PathBuf::from(".")
+    }
+}
+
 impl Settings {
     pub fn from_env(env: &Env) -> anyhow::Result<Settings> {
         let provider = match get(env, "KILN_PROVIDER").unwrap_or("local") {
@@ -132,6 +157,8 @@ impl Settings {
             (None, Some(_)) => bail!("KILN_WEBHOOK_URL: required when KILN_WEBHOOK_SECRET is set"),
         };
         let data_dir = PathBuf::from(get(env, "KILN_DATA_DIR").unwrap_or(".kiln"));
+        unresolved_reference(env, "KILN_EVENTS_KEY")?;
+        unresolved_reference(env, "KILN_WEBHOOK_SECRET")?;
         let events_key = get(env, "KILN_EVENTS_KEY").map(Secret::new);
         if provider == ProviderKind::Azure && events_key.is_none() {
             bail!("KILN_EVENTS_KEY: required with KILN_PROVIDER=azure (the events endpoint must not be open)");
@@ -151,7 +178,10 @@ impl Settings {
             ),
             data_dir,
             pipelines_dir: PathBuf::from(get(env, "KILN_PIPELINES_DIR").unwrap_or("pipelines")),
-            handlers_dir: PathBuf::from(get(env, "KILN_HANDLERS_DIR").unwrap_or("handlers")),
+            handlers_dir: get(env, "KILN_HANDLERS_DIR")
+                .or(get(env, "FUNCTIONS_APP_ROOT_PATH"))
+                .map(PathBuf::from)
+                .unwrap_or_else(|| default_handlers_dir(Path::new("."))),
             max_active_builds: number("KILN_MAX_ACTIVE_BUILDS", 4, 1)?,
             events_key,
             webhook,
@@ -182,6 +212,25 @@ mod tests {
     }
 
     #[test]
+    fn function_folders_default_to_handlers_in_the_repository_and_the_app_root_in_a_package() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(default_handlers_dir(repo), PathBuf::from("handlers"));
+        let package = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(package.path().join("build_polls")).unwrap();
+        assert_eq!(default_handlers_dir(package.path()), PathBuf::from("."));
+        // The Functions host names the app root to its custom handler.
+        let s =
+            Settings::from_env(&env(&[("FUNCTIONS_APP_ROOT_PATH", "/home/site/wwwroot")])).unwrap();
+        assert_eq!(s.handlers_dir, PathBuf::from("/home/site/wwwroot"));
+        let s = Settings::from_env(&env(&[
+            ("FUNCTIONS_APP_ROOT_PATH", "/home/site/wwwroot"),
+            ("KILN_HANDLERS_DIR", "/srv/fn"),
+        ]))
+        .unwrap();
+        assert_eq!(s.handlers_dir, PathBuf::from("/srv/fn"));
+    }
+
+    #[test]
     fn each_bad_setting_is_named() {
         let e = Settings::from_env(&env(&[("KILN_PROVIDER", "aws")])).unwrap_err();
         assert!(e.to_string().starts_with("KILN_PROVIDER"), "{e}");
@@ -191,6 +240,28 @@ mod tests {
         assert!(e.to_string().starts_with("KILN_WEBHOOK_SECRET"), "{e}");
         let e = Settings::from_env(&env(&[("KILN_PROVIDER", "azure")])).unwrap_err();
         assert!(e.to_string().starts_with("KILN_EVENTS_KEY"), "{e}");
+    }
+
+    #[test]
+    fn an_unresolved_key_vault_reference_is_no_secret() {
+        let reference = "@Microsoft.KeyVault(SecretUri=https://kilnkv.vault.azure.net/secrets/kiln-events-key/)";
+        let e = Settings::from_env(&env(&[
+            ("KILN_PROVIDER", "azure"),
+            ("KILN_EVENTS_KEY", reference),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("KILN_EVENTS_KEY: the Key Vault reference did not resolve"),
+            "{e}"
+        );
+        let e = Settings::from_env(&env(&[
+            ("KILN_WEBHOOK_URL", "https://hooks.example"),
+            ("KILN_WEBHOOK_SECRET", reference),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("KILN_WEBHOOK_SECRET"), "{e}");
     }
 
     #[test]

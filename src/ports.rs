@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::domain::build::FailureCategory;
 pub use crate::domain::gallery::{GalleryVersion, InUseSet, RegionReplication};
 use crate::domain::pipeline::FieldError;
-pub use crate::domain::run::{RunOutput, RunState, RunStatus, RunSubState, TemplateStatus};
+pub use crate::domain::run::{
+    Deletion, RunOutput, RunStart, RunState, RunStatus, RunSubState, TemplateStatus,
+};
 use crate::domain::template::{ImageTemplate, Source};
 use crate::domain::version::ImageVersion;
 
@@ -43,16 +45,25 @@ impl ProviderError {
 #[async_trait]
 pub trait ImageBuilder: Send + Sync {
     /// Creates template `name` from an AIB template body, or finds it already
-    /// there (same name, same body): repeating the call makes no twin.
-    async fn put_template(&self, name: &str, body: &serde_json::Value)
-        -> Result<(), ProviderError>;
-    /// Starts the template's run; a template that already ran or is running is left as it is.
-    async fn run(&self, name: &str) -> Result<(), ProviderError>;
+    /// there (same name, same body): repeating the call makes no twin. It
+    /// does not wait for provisioning (that can take minutes, longer than an
+    /// invocation may block): the answer is the template's status now,
+    /// usually `Provisioning` or `NotRun`.
+    async fn put_template(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<TemplateStatus, ProviderError>;
+    /// Starts the template's run; a template that already ran or is running
+    /// is left as it is. Sent once: an answer that never came is
+    /// `Unconfirmed`, never a failure, so no second run can follow it.
+    async fn run(&self, name: &str) -> Result<RunStart, ProviderError>;
     async fn status(&self, name: &str) -> Result<TemplateStatus, ProviderError>;
     async fn run_outputs(&self, name: &str) -> Result<Vec<RunOutput>, ProviderError>;
     async fn cancel(&self, name: &str) -> Result<(), ProviderError>;
-    /// Deletes the template (not its outputs); missing templates are fine.
-    async fn delete_template(&self, name: &str) -> Result<(), ProviderError>;
+    /// Starts deleting the template (not its outputs) without waiting for
+    /// it; missing templates are `Gone`. Callers make sure no run is going first.
+    async fn delete_template(&self, name: &str) -> Result<Deletion, ProviderError>;
     /// Provider-specific checks, run at validation before anything starts.
     fn check(&self, template: &ImageTemplate) -> Vec<FieldError>;
     /// The customization log of a template's run, from byte `offset` on,
@@ -81,18 +92,33 @@ pub struct VersionUpdate {
 #[async_trait]
 pub trait Gallery: Send + Sync {
     async fn list_versions(&self, definition_id: &str) -> anyhow::Result<Vec<GalleryVersion>>;
+    /// Sends the change; the provider applies it asynchronously.
     async fn update_version(
         &self,
         definition_id: &str,
         version: ImageVersion,
         update: &VersionUpdate,
     ) -> anyhow::Result<()>;
-    /// Deletes a version; a version already gone is not an error.
+    /// Starts deleting a version, without waiting for the provider to
+    /// finish (a later listing shows it gone); a version already gone is
+    /// not an error.
     async fn delete_version(
         &self,
         definition_id: &str,
         version: ImageVersion,
     ) -> anyhow::Result<()>;
+    /// One version with its per-region replication, `None` when it does not exist.
+    async fn version(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+    ) -> anyhow::Result<Option<GalleryVersion>> {
+        Ok(self
+            .list_versions(definition_id)
+            .await?
+            .into_iter()
+            .find(|v| v.version == version))
+    }
 }
 
 /// A version of a base image as its catalog reports it.

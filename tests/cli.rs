@@ -1,4 +1,5 @@
-//! The `kiln` binary's offline commands: validate, render, schedule next.
+//! The `kiln` binary: offline commands (validate, render, schedule next,
+//! package), `kiln local` with the client commands, and the function key.
 
 use std::path::Path;
 use std::process::Command;
@@ -342,4 +343,246 @@ fn kiln_local_refuses_to_start_without_its_host_tools() {
         "{err}"
     );
     assert!(!err.contains("mkfs.ext4"), "{err}");
+}
+
+/// The zip `kiln package` writes, as (path, unix mode, bytes).
+fn read_zip(path: &Path) -> Vec<(String, u32, Vec<u8>)> {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    (0..zip.len())
+        .map(|i| {
+            let mut f = zip.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).unwrap();
+            (f.name().to_string(), f.unix_mode().unwrap_or(0), bytes)
+        })
+        .collect()
+}
+
+/// What the Functions host reads from a zip deployment: host.json at the
+/// root, `<function>/function.json` for each function, and the custom
+/// handler where host.json says, executable. Nothing else but the pipelines.
+#[test]
+fn kiln_package_lays_out_what_the_functions_host_reads() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("stand-in-binary");
+    std::fs::write(&binary, b"\x7fELF not really").unwrap();
+    let out = dir.path().join("kiln.zip");
+    let run = kiln()
+        .args(["package", "--binary"])
+        .arg(&binary)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let entries = read_zip(&out);
+    let host: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("host.json")).unwrap()).unwrap();
+    let exe = host["customHandler"]["description"]["defaultExecutablePath"]
+        .as_str()
+        .unwrap();
+    let find = |p: &str| entries.iter().find(|(n, _, _)| n == p);
+
+    let (_, mode, bytes) = find("host.json").expect("host.json at the root");
+    assert_eq!(bytes, &std::fs::read(repo.join("host.json")).unwrap());
+    assert_eq!(mode & 0o777, 0o644);
+    let (_, mode, bytes) = find(exe).expect("the custom handler where host.json names it");
+    assert_eq!(bytes, b"\x7fELF not really");
+    assert_eq!(mode & 0o111, 0o111, "executable bit: {mode:o}");
+
+    let mut functions = Vec::new();
+    for f in std::fs::read_dir(repo.join("handlers")).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().to_string_lossy().to_string();
+        let (_, _, bytes) = find(&format!("{name}/function.json"))
+            .unwrap_or_else(|| panic!("{name}/function.json missing from the package"));
+        assert_eq!(
+            bytes,
+            &std::fs::read(f.path().join("function.json")).unwrap(),
+            "{name}"
+        );
+        functions.push(name);
+    }
+    assert_eq!(functions.len(), 8);
+
+    for (name, _, _) in &entries {
+        let top = name.split('/').next().unwrap();
+        let expected = top == "host.json"
+            || top == exe
+            || (top == "pipelines" && name.ends_with(".json"))
+            || (functions.iter().any(|f| f == top) && name == &format!("{top}/function.json"));
+        assert!(expected, "{name} does not belong in the package");
+    }
+    for p in std::fs::read_dir(repo.join("pipelines")).unwrap() {
+        let p = p.unwrap();
+        let name = format!("pipelines/{}", p.file_name().to_string_lossy());
+        let (_, _, bytes) = find(&name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(bytes, &std::fs::read(p.path()).unwrap());
+    }
+}
+
+#[test]
+fn kiln_package_refuses_invalid_pipelines_naming_file_and_field() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = tempfile::tempdir().unwrap();
+    std::fs::copy(repo.join("host.json"), root.path().join("host.json")).unwrap();
+    for f in std::fs::read_dir(repo.join("handlers")).unwrap() {
+        let f = f.unwrap();
+        let d = root.path().join("handlers").join(f.file_name());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(f.path().join("function.json"), d.join("function.json")).unwrap();
+    }
+    std::fs::create_dir_all(root.path().join("pipelines")).unwrap();
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("pipelines/tiny.json")).unwrap()).unwrap();
+    doc["kiln"]["versioning"]["major"] = serde_json::json!("one");
+    std::fs::write(root.path().join("pipelines/tiny.json"), doc.to_string()).unwrap();
+    let binary = root.path().join("bin");
+    std::fs::write(&binary, b"x").unwrap();
+    let out = root.path().join("kiln.zip");
+    let run = kiln()
+        .args(["package", "--binary"])
+        .arg(&binary)
+        .arg("--out")
+        .arg(&out)
+        .arg("--root")
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("tiny.json") && err.contains("kiln.versioning.major"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no package from invalid pipelines");
+}
+
+/// The package's app root, as the Functions host starts `kiln serve` in it:
+/// no KILN_HANDLERS_DIR, the function folders beside the binary. The
+/// handler must find them (and start) by its defaults.
+#[test]
+fn kiln_serve_starts_from_the_package_root_by_its_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("stand-in");
+    std::fs::write(&binary, b"x").unwrap();
+    let out = dir.path().join("kiln.zip");
+    assert!(kiln()
+        .args(["package", "--binary"])
+        .arg(&binary)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let root = dir.path().join("wwwroot");
+    for (name, _, bytes) in read_zip(&out) {
+        let p = root.join(&name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .current_dir(&root)
+        .env_remove("KILN_HANDLERS_DIR")
+        .env_remove("KILN_PIPELINES_DIR")
+        .env_remove("FUNCTIONS_APP_ROOT_PATH")
+        .env_remove("KILN_PROVIDER")
+        .env("KILN_DATA_DIR", dir.path().join("data"))
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut up = false;
+    while std::time::Instant::now() < deadline {
+        if serve.try_wait().unwrap().is_some() {
+            break;
+        }
+        if reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let output = serve.wait_with_output().unwrap();
+    assert!(
+        up,
+        "kiln serve did not start from the package root: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The Functions host in front of the API: 401 unless `x-functions-key`
+/// carries the key. The CLI sends KILN_FUNCTION_KEY, and says what to set
+/// when it is missing.
+#[test]
+fn client_commands_send_the_function_key_and_explain_a_401() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/api/builds"))
+            .and(header("x-functions-key", "the-key"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(401))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+        server
+    });
+    let ok = kiln()
+        .args(["builds", "--json", "--api", &server.uri()])
+        .env("KILN_FUNCTION_KEY", "the-key")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = kiln()
+        .args(["builds", "--api", &server.uri()])
+        .env_remove("KILN_FUNCTION_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("KILN_FUNCTION_KEY"), "{err}");
+    let wrong = kiln()
+        .args(["builds", "--api", &server.uri(), "--function-key", "not-it"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("refused the function key") && !err.contains("not-it"),
+        "{err}"
+    );
+    let help = kiln()
+        .args(["builds", "--help"])
+        .env("KILN_FUNCTION_KEY", "the-key")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("the-key"));
+    drop(rt);
 }

@@ -14,6 +14,12 @@ param subscribe bool
 @description('Resource id of the Event Grid triggered function: {app id}/functions/base_image_events.')
 param functionResourceId string
 
+@description('main.bicep\'s uniqueString of its resource group: names kiln\'s topic and subscription apart from other deployments\'.')
+param deploymentSuffix string
+
+@description('A system topic that already watches this resource group. Azure allows one system topic per source, so a second deployment (another kiln, or anything else on this group) must reuse it. Empty: create one.')
+param existingSystemTopicName string = ''
+
 var readerRole = 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
 
 resource parentGallery 'Microsoft.Compute/galleries@2023-07-03' existing = {
@@ -31,8 +37,13 @@ resource readers 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for p i
 }]
 
 // Resource-group system topics are global and live in the group they watch.
-resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
-  name: 'kiln-${resourceGroup().name}'
+// The name carries kiln's deployment suffix: the parent group's name alone
+// is no unique name (two kilns, or groups of one name in two subscriptions).
+var createTopic = empty(existingSystemTopicName)
+var topicName = createTopic ? 'kiln-${deploymentSuffix}' : existingSystemTopicName
+
+resource newTopic 'Microsoft.EventGrid/systemTopics@2022-06-15' = if (createTopic) {
+  name: topicName
   location: 'global'
   properties: {
     source: resourceGroup().id
@@ -40,9 +51,14 @@ resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   }
 }
 
+resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = {
+  name: topicName
+}
+
 resource toKiln 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = if (subscribe) {
   parent: topic
-  name: 'kiln-base-image-events'
+  name: 'kiln-${deploymentSuffix}-base-image-events'
+  dependsOn: [ newTopic ]
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     destination: {

@@ -302,12 +302,21 @@ async fn build_log(
     }
     let template = crate::domain::build::template_name(&b.id, attempt);
     let offset = q.offset.unwrap_or(0);
-    let text = app
-        .builder
-        .customization_log(&template, offset)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?
-        .ok_or_else(|| not_found(format!("no customization log for attempt {attempt} of build {id} (not started yet, or the provider keeps it elsewhere)")))?;
+    // The copy kept when the attempt's template was retired outlives the
+    // provider's (in Azure it goes with the staging resource group).
+    let kept = app.store.log(&template)?.map(|all| {
+        let from = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+        all[from..].to_vec()
+    });
+    let text = match kept {
+        Some(bytes) => bytes,
+        None => app
+            .builder
+            .customization_log(&template, offset)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?
+            .ok_or_else(|| not_found(format!("no customization log for attempt {attempt} of build {id} (not started yet, or the provider keeps it elsewhere)")))?,
+    };
     // Offsets count bytes: a client continues exactly where this read ended.
     let next = offset + text.len() as u64;
     Ok((

@@ -121,6 +121,10 @@ pub async fn build_sweeper(app: &App, out: &mut InvocationResult) -> anyhow::Res
         }
     }
     driver::admit_queued(app).await;
+    let retired = super::cleanup::sweep(app).await;
+    if retired > 0 {
+        out.log(format!("build_sweeper: {retired} template cleanup steps"));
+    }
     let delivered = app.events.deliver_due(now).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "event delivery failed");
         0

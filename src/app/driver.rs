@@ -11,10 +11,13 @@ use serde_json::json;
 
 use super::events::CloudEvent;
 use super::{App, POLLS_QUEUE};
-use crate::domain::build::{transition, Build, BuildState, Effect, Observation};
-use crate::domain::template::GalleryImageRef;
-use crate::ports::{OutgoingMessage, RunState, TemplateStatus};
+use crate::domain::build::{
+    transition, Build, BuildState, Effect, FailureCategory, Observation, Replication,
+};
+use crate::domain::template::{Distributor, GalleryImageRef, OnBuildError};
+use crate::ports::{OutgoingMessage, RunStart, RunState, TemplateStatus};
 use crate::store::builds::{BreakerChange, Extras, Outcome, Write};
+use crate::store::cleanup::Retire;
 
 /// How long a queued build waits before the sweeper looks at it again
 /// (finished builds also wake queued ones directly).
@@ -62,9 +65,27 @@ pub async fn advance(
             .cause
             .as_ref()
             .map(|cause| CloudEvent::build_changed(&d.build, cause, now));
+        let retire: Vec<Retire> = d
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::DeleteTemplate { template } => Some(Retire {
+                    template: template.clone(),
+                    build_id: d.build.id.clone(),
+                    keep: keeps_build_resources(app, &d.build),
+                }),
+                Effect::Submit { .. }
+                | Effect::Run { .. }
+                | Effect::RemoveLeftoverVersion
+                | Effect::CancelRun { .. }
+                | Effect::SchedulePoll { .. }
+                | Effect::AdmitQueued => None,
+            })
+            .collect();
         let extras = Extras {
             outbox: event.as_ref().and_then(|e| app.events.outbox_row(e)),
             outcome: outcome(app, &d.build),
+            retire: retire.clone(),
         };
         let mut breaker = None;
         let write = if matches!(build.state, BuildState::Queued)
@@ -133,16 +154,24 @@ pub async fn advance(
                         });
                     }
                 }
+                Effect::Run { template } => {
+                    if let Err(e) = start_run(app, template).await {
+                        tracing::warn!(build = build_id, error = %e, "the run was refused");
+                        follow_up = Some(Observation::SubmitFailed {
+                            category: e.category,
+                            message: e.message,
+                        });
+                    }
+                }
+                Effect::RemoveLeftoverVersion => remove_leftover_version(app, &d.build).await,
                 Effect::CancelRun { template } => {
                     if let Err(e) = app.builder.cancel(template).await {
                         tracing::warn!(build = build_id, error = %e, "cancel at the provider failed; the next poll retries");
                     }
                 }
-                Effect::DeleteTemplate { template } => {
-                    if let Err(e) = app.builder.delete_template(template).await {
-                        tracing::warn!(build = build_id, error = %e, "template cleanup failed");
-                    }
-                }
+                // Queued durably with the write above; one step now, the
+                // sweeper does the rest.
+                Effect::DeleteTemplate { .. } => {}
                 Effect::SchedulePoll { after } => {
                     // The row version lets a poll that arrives after the build
                     // moved on (late, or overtaken by the sweeper) be dropped,
@@ -159,6 +188,9 @@ pub async fn advance(
                 }
                 Effect::AdmitQueued => wake_queued = true,
             }
+        }
+        for r in &retire {
+            super::cleanup::step_now(app, &r.template).await;
         }
         result = Some(d.build);
         pending = follow_up;
@@ -196,6 +228,8 @@ fn next_poll_at(effects: &[Effect], b: &Build, now: DateTime<Utc>) -> Option<Dat
     let polls = effects.iter().filter_map(|e| match e {
         Effect::SchedulePoll { after } => Some(*after),
         Effect::Submit { .. }
+        | Effect::Run { .. }
+        | Effect::RemoveLeftoverVersion
         | Effect::CancelRun { .. }
         | Effect::DeleteTemplate { .. }
         | Effect::AdmitQueued => None,
@@ -242,7 +276,7 @@ async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation> {
             return Ok(Observation::Tick);
         }
     };
-    let (outputs, replicated) = match &status {
+    let (outputs, replication) = match &status {
         TemplateStatus::Run(run) => match run.run_state {
             RunState::Succeeded | RunState::PartiallySucceeded => {
                 // Without its outputs a finished run cannot be recorded (and
@@ -254,12 +288,18 @@ async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation> {
                         return Ok(Observation::Tick);
                     }
                 };
-                let replicated = if run.run_state == RunState::PartiallySucceeded {
-                    Some(replication_complete(app, &outputs).await)
+                let replication = if run.run_state == RunState::PartiallySucceeded {
+                    match replication(app, &outputs).await {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(build = %b.id, error = %e, "replication status unavailable");
+                            return Ok(Observation::Tick);
+                        }
+                    }
                 } else {
                     None
                 };
-                (outputs, replicated)
+                (outputs, replication)
             }
             RunState::Running
             | RunState::Canceling
@@ -267,45 +307,146 @@ async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation> {
             | RunState::Canceled
             | RunState::Unknown(_) => (vec![], None),
         },
-        TemplateStatus::Missing | TemplateStatus::NotRun => (vec![], None),
+        TemplateStatus::Missing
+        | TemplateStatus::NotRun
+        | TemplateStatus::Provisioning
+        | TemplateStatus::Deleting
+        | TemplateStatus::ProvisioningFailed { .. } => (vec![], None),
+    };
+    // A retry about to be submitted must not distribute onto the version an
+    // earlier attempt left; ask the gallery only then.
+    let leftover_version = match (&b.state, &status) {
+        (BuildState::Submitting { .. }, TemplateStatus::Missing) if b.attempt > 1 => {
+            match leftover_versions(app, b).await {
+                Ok(left) => Some(!left.is_empty()),
+                Err(e) => {
+                    tracing::warn!(build = %b.id, error = %e, "cannot ask the gallery for a leftover version");
+                    return Ok(Observation::Tick);
+                }
+            }
+        }
+        _ => None,
     };
     Ok(Observation::Provider {
         status,
         outputs,
-        replicated,
+        replication,
+        leftover_version,
     })
 }
 
-/// Whether every gallery version in the outputs finished replicating.
-async fn replication_complete(app: &App, outputs: &[crate::ports::RunOutput]) -> bool {
-    if outputs.is_empty() {
-        return false;
-    }
+/// Region by region, where the gallery versions of a PartiallySucceeded run stand.
+async fn replication(
+    app: &App,
+    outputs: &[crate::ports::RunOutput],
+) -> anyhow::Result<Replication> {
+    let mut r = Replication::default();
     for o in outputs {
-        let Some(r) = o.artifact_id.as_deref().and_then(GalleryImageRef::parse) else {
+        let Some(image) = o.artifact_id.as_deref().and_then(GalleryImageRef::parse) else {
             continue;
         };
-        let Some(version) = r.version.as_deref().and_then(|v| v.parse().ok()) else {
+        let Some(version) = image.version.as_deref().and_then(|v| v.parse().ok()) else {
             continue;
         };
-        match app.gallery.list_versions(&r.definition_id()).await {
-            Ok(versions) => {
-                let done = versions
-                    .iter()
-                    .find(|v| v.version == version)
-                    .is_some_and(|v| {
-                        v.replication
-                            .iter()
-                            .all(|r| r.state.eq_ignore_ascii_case("Completed"))
-                    });
-                if !done {
-                    return false;
-                }
-            }
-            Err(_) => return false,
+        let Some(v) = app.gallery.version(&image.definition_id(), version).await? else {
+            // Listed as an output but not (yet) readable: still to come.
+            r.pending.push(format!(
+                "{} (version not readable yet)",
+                image.definition_id()
+            ));
+            continue;
+        };
+        for region in &v.replication {
+            let slot = match region.state.to_ascii_lowercase().as_str() {
+                "completed" => &mut r.completed,
+                "failed" => &mut r.failed,
+                _ => &mut r.pending,
+            };
+            slot.push(region.region.clone());
+        }
+        if v.replication.is_empty() {
+            r.pending.push(format!(
+                "{} (no replication status yet)",
+                image.definition_id()
+            ));
         }
     }
-    true
+    if r.completed.is_empty() && r.failed.is_empty() && r.pending.is_empty() {
+        r.pending.push("no gallery output reported yet".into());
+    }
+    Ok(r)
+}
+
+/// The gallery targets of a build's pipeline, as definition ids.
+fn target_definitions(app: &App, b: &Build) -> Vec<String> {
+    let Some(p) = app.pipelines.get(&b.pipeline) else {
+        return vec![];
+    };
+    p.template
+        .properties
+        .distribute
+        .iter()
+        .filter_map(|d| match d {
+            Distributor::SharedImage {
+                gallery_image_id, ..
+            } => GalleryImageRef::parse(gallery_image_id).map(|r| r.definition_id()),
+            Distributor::ManagedImage { .. } | Distributor::Vhd { .. } => None,
+        })
+        .collect()
+}
+
+/// The build's version where an earlier attempt left it behind.
+async fn leftover_versions(app: &App, b: &Build) -> anyhow::Result<Vec<String>> {
+    let mut left = Vec::new();
+    for def in target_definitions(app, b) {
+        if app.gallery.version(&def, b.version).await?.is_some() {
+            left.push(def);
+        }
+    }
+    Ok(left)
+}
+
+async fn remove_leftover_version(app: &App, b: &Build) {
+    let left = match leftover_versions(app, b).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(build = %b.id, error = %e, "cannot look for a leftover version; the next poll asks again");
+            return;
+        }
+    };
+    for def in left {
+        tracing::warn!(build = %b.id, definition = %def, version = %b.version, attempt = b.attempt, "removing the version an earlier attempt left behind before retrying");
+        if let Err(e) = app.gallery.delete_version(&def, b.version).await {
+            tracing::warn!(build = %b.id, error = %e, "cannot delete the leftover version; the next poll tries again");
+        }
+    }
+}
+
+/// Whether a failed build's template asks to keep its build resources for
+/// a look (AIB `errorHandling: abort` for the kind of error that happened).
+fn keeps_build_resources(app: &App, b: &Build) -> bool {
+    let BuildState::Failed { category, .. } = &b.state else {
+        return false;
+    };
+    let Some(eh) = app
+        .pipelines
+        .get(&b.pipeline)
+        .and_then(|p| p.template.properties.error_handling.clone())
+    else {
+        return false;
+    };
+    match category {
+        FailureCategory::Customizer => eh.on_customizer_error == OnBuildError::Abort,
+        FailureCategory::Validation => eh.on_validation_error == OnBuildError::Abort,
+        FailureCategory::Auth
+        | FailureCategory::Policy
+        | FailureCategory::Network
+        | FailureCategory::Quota
+        | FailureCategory::Timeout
+        | FailureCategory::Replication
+        | FailureCategory::Transient
+        | FailureCategory::Internal => false,
+    }
 }
 
 async fn submit(app: &App, b: &Build, template: &str) -> Result<(), crate::ports::ProviderError> {
@@ -316,8 +457,34 @@ async fn submit(app: &App, b: &Build, template: &str) -> Result<(), crate::ports
         )
     })?;
     let body = super::render::render(pipeline, b);
-    app.builder.put_template(template, &body).await?;
-    app.builder.run(template).await
+    match app.builder.put_template(template, &body).await? {
+        // Ready at once (the local provider; or adopted after provisioning).
+        TemplateStatus::NotRun => start_run(app, template).await,
+        TemplateStatus::ProvisioningFailed { code, message } => {
+            Err(crate::ports::ProviderError::new(
+                crate::domain::run::provisioning_failure(&code),
+                format!("the image template was refused ({code}): {message}"),
+            ))
+        }
+        // Still provisioning (the next poll runs it once it is ready), or
+        // already running or ran.
+        TemplateStatus::Provisioning
+        | TemplateStatus::Deleting
+        | TemplateStatus::Missing
+        | TemplateStatus::Run(_) => Ok(()),
+    }
+}
+
+/// Asks for the run. Only a definite refusal is an error: an answer that
+/// never came is confirmed by the next poll through `lastRunStatus`.
+async fn start_run(app: &App, template: &str) -> Result<(), crate::ports::ProviderError> {
+    match app.builder.run(template).await? {
+        RunStart::Started | RunStart::NotReady => Ok(()),
+        RunStart::Unconfirmed { reason } => {
+            tracing::warn!(template, %reason, "run request unconfirmed; the next poll reads lastRunStatus before anything else");
+            Ok(())
+        }
+    }
 }
 
 /// How a transition into a final state counts for the circuit breaker.

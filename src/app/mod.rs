@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod api;
 pub mod builds;
+pub mod cleanup;
 pub mod dashboard;
 pub mod driver;
 pub mod events;

@@ -19,6 +19,11 @@
 //! - Dry run (`dryRun` in the policy, or forced for the whole run) records
 //!   `dry-run` steps and calls nothing that changes the gallery.
 //!
+//! - A run changes at most [`MAX_CHANGES_PER_RUN`] versions; the rest are
+//!   `deferred` to the next run. Each change is one started ARM operation
+//!   (not waited for), so a run fits well inside a Functions invocation
+//!   however much has piled up.
+//!
 //! Resuming after a crash needs no bookkeeping: every run plans afresh from
 //! the gallery's current state, so a version deleted before the crash is
 //! simply absent, and one deprecated before the crash is now "grace running".
@@ -37,6 +42,11 @@ use crate::domain::retention::{
 use crate::domain::version::ImageVersion;
 use crate::ports::{Gallery, InUseSet, Inventory, VersionUpdate};
 use crate::store::Db;
+
+/// Gallery changes one run may start; the rest wait for the next run, which
+/// plans afresh. At one or two ARM requests per change this keeps a run to
+/// well under a minute of calls.
+pub const MAX_CHANGES_PER_RUN: usize = 100;
 
 /// One image definition to clean, with the policy of the pipeline that publishes to it.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +104,8 @@ pub struct RetentionRun {
     /// One plan per target, in the targets' order.
     pub plans: Vec<Plan>,
     pub applied: Vec<AppliedStep>,
+    /// Planned changes left for the next run (the per-run cap was reached).
+    pub deferred: usize,
 }
 
 impl RetentionRun {
@@ -267,6 +279,8 @@ pub async fn apply(
     let at = now.to_rfc3339_opts(SecondsFormat::Millis, true);
 
     let mut applied = Vec::new();
+    let mut changes = 0usize;
+    let mut deferred = 0usize;
     for (target, plan) in targets.iter().zip(&plans) {
         let dry_run = force_dry_run || target.policy.dry_run;
         let policy_json = serde_json::to_string(&target.policy)?;
@@ -281,6 +295,13 @@ pub async fn apply(
                 }),
                 Action::Delete => Change::Delete,
             };
+            if !dry_run {
+                if changes >= MAX_CHANGES_PER_RUN {
+                    deferred += 1;
+                    continue;
+                }
+                changes += 1;
+            }
             let reason = item.reason.to_string();
             let row = AuditRow {
                 run_id: &run_id,
@@ -345,6 +366,7 @@ pub async fn apply(
         forced_dry_run: force_dry_run,
         plans,
         applied,
+        deferred,
     })
 }
 

@@ -1,27 +1,55 @@
 //! The CLI's client of the running app's HTTP API.
+//!
+//! In Azure the API is an HTTP function with `authLevel: function`: the
+//! Functions host answers 401 to any call without a function key. The key
+//! (`--function-key` / `KILN_FUNCTION_KEY`) goes in `x-functions-key` on
+//! every request, marked sensitive so that no debug output shows it; it is
+//! never put in an error. `kiln local` needs none.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
+
+use crate::config::Secret;
+
+/// The header the Functions host reads a function key from.
+pub const FUNCTION_KEY_HEADER: &str = "x-functions-key";
 
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    sends_key: bool,
 }
 
 impl ApiClient {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    pub fn new(base: &str, function_key: Option<&Secret>) -> anyhow::Result<Self> {
+        let mut headers = HeaderMap::new();
+        if let Some(key) = function_key {
+            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
+                anyhow::anyhow!(
+                    "KILN_FUNCTION_KEY / --function-key: expected a function key of visible ASCII characters"
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(FUNCTION_KEY_HEADER, value);
+        }
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
+                .default_headers(headers)
                 .build()?,
+            sends_key: function_key.is_some(),
         })
     }
 
     async fn read(&self, resp: reqwest::Response) -> anyhow::Result<(u16, Value)> {
         let status = resp.status().as_u16();
+        if status == 401 {
+            bail!("{}", self.unauthorized());
+        }
         let text = resp.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
@@ -33,6 +61,21 @@ impl ApiClient {
             bail!("{msg} (HTTP {status})");
         }
         Ok((status, body))
+    }
+
+    /// The Functions host's 401 has no body worth showing; say what to do.
+    fn unauthorized(&self) -> String {
+        if self.sends_key {
+            format!(
+                "the kiln API at {} refused the function key (HTTP 401): check KILN_FUNCTION_KEY / --function-key (`az functionapp function keys list -g <group> -n <app> --function-name api`)",
+                self.base
+            )
+        } else {
+            format!(
+                "the kiln API at {} needs a function key (HTTP 401): set KILN_FUNCTION_KEY or pass --function-key (`az functionapp function keys list -g <group> -n <app> --function-name api`)",
+                self.base
+            )
+        }
     }
 
     fn unreachable(&self) -> String {
@@ -53,10 +96,7 @@ impl ApiClient {
     }
 
     /// A text resource and the response headers (for logs).
-    pub async fn get_text(
-        &self,
-        path: &str,
-    ) -> anyhow::Result<(String, reqwest::header::HeaderMap)> {
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<(String, HeaderMap)> {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -81,5 +121,83 @@ impl ApiClient {
             .await
             .with_context(|| self.unreachable())?;
         self.read(resp).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const KEY: &str = "fk-s3cr3t-value==";
+
+    /// The Functions host in front of an `authLevel: function` route: 401
+    /// unless the right key comes in `x-functions-key`.
+    async fn host_requiring_the_key() -> MockServer {
+        let server = MockServer::start().await;
+        for m in ["GET", "POST"] {
+            Mock::given(method(m))
+                .and(header(FUNCTION_KEY_HEADER, KEY))
+                .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+                .with_priority(1)
+                .mount(&server)
+                .await;
+        }
+        Mock::given(path("/api/builds"))
+            .respond_with(ResponseTemplate::new(401))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+        server
+    }
+
+    #[tokio::test]
+    async fn the_function_key_goes_in_x_functions_key_on_every_request() {
+        let server = host_requiring_the_key().await;
+        let c = ApiClient::new(&server.uri(), Some(&Secret::new(KEY))).unwrap();
+        assert_eq!(c.get("/api/builds").await.unwrap(), serde_json::json!([]));
+        let (status, _) = c.post("/api/builds", &serde_json::json!({})).await.unwrap();
+        assert_eq!(status, 200);
+        c.get_text("/api/builds").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_401_without_a_key_says_to_set_it() {
+        let server = host_requiring_the_key().await;
+        let c = ApiClient::new(&server.uri(), None).unwrap();
+        let e = c.get("/api/builds").await.unwrap_err().to_string();
+        assert!(
+            e.contains("needs a function key")
+                && e.contains("KILN_FUNCTION_KEY")
+                && e.contains("--function-key"),
+            "{e}"
+        );
+        let e = c.get_text("/api/builds").await.unwrap_err().to_string();
+        assert!(e.contains("KILN_FUNCTION_KEY"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_key_is_reported_without_the_key() {
+        let server = host_requiring_the_key().await;
+        let wrong = "fk-wrong-value";
+        let c = ApiClient::new(&server.uri(), Some(&Secret::new(wrong))).unwrap();
+        let e = c
+            .post("/api/builds", &serde_json::json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refused the function key"), "{e}");
+        assert!(!e.contains(wrong), "{e}");
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_a_header_is_refused_without_echoing_it() {
+        let e = ApiClient::new("http://127.0.0.1:1", Some(&Secret::new("bad\nkey")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("KILN_FUNCTION_KEY"), "{e}");
+        assert!(!e.contains("bad"), "{e}");
     }
 }

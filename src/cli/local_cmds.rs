@@ -310,9 +310,7 @@ pub async fn gallery(cmd: GalleryCmd) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let (_, v) = super::client::ApiClient::new(&api.api)?
-        .post(path, &body)
-        .await?;
+    let (_, v) = api.client()?.post(path, &body).await?;
     println!(
         "{}/versions/{}  excludeFromLatest={}  tags={}",
         v["definitionId"].as_str().unwrap_or(""),

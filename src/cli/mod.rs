@@ -2,6 +2,8 @@
 
 mod client;
 mod local_cmds;
+mod package;
+mod preflight;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,26 @@ pub struct ApiOpt {
         default_value = "http://127.0.0.1:7071"
     )]
     api: String,
+    /// Function key of the app in Azure (the API is `authLevel: function`),
+    /// sent as `x-functions-key`; `kiln local` needs none.
+    #[arg(
+        long = "function-key",
+        global = true,
+        env = "KILN_FUNCTION_KEY",
+        hide_env_values = true,
+        value_parser = parse_secret
+    )]
+    function_key: Option<crate::config::Secret>,
+}
+
+fn parse_secret(s: &str) -> Result<crate::config::Secret, String> {
+    Ok(crate::config::Secret::new(s))
+}
+
+impl ApiOpt {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        ApiClient::new(&self.api, self.function_key.as_ref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -145,6 +167,32 @@ enum Command {
         #[command(subcommand)]
         command: local_cmds::VmCmd,
     },
+    /// Build the zip to deploy to the Function App: host.json, one folder per
+    /// function, the binary host.json names, and the (validated) pipelines.
+    Package {
+        /// The release binary (`cargo build --release`: target/release/kiln).
+        #[arg(long)]
+        binary: PathBuf,
+        /// Where to write the zip.
+        #[arg(long, default_value = "kiln.zip")]
+        out: PathBuf,
+        /// The repository: host.json, handlers/ and pipelines/ are read from here.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+    /// Check every Azure permission kiln and the pipelines' Image Builder
+    /// identities need (the Azure provider's settings); prints the `az`
+    /// command for each one missing and exits 1 unless all are granted.
+    Preflight {
+        /// Who the fix commands grant kiln's roles to (default:
+        /// AZURE_CLIENT_ID, else the Function App's identity).
+        #[arg(long)]
+        assignee: Option<String>,
+        /// Resource id of the Service Bus namespace (default: the one named
+        /// by ServiceBusConnection__fullyQualifiedNamespace, in KILN_AZURE_RESOURCE_GROUP).
+        #[arg(long)]
+        service_bus_id: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,28 +236,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             timeout,
             api,
-        } => build(&api.api, &pipeline, wait, key, reason, timeout).await,
+        } => build(&api, &pipeline, wait, key, reason, timeout).await,
         Command::Builds {
             json,
             pipeline,
             api,
-        } => builds(&api.api, json, pipeline).await,
-        Command::Show { id, json, api } => show(&api.api, &id, json).await,
+        } => builds(&api, json, pipeline).await,
+        Command::Show { id, json, api } => show(&api, &id, json).await,
         Command::Logs {
             id,
             attempt,
             follow,
             api,
-        } => logs(&api.api, &id, attempt, follow).await,
+        } => logs(&api, &id, attempt, follow).await,
         Command::Cancel { id, api } => {
-            let (_, body) = ApiClient::new(&api.api)?
+            let (_, body) = api
+                .client()?
                 .post(&format!("/api/builds/{id}/cancel"), &json!({}))
                 .await?;
             println!("{id}: {}", body["state"].as_str().unwrap_or("canceling"));
             Ok(ExitCode::SUCCESS)
         }
         Command::Deadletters { json, api } => {
-            let v = ApiClient::new(&api.api)?.get("/api/deadletters").await?;
+            let v = api.client()?.get("/api/deadletters").await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -235,12 +284,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => schedule_next(&pipeline, count, json),
         Command::Retention { command } => match command {
             RetentionCmd::Plan { json, api } => {
-                let v = ApiClient::new(&api.api)?.get("/api/retention/plan").await?;
+                let v = api.client()?.get("/api/retention/plan").await?;
                 print_plan(&v, json)?;
                 Ok(ExitCode::SUCCESS)
             }
             RetentionCmd::Apply { api } => {
-                let (_, v) = ApiClient::new(&api.api)?
+                let (_, v) = api
+                    .client()?
                     .post("/api/retention/apply", &json!({}))
                     .await?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -250,6 +300,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Base { command } => local_cmds::base(command).await,
         Command::Gallery { command } => local_cmds::gallery(command).await,
         Command::Vm { command } => local_cmds::vm(command).await,
+        Command::Package { binary, out, root } => {
+            let entries = package::entries(&root, &binary)?;
+            package::write_zip(&entries, &out)?;
+            let functions = entries
+                .iter()
+                .filter(|e| e.path.ends_with("/function.json"))
+                .count();
+            let pipelines = entries
+                .iter()
+                .filter(|e| e.path.starts_with("pipelines/"))
+                .count();
+            println!(
+                "{}: {functions} functions, {pipelines} pipelines, {} entries",
+                out.display(),
+                entries.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preflight {
+            assignee,
+            service_bus_id,
+        } => {
+            preflight::run(preflight::Options {
+                assignee,
+                service_bus_id,
+            })
+            .await
+        }
     }
 }
 
@@ -361,14 +439,14 @@ fn schedule_next(pipeline: &str, count: usize, json: bool) -> anyhow::Result<Exi
 }
 
 async fn build(
-    api: &str,
+    api: &ApiOpt,
     pipeline: &str,
     wait: bool,
     key: Option<String>,
     reason: Option<String>,
     timeout: u64,
 ) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(api)?;
+    let client = api.client()?;
     let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
     let body = json!({
         "pipeline": pipeline,
@@ -426,8 +504,13 @@ async fn build(
     }
 }
 
-async fn logs(api: &str, id: &str, attempt: Option<u32>, follow: bool) -> anyhow::Result<ExitCode> {
-    let client = ApiClient::new(api)?;
+async fn logs(
+    api: &ApiOpt,
+    id: &str,
+    attempt: Option<u32>,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = api.client()?;
     let mut offset = 0u64;
     loop {
         let mut path = format!("/api/builds/{id}/log?offset={offset}");
@@ -453,12 +536,12 @@ async fn logs(api: &str, id: &str, attempt: Option<u32>, follow: bool) -> anyhow
     }
 }
 
-async fn builds(api: &str, json: bool, pipeline: Option<String>) -> anyhow::Result<ExitCode> {
+async fn builds(api: &ApiOpt, json: bool, pipeline: Option<String>) -> anyhow::Result<ExitCode> {
     let path = match pipeline {
         Some(p) => format!("/api/builds?pipeline={p}"),
         None => "/api/builds".into(),
     };
-    let v = ApiClient::new(api)?.get(&path).await?;
+    let v = api.client()?.get(&path).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
@@ -481,10 +564,8 @@ async fn builds(api: &str, json: bool, pipeline: Option<String>) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-async fn show(api: &str, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let v = ApiClient::new(api)?
-        .get(&format!("/api/builds/{id}"))
-        .await?;
+async fn show(api: &ApiOpt, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let v = api.client()?.get(&format!("/api/builds/{id}")).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);

@@ -50,6 +50,11 @@ pub enum BuildState {
     },
     Succeeded {
         artifacts: Vec<RunOutput>,
+        /// Regions where a PartiallySucceeded run's replication failed: the
+        /// version exists and is usable elsewhere; adding the regions back to
+        /// the version's target regions re-replicates it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        failed_regions: Vec<String>,
     },
     Failed {
         category: FailureCategory,
@@ -160,12 +165,15 @@ pub enum Observation {
     /// Admission found a free slot for this queued build.
     SlotGranted,
     /// The provider's view of the current attempt's template, and its run
-    /// outputs when it succeeded; `replicated` when the run ended
-    /// PartiallySucceeded and the gallery was asked about replication.
+    /// outputs when it succeeded; `replication` when the run ended
+    /// PartiallySucceeded and the gallery was asked about its regions;
+    /// `leftover_version` when a retry is about to be submitted and the
+    /// gallery was asked whether an earlier attempt left the version behind.
     Provider {
         status: TemplateStatus,
         outputs: Vec<RunOutput>,
-        replicated: Option<bool>,
+        replication: Option<Replication>,
+        leftover_version: Option<bool>,
     },
     /// Submitting (put template + run) failed.
     SubmitFailed {
@@ -179,17 +187,37 @@ pub enum Observation {
     Tick,
 }
 
+/// Where the versions of a PartiallySucceeded run stand, region by region.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replication {
+    pub completed: Vec<String>,
+    pub failed: Vec<String>,
+    /// Still replicating, or not reported yet.
+    pub pending: Vec<String>,
+}
+
 /// What the driver must do after persisting the new build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Create the attempt's template (idempotent) and run it.
+    /// Create the attempt's template (idempotent), and run it if it is
+    /// ready at once; otherwise a later poll sees it provisioned and runs it.
     Submit {
         template: String,
     },
+    /// Run the attempt's template, which is provisioned and has not run.
+    Run {
+        template: String,
+    },
+    /// Start deleting the gallery version an earlier attempt of this build
+    /// left behind (AIB cannot distribute onto an existing version).
+    RemoveLeftoverVersion,
     CancelRun {
         template: String,
     },
-    /// Garbage-collect a template that will not be used again.
+    /// Retire a template that will not be used again: its customization
+    /// log is kept, a run still going is canceled and confirmed first, and
+    /// the deletion is retried until the provider confirms it (the driver
+    /// hands this to the durable cleanup queue).
     DeleteTemplate {
         template: String,
     },
@@ -205,6 +233,9 @@ pub enum Effect {
 pub struct Tuning {
     pub poll_initial: Duration,
     pub poll_max: Duration,
+    /// The cap while validating or distributing, the phases a run ends from:
+    /// the end is seen within this, without polling a long build often.
+    pub poll_max_finishing: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
     /// Slack past `buildTimeoutInMinutes` before kiln cancels the run itself.
@@ -216,6 +247,7 @@ impl Tuning {
         Self {
             poll_initial: Duration::from_secs(30),
             poll_max: Duration::from_secs(300),
+            poll_max_finishing: Duration::from_secs(60),
             retry_base: Duration::from_secs(60),
             retry_max: Duration::from_secs(1800),
             timeout_margin: Duration::from_secs(15 * 60),
@@ -225,16 +257,23 @@ impl Tuning {
         Self {
             poll_initial: Duration::from_millis(250),
             poll_max: Duration::from_secs(5),
+            poll_max_finishing: Duration::from_secs(2),
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
             timeout_margin: Duration::from_secs(60),
         }
     }
 
-    /// Short at first, doubling every few quiet polls, capped.
-    pub fn poll_delay(&self, quiet_polls: u32) -> Duration {
+    /// Short at first, doubling every few quiet polls, capped (lower while
+    /// `finishing`).
+    pub fn poll_delay(&self, quiet_polls: u32, finishing: bool) -> Duration {
         let factor = 1u32 << (quiet_polls / 2).min(10);
-        (self.poll_initial * factor).min(self.poll_max)
+        let cap = if finishing {
+            self.poll_max_finishing.min(self.poll_max)
+        } else {
+            self.poll_max
+        };
+        (self.poll_initial * factor).min(cap)
     }
 
     /// Exponential backoff with a deterministic jitter of up to +25%, derived
@@ -276,8 +315,12 @@ pub fn transition(build: &Build, obs: &Observation, now: DateTime<Utc>, t: &Tuni
 }
 
 fn poll(b: &mut Build, t: &Tuning, effects: &mut Vec<Effect>) {
+    let finishing = matches!(
+        b.state,
+        BuildState::Validating | BuildState::Publishing { .. }
+    );
     effects.push(Effect::SchedulePoll {
-        after: t.poll_delay(b.quiet_polls),
+        after: t.poll_delay(b.quiet_polls, finishing),
     });
     b.quiet_polls = b.quiet_polls.saturating_add(1);
 }
@@ -328,11 +371,25 @@ fn step(
                 Some(fail_or_retry(b, *category, message, now, t, effects))
             }
             Observation::Provider {
-                status: TemplateStatus::Missing | TemplateStatus::NotRun,
+                status: TemplateStatus::Missing,
+                leftover_version,
                 ..
-            } => submit_unless_waiting(b, not_before, now, t, effects),
+            } => submit_unless_waiting(b, not_before, *leftover_version, now, t, effects),
             Observation::Provider { .. } => observe_run(b, obs, now, t, effects),
-            Observation::Tick => submit_unless_waiting(b, not_before, now, t, effects),
+            // Nothing was learned (the provider could not be asked, or the
+            // backoff is not over): wait, never submit on a guess.
+            Observation::Tick => {
+                if let Some(cause) = check_timeout(b, now, t, effects) {
+                    return Some(cause);
+                }
+                match not_before.filter(|at| *at > now) {
+                    Some(at) => effects.push(Effect::SchedulePoll {
+                        after: (at - now).to_std().unwrap_or_default(),
+                    }),
+                    None => poll(b, t, effects),
+                }
+                None
+            }
             Observation::SlotGranted | Observation::CancelRequested { .. } => None,
         },
         BuildState::Running { .. } | BuildState::Validating | BuildState::Publishing { .. } => {
@@ -355,22 +412,36 @@ fn step(
             Observation::Provider {
                 status,
                 outputs,
-                replicated,
+                replication,
+                ..
             } => match status {
-                TemplateStatus::Missing | TemplateStatus::NotRun => {
+                TemplateStatus::Missing
+                | TemplateStatus::NotRun
+                | TemplateStatus::ProvisioningFailed { .. } => {
                     Some(finish_cancel(b, reason, timed_out, effects))
+                }
+                // No run can start on a template that is not ready, but
+                // deleting it now would race its creation: wait for it.
+                TemplateStatus::Provisioning | TemplateStatus::Deleting => {
+                    if let Some(cause) = cancel_unconfirmed(b, &reason, now, t, effects) {
+                        return Some(cause);
+                    }
+                    poll(b, t, effects);
+                    None
                 }
                 TemplateStatus::Run(s) => match &s.run_state {
                     RunState::Canceled | RunState::Failed => {
                         Some(finish_cancel(b, reason, timed_out, effects))
                     }
                     // The run won the race: the image exists, so say so.
-                    RunState::Succeeded => Some(succeed(b, outputs.clone(), effects)),
+                    RunState::Succeeded => Some(succeed(b, outputs.clone(), vec![], effects)),
                     // A final state too: published everywhere counts as the
                     // run winning; otherwise the cancel stands.
-                    RunState::PartiallySucceeded => match replicated {
-                        Some(true) => Some(succeed(b, outputs.clone(), effects)),
-                        Some(false) | None => Some(finish_cancel(b, reason, timed_out, effects)),
+                    RunState::PartiallySucceeded => match replication {
+                        Some(r) if r.pending.is_empty() && r.failed.is_empty() => {
+                            Some(succeed(b, outputs.clone(), vec![], effects))
+                        }
+                        Some(_) | None => Some(finish_cancel(b, reason, timed_out, effects)),
                     },
                     RunState::Running | RunState::Canceling | RunState::Unknown(_) => {
                         if let Some(cause) = cancel_unconfirmed(b, &reason, now, t, effects) {
@@ -434,6 +505,7 @@ fn cancel_unconfirmed(
 fn submit_unless_waiting(
     b: &mut Build,
     not_before: Option<DateTime<Utc>>,
+    leftover_version: Option<bool>,
     now: DateTime<Utc>,
     t: &Tuning,
     effects: &mut Vec<Effect>,
@@ -452,6 +524,17 @@ fn submit_unless_waiting(
     }
     if let Some(cause) = check_timeout(b, now, t, effects) {
         return Some(cause);
+    }
+    // A retry distributes to the same version number, which an earlier
+    // attempt that failed while distributing usually left behind (often
+    // Failed): AIB would refuse to distribute onto it. It goes first; the
+    // retry is submitted once the gallery no longer has it.
+    if b.attempt > 1 && leftover_version != Some(false) {
+        if leftover_version == Some(true) {
+            effects.push(Effect::RemoveLeftoverVersion);
+        }
+        poll(b, t, effects);
+        return None;
     }
     b.state = BuildState::Submitting { not_before: None };
     effects.push(Effect::Submit {
@@ -472,7 +555,8 @@ fn observe_run(
     let Observation::Provider {
         status,
         outputs,
-        replicated,
+        replication,
+        ..
     } = obs
     else {
         return None;
@@ -488,8 +572,25 @@ fn observe_run(
                 effects,
             ))
         }
+        TemplateStatus::ProvisioningFailed { code, message } => {
+            let category = super::run::provisioning_failure(code);
+            let message = format!("the image template was refused ({code}): {message}");
+            return Some(fail_or_retry(b, category, &message, now, t, effects));
+        }
+        TemplateStatus::Provisioning | TemplateStatus::Deleting => {
+            if let Some(cause) = check_timeout(b, now, t, effects) {
+                return Some(cause);
+            }
+            poll(b, t, effects);
+            return None;
+        }
+        // Provisioned and not run: the run request has not landed yet (or
+        // its answer was lost and this read says it never started).
         TemplateStatus::NotRun => {
-            effects.push(Effect::Submit {
+            if let Some(cause) = check_timeout(b, now, t, effects) {
+                return Some(cause);
+            }
+            effects.push(Effect::Run {
                 template: b.template_name(),
             });
             poll(b, t, effects);
@@ -507,10 +608,32 @@ fn observe_run(
         b.last_seen = Some(seen);
     }
     match &run.run_state {
-        RunState::Succeeded => Some(succeed(b, outputs.clone(), effects)),
-        RunState::PartiallySucceeded => match replicated {
-            Some(true) => Some(succeed(b, outputs.clone(), effects)),
-            Some(false) | None => {
+        RunState::Succeeded => Some(succeed(b, outputs.clone(), vec![], effects)),
+        // The run is over; what remains is replication. Regions still copying
+        // are waited for; once none is, the build ends with the regions that
+        // hold the version and the ones that failed, instead of waiting for
+        // replicas that will never come.
+        RunState::PartiallySucceeded => match replication {
+            Some(r) if r.pending.is_empty() && !r.completed.is_empty() => {
+                Some(succeed(b, outputs.clone(), r.failed.clone(), effects))
+            }
+            Some(r) if r.pending.is_empty() => {
+                let message = format!(
+                    "replication: the run ended PartiallySucceeded and version {} replicated to no region (failed in {}): {}",
+                    b.version,
+                    r.failed.join(", "),
+                    run.message
+                );
+                b.state = BuildState::Failed {
+                    category: FailureCategory::Replication,
+                    message,
+                };
+                effects.push(Effect::DeleteTemplate {
+                    template: b.template_name(),
+                });
+                Some("replication failed in every region".into())
+            }
+            Some(_) | None => {
                 if let Some(cause) = check_timeout(b, now, t, effects) {
                     return Some(cause);
                 }
@@ -652,12 +775,29 @@ fn finish_cancel(
     }
 }
 
-fn succeed(b: &mut Build, artifacts: Vec<RunOutput>, effects: &mut Vec<Effect>) -> String {
+fn succeed(
+    b: &mut Build,
+    artifacts: Vec<RunOutput>,
+    failed_regions: Vec<String>,
+    effects: &mut Vec<Effect>,
+) -> String {
     effects.push(Effect::DeleteTemplate {
         template: b.template_name(),
     });
-    b.state = BuildState::Succeeded { artifacts };
-    format!("published version {}", b.version)
+    let cause = if failed_regions.is_empty() {
+        format!("published version {}", b.version)
+    } else {
+        format!(
+            "published version {}; replication failed in {}",
+            b.version,
+            failed_regions.join(", ")
+        )
+    };
+    b.state = BuildState::Succeeded {
+        artifacts,
+        failed_regions,
+    };
+    cause
 }
 
 fn fail_or_retry(

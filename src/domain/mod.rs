@@ -6,6 +6,7 @@ pub mod failure;
 pub mod finding;
 pub mod gallery;
 pub mod lint;
+pub mod permissions;
 pub mod pipeline;
 pub mod request;
 pub mod retention;

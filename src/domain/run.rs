@@ -70,9 +70,52 @@ pub struct RunStatus {
 pub enum TemplateStatus {
     /// No template by this name: never submitted, or deleted.
     Missing,
+    /// Accepted and still being created (ARM `provisioningState` Creating or
+    /// Updating): it cannot run yet.
+    Provisioning,
+    /// Being deleted (`provisioningState` Deleting).
+    Deleting,
+    /// The provider refused the template (`provisioningState` Failed), with
+    /// its error code (AIB's `provisioningError.provisioningErrorCode`).
+    ProvisioningFailed {
+        code: String,
+        message: String,
+    },
     /// Created, never run.
     NotRun,
     Run(RunStatus),
+}
+
+/// What asking the provider to run a template came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStart {
+    /// The provider accepted the run (or a run was already there).
+    Started,
+    /// The template is not provisioned yet; ask again later.
+    NotReady,
+    /// The request may or may not have started a run (timeout, dropped
+    /// answer, 5xx): only `lastRunStatus` can say, so the next poll reads it
+    /// before anything is resubmitted or deleted.
+    Unconfirmed { reason: String },
+}
+
+/// What a template deletion came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    Gone,
+    /// Accepted and still going (ARM 202); confirm later by reading the template.
+    InProgress,
+}
+
+/// Image Builder's provisioning error codes name a problem with the template
+/// (retrying the same body cannot help), except `ServerError` and `Other`.
+pub fn provisioning_failure(code: &str) -> crate::domain::failure::FailureCategory {
+    use crate::domain::failure::FailureCategory;
+    match code {
+        "ServerError" => FailureCategory::Transient,
+        "Other" | "" => FailureCategory::Internal,
+        _ => FailureCategory::Validation,
+    }
 }
 
 /// AIB `runOutputs/{name}`.

@@ -189,6 +189,8 @@ pub struct Extras {
     pub outbox: Option<(String, String, DateTime<Utc>)>,
     /// Set when the transition ends the build.
     pub outcome: Option<Outcome>,
+    /// Templates the transition retires, for the cleanup queue.
+    pub retire: Vec<super::cleanup::Retire>,
 }
 
 fn apply_extras(
@@ -199,6 +201,9 @@ fn apply_extras(
 ) -> rusqlite::Result<Option<BreakerChange>> {
     if let Some((id, body, at)) = &extras.outbox {
         insert_outbox(tx, id, body, *at)?;
+    }
+    for r in &extras.retire {
+        super::cleanup::insert(tx, r, now)?;
     }
     match extras.outcome {
         Some(o) => record_outcome_tx(tx, pipeline, o, now),

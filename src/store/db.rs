@@ -19,6 +19,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_local_provider",
         include_str!("../../migrations/0002_local_provider.sql"),
     ),
+    (
+        "0003_template_cleanup",
+        include_str!("../../migrations/0003_template_cleanup.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -3,6 +3,7 @@
 pub mod db;
 pub use db::Db;
 pub mod builds;
+pub mod cleanup;
 pub mod queue;
 
 pub use builds::Store;

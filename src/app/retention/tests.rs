@@ -291,6 +291,36 @@ async fn deprecation_then_deletion_happen_on_separate_runs() {
 }
 
 #[tokio::test]
+async fn a_run_changes_at_most_its_cap_and_the_next_run_finishes_the_rest() {
+    let db = Db::open_in_memory().unwrap();
+    let n = MAX_CHANGES_PER_RUN + 20;
+    let mut versions: Vec<GalleryVersion> =
+        (0..n).map(|i| expired(WIN, &format!("1.0.{i}"))).collect();
+    versions.push(version(WIN, "2.0.0", 1));
+    let gallery = FakeGallery::with(versions);
+    let policy = RetentionPolicy {
+        max_deletes_per_run: 1000,
+        ..keep_one()
+    };
+    let targets = [target(WIN, policy)];
+
+    let first = apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+        .await
+        .unwrap();
+    assert_eq!(first.applied.len(), MAX_CHANGES_PER_RUN);
+    assert_eq!(first.deferred, 20);
+    // Oldest first: what waits is the newest of the expired.
+    assert_eq!(gallery.calls()[0], format!("delete {WIN} 1.0.0"));
+    let second = apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+        .await
+        .unwrap();
+    assert_eq!(second.applied.len(), 20);
+    assert_eq!(second.deferred, 0);
+    assert_eq!(gallery.calls().len(), n);
+    assert_eq!(gallery.listed(WIN), ["2.0.0"]);
+}
+
+#[tokio::test]
 async fn applying_twice_deletes_once() {
     let db = Db::open_in_memory().unwrap();
     let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);

@@ -38,7 +38,8 @@ fn run(state: RunState, sub: Option<RunSubState>, msg: &str) -> Observation {
             end_time: None,
         }),
         outputs: vec![],
-        replicated: None,
+        replication: None,
+        leftover_version: None,
     }
 }
 
@@ -61,7 +62,44 @@ fn succeeded_obs() -> Observation {
             end_time: None,
         }),
         outputs: vec![output()],
-        replicated: None,
+        replication: None,
+        leftover_version: None,
+    }
+}
+
+/// The attempt's template does not exist; `leftover` is the gallery's answer
+/// to "did an earlier attempt leave this build's version behind?".
+fn template_missing(leftover: Option<bool>) -> Observation {
+    Observation::Provider {
+        status: TemplateStatus::Missing,
+        outputs: vec![],
+        replication: None,
+        leftover_version: leftover,
+    }
+}
+
+fn template(status: TemplateStatus) -> Observation {
+    Observation::Provider {
+        status,
+        outputs: vec![],
+        replication: None,
+        leftover_version: None,
+    }
+}
+
+/// A gallery answer: every region replicated, or one still copying.
+fn replicated_to(done: bool) -> Replication {
+    if done {
+        Replication {
+            completed: vec!["westeurope".into(), "northeurope".into()],
+            ..Replication::default()
+        }
+    } else {
+        Replication {
+            completed: vec!["westeurope".into()],
+            pending: vec!["northeurope".into()],
+            ..Replication::default()
+        }
     }
 }
 
@@ -95,7 +133,8 @@ fn the_happy_path_walks_the_provider_phases_to_succeeded() {
     assert_eq!(
         d.build.state,
         BuildState::Succeeded {
-            artifacts: vec![output()]
+            artifacts: vec![output()],
+            failed_regions: vec![],
         }
     );
     assert!(d.effects.contains(&Effect::AdmitQueued));
@@ -132,6 +171,14 @@ fn a_transient_failure_retries_with_backoff_and_the_same_version() {
         .iter()
         .any(|e| matches!(e, Effect::Submit { .. })));
     let late = apply(&d.build, &Observation::Tick, at);
+    assert!(
+        !late
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Submit { .. })),
+        "a tick learns nothing, so it submits nothing"
+    );
+    let late = apply(&d.build, &template_missing(Some(false)), at);
     assert!(late.effects.contains(&Effect::Submit {
         template: "kiln-b1-a2".into()
     }));
@@ -144,7 +191,7 @@ fn transient_failures_stop_at_the_attempt_limit() {
     for _ in 0..3 {
         b = apply(&b, &run(RunState::Failed, None, "transient: blip"), now).build;
         now += chrono::Duration::hours(1);
-        b = apply(&b, &Observation::Tick, now).build;
+        b = apply(&b, &template_missing(Some(false)), now).build;
     }
     match &b.state {
         BuildState::Failed { category, message } => {
@@ -207,7 +254,7 @@ fn a_hung_build_is_canceled_and_fails_as_timeout() {
 #[test]
 fn partial_success_waits_for_replication_instead_of_failing() {
     let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
-    let partial = |replicated| Observation::Provider {
+    let partial = |replicated: Option<bool>| Observation::Provider {
         status: TemplateStatus::Run(RunStatus {
             run_state: RunState::PartiallySucceeded,
             run_sub_state: Some(RunSubState::Distributing),
@@ -217,7 +264,8 @@ fn partial_success_waits_for_replication_instead_of_failing() {
             end_time: None,
         }),
         outputs: vec![output()],
-        replicated,
+        replication: replicated.map(replicated_to),
+        leftover_version: None,
     };
     let waiting = apply(&b, &partial(Some(false)), t0()).build;
     assert_eq!(waiting.state, BuildState::Publishing { replicating: true });
@@ -301,9 +349,11 @@ fn a_repeated_observation_records_no_new_history() {
 #[test]
 fn poll_delays_start_short_and_back_off_to_the_cap() {
     let t = Tuning::azure();
-    assert_eq!(t.poll_delay(0), Duration::from_secs(30));
-    assert!(t.poll_delay(4) > t.poll_delay(1));
-    assert_eq!(t.poll_delay(100), Duration::from_secs(300));
+    assert_eq!(t.poll_delay(0, false), Duration::from_secs(30));
+    assert!(t.poll_delay(4, false) > t.poll_delay(1, false));
+    assert_eq!(t.poll_delay(100, false), Duration::from_secs(300));
+    // Near the end of a run the cap is lower, so the end is seen soon.
+    assert_eq!(t.poll_delay(100, true), Duration::from_secs(60));
 }
 
 // ---- properties over random observation sequences ----
@@ -349,12 +399,14 @@ fn arb_obs() -> impl Strategy<Value = Observation> {
         Just(Observation::Provider {
             status: TemplateStatus::Missing,
             outputs: vec![],
-            replicated: None
+            replication: None,
+            leftover_version: None
         }),
         Just(Observation::Provider {
             status: TemplateStatus::NotRun,
             outputs: vec![],
-            replicated: None
+            replication: None,
+            leftover_version: None
         }),
         (
             arb_run_state(),
@@ -371,7 +423,8 @@ fn arb_obs() -> impl Strategy<Value = Observation> {
                     end_time: None,
                 }),
                 outputs: vec![],
-                replicated,
+                replication: replicated.map(replicated_to),
+                leftover_version: None,
             }),
         arb_message().prop_map(|m| Observation::SubmitFailed {
             category: classify(&m),
@@ -443,7 +496,7 @@ proptest! {
         prop_assert!(end.state.is_terminal(), "stuck in {:?} after {} steps", end.state, steps);
         // …by cancel…
         let c = apply(&b, &Observation::CancelRequested { reason: "r".into() }, now).build;
-        let c = apply(&c, &Observation::Provider { status: TemplateStatus::Missing, outputs: vec![], replicated: None }, now).build;
+        let c = apply(&c, &Observation::Provider { status: TemplateStatus::Missing, outputs: vec![], replication: None, leftover_version: None }, now).build;
         prop_assert!(c.state.is_terminal(), "cancel left {:?}", c.state);
         // …and by time alone, whatever the provider says (running forever).
         if !b.state.is_terminal() && b.state != BuildState::Queued {
@@ -453,7 +506,7 @@ proptest! {
             for _ in 0..6 {
                 t += chrono::Duration::hours(3);
                 x = apply(&x, &forever, t).build;
-                x = apply(&x, &Observation::Provider { status: TemplateStatus::Missing, outputs: vec![], replicated: None }, t).build;
+                x = apply(&x, &Observation::Provider { status: TemplateStatus::Missing, outputs: vec![], replication: None, leftover_version: None }, t).build;
             }
             prop_assert!(x.state.is_terminal(), "time left {:?}", x.state);
         }
@@ -483,7 +536,7 @@ fn a_canceling_build_ends_when_the_run_ends_partially_succeeded() {
         t0(),
     )
     .build;
-    let partial = |replicated| Observation::Provider {
+    let partial = |replicated: Option<bool>| Observation::Provider {
         status: TemplateStatus::Run(RunStatus {
             run_state: RunState::PartiallySucceeded,
             run_sub_state: Some(RunSubState::Distributing),
@@ -492,7 +545,8 @@ fn a_canceling_build_ends_when_the_run_ends_partially_succeeded() {
             end_time: None,
         }),
         outputs: vec![output()],
-        replicated,
+        replication: replicated.map(replicated_to),
+        leftover_version: None,
     };
     assert_eq!(
         apply(&c, &partial(Some(false)), t0()).build.state.name(),
@@ -545,7 +599,7 @@ fn a_retry_after_a_long_attempt_gets_its_own_clock() {
     };
     let resubmitted = apply(
         &d.build,
-        &Observation::Tick,
+        &template_missing(Some(false)),
         at + chrono::Duration::minutes(5),
     );
     assert_eq!(
@@ -555,4 +609,217 @@ fn a_retry_after_a_long_attempt_gets_its_own_clock() {
     assert!(resubmitted.effects.contains(&Effect::Submit {
         template: "kiln-b1-a2".into()
     }));
+}
+
+// ---- the Azure contract: long operations are followed, never waited on ----
+
+#[test]
+fn a_template_still_provisioning_is_waited_for_and_not_submitted_again() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let d = apply(&b, &template(TemplateStatus::Provisioning), t0());
+    assert_eq!(d.build.state, BuildState::Submitting { not_before: None });
+    assert_eq!(d.effects.len(), 1, "{:?}", d.effects);
+    assert!(matches!(d.effects[0], Effect::SchedulePoll { .. }));
+}
+
+#[test]
+fn a_provisioned_template_that_has_not_run_is_run_not_created_again() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let d = apply(&b, &template(TemplateStatus::NotRun), t0());
+    assert!(d.effects.contains(&Effect::Run {
+        template: "kiln-b1-a1".into()
+    }));
+    assert!(!d
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Submit { .. } | Effect::DeleteTemplate { .. })));
+}
+
+#[test]
+fn an_unconfirmed_run_is_read_back_never_resubmitted_on_a_tick() {
+    // The run request got no answer: the driver observes nothing new (Tick)
+    // or the template as it is; neither starts a second run or a new attempt.
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let tick = apply(&b, &Observation::Tick, t0() + chrono::Duration::seconds(30));
+    assert_eq!(tick.build.attempt, 1);
+    assert!(!tick.effects.iter().any(|e| matches!(
+        e,
+        Effect::Submit { .. } | Effect::Run { .. } | Effect::DeleteTemplate { .. }
+    )));
+    // lastRunStatus says the run did start: the build follows it.
+    let running = apply(
+        &b,
+        &run(RunState::Running, Some(RunSubState::Building), ""),
+        t0(),
+    );
+    assert_eq!(running.build.state.name(), "running");
+    assert_eq!(running.build.attempt, 1);
+}
+
+#[test]
+fn a_template_aib_refuses_fails_with_its_code_and_is_retired() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let d = apply(
+        &b,
+        &template(TemplateStatus::ProvisioningFailed {
+            code: "BadStagingResourceGroup".into(),
+            message: "the staging resource group is not empty".into(),
+        }),
+        t0(),
+    );
+    match &d.build.state {
+        BuildState::Failed { category, message } => {
+            assert_eq!(*category, FailureCategory::Validation);
+            assert!(message.contains("BadStagingResourceGroup"), "{message}");
+        }
+        other => panic!("expected failed, got {other:?}"),
+    }
+    assert!(d.effects.contains(&Effect::DeleteTemplate {
+        template: "kiln-b1-a1".into()
+    }));
+    // A server error while provisioning is worth another attempt.
+    let d = apply(
+        &b,
+        &template(TemplateStatus::ProvisioningFailed {
+            code: "ServerError".into(),
+            message: "try again".into(),
+        }),
+        t0(),
+    );
+    assert_eq!(d.build.attempt, 2);
+}
+
+#[test]
+fn a_retry_first_removes_the_version_an_earlier_attempt_left() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let failed = apply(
+        &b,
+        &run(
+            RunState::Failed,
+            Some(RunSubState::Distributing),
+            "network: replication timed out",
+        ),
+        t0(),
+    )
+    .build;
+    let BuildState::Submitting {
+        not_before: Some(at),
+    } = failed.state
+    else {
+        panic!("{:?}", failed.state)
+    };
+    // Not asked yet: ask before anything is submitted.
+    let unasked = apply(&failed, &template_missing(None), at);
+    assert!(!unasked
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Submit { .. })));
+    // The gallery still has version 1.0.0 from attempt 1: it goes first.
+    let removing = apply(&failed, &template_missing(Some(true)), at);
+    assert!(removing.effects.contains(&Effect::RemoveLeftoverVersion));
+    assert!(!removing
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Submit { .. })));
+    // Once it is gone, attempt 2 is submitted, to the same version.
+    let submitted = apply(&removing.build, &template_missing(Some(false)), at);
+    assert!(submitted.effects.contains(&Effect::Submit {
+        template: "kiln-b1-a2".into()
+    }));
+    assert_eq!(submitted.build.version, b.version);
+}
+
+#[test]
+fn a_partial_success_ends_with_the_regions_that_failed_once_none_is_copying() {
+    let b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let partial = |replication: Replication| Observation::Provider {
+        status: TemplateStatus::Run(RunStatus {
+            run_state: RunState::PartiallySucceeded,
+            run_sub_state: Some(RunSubState::Distributing),
+            message: "Failed in distributing 1 images out of total 1".into(),
+            start_time: None,
+            end_time: None,
+        }),
+        outputs: vec![output()],
+        replication: Some(replication),
+        leftover_version: None,
+    };
+    let d = apply(
+        &b,
+        &partial(Replication {
+            completed: vec!["westeurope".into()],
+            failed: vec!["eastus".into()],
+            pending: vec![],
+        }),
+        t0(),
+    );
+    assert_eq!(
+        d.build.state,
+        BuildState::Succeeded {
+            artifacts: vec![output()],
+            failed_regions: vec!["eastus".into()],
+        }
+    );
+    assert!(d.cause.unwrap().contains("replication failed in eastus"));
+    // No region holds it: that is a replication failure, not a success.
+    let d = apply(
+        &b,
+        &partial(Replication {
+            completed: vec![],
+            failed: vec!["eastus".into(), "westeurope".into()],
+            pending: vec![],
+        }),
+        t0(),
+    );
+    assert!(matches!(
+        d.build.state,
+        BuildState::Failed {
+            category: FailureCategory::Replication,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn polls_near_the_end_of_a_run_are_capped_lower_than_in_its_middle() {
+    let mut b = apply(&queued(), &Observation::SlotGranted, t0()).build;
+    let t = Tuning::azure();
+    let delay = |d: &Decision| {
+        d.effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::SchedulePoll { after } => Some(*after),
+                _ => None,
+            })
+            .unwrap()
+    };
+    b.quiet_polls = 20;
+    b.state = BuildState::Running {
+        phase: Phase::Customizing,
+    };
+    b.last_seen = Some(format!(
+        "{:?}/{:?}/",
+        RunState::Running,
+        Some(RunSubState::Customizing)
+    ));
+    let customizing = transition(
+        &b,
+        &run(RunState::Running, Some(RunSubState::Customizing), ""),
+        t0(),
+        &t,
+    );
+    assert_eq!(delay(&customizing), t.poll_max);
+    b.state = BuildState::Publishing { replicating: false };
+    b.last_seen = Some(format!(
+        "{:?}/{:?}/",
+        RunState::Running,
+        Some(RunSubState::Distributing)
+    ));
+    let distributing = transition(
+        &b,
+        &run(RunState::Running, Some(RunSubState::Distributing), ""),
+        t0(),
+        &t,
+    );
+    assert_eq!(delay(&distributing), t.poll_max_finishing);
 }

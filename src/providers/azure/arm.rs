@@ -3,8 +3,10 @@
 //! It owns what ARM asks of a well-behaved client: a bearer token per
 //! request, an `x-ms-client-request-id` per request (logged, and quoted in
 //! every error, so a support case can find the call), a timeout per request,
-//! a named retry policy per call, and long-running-operation polling that
-//! honours `Retry-After` under an overall deadline. The Service Bus adapter
+//! a named retry policy per call that honours `Retry-After` (but never
+//! sleeps longer than an invocation may). It does not follow long-running
+//! operations: kiln starts them and reads the resource again on a later
+//! poll, so no Functions invocation blocks on ARM. The Service Bus adapter
 //! reuses it with another base URL and token scope.
 //!
 //! Follow-up URLs from the service (`nextLink`, `Azure-AsyncOperation`,
@@ -21,7 +23,7 @@ use reqwest::{Method, Url};
 use serde_json::Value;
 use tracing::Instrument;
 
-use super::error::{category_for, ArmError};
+use super::error::ArmError;
 use super::identity::TokenSource;
 use crate::domain::failure::FailureCategory;
 
@@ -70,12 +72,11 @@ pub struct ArmOptions {
     /// First backoff; doubles per attempt, with jitter, up to `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// A longer `Retry-After` is cut to this, so one call cannot outlive a Functions invocation.
+    /// The longest wait between attempts of one call. A `Retry-After` longer
+    /// than this ends the call with the throttled answer instead: kiln's
+    /// state machine asks again on a later poll, so an invocation never
+    /// sleeps for long on ARM (throttling is absorbed by scheduled polls).
     pub retry_after_max: Duration,
-    /// How long to follow one long-running operation before giving up on it.
-    pub lro_deadline: Duration,
-    /// Poll interval when the service gives no `Retry-After`.
-    pub lro_poll: Duration,
     /// Whether to send `x-ms-client-request-id` (Service Bus would turn it into a message property).
     pub send_client_request_id: bool,
 }
@@ -89,10 +90,8 @@ impl ArmOptions {
             timeout: Duration::from_secs(30),
             max_attempts: 4,
             backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
-            retry_after_max: Duration::from_secs(120),
-            lro_deadline: Duration::from_secs(240),
-            lro_poll: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(4),
+            retry_after_max: Duration::from_secs(10),
             send_client_request_id: true,
         }
     }
@@ -187,6 +186,27 @@ impl ArmClient {
 
     pub fn options(&self) -> &ArmOptions {
         &self.inner.opts
+    }
+
+    /// The same client (HTTP pool, credential, pauses, retry settings) for
+    /// another service: `base_url` and token `scope` replaced. Used for the
+    /// staging storage account's blob endpoint.
+    pub fn rebased(&self, base_url: &str, scope: &str, service: &'static str) -> ArmClient {
+        let opts = ArmOptions {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            scope: scope.to_string(),
+            service,
+            send_client_request_id: true,
+            ..self.inner.opts.clone()
+        };
+        ArmClient {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                opts,
+                tokens: self.inner.tokens.clone(),
+                pause: self.inner.pause.clone(),
+            }),
+        }
     }
 
     /// `target` is a path with query (`/subscriptions/…?api-version=…`) or a
@@ -303,10 +323,18 @@ impl ArmClient {
                     if last || !retryable(&response) {
                         return Ok(response);
                     }
-                    let wait = response
-                        .retry_after()
-                        .map(|d| d.min(o.retry_after_max))
-                        .unwrap_or_else(|| self.backoff(attempt));
+                    let wait = match response.retry_after() {
+                        Some(d) if d > o.retry_after_max => {
+                            tracing::warn!(
+                                service = o.service, %method, path = %url.path(), status,
+                                client_request_id = %request_id, retry_after_s = d.as_secs(),
+                                "azure asks to wait longer than one invocation may; giving the answer back"
+                            );
+                            return Ok(response);
+                        }
+                        Some(d) => d,
+                        None => self.backoff(attempt),
+                    };
                     tracing::warn!(
                         service = o.service, %method, path = %url.path(), status,
                         client_request_id = %request_id, wait_ms = wait.as_millis() as u64, attempt,
@@ -367,127 +395,6 @@ impl ArmClient {
         }
         Ok(items)
     }
-
-    /// Follows a long-running operation started by `first` until it ends.
-    ///
-    /// `Azure-AsyncOperation` is preferred (its body says Succeeded, Failed or
-    /// Canceled); otherwise `Location` is polled while it answers 202;
-    /// otherwise, when `resource` is given and the body's `provisioningState`
-    /// is not terminal, the resource itself is polled. Returns the last response.
-    pub async fn wait(
-        &self,
-        first: ArmResponse,
-        resource: Option<&str>,
-    ) -> Result<ArmResponse, ArmError> {
-        let first = first.ok()?;
-        let mut clock = Deadline::new(self.inner.opts.lro_deadline);
-        if let Some(op) = first.header("azure-asyncoperation").map(str::to_string) {
-            let mut wait = first.retry_after();
-            loop {
-                self.pause_within(&mut clock, wait, &op).await?;
-                let r = self
-                    .send(Method::GET, &op, None, RetryPolicy::Idempotent)
-                    .await?
-                    .ok()?;
-                let doc = r.json()?;
-                let status = doc.get("status").and_then(Value::as_str).unwrap_or("");
-                match status.to_ascii_lowercase().as_str() {
-                    "succeeded" => return Ok(r),
-                    "failed" | "canceled" | "cancelled" => {
-                        return Err(operation_error(&doc, status, &r.client_request_id))
-                    }
-                    _ => wait = r.retry_after(),
-                }
-            }
-        }
-        if first.status == 202 {
-            if let Some(loc) = first.header("location").map(str::to_string) {
-                let mut wait = first.retry_after();
-                loop {
-                    self.pause_within(&mut clock, wait, &loc).await?;
-                    let r = self
-                        .send(Method::GET, &loc, None, RetryPolicy::Idempotent)
-                        .await?;
-                    if r.status != 202 {
-                        return r.ok();
-                    }
-                    wait = r.retry_after();
-                }
-            }
-        }
-        let Some(resource) = resource else {
-            return Ok(first);
-        };
-        let mut current = first;
-        loop {
-            let doc = current.json()?;
-            let state = doc
-                .pointer("/properties/provisioningState")
-                .and_then(Value::as_str)
-                .unwrap_or("Succeeded");
-            match state.to_ascii_lowercase().as_str() {
-                "succeeded" => return Ok(current),
-                "failed" | "canceled" => {
-                    return Err(operation_error(&doc, state, &current.client_request_id))
-                }
-                _ => {}
-            }
-            let wait = current.retry_after();
-            self.pause_within(&mut clock, wait, resource).await?;
-            current = self
-                .send(Method::GET, resource, None, RetryPolicy::Idempotent)
-                .await?
-                .ok()?;
-        }
-    }
-
-    async fn pause_within(
-        &self,
-        clock: &mut Deadline,
-        wait: Option<Duration>,
-        what: &str,
-    ) -> Result<(), ArmError> {
-        let o = &self.inner.opts;
-        let wait = wait.unwrap_or(o.lro_poll).min(o.retry_after_max);
-        if !clock.allows(wait) {
-            // Transient, not timeout: the operation goes on in Azure, and the
-            // next step of the state machine will find it further along.
-            return Err(ArmError::new(
-                FailureCategory::Transient,
-                format!(
-                    "gave up following {} after {}s; it is still running",
-                    self.url(what)
-                        .map(|u| u.path().to_string())
-                        .unwrap_or_default(),
-                    o.lro_deadline.as_secs()
-                ),
-            ));
-        }
-        self.inner.pause.pause(wait).await;
-        clock.waited += wait;
-        Ok(())
-    }
-}
-
-/// Time spent following an operation: real time plus the pauses, so a test
-/// pause that returns at once still counts against the deadline.
-struct Deadline {
-    started: Instant,
-    waited: Duration,
-    limit: Duration,
-}
-
-impl Deadline {
-    fn new(limit: Duration) -> Self {
-        Self {
-            started: Instant::now(),
-            waited: Duration::ZERO,
-            limit,
-        }
-    }
-    fn allows(&self, next: Duration) -> bool {
-        self.started.elapsed() + self.waited + next <= self.limit
-    }
 }
 
 fn retryable(r: &ArmResponse) -> bool {
@@ -496,28 +403,6 @@ fn retryable(r: &ArmResponse) -> bool {
     }
     // Compute answers 409 with this code when another operation holds the resource.
     r.status == 409 && r.body.contains("RetryableErrorDueToAnotherOperation")
-}
-
-/// The error of a failed or canceled operation status body.
-fn operation_error(doc: &Value, status: &str, request_id: &str) -> ArmError {
-    let err = doc
-        .get("error")
-        .or_else(|| doc.pointer("/properties/error"));
-    let code = err
-        .and_then(|e| e.get("code"))
-        .and_then(Value::as_str)
-        .unwrap_or(status);
-    let message = err
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .unwrap_or("the operation ended without an error message");
-    let mut e = ArmError::new(
-        category_for(None, code, message),
-        format!("operation {status}: {message}"),
-    )
-    .with_request_id(request_id);
-    e.code = Some(code.to_string());
-    e
 }
 
 #[cfg(test)]

@@ -95,6 +95,16 @@ impl Gallery for AzureGallery {
             .with_context(|| format!("Cannot list the versions of {definition_id}"))
     }
 
+    async fn version(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+    ) -> anyhow::Result<Option<GalleryVersion>> {
+        self.get_version(definition_id, &version.to_string())
+            .await
+            .with_context(|| format!("Cannot read {definition_id}/versions/{version}"))
+    }
+
     async fn update_version(
         &self,
         definition_id: &str,
@@ -130,13 +140,13 @@ impl Gallery for AzureGallery {
         if let Some(tags) = &update.tags {
             body["tags"] = json!(tags);
         }
-        let r = self
-            .arm
-            .send(Method::PATCH, &path, Some(&body), RetryPolicy::Idempotent)
-            .await?;
+        // Compute answers 200 or 202 and applies the change as a
+        // long-running operation; nothing kiln does next depends on its end
+        // (the next listing shows it), so it is not waited for.
         self.arm
-            .wait(r, Some(&path))
-            .await
+            .send(Method::PATCH, &path, Some(&body), RetryPolicy::Idempotent)
+            .await?
+            .ok()
             .with_context(|| format!("Cannot update {definition_id}/versions/{version}"))?;
         tracing::info!(definition = definition_id, %version, ?update, "gallery version updated");
         Ok(())
@@ -152,18 +162,15 @@ impl Gallery for AzureGallery {
             .arm
             .send(Method::DELETE, &path, None, RetryPolicy::Idempotent)
             .await?;
-        if r.status == 404 {
-            return Ok(());
+        // 200/204 deleted, 202 accepted (the version reads Deleting, then is
+        // gone), 404 gone already. The deletion is not waited for: a
+        // Functions invocation may not block for minutes, and retention and
+        // the driver read the gallery again before they rely on it.
+        if !matches!(r.status, 200 | 202 | 204 | 404) {
+            return Err(anyhow::Error::new(r.error())
+                .context(format!("Cannot delete {definition_id}/versions/{version}")));
         }
-        match self.arm.wait(r, None).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("Cannot delete {definition_id}/versions/{version}")))
-            }
-        }
-        tracing::info!(definition = definition_id, %version, "gallery version deleted");
+        tracing::info!(definition = definition_id, %version, status = r.status, "gallery version deletion started");
         Ok(())
     }
 }

@@ -3,10 +3,16 @@
 //! A build is one template, named after the build and attempt. AIB cannot
 //! update a template in place, so `put_template` creates it or adopts the one
 //! already there when it carries the same body (kiln tags each template with
-//! a hash of what it submitted). `run` and `cancel` are fired and not
-//! followed: AIB's run operation stays InProgress for the whole build (hours),
-//! and the state machine polls `status` instead, which reads the template's
-//! `lastRunStatus`.
+//! a hash of what it submitted).
+//!
+//! Nothing here waits for a long-running operation: creating a template
+//! takes up to minutes, a run hours, a deletion minutes, and a Functions
+//! invocation may not block that long. Each call starts the operation and
+//! returns; the state machine reads the template again on its next poll
+//! (`provisioningState`, then `lastRunStatus`) and the cleanup queue
+//! confirms deletions. `run` is sent once and never retried blindly: an
+//! answer that did not arrive is `Unconfirmed`, and the next read of
+//! `lastRunStatus` says whether the run started.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
@@ -16,11 +22,14 @@ use sha2::{Digest, Sha256};
 
 use super::arm::{ArmClient, ArmResponse, RetryPolicy};
 use super::error::ArmError;
+use super::staging_log::StagingLogs;
 use crate::domain::failure::FailureCategory;
 use crate::domain::pipeline::FieldError;
+use crate::domain::run::provisioning_failure;
 use crate::domain::template::ImageTemplate;
 use crate::ports::{
-    ImageBuilder, ProviderError, RunOutput, RunState, RunStatus, RunSubState, TemplateStatus,
+    Deletion, ImageBuilder, ProviderError, RunOutput, RunStart, RunState, RunStatus, RunSubState,
+    TemplateStatus,
 };
 
 pub const API_VERSION: &str = "2025-10-01";
@@ -30,6 +39,7 @@ pub const BODY_HASH_TAG: &str = "kiln.bodyHash";
 
 pub struct AzureImageBuilder {
     arm: ArmClient,
+    logs: StagingLogs,
     /// `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.VirtualMachineImages/imageTemplates`
     collection: String,
 }
@@ -37,6 +47,7 @@ pub struct AzureImageBuilder {
 impl AzureImageBuilder {
     pub fn new(arm: ArmClient, subscription_id: &str, resource_group: &str) -> Self {
         Self {
+            logs: StagingLogs::new(arm.clone()),
             arm,
             collection: format!(
                 "/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/Microsoft.VirtualMachineImages/imageTemplates"
@@ -52,8 +63,13 @@ impl AzureImageBuilder {
     }
 
     /// Accepts the template `found` if it is kiln's with the same body, and
-    /// waits for it to finish provisioning.
-    async fn adopt(&self, name: &str, hash: &str, found: ArmResponse) -> Result<(), ProviderError> {
+    /// says where it stands.
+    fn adopt(
+        &self,
+        name: &str,
+        hash: &str,
+        found: ArmResponse,
+    ) -> Result<TemplateStatus, ProviderError> {
         let doc = found.json()?;
         let theirs = doc
             .get("tags")
@@ -65,11 +81,7 @@ impl AzureImageBuilder {
                 format!("image template {name} already exists with a different body, and Image Builder cannot update a template; delete it or start a new attempt"),
             ));
         }
-        self.arm
-            .wait(found, Some(&self.path(name, "")))
-            .await
-            .map(drop)
-            .map_err(provisioning_error)
+        Ok(template_status(&doc))
     }
 
     async fn get(&self, name: &str) -> Result<ArmResponse, ArmError> {
@@ -86,12 +98,16 @@ impl AzureImageBuilder {
 
 #[async_trait]
 impl ImageBuilder for AzureImageBuilder {
-    async fn put_template(&self, name: &str, body: &Value) -> Result<(), ProviderError> {
+    async fn put_template(
+        &self,
+        name: &str,
+        body: &Value,
+    ) -> Result<TemplateStatus, ProviderError> {
         let hash = body_hash(body);
         let path = self.path(name, "");
         let found = self.get(name).await?;
         if found.status != 404 {
-            return self.adopt(name, &hash, found.ok()?).await;
+            return self.adopt(name, &hash, found.ok()?);
         }
         let mut tagged = body.clone();
         if let Some(obj) = tagged.as_object_mut() {
@@ -107,29 +123,44 @@ impl ImageBuilder for AzureImageBuilder {
             .send(Method::PUT, &path, Some(&tagged), RetryPolicy::Idempotent)
             .await?;
         if r.status == 409 {
-            // Another invocation created it between our GET and PUT.
+            // Another invocation created it between our GET and PUT (or a
+            // retried PUT found its own first attempt).
             let found = self.get(name).await?.ok()?;
-            return self.adopt(name, &hash, found).await;
+            return self.adopt(name, &hash, found);
         }
-        self.arm
-            .wait(r, Some(&path))
-            .await
-            .map(drop)
-            .map_err(provisioning_error)
+        // AIB answers 201 with `provisioningState: Creating` and an
+        // `Azure-AsyncOperation` to follow; the next poll reads the template
+        // instead of this invocation waiting for it.
+        let created = r.ok().map_err(provisioning_error)?;
+        let doc = created.json()?;
+        Ok(if doc.pointer("/properties").is_some() {
+            template_status(&doc)
+        } else {
+            TemplateStatus::Provisioning
+        })
     }
 
-    async fn run(&self, name: &str) -> Result<(), ProviderError> {
+    async fn run(&self, name: &str) -> Result<RunStart, ProviderError> {
         match self.status(name).await? {
-            TemplateStatus::Run(_) => return Ok(()),
+            TemplateStatus::Run(_) => return Ok(RunStart::Started),
             TemplateStatus::Missing => {
                 return Err(ProviderError::new(
                     FailureCategory::Transient,
                     format!("image template {name} does not exist, so it cannot run"),
                 ))
             }
+            TemplateStatus::Provisioning | TemplateStatus::Deleting => {
+                return Ok(RunStart::NotReady)
+            }
+            TemplateStatus::ProvisioningFailed { code, message } => {
+                return Err(ProviderError::new(
+                    provisioning_failure(&code),
+                    format!("image template {name} was refused ({code}): {message}"),
+                ))
+            }
             TemplateStatus::NotRun => {}
         }
-        let r = self
+        let sent = self
             .arm
             .send(
                 Method::POST,
@@ -137,19 +168,39 @@ impl ImageBuilder for AzureImageBuilder {
                 None,
                 RetryPolicy::NoRetry,
             )
-            .await?;
+            .await;
+        let r = match sent {
+            Ok(r) => r,
+            // The request may have reached AIB before the connection broke.
+            Err(e) if e.category == FailureCategory::Network => {
+                tracing::warn!(template = name, error = %e, "no answer to the run request; lastRunStatus will say whether it started");
+                return Ok(RunStart::Unconfirmed {
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         if r.is_success() {
             tracing::info!(template = name, status = r.status, client_request_id = %r.client_request_id, "image template run started");
-            return Ok(());
+            return Ok(RunStart::Started);
         }
         let err = r.error();
-        if r.status == 409 {
-            // "Already running" or a twin run request that won: either way a run exists now.
-            if let TemplateStatus::Run(_) = self.status(name).await? {
-                return Ok(());
+        match r.status {
+            // "Already running", or a twin run request that won: a run exists now.
+            409 => {
+                if let TemplateStatus::Run(_) = self.status(name).await? {
+                    return Ok(RunStart::Started);
+                }
+                Err(err.into())
             }
+            // Throttled: the request was not acted on; the next poll asks again.
+            429 => Ok(RunStart::NotReady),
+            // A server error or gateway timeout may come after AIB acted.
+            408 | 500..=599 => Ok(RunStart::Unconfirmed {
+                reason: err.to_string(),
+            }),
+            _ => Err(err.into()),
         }
-        Err(err.into())
     }
 
     async fn status(&self, name: &str) -> Result<TemplateStatus, ProviderError> {
@@ -193,7 +244,10 @@ impl ImageBuilder for AzureImageBuilder {
         Err(err.into())
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), ProviderError> {
+    /// ARM's DELETE contract: 200 or 204 deleted, 202 accepted and going on
+    /// (the template then reads `Deleting` until it is gone), 404 gone
+    /// already. Anything else failed, and the cleanup queue tries again.
+    async fn delete_template(&self, name: &str) -> Result<Deletion, ProviderError> {
         let r = self
             .arm
             .send(
@@ -203,13 +257,23 @@ impl ImageBuilder for AzureImageBuilder {
                 RetryPolicy::Idempotent,
             )
             .await?;
-        if r.status == 404 {
-            return Ok(());
+        match r.status {
+            200 | 204 | 404 => Ok(Deletion::Gone),
+            202 => Ok(Deletion::InProgress),
+            _ => Err(r.error().into()),
         }
-        match self.arm.wait(r, None).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
+    }
+
+    /// The run's `customization.log` from the staging resource group, while
+    /// the template exists (kiln keeps a copy when it retires the template).
+    async fn customization_log(
+        &self,
+        name: &str,
+        offset: u64,
+    ) -> Result<Option<Vec<u8>>, ProviderError> {
+        match self.arm.get_json(&self.path(name, "")).await? {
+            None => Ok(None),
+            Some(doc) => self.logs.read(name, &doc, offset).await,
         }
     }
 
@@ -260,16 +324,27 @@ fn body_hash(body: &Value) -> String {
 /// Image Builder's provisioning error codes name a template problem, except these two.
 fn provisioning_error(mut e: ArmError) -> ProviderError {
     if e.category == FailureCategory::Internal {
-        e.category = match e.code.as_deref() {
-            Some("ServerError") => FailureCategory::Transient,
-            Some("Other") | None => FailureCategory::Internal,
-            Some(_) => FailureCategory::Validation,
-        };
+        e.category = provisioning_failure(e.code.as_deref().unwrap_or(""));
     }
     e.into()
 }
 
 fn template_status(doc: &Value) -> TemplateStatus {
+    let text = |p: &str| doc.pointer(p).and_then(Value::as_str).unwrap_or("");
+    match text("/properties/provisioningState")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "creating" | "updating" | "accepted" => return TemplateStatus::Provisioning,
+        "deleting" => return TemplateStatus::Deleting,
+        "failed" => {
+            return TemplateStatus::ProvisioningFailed {
+                code: text("/properties/provisioningError/provisioningErrorCode").to_string(),
+                message: text("/properties/provisioningError/message").to_string(),
+            }
+        }
+        _ => {}
+    }
     let Some(last) = doc
         .pointer("/properties/lastRunStatus")
         .filter(|v| v.is_object())

@@ -15,8 +15,10 @@ pub mod gallery;
 pub mod identity;
 pub mod image_builder;
 pub mod marketplace;
+pub mod preflight;
 pub mod resource_graph;
 pub mod service_bus;
+pub mod staging_log;
 
 use std::sync::Arc;
 

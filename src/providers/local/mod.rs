@@ -51,8 +51,8 @@ use crate::domain::pipeline::FieldError;
 use crate::domain::template::{GalleryImageRef, ImageTemplate, Source};
 use crate::domain::version::ImageVersion;
 use crate::ports::{
-    BaseCatalog, BaseVersion, Gallery, ImageBuilder, Inventory, ProviderError, RunOutput, RunState,
-    RunStatus, RunSubState, TemplateStatus, VersionUpdate,
+    BaseCatalog, BaseVersion, Deletion, Gallery, ImageBuilder, Inventory, ProviderError, RunOutput,
+    RunStart, RunState, RunStatus, RunSubState, TemplateStatus, VersionUpdate,
 };
 use crate::store::Db;
 
@@ -419,7 +419,12 @@ impl LocalProvider {
             }
             match self.status(name).await? {
                 TemplateStatus::Missing => bail!("template {name} does not exist"),
-                TemplateStatus::NotRun => bail!("template {name} has not run"),
+                TemplateStatus::NotRun
+                | TemplateStatus::Provisioning
+                | TemplateStatus::Deleting
+                | TemplateStatus::ProvisioningFailed { .. } => {
+                    bail!("template {name} has not run")
+                }
                 TemplateStatus::Run(s)
                     if !matches!(s.run_state, RunState::Running | RunState::Canceling) =>
                 {
@@ -612,7 +617,7 @@ impl ImageBuilder for LocalProvider {
         &self,
         name: &str,
         body: &serde_json::Value,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<TemplateStatus, ProviderError> {
         if !util::safe_component(name) || name.len() > 64 {
             return Err(ProviderError::new(
                 FailureCategory::Policy,
@@ -634,7 +639,7 @@ impl ImageBuilder for LocalProvider {
         let r = &self.inner.records;
         if let Some((_, existing)) = r.template_get(name).map_err(perr)? {
             if existing == sha {
-                return Ok(());
+                return self.status(name).await;
             }
             if let Some(run) = r.run_get(name).map_err(perr)? {
                 let what = if run.is_active() {
@@ -648,10 +653,12 @@ impl ImageBuilder for LocalProvider {
             }
         }
         r.template_put(name, &body.to_string(), &sha, now())
-            .map_err(perr)
+            .map_err(perr)?;
+        // Local templates are ready as soon as they are written.
+        Ok(TemplateStatus::NotRun)
     }
 
-    async fn run(&self, name: &str) -> Result<(), ProviderError> {
+    async fn run(&self, name: &str) -> Result<RunStart, ProviderError> {
         let p = &self.inner;
         let Some((body, sha)) = p.records.template_get(name).map_err(perr)? else {
             return Err(ProviderError::internal(format!(
@@ -659,7 +666,7 @@ impl ImageBuilder for LocalProvider {
             )));
         };
         if p.records.run_get(name).map_err(perr)?.is_some() {
-            return Ok(()); // ran or running: no twin
+            return Ok(RunStart::Started); // ran or running: no twin
         }
         let body: serde_json::Value = serde_json::from_str(&body).map_err(perr)?;
         let template: ImageTemplate = serde_json::from_value(body.clone()).map_err(perr)?;
@@ -668,7 +675,7 @@ impl ImageBuilder for LocalProvider {
         {
             let mut m = p.running.lock().map_err(perr)?;
             if m.contains_key(name) {
-                return Ok(());
+                return Ok(RunStart::Started);
             }
             m.insert(
                 name.to_string(),
@@ -700,7 +707,7 @@ impl ImageBuilder for LocalProvider {
         };
         if !p.records.run_insert(&row).map_err(perr)? {
             drop(guard);
-            return Ok(());
+            return Ok(RunStart::Started);
         }
         let inner = p.clone();
         let name = name.to_string();
@@ -733,7 +740,7 @@ impl ImageBuilder for LocalProvider {
             }
             drop(guard);
         });
-        Ok(())
+        Ok(RunStart::Started)
     }
 
     async fn status(&self, name: &str) -> Result<TemplateStatus, ProviderError> {
@@ -802,13 +809,17 @@ impl ImageBuilder for LocalProvider {
         Ok(())
     }
 
-    async fn delete_template(&self, name: &str) -> Result<(), ProviderError> {
+    async fn delete_template(&self, name: &str) -> Result<Deletion, ProviderError> {
         if let Some(run) = self.inner.records.run_get(name).map_err(perr)? {
             if run.is_active() {
                 self.cancel(name).await?;
             }
         }
-        self.inner.records.template_delete(name).map_err(perr)
+        self.inner
+            .records
+            .template_delete(name)
+            .map_err(perr)
+            .map(|()| Deletion::Gone)
     }
 
     fn check(&self, template: &ImageTemplate) -> Vec<FieldError> {

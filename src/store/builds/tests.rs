@@ -75,6 +75,7 @@ fn a_write_from_a_stale_read_is_a_conflict_and_changes_nothing() {
             succeeded: false,
             threshold: 1,
         }),
+        retire: vec![],
     };
     assert_eq!(
         s.update(&second, v, &read.state, Some("second"), None, now, &extras)
@@ -113,6 +114,7 @@ fn a_final_transition_commits_its_event_and_breaker_count_with_it() {
             succeeded: false,
             threshold: 1,
         }),
+        retire: vec![],
     };
     let (w, change) = s
         .update(&failed, v, &read.state, Some("failed"), None, now, &extras)

@@ -5,7 +5,7 @@ use serde_json::json;
 use wiremock::matchers::{header, header_exists, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use super::testing::{client, client_with, options, TOKEN};
+use super::testing::{client, TOKEN};
 use super::*;
 
 const RES: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.X/things/t1";
@@ -64,6 +64,25 @@ async fn a_429_with_retry_after_is_retried_after_that_long() {
     let v = c.get_json(&target()).await.unwrap().unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(pauses.taken(), vec![Duration::from_secs(7)]);
+}
+
+#[tokio::test]
+async fn a_retry_after_longer_than_an_invocation_may_wait_hands_the_429_back() {
+    // ARM asks for two minutes: sleeping that long inside a Functions
+    // invocation is what must not happen; the caller's next poll asks again.
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "120"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let (c, pauses) = client(&server.uri());
+    let r = c
+        .send(Method::GET, &target(), None, RetryPolicy::Idempotent)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429);
+    assert!(pauses.taken().is_empty(), "{:?}", pauses.taken());
 }
 
 #[tokio::test]
@@ -128,156 +147,6 @@ async fn a_refused_connection_is_retried_then_reported_as_network() {
     assert_eq!(e.category, FailureCategory::Network);
     assert!(e.client_request_id.is_some());
     assert_eq!(pauses.taken().len(), 3);
-}
-
-#[tokio::test]
-async fn an_async_operation_is_polled_until_it_succeeds() {
-    let server = MockServer::start().await;
-    let op = "https://management.azure.com/subscriptions/s/providers/Microsoft.X/locations/westus/operations/op1?api-version=2025-10-01";
-    Mock::given(method("PUT"))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .insert_header("Azure-AsyncOperation", op)
-                .insert_header("Retry-After", "15")
-                .set_body_json(json!({"properties": {"provisioningState": "Creating"}})),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(
-            "/subscriptions/s/providers/Microsoft.X/locations/westus/operations/op1",
-        ))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("Retry-After", "5")
-                .set_body_json(json!({"status": "InProgress"})),
-        )
-        .up_to_n_times(2)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(
-            "/subscriptions/s/providers/Microsoft.X/locations/westus/operations/op1",
-        ))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"status": "Succeeded"})))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let (c, pauses) = client(&server.uri());
-    let first = c
-        .send(
-            Method::PUT,
-            &target(),
-            Some(&json!({})),
-            RetryPolicy::Idempotent,
-        )
-        .await
-        .unwrap();
-    c.wait(first, Some(&target())).await.unwrap();
-    let secs: Vec<u64> = pauses.taken().iter().map(Duration::as_secs).collect();
-    assert_eq!(secs, vec![15, 5, 5]);
-}
-
-#[tokio::test]
-async fn a_failed_async_operation_reports_its_error() {
-    let server = MockServer::start().await;
-    let op = format!("{}/ops/op2?api-version=1", server.uri());
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(202).insert_header("Azure-AsyncOperation", op.as_str()))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/ops/op2"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "status": "Failed",
-            "error": {"code": "QuotaExceeded", "message": "Operation could not be completed as it results in exceeding approved quota"}
-        })))
-        .mount(&server)
-        .await;
-    let (c, _) = client(&server.uri());
-    let first = c
-        .send(Method::DELETE, &target(), None, RetryPolicy::Idempotent)
-        .await
-        .unwrap();
-    let e = c.wait(first, None).await.unwrap_err();
-    assert_eq!(e.category, FailureCategory::Quota);
-    assert_eq!(e.code.as_deref(), Some("QuotaExceeded"));
-    assert!(e.message.contains("approved quota"), "{e}");
-}
-
-#[tokio::test]
-async fn a_location_is_polled_while_it_answers_202() {
-    let server = MockServer::start().await;
-    Mock::given(method("DELETE"))
-        .respond_with(ResponseTemplate::new(202).insert_header(
-            "Location",
-            "https://management.azure.com/ops/loc1?api-version=1",
-        ))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/ops/loc1"))
-        .respond_with(ResponseTemplate::new(202).insert_header("Retry-After", "3"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/ops/loc1"))
-        .respond_with(ResponseTemplate::new(204))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let (c, pauses) = client(&server.uri());
-    let first = c
-        .send(Method::DELETE, &target(), None, RetryPolicy::Idempotent)
-        .await
-        .unwrap();
-    let last = c.wait(first, None).await.unwrap();
-    assert_eq!(last.status, 204);
-    // No Retry-After on the 202: the default poll interval, then the 3 s asked for.
-    assert_eq!(
-        pauses.taken(),
-        vec![Duration::from_secs(10), Duration::from_secs(3)]
-    );
-}
-
-#[tokio::test]
-async fn an_operation_that_never_ends_is_given_up_at_the_deadline() {
-    let server = MockServer::start().await;
-    Mock::given(method("PUT"))
-        .respond_with(
-            ResponseTemplate::new(201).insert_header("Azure-AsyncOperation", "https://x/ops/slow"),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/ops/slow"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("Retry-After", "20")
-                .set_body_json(json!({"status": "InProgress"})),
-        )
-        .mount(&server)
-        .await;
-    let (c, pauses) = client_with(ArmOptions {
-        lro_deadline: Duration::from_secs(60),
-        ..options(&server.uri())
-    });
-    let first = c
-        .send(
-            Method::PUT,
-            &target(),
-            Some(&json!({})),
-            RetryPolicy::Idempotent,
-        )
-        .await
-        .unwrap();
-    let e = c.wait(first, None).await.unwrap_err();
-    assert_eq!(e.category, FailureCategory::Transient);
-    assert!(e.message.contains("still running"), "{e}");
-    let total: Duration = pauses.taken().iter().sum();
-    assert!(total <= Duration::from_secs(60), "{total:?}");
-    assert!(total >= Duration::from_secs(40), "{total:?}");
 }
 
 #[tokio::test]

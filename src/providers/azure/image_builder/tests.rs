@@ -91,7 +91,7 @@ fn body() -> Value {
 }
 
 #[tokio::test]
-async fn a_new_template_is_created_tagged_with_its_hash_and_followed_to_the_end() {
+async fn a_new_template_is_created_tagged_with_its_hash_and_not_waited_for() {
     let server = MockServer::start().await;
     let op = "https://management.azure.com/subscriptions/s/providers/Microsoft.VirtualMachineImages/locations/westus/operations/op1?api-version=2025-10-01";
     Mock::given(method("PUT"))
@@ -104,18 +104,20 @@ async fn a_new_template_is_created_tagged_with_its_hash_and_followed_to_the_end(
         .expect(1)
         .mount(&server)
         .await;
+    // Provisioning takes minutes; the invocation does not follow it.
     Mock::given(method("GET"))
         .and(path(
             "/subscriptions/s/providers/Microsoft.VirtualMachineImages/locations/westus/operations/op1",
         ))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"status": "Succeeded"})))
-        .expect(1)
+        .expect(0)
         .mount(&server)
         .await;
-    builder(&server)
+    let status = builder(&server)
         .put_template("myImageTemplate", &body())
         .await
         .unwrap();
+    assert_eq!(status, TemplateStatus::Provisioning);
     let put = server
         .received_requests()
         .await
@@ -140,10 +142,11 @@ async fn a_template_already_there_with_the_same_body_is_adopted_without_a_put() 
         .expect(0)
         .mount(&server)
         .await;
-    builder(&server)
+    let status = builder(&server)
         .put_template("myImageTemplate", &body())
         .await
         .unwrap();
+    assert_eq!(status, TemplateStatus::NotRun);
 }
 
 #[tokio::test]
@@ -161,18 +164,11 @@ async fn a_template_already_there_with_another_body_is_refused() {
 
 #[tokio::test]
 async fn a_template_that_fails_provisioning_is_a_template_problem() {
+    // Refused at the PUT.
     let server = MockServer::start().await;
     Mock::given(method("PUT"))
-        .respond_with(
-            ResponseTemplate::new(201).insert_header("Azure-AsyncOperation", "https://x/ops/p"),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/ops/p"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "status": "Failed",
-            "error": {"code": "BadSharedImageDistribute", "message": "The gallery image definition does not exist"}
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": {"code": "InvalidParameter", "message": "stagingResourceGroup must be empty"}
         })))
         .mount(&server)
         .await;
@@ -181,7 +177,50 @@ async fn a_template_that_fails_provisioning_is_a_template_problem() {
         .await
         .unwrap_err();
     assert_eq!(e.category, FailureCategory::Validation, "{e}");
-    assert!(e.message.contains("does not exist"));
+    assert!(e.message.contains("must be empty"), "{e}");
+    // Refused while provisioning: the template reads Failed with AIB's code.
+    let server = MockServer::start().await;
+    let mut failed = template_fixture();
+    failed["properties"]["provisioningState"] = json!("Failed");
+    failed["properties"]["provisioningError"] = json!({
+        "provisioningErrorCode": "BadSharedImageDistribute",
+        "message": "The gallery image definition does not exist"
+    });
+    serve_template(&server, failed).await;
+    assert_eq!(
+        builder(&server).status("myImageTemplate").await.unwrap(),
+        TemplateStatus::ProvisioningFailed {
+            code: "BadSharedImageDistribute".into(),
+            message: "The gallery image definition does not exist".into(),
+        }
+    );
+    // And a run of it is refused with that category, without a POST.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let e = builder(&server).run("myImageTemplate").await.unwrap_err();
+    assert_eq!(e.category, FailureCategory::Validation, "{e}");
+}
+
+#[tokio::test]
+async fn a_template_still_creating_is_not_run_yet() {
+    let server = MockServer::start().await;
+    let mut creating = template_fixture();
+    creating["properties"]["provisioningState"] = json!("Creating");
+    serve_template(&server, creating).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let b = builder(&server);
+    assert_eq!(
+        b.status("myImageTemplate").await.unwrap(),
+        TemplateStatus::Provisioning
+    );
+    assert_eq!(b.run("myImageTemplate").await.unwrap(), RunStart::NotReady);
 }
 
 #[tokio::test]
@@ -197,7 +236,10 @@ async fn run_starts_a_template_once_and_leaves_one_that_ran_alone() {
         .expect(1)
         .mount(&server)
         .await;
-    builder(&server).run("myImageTemplate").await.unwrap();
+    assert_eq!(
+        builder(&server).run("myImageTemplate").await.unwrap(),
+        RunStart::Started
+    );
 
     let ran = MockServer::start().await;
     serve_template(&ran, with_last_run("Succeeded", "", "")).await;
@@ -210,7 +252,10 @@ async fn run_starts_a_template_once_and_leaves_one_that_ran_alone() {
 }
 
 #[tokio::test]
-async fn a_500_on_run_is_reported_and_not_retried() {
+async fn a_500_on_run_is_unconfirmed_and_not_retried() {
+    // A 5xx may come after AIB started the run: it is neither a failure
+    // (which would start a new attempt) nor retried (which could start a
+    // second run); the next poll reads lastRunStatus.
     let server = MockServer::start().await;
     serve_template(&server, template_fixture()).await;
     Mock::given(method("POST"))
@@ -222,8 +267,36 @@ async fn a_500_on_run_is_reported_and_not_retried() {
         .expect(1)
         .mount(&server)
         .await;
-    let e = builder(&server).run("myImageTemplate").await.unwrap_err();
-    assert_eq!(e.category, FailureCategory::Transient);
+    let started = builder(&server).run("myImageTemplate").await.unwrap();
+    assert!(
+        matches!(&started, RunStart::Unconfirmed { reason } if reason.contains("boom")),
+        "{started:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_answer_to_run_is_unconfirmed() {
+    // A server that never answers in time: the request may have landed.
+    let server = MockServer::start().await;
+    serve_template(&server, template_fixture()).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202).set_delay(std::time::Duration::from_secs(3)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let opts = crate::providers::azure::arm::ArmOptions {
+        timeout: std::time::Duration::from_millis(300),
+        ..crate::providers::azure::arm::testing::options(&server.uri())
+    };
+    let b = AzureImageBuilder::new(
+        crate::providers::azure::arm::testing::client_with(opts).0,
+        "s",
+        "myResourceGroup",
+    );
+    assert!(matches!(
+        b.run("myImageTemplate").await.unwrap(),
+        RunStart::Unconfirmed { .. }
+    ));
 }
 
 #[tokio::test]
@@ -295,7 +368,7 @@ async fn run_outputs_are_read_across_pages() {
 }
 
 #[tokio::test]
-async fn deleting_follows_location_and_a_missing_template_is_fine() {
+async fn deleting_is_started_not_waited_for_and_read_by_the_arm_contract() {
     let server = MockServer::start().await;
     Mock::given(method("DELETE"))
         .and(path(T))
@@ -309,12 +382,30 @@ async fn deleting_follows_location_and_a_missing_template_is_fine() {
     Mock::given(method("GET"))
         .and(path("/subscriptions/s/providers/Microsoft.VirtualMachineImages/locations/westus/operations/d1"))
         .respond_with(ResponseTemplate::new(200))
-        .expect(1)
+        .expect(0)
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path(T.replace("myImageTemplate", "sync")))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path(T.replace("myImageTemplate", "busy")))
+        .respond_with(ResponseTemplate::new(409).set_body_json(
+            json!({"error": {"code": "Conflict", "message": "the template is running"}}),
+        ))
         .mount(&server)
         .await;
     let b = builder(&server);
-    b.delete_template("myImageTemplate").await.unwrap();
-    b.delete_template("gone").await.unwrap();
+    assert_eq!(
+        b.delete_template("myImageTemplate").await.unwrap(),
+        Deletion::InProgress
+    );
+    assert_eq!(b.delete_template("sync").await.unwrap(), Deletion::Gone);
+    assert_eq!(b.delete_template("gone").await.unwrap(), Deletion::Gone);
+    let e = b.delete_template("busy").await.unwrap_err();
+    assert!(e.message.contains("running"), "{e}");
 }
 
 #[tokio::test]
