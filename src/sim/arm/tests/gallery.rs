@@ -28,9 +28,8 @@ async fn seed_versions(sim: &Sim, names: &[&str]) {
 #[tokio::test]
 async fn a_version_appears_at_distributing_and_replicates_region_by_region() {
     let sim = Sim::start().await;
-    let b = sim.builder();
-    b.put_template("t1", &template("1.2.0")).await.unwrap();
-    b.run("t1").await.unwrap();
+    sim.provisioned("t1", &template("1.2.0")).await;
+    sim.started("t1").await;
     sim.advance(23);
     assert!(sim
         .gallery()
@@ -113,7 +112,7 @@ async fn version_lists_page_through_next_link() {
 }
 
 #[tokio::test]
-async fn a_patch_changes_the_publishing_profile_and_tags_and_is_followed_to_the_end() {
+async fn a_patch_changes_the_publishing_profile_and_tags_as_an_operation() {
     let sim = Sim::start().await;
     seed_versions(&sim, &["1.0.0"]).await;
     let raw = sim
@@ -138,6 +137,9 @@ async fn a_patch_changes_the_publishing_profile_and_tags_and_is_followed_to_the_
         .update_version(DEF, v("1.0.0"), &update)
         .await
         .unwrap();
+    // kiln does not follow the update's operation; the sim applies it at
+    // once and reads Updating for 10 s.
+    sim.advance(1);
     let got = sim
         .gallery()
         .get_version(DEF, "1.0.0")
@@ -169,7 +171,16 @@ async fn a_delete_is_a_long_running_operation_and_a_second_one_finds_nothing() {
         .await
         .unwrap();
     assert_eq!(doc["properties"]["provisioningState"], "Deleting");
+    // kiln starts the deletion and does not wait for it.
     sim.gallery().delete_version(DEF, v("1.0.1")).await.unwrap();
+    let going = sim
+        .gallery()
+        .get_version(DEF, "1.0.1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(going.provisioning_state, "Deleting");
+    sim.advance(1);
     assert!(sim
         .gallery()
         .get_version(DEF, "1.0.1")
@@ -239,8 +250,8 @@ async fn marketplace_lists_come_from_seeded_image_lines() {
 async fn a_run_canceled_while_distributing_leaves_its_version_failed() {
     let sim = Sim::start().await;
     let b = sim.builder();
-    b.put_template("t1", &template("1.3.0")).await.unwrap();
-    b.run("t1").await.unwrap();
+    sim.provisioned("t1", &template("1.3.0")).await;
+    sim.started("t1").await;
     sim.advance(26);
     b.cancel("t1").await.unwrap();
     sim.advance(10);

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::{template, Sim, DEF, FACTOR, RG, SUB};
 use crate::domain::failure::FailureCategory;
-use crate::ports::{ImageBuilder, RunState, RunSubState, TemplateStatus};
+use crate::ports::{Deletion, ImageBuilder, RunStart, RunState, RunSubState, TemplateStatus};
 
 fn phase(s: &TemplateStatus) -> (RunState, Option<RunSubState>) {
     match s {
@@ -101,9 +101,9 @@ async fn arm_refuses_a_request_without_a_bearer_token_or_with_another_api_versio
 async fn a_run_moves_through_every_phase_and_leaves_its_gallery_version() {
     let sim = Sim::start().await;
     let b = sim.builder();
-    b.put_template("t1", &template("1.0.0")).await.unwrap();
+    sim.provisioned("t1", &template("1.0.0")).await;
     assert_eq!(b.status("t1").await.unwrap(), TemplateStatus::NotRun);
-    b.run("t1").await.unwrap();
+    sim.started("t1").await;
     let started = sim.clock_now();
     let mut seen = vec![];
     for minute in [0, 2, 10, 22, 24] {
@@ -191,10 +191,7 @@ async fn a_run_moves_through_every_phase_and_leaves_its_gallery_version() {
 #[tokio::test]
 async fn the_run_operation_stays_in_progress_for_the_whole_build() {
     let sim = Sim::start().await;
-    sim.builder()
-        .put_template("t1", &template("1.0.0"))
-        .await
-        .unwrap();
+    sim.provisioned("t1", &template("1.0.0")).await;
     let r = sim
         .call(Method::POST, &sim.template_path("t1", "/run"), None)
         .await;
@@ -215,24 +212,21 @@ async fn the_run_operation_stays_in_progress_for_the_whole_build() {
     let s: Value = sim.call(Method::GET, &op, None).await.json().await.unwrap();
     assert_eq!(s["status"], "Succeeded");
     // A second run while one is going is refused; kiln reads that as "running".
-    sim.builder()
-        .put_template("t2", &template("1.0.1"))
-        .await
-        .unwrap();
-    sim.builder().run("t2").await.unwrap();
+    sim.provisioned("t2", &template("1.0.1")).await;
+    sim.started("t2").await;
     let r = sim
         .call(Method::POST, &sim.template_path("t2", "/run"), None)
         .await;
     assert_eq!(r.status(), 409);
-    sim.builder().run("t2").await.unwrap();
+    sim.started("t2").await;
 }
 
 #[tokio::test]
 async fn a_canceled_run_goes_through_canceling_to_canceled() {
     let sim = Sim::start().await;
     let b = sim.builder();
-    b.put_template("t1", &template("1.0.0")).await.unwrap();
-    b.run("t1").await.unwrap();
+    sim.provisioned("t1", &template("1.0.0")).await;
+    sim.started("t1").await;
     sim.advance(5);
     b.cancel("t1").await.unwrap();
     assert_eq!(
@@ -254,8 +248,8 @@ async fn a_canceled_run_goes_through_canceling_to_canceled() {
 async fn deleting_a_running_template_is_refused_until_its_run_ends() {
     let sim = Sim::start().await;
     let b = sim.builder();
-    b.put_template("t1", &template("1.0.0")).await.unwrap();
-    b.run("t1").await.unwrap();
+    sim.provisioned("t1", &template("1.0.0")).await;
+    sim.started("t1").await;
     let r = sim
         .call(Method::DELETE, &sim.template_path("t1", ""), None)
         .await;
@@ -280,7 +274,9 @@ async fn deleting_a_running_template_is_refused_until_its_run_ends() {
         .await
         .unwrap();
     assert_eq!(s["status"], "InProgress");
-    b.delete_template("t1").await.unwrap();
+    assert_eq!(b.delete_template("t1").await.unwrap(), Deletion::InProgress);
+    assert_eq!(b.status("t1").await.unwrap(), TemplateStatus::Deleting);
+    sim.advance(1);
     let s: Value = sim
         .call(Method::GET, &location, None)
         .await
@@ -301,52 +297,49 @@ async fn deleting_a_running_template_is_refused_until_its_run_ends() {
 #[tokio::test]
 async fn an_invalid_template_ends_failed_with_an_image_builder_code() {
     let sim = Sim::start().await;
-    let mut body = template("1.0.0");
-    body["properties"]["stagingResourceGroup"] = json!("rg-not-an-id");
-    let e = sim.builder().put_template("bad", &body).await.unwrap_err();
-    // The category is kiln's reading; today it reads "subscription" in the
-    // message as "script" and says customizer. The wire carries the code.
-    assert_ne!(e.category, FailureCategory::Transient, "{e}");
-    assert!(
-        e.message.contains("BadStagingResourceGroup") && e.message.contains("stagingResourceGroup"),
-        "{e}"
-    );
-    let doc: Value = sim
-        .call(Method::GET, &sim.template_path("bad", ""), None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(doc["properties"]["provisioningState"], "Failed");
-    assert_eq!(
-        doc["properties"]["provisioningError"]["provisioningErrorCode"],
-        "BadStagingResourceGroup"
-    );
-
-    let mut body = template("1.0.0");
-    body["properties"]["distribute"] = json!([]);
-    let e = sim.builder().put_template("bad2", &body).await.unwrap_err();
-    assert_eq!(e.category, FailureCategory::Validation, "{e}");
-    assert!(e.message.contains("distribute"), "{e}");
-    let doc: Value = sim
-        .call(Method::GET, &sim.template_path("bad2", ""), None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        doc["properties"]["provisioningError"]["provisioningErrorCode"],
-        "InvalidParameter"
-    );
+    let b = sim.builder();
+    for (name, field, value, code) in [
+        (
+            "bad",
+            "stagingResourceGroup",
+            json!("rg-not-an-id"),
+            "BadStagingResourceGroup",
+        ),
+        ("bad2", "distribute", json!([]), "InvalidParameter"),
+    ] {
+        let mut body = template("1.0.0");
+        body["properties"][field] = value;
+        // Accepted first, as AIB does; the checks end the provisioning.
+        assert_eq!(
+            b.put_template(name, &body).await.unwrap(),
+            TemplateStatus::Provisioning
+        );
+        sim.advance(1);
+        let doc: Value = sim
+            .call(Method::GET, &sim.template_path(name, ""), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["properties"]["provisioningState"], "Failed");
+        assert_eq!(
+            doc["properties"]["provisioningError"]["provisioningErrorCode"],
+            code
+        );
+        let TemplateStatus::ProvisioningFailed { code: seen, .. } = b.status(name).await.unwrap()
+        else {
+            panic!("{name}: expected ProvisioningFailed");
+        };
+        assert_eq!(seen, code);
+        let e = b.run(name).await.unwrap_err();
+        assert_eq!(e.category, FailureCategory::Validation, "{e}");
+    }
 }
 
 #[tokio::test]
 async fn the_customization_log_grows_with_the_run_and_reads_from_an_offset() {
     let sim = Sim::start().await;
-    sim.builder()
-        .put_template("t1", &template("1.0.0"))
-        .await
-        .unwrap();
+    sim.provisioned("t1", &template("1.0.0")).await;
     let doc: Value = sim
         .call(Method::GET, &sim.template_path("t1", ""), None)
         .await
@@ -366,7 +359,7 @@ async fn the_customization_log_grows_with_the_run_and_reads_from_an_offset() {
         .await
         .unwrap();
     assert_eq!(list["value"], json!([]), "no storage before the first run");
-    sim.builder().run("t1").await.unwrap();
+    sim.started("t1").await;
     let list: Value = sim
         .call(Method::GET, &accounts, None)
         .await
@@ -444,6 +437,12 @@ async fn the_customization_log_grows_with_the_run_and_reads_from_an_offset() {
         .await
         .unwrap();
     assert_eq!(r.status(), 416);
+    // kiln's reader finds the same bytes through the staging group.
+    let b = sim.builder();
+    let tail = b.customization_log("t1", early.len() as u64).await.unwrap();
+    assert_eq!(tail.as_deref(), Some(&later[early.len()..]));
+    let none_new = b.customization_log("t1", later.len() as u64).await.unwrap();
+    assert_eq!(none_new, Some(vec![]));
     assert_eq!(sim.http.get(&log_url).send().await.unwrap().status(), 401);
 }
 
@@ -451,7 +450,7 @@ async fn the_customization_log_grows_with_the_run_and_reads_from_an_offset() {
 async fn deleting_the_template_removes_its_staging_group() {
     let sim = Sim::start().await;
     let b = sim.builder();
-    b.put_template("t1", &template("1.0.0")).await.unwrap();
+    sim.provisioned("t1", &template("1.0.0")).await;
     let doc: Value = sim
         .call(Method::GET, &sim.template_path("t1", ""), None)
         .await
@@ -462,9 +461,10 @@ async fn deleting_the_template_removes_its_staging_group() {
         .as_str()
         .unwrap()
         .to_string();
-    b.run("t1").await.unwrap();
+    sim.started("t1").await;
     sim.advance(30);
-    b.delete_template("t1").await.unwrap();
+    assert_eq!(b.delete_template("t1").await.unwrap(), Deletion::InProgress);
+    sim.advance(1);
     let r = sim
         .call(
             Method::GET,
@@ -510,8 +510,8 @@ async fn run_outputs_page_and_name_each_gallery_version_as_its_versioning_says()
             shared("from-source", &other, json!({"scheme": "Source"})),
         ]);
     let b = sim.builder();
-    b.put_template("t1", &body).await.unwrap();
-    b.run("t1").await.unwrap();
+    sim.provisioned("t1", &body).await;
+    sim.started("t1").await;
     sim.advance(31);
     let first: Value = sim
         .call(Method::GET, &sim.template_path("t1", "/runOutputs"), None)
@@ -563,8 +563,11 @@ async fn run_outputs_page_and_name_each_gallery_version_as_its_versioning_says()
 async fn putting_the_same_template_again_adopts_it_and_another_body_is_refused() {
     let sim = Sim::start().await;
     let b = sim.builder();
-    b.put_template("t1", &template("1.0.0")).await.unwrap();
-    b.put_template("t1", &template("1.0.0")).await.unwrap();
+    sim.provisioned("t1", &template("1.0.0")).await;
+    assert_eq!(
+        b.put_template("t1", &template("1.0.0")).await.unwrap(),
+        TemplateStatus::NotRun
+    );
     let e = b.put_template("t1", &template("1.0.1")).await.unwrap_err();
     assert!(e.message.contains("different body"), "{e}");
     // On the wire, a PUT over an existing template is a conflict.
@@ -607,9 +610,21 @@ async fn on_a_scaled_clock_a_thirty_minute_build_takes_its_wall_share() {
     );
     let b = AzureImageBuilder::new(arm, SUB, RG);
     let began = Instant::now();
-    b.put_template("t1", &template("1.0.0")).await.unwrap();
-    b.run("t1").await.unwrap();
     let deadline = began + Duration::from_secs(20);
+    assert_eq!(
+        b.put_template("t1", &template("1.0.0")).await.unwrap(),
+        TemplateStatus::Provisioning
+    );
+    // kiln asks again until provisioning (20 sim seconds: 11 ms here) is over.
+    loop {
+        match b.run("t1").await.unwrap() {
+            RunStart::Started => break,
+            RunStart::NotReady if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     let status = loop {
         let s = b.status("t1").await.unwrap();
         if matches!(&s, TemplateStatus::Run(r) if r.end_time.is_some()) || Instant::now() > deadline
@@ -622,11 +637,10 @@ async fn on_a_scaled_clock_a_thirty_minute_build_takes_its_wall_share() {
         panic!("{status:?}")
     };
     assert_eq!(r.run_state, RunState::Succeeded, "{r:?}");
-    // 30 sim minutes at 1800x is one wall second, after the PUT's
-    // one-second Retry-After (never less than 1).
+    // 30 sim minutes at 1800x is one wall second.
     let took = began.elapsed();
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
         "{took:?}"
     );
 }

@@ -1,8 +1,9 @@
 //! Contract tests: kiln's real Azure adapters are the client, the sim is
-//! served on a loopback listener. Sim time is a manual clock; the client's
-//! pauses (`Retry-After`, backoff) advance it by the wall time they stand
-//! for, so a kiln LRO wait moves the world as it would at the clock factor,
-//! and a test moves it further with [`Sim::advance`]. Nothing sleeps.
+//! served on a loopback listener. Sim time is a manual clock that a test
+//! moves with [`Sim::advance`]; the client's own pauses (retry backoff,
+//! `Retry-After`) advance it by the wall time they stand for at the clock
+//! factor, as they would move a scaled world. Nothing sleeps, except the one
+//! test that runs a scaled clock on the wall.
 
 mod faults;
 mod gallery;
@@ -17,7 +18,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
 use super::{router, ArmSimOptions, ArmWorld};
-use crate::ports::{ManualClock, ScaledClock};
+use crate::ports::{ImageBuilder, ManualClock, RunStart, ScaledClock, TemplateStatus};
 use crate::providers::azure::arm::{testing, ArmClient, ArmOptions, Pause};
 use crate::providers::azure::gallery::AzureGallery;
 use crate::providers::azure::identity::StaticToken;
@@ -158,6 +159,23 @@ impl Sim {
 
     pub async fn fault(&self, fault: Value) {
         self.control("faults", fault).await;
+    }
+
+    /// PUTs through kiln, which does not wait, and lets the sim's
+    /// provisioning finish: the template is then `NotRun`.
+    pub async fn provisioned(&self, name: &str, body: &Value) {
+        let b = self.builder();
+        assert_eq!(
+            b.put_template(name, body).await.unwrap(),
+            TemplateStatus::Provisioning
+        );
+        self.advance(1);
+        assert_eq!(b.status(name).await.unwrap(), TemplateStatus::NotRun);
+    }
+
+    /// Runs through kiln, which must see the run accepted.
+    pub async fn started(&self, name: &str) {
+        assert_eq!(self.builder().run(name).await.unwrap(), RunStart::Started);
     }
 
     /// The template's `lastRunStatus`, raw.
