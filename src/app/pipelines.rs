@@ -91,6 +91,8 @@ pub fn check_file(path: &Path, builder: Option<&dyn ImageBuilder>) -> FileCheck 
     match Pipeline::read(&name, &text) {
         Parsed::Valid(p) => {
             check.errors = provider_errors(&p.template);
+            // ARM's limits on the rendered body hold whichever provider runs it.
+            merge(&mut check.errors, crate::app::render::check_limits(&p));
             if check.errors.is_empty() {
                 check.pipeline = Some(*p);
             } else {

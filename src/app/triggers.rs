@@ -14,8 +14,10 @@ use crate::domain::events_in::{self, Inbound, InboundEvent};
 use crate::domain::pipeline::Pipeline;
 use crate::domain::request::BuildRequest;
 use crate::domain::schedule::Schedule;
+use crate::domain::source_watch::{self, Hint, Listed, Sighting, WatchMemory};
 use crate::domain::template::Source;
-use crate::domain::version_order;
+use crate::ports::BaseVersion;
+use crate::store::builds::PipelineMemory;
 
 fn request(pipeline: &str, trigger: Trigger, reason: String, by: &str) -> BuildRequest {
     BuildRequest {
@@ -98,10 +100,9 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
                 continue;
             }
         };
-        let Some(newest) = versions
-            .iter()
-            .max_by(|a, b| version_order::compare(&a.version, &b.version))
-        else {
+        let listed: Vec<Listed<'_>> = versions.iter().map(listed).collect();
+        let gallery_source = matches!(source, Source::SharedImageVersion { .. });
+        let Some(newest) = source_watch::newest(&listed, gallery_source) else {
             continue;
         };
         let warning = newest.deprecated.then(|| {
@@ -111,69 +112,25 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
                 newest.version
             )
         });
-        let debounce = Duration::minutes(i64::from(p.kiln.triggers.base_image.debounce_minutes));
-        let decision = app.store.update_memory(&p.name, |m| {
+        let version = newest.version.to_string();
+        let sighting = app.store.update_memory(&p.name, |m| {
             m.warnings.retain(|w| !w.starts_with("source "));
             m.warnings.extend(warning.clone());
-            match &m.source_requested {
-                None => {
-                    m.source_requested = Some(newest.version.clone());
-                    WatchDecision::Baseline
-                }
-                Some(done) if version_order::compare(&newest.version, done).is_le() => {
-                    WatchDecision::UpToDate
-                }
-                Some(_) => {
-                    if m.source_seen.as_deref() != Some(newest.version.as_str()) {
-                        m.source_seen = Some(newest.version.clone());
-                        m.source_seen_at = Some(now);
-                    }
-                    let seen_at = m.source_seen_at.unwrap_or(now);
-                    if now - seen_at >= debounce {
-                        // Recorded only once the request is durable (below).
-                        WatchDecision::Build
-                    } else {
-                        WatchDecision::Debouncing
-                    }
-                }
-            }
+            with_watch(m, |w| source_watch::sight(w, &version, now, debounce(p)))
         })?;
-        match decision {
-            WatchDecision::Baseline => out.log(format!(
-                "base_image_watch: {} baseline {} at {}",
+        match sighting {
+            Sighting::Baseline => out.log(format!(
+                "base_image_watch: {} baseline {} at {version}",
                 p.name,
                 source.line(),
-                newest.version
             )),
-            WatchDecision::UpToDate | WatchDecision::Debouncing => {}
-            WatchDecision::Build => {
-                let reason = format!("base image {} updated to {}", source.line(), newest.version);
-                enqueue(
-                    app,
-                    &request(
-                        &p.name,
-                        Trigger::BaseImage {
-                            version: newest.version.clone(),
-                        },
-                        reason,
-                        "kiln/base_image_watch",
-                    ),
-                )
-                .await?;
-                // After the enqueue: a crash in between repeats the request,
-                // which its key (`base:<pipeline>:<version>`) deduplicates.
-                app.store.update_memory(&p.name, |m| {
-                    let newer = m
-                        .source_requested
-                        .as_deref()
-                        .is_none_or(|d| version_order::compare(&newest.version, d).is_gt());
-                    if newer {
-                        m.source_requested = Some(newest.version.clone());
-                    }
-                })?;
+            Sighting::UpToDate { .. } | Sighting::Debouncing { .. } => {}
+            Sighting::Build => {
+                let reason = format!("base image {} updated to {version}", source.line());
+                request_base_build(app, p, &version, reason, "kiln/base_image_watch").await?;
                 out.log(format!(
-                    "base_image_watch: {} requested for {}",
-                    p.name, newest.version
+                    "base_image_watch: {} requested for {version}",
+                    p.name
                 ));
             }
         }
@@ -181,11 +138,51 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
     Ok(())
 }
 
-enum WatchDecision {
-    Baseline,
-    UpToDate,
-    Debouncing,
-    Build,
+fn listed(v: &BaseVersion) -> Listed<'_> {
+    Listed {
+        version: &v.version,
+        deprecated: v.deprecated,
+    }
+}
+
+fn debounce(p: &Pipeline) -> Duration {
+    Duration::minutes(i64::from(p.kiln.triggers.base_image.debounce_minutes))
+}
+
+/// Runs a watch decision on the pipeline memory's watch fields.
+fn with_watch<T>(m: &mut PipelineMemory, decide: impl FnOnce(&mut WatchMemory) -> T) -> T {
+    let mut w = WatchMemory {
+        requested: m.source_requested.take(),
+        seen: m.source_seen.take(),
+        seen_at: m.source_seen_at.take(),
+    };
+    let out = decide(&mut w);
+    m.source_requested = w.requested;
+    m.source_seen = w.seen;
+    m.source_seen_at = w.seen_at;
+    out
+}
+
+/// Requests a base-image build of `version`, then records it as requested.
+/// The watcher and events both come through here, so both use the request
+/// key `base:<pipeline>:<version>`: whichever is first builds, the other
+/// finds the build. The record comes after the enqueue, so a crash in
+/// between repeats the request, which the key deduplicates.
+async fn request_base_build(
+    app: &App,
+    p: &Pipeline,
+    version: &str,
+    reason: String,
+    by: &str,
+) -> anyhow::Result<()> {
+    let trigger = Trigger::BaseImage {
+        version: version.to_string(),
+    };
+    enqueue(app, &request(&p.name, trigger, reason, by)).await?;
+    app.store.update_memory(&p.name, |m| {
+        with_watch(m, |w| source_watch::record_requested(w, version))
+    })?;
+    Ok(())
 }
 
 fn follows(p: &Pipeline, line: &str) -> bool {
@@ -221,50 +218,109 @@ pub async fn base_image_events(
         Inbound::Events(events) => events,
     };
     let mut requested = Vec::new();
+    let mut held = Vec::new();
     for ev in events {
-        let (line, version, origin) = match ev {
-            InboundEvent::BaseImageUpdated { id, line, version } => (line, version, id),
+        match ev {
+            InboundEvent::BaseImageUpdated { id, line, version } => {
+                // kiln's own event is the sender's word that `version` is
+                // new (it holds the events key): requested as it says.
+                for p in app.pipelines.iter().filter(|p| follows(p, &line)) {
+                    let reason = format!("event {id}: {line} has version {version}");
+                    request_base_build(app, p, &version, reason, "kiln/base_image_events").await?;
+                    requested.push(json!({ "pipeline": p.name, "version": version }));
+                }
+            }
             InboundEvent::GalleryVersionWritten {
                 id,
                 definition_id,
                 version,
-            } => (definition_id, version, id),
+            } => {
+                for p in app.pipelines.iter().filter(|p| follows(p, &definition_id)) {
+                    match gallery_write(app, p, &id, &definition_id, &version).await? {
+                        WriteOutcome::Requested => {
+                            requested.push(json!({ "pipeline": p.name, "version": version }))
+                        }
+                        WriteOutcome::Held(why) => {
+                            out.log(format!(
+                                "base_image_events: event {id}: {} not requested for {version}: {why}",
+                                p.name
+                            ));
+                            held.push(
+                                json!({ "pipeline": p.name, "version": version, "reason": why }),
+                            );
+                        }
+                    }
+                }
+            }
             InboundEvent::Ignored { id, event_type } => {
                 out.log(format!(
                     "base_image_events: event {id} of type {event_type} ignored"
                 ));
-                continue;
             }
-        };
-        for p in app.pipelines.iter().filter(|p| follows(p, &line)) {
-            let reason = format!("event {origin}: {line} has version {version}");
-            enqueue(
-                app,
-                &request(
-                    &p.name,
-                    Trigger::BaseImage {
-                        version: version.clone(),
-                    },
-                    reason,
-                    "kiln/base_image_events",
-                ),
-            )
-            .await?;
-            app.store.update_memory(&p.name, |m| {
-                let newer = m
-                    .source_requested
-                    .as_deref()
-                    .is_none_or(|d| version_order::compare(&version, d).is_gt());
-                if newer {
-                    m.source_requested = Some(version.clone());
-                }
-            })?;
-            requested.push(json!({ "pipeline": p.name, "version": version }));
         }
     }
     out.log(format!(
         "base_image_events: {} build requests",
         requested.len()
     ));
-    Ok(Ok(json!({ "requested": requested })))
+    Ok(Ok(json!({ "requested": requested, "held": held })))
+}
+
+/// What a gallery write did for one pipeline.
+enum WriteOutcome {
+    Requested,
+    /// Nothing requested, and why.
+    Held(String),
+}
+
+/// A write on a parent gallery version, for one pipeline following it. The
+/// event is only a hint: the version is read again through the catalog and
+/// must be provisioned, not excluded from latest, the newest, and newer than
+/// what the pipeline last requested; then it goes through the watcher's own
+/// debounce.
+async fn gallery_write(
+    app: &App,
+    p: &Pipeline,
+    event: &str,
+    definition_id: &str,
+    version: &str,
+) -> anyhow::Result<WriteOutcome> {
+    use WriteOutcome::Held;
+    let source = &p.template.properties.source;
+    let versions = match app.catalog.versions(source).await {
+        Ok(v) => v,
+        // The watcher lists the source again on its next tick.
+        Err(e) => {
+            return Ok(Held(format!(
+                "cannot list versions of {definition_id}: {e}"
+            )))
+        }
+    };
+    let listed: Vec<Listed<'_>> = versions.iter().map(listed).collect();
+    let now = app.clock.now();
+    let hint = app.store.update_memory(&p.name, |m| {
+        with_watch(m, |w| {
+            source_watch::hint(w, version, &listed, now, debounce(p))
+        })
+    })?;
+    Ok(match hint {
+        Hint::NotProvisioned => {
+            Held("not a provisioned version `latest` can resolve to (yet)".into())
+        }
+        Hint::NotEligible => Held("excluded from latest or past its end of life".into()),
+        Hint::Superseded { newest } => Held(format!("older than {newest}")),
+        Hint::Sighted(Sighting::Baseline) => Held("recorded as the baseline".into()),
+        Hint::Sighted(Sighting::UpToDate { requested }) => {
+            Held(format!("not newer than {requested}, already requested"))
+        }
+        Hint::Sighted(Sighting::Debouncing { due, .. }) => Held(format!(
+            "debouncing until {}",
+            due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )),
+        Hint::Sighted(Sighting::Build) => {
+            let reason = format!("event {event}: {definition_id} has version {version}");
+            request_base_build(app, p, version, reason, "kiln/base_image_events").await?;
+            WriteOutcome::Requested
+        }
+    })
 }

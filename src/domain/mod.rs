@@ -12,6 +12,7 @@ pub mod request;
 pub mod retention;
 pub mod run;
 pub mod schedule;
+pub mod source_watch;
 pub mod template;
 pub mod version;
 pub mod version_order;

@@ -196,6 +196,27 @@ pub fn requirements<'a>(
                 "Resource Graph shows retention only the consumers it can read",
             ));
         }
+        // The inventory maps shared and community gallery references back
+        // through the galleries Resource Graph shows, and refuses to count a
+        // listed subscription it cannot read.
+        for (action, why) in [
+            (
+                "Microsoft.Compute/galleries/read",
+                "map shared and community gallery references back to galleries",
+            ),
+            (
+                "Microsoft.Resources/subscriptions/read",
+                "check that each inventory subscription is readable",
+            ),
+        ] {
+            out.insert(kiln(
+                &format!("/subscriptions/{sub}"),
+                Plane::Control,
+                action,
+                READER,
+                why,
+            ));
+        }
     }
     for p in pipelines {
         for target in p.gallery_targets() {

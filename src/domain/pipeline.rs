@@ -353,6 +353,15 @@ impl Pipeline {
     }
 }
 
+/// Why a fixed `stagingResourceGroup` cannot work with kiln. Deriving one per
+/// build would mean kiln creates resource groups and grants the build
+/// identity Contributor on each, so the field is refused instead.
+const STAGING_RG_REFUSED: &str = "must be empty (or absent): kiln runs concurrent builds and \
+a new image template for every attempt, and Image Builder needs its staging resource group \
+empty and used by one template at a time, so a fixed group fails the next build or attempt \
+as a validation error; remove the field and Image Builder creates and deletes a group for \
+each template";
+
 /// The checks serde cannot express, over whatever parts of the template parsed.
 fn check_template(t: &read::TemplateParts) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -370,6 +379,11 @@ fn check_template(t: &read::TemplateParts) -> Vec<FieldError> {
                 "properties.buildTimeoutInMinutes",
                 format!("expected 0..=960 minutes, got {m}"),
             ));
+        }
+    }
+    if let Some(rg) = t.staging_resource_group.as_deref() {
+        if !rg.trim().is_empty() {
+            errors.push(field("properties.stagingResourceGroup", STAGING_RG_REFUSED));
         }
     }
     errors.extend(check_distribute(&t.distribute));
@@ -570,6 +584,26 @@ mod tests {
         let text = TINY.replace(r#""inline": ["echo hi > /etc/hello"]"#, r#""name2": 1"#);
         let errs = Pipeline::parse("tiny", &text).unwrap_err();
         assert_eq!(errs[0].path, "properties.customize[0]");
+    }
+
+    #[test]
+    fn a_fixed_staging_resource_group_is_refused_with_why_and_what_to_do() {
+        let text = TINY.replace(
+            r#""futureField""#,
+            r#""stagingResourceGroup": "/subscriptions/s/resourceGroups/rg-aib-staging", "futureField""#,
+        );
+        let errs = Pipeline::parse("tiny", &text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "properties.stagingResourceGroup");
+        for part in ["concurrent", "attempt", "remove"] {
+            assert!(errs[0].message.contains(part), "{}", errs[0].message);
+        }
+        // Empty is what AIB documents as "create one for this template".
+        let text = TINY.replace(
+            r#""futureField""#,
+            r#""stagingResourceGroup": "", "futureField""#,
+        );
+        assert!(Pipeline::parse("tiny", &text).is_ok());
     }
 
     #[test]

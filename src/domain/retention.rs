@@ -667,6 +667,12 @@ impl Planner {
                 Err(_) => latest_referenced = true,
             }
         }
+        // A shared or community reference kiln could not map to a gallery
+        // names only the definition: all of its versions stay.
+        if in_use.uses_by_name(definition) {
+            self.in_use.extend(self.facts.iter().map(|f| f.version));
+            latest_referenced = true;
+        }
         self.in_use.sort_unstable();
         latest_referenced
     }

@@ -9,6 +9,33 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The tags kiln sets on every image template it submits, on top of the
+/// template's own (`app::render`, and the Azure adapter's body hash). ARM
+/// allows 50 tags per resource, so these count against the template's.
+pub const KILN_TEMPLATE_TAGS: [&str; 11] = [
+    "kiln.pipeline",
+    "kiln.build",
+    "kiln.attempt",
+    "kiln.version",
+    "kiln.templateHash",
+    "kiln.network",
+    "kiln.stepTimeoutMinutes",
+    "kiln.bootTest.check",
+    "kiln.bootTest.expect",
+    "kiln.bootTest.timeoutSeconds",
+    "kiln.bodyHash",
+];
+
+/// The lineage tags kiln sets on every distributor's `artifactTags` (the
+/// gallery version's tags), besides the promotion policy's own.
+pub const KILN_ARTIFACT_TAGS: [&str; 5] = [
+    "kiln.pipeline",
+    "kiln.build",
+    "kiln.source",
+    "kiln.sourceVersion",
+    "kiln.templateHash",
+];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageTemplate {

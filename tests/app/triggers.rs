@@ -398,3 +398,192 @@ async fn two_instances_firing_together_make_one_build_per_cycle() {
         json!({"kind": "schedule", "cycle": "2027-01"})
     );
 }
+
+/// A parent gallery as Azure's base catalog reports it: the versions
+/// `latest` can resolve to (provisioned, not excluded from latest).
+#[derive(Default)]
+struct ParentGallery(std::sync::Mutex<Vec<(String, &'static str, bool)>>);
+
+impl ParentGallery {
+    /// Sets a version's provisioning state and `excludeFromLatest`.
+    fn set(&self, version: &str, state: &'static str, excluded: bool) {
+        let mut v = self.0.lock().unwrap();
+        v.retain(|(n, ..)| n != version);
+        v.push((version.to_string(), state, excluded));
+    }
+}
+
+#[async_trait::async_trait]
+impl kiln::ports::BaseCatalog for ParentGallery {
+    async fn versions(
+        &self,
+        _source: &kiln::domain::template::Source,
+    ) -> anyhow::Result<Vec<kiln::ports::BaseVersion>> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, state, excluded)| *state == "Succeeded" && !excluded)
+            .map(|(v, ..)| kiln::ports::BaseVersion {
+                version: v.clone(),
+                deprecated: false,
+            })
+            .collect())
+    }
+}
+
+const PARENT: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/corpGallery/images/ubuntu-2404-base";
+
+/// A child pipeline on the parent's `latest`, with a debounce of `debounce` minutes.
+fn child(debounce: u32) -> (String, Value) {
+    let (name, mut doc) = tiny(
+        "child",
+        json!({"triggers": {"baseImage": {"enabled": true, "debounceMinutes": debounce}}}),
+    );
+    doc["properties"]["source"] = json!({"type": "SharedImageVersion", "imageVersionId": format!("{PARENT}/versions/latest")});
+    (name, doc)
+}
+
+/// Resource Manager's `ResourceWriteSuccess` for a `method` on a parent version.
+fn parent_written(event: &str, version: &str, method: &str) -> String {
+    let mut body: Value =
+        serde_json::from_str(&fixture("eventgrid-resource-write-gallery-version.json")).unwrap();
+    let uri = format!("{PARENT}/versions/{version}");
+    body[0]["id"] = json!(event);
+    body[0]["subject"] = json!(uri);
+    body[0]["data"]["resourceUri"] = json!(uri);
+    body[0]["data"]["httpRequest"]["method"] = json!(method);
+    body.to_string()
+}
+
+/// The runtime with the parent gallery as its base catalog.
+async fn child_runtime(
+    dir: &std::path::Path,
+    debounce: u32,
+    clock: Option<Arc<dyn Clock>>,
+) -> (LocalRuntime, App, Arc<ParentGallery>) {
+    let opts = Options {
+        pipelines: vec![child(debounce)],
+        clock,
+        ..Options::default()
+    };
+    let rt = runtime(dir, &opts).await;
+    let parent = Arc::new(ParentGallery::default());
+    let app = App {
+        catalog: parent.clone(),
+        ..rt.app.clone()
+    };
+    (rt, app, parent)
+}
+
+async fn deliver(app: &App, body: String) -> Value {
+    let (status, v) = post(app, "/api/events/base-image", &[], body).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+fn child_builds(app: &App) -> Vec<Value> {
+    builds_by_pipeline(app).remove("child").unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_old_unfinished_or_excluded_parent_versions_start_no_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, app, parent) = child_runtime(dir.path(), 0, None).await;
+    parent.set("1.0.0", "Succeeded", false);
+    parent.set("1.0.1", "Succeeded", false);
+    tick(&app, FunctionName::BaseImageWatch).await; // baseline 1.0.1
+    let requested = || {
+        rt.app
+            .store
+            .runtime("child")
+            .unwrap()
+            .memory
+            .source_requested
+    };
+    assert_eq!(requested().as_deref(), Some("1.0.1"));
+
+    // A PATCH of an older version (tags, replication regions…).
+    let v = deliver(&app, parent_written("old", "1.0.0", "PATCH")).await;
+    assert_eq!(v["requested"], json!([]), "{v}");
+    // kiln's own retention deprecates an old version: excludeFromLatest and end of life.
+    parent.set("1.0.0", "Succeeded", true);
+    let v = deliver(&app, parent_written("retention", "1.0.0", "PATCH")).await;
+    assert_eq!(v["requested"], json!([]), "{v}");
+    // A new version is written but still Creating.
+    parent.set("1.1.0", "Creating", false);
+    let v = deliver(&app, parent_written("creating", "1.1.0", "PUT")).await;
+    assert_eq!(v["requested"], json!([]), "{v}");
+    // A newer version published excluded from latest.
+    parent.set("1.2.0", "Succeeded", true);
+    let v = deliver(&app, parent_written("excluded", "1.2.0", "PUT")).await;
+    assert_eq!(v["requested"], json!([]), "{v}");
+    drain_requests(&rt, chrono::Utc::now()).await;
+    assert_eq!(child_builds(&app), Vec::<Value>::new());
+    assert_eq!(
+        requested().as_deref(),
+        Some("1.0.1"),
+        "no event moved the baseline"
+    );
+
+    // Once 1.1.0 has provisioned, the watcher builds it: no event blocked it.
+    parent.set("1.1.0", "Succeeded", false);
+    tick(&app, FunctionName::BaseImageWatch).await;
+    drain_requests(&rt, chrono::Utc::now()).await;
+    let builds = child_builds(&app);
+    assert_eq!(builds.len(), 1, "{builds:#?}");
+    assert_eq!(
+        builds[0]["trigger"],
+        json!({"kind": "baseImage", "version": "1.1.0"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_succeeded_parent_version_builds_once_and_the_watcher_sees_it_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, app, parent) = child_runtime(dir.path(), 0, None).await;
+    parent.set("1.0.0", "Succeeded", false);
+    tick(&app, FunctionName::BaseImageWatch).await; // baseline
+    parent.set("1.1.0", "Succeeded", false);
+    let v = deliver(&app, parent_written("new", "1.1.0", "PUT")).await;
+    assert_eq!(
+        v["requested"],
+        json!([{"pipeline": "child", "version": "1.1.0"}])
+    );
+    // Event Grid delivers at least once; a later PATCH of the same version too.
+    deliver(&app, parent_written("new", "1.1.0", "PUT")).await;
+    deliver(&app, parent_written("tags", "1.1.0", "PATCH")).await;
+    tick(&app, FunctionName::BaseImageWatch).await;
+    drain_requests(&rt, chrono::Utc::now()).await;
+    let builds = child_builds(&app);
+    assert_eq!(builds.len(), 1, "{builds:#?}");
+    assert_eq!(builds[0]["sourceVersion"], "1.1.0");
+    let memory = rt.app.store.runtime("child").unwrap().memory;
+    assert_eq!(memory.source_requested.as_deref(), Some("1.1.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_starts_the_debounce_and_the_watcher_builds_when_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap(),
+    ));
+    let (rt, app, parent) = child_runtime(dir.path(), 30, Some(clock.clone())).await;
+    parent.set("1.0.0", "Succeeded", false);
+    tick(&app, FunctionName::BaseImageWatch).await; // baseline
+    parent.set("1.1.0", "Succeeded", false);
+    let v = deliver(&app, parent_written("new", "1.1.0", "PUT")).await;
+    assert_eq!(v["requested"], json!([]), "debouncing: {v}");
+    clock.set(Utc.with_ymd_and_hms(2026, 12, 1, 10, 29, 0).unwrap());
+    tick(&app, FunctionName::BaseImageWatch).await;
+    drain_requests(&rt, clock.now()).await;
+    assert_eq!(child_builds(&app), Vec::<Value>::new());
+    // The window started with the event, not with the watcher's first look.
+    clock.set(Utc.with_ymd_and_hms(2026, 12, 1, 10, 30, 0).unwrap());
+    tick(&app, FunctionName::BaseImageWatch).await;
+    let v = deliver(&app, parent_written("again", "1.1.0", "PATCH")).await;
+    assert_eq!(v["requested"], json!([]), "already requested: {v}");
+    drain_requests(&rt, clock.now()).await;
+    assert_eq!(child_builds(&app).len(), 1);
+}

@@ -200,6 +200,26 @@ fn a_reference_to_versions_latest_counts_as_a_reference_to_the_definition() {
 }
 
 #[test]
+fn an_unmapped_shared_gallery_reference_keeps_every_version_of_that_definition_name() {
+    use crate::domain::gallery::{GalleryNames, ImageReference};
+    let versions = [ver("1.0.2", 30), ver("1.0.1", 30), ver("1.0.0", 30)];
+    let name = DEF.rsplit('/').next().unwrap();
+    let shared = format!("/SharedGalleries/unknown-gallery/Images/{name}/Versions/1.0.0");
+    let mut in_use = InUseSet::default();
+    in_use.add_image_reference(
+        &ImageReference {
+            shared_gallery_image_id: Some(&shared),
+            ..ImageReference::default()
+        },
+        &GalleryNames::default(),
+    );
+    let p = run(&versions, &policy(0, 7), &in_use);
+    for v in ["1.0.2", "1.0.1", "1.0.0"] {
+        assert_eq!(action(&p, v), Action::Keep, "{v}");
+    }
+}
+
+#[test]
 fn a_pinned_version_is_kept_whatever_the_tag_value() {
     let versions = [
         ver("1.0.3", 30),

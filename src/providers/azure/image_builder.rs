@@ -277,11 +277,12 @@ impl ImageBuilder for AzureImageBuilder {
         }
     }
 
-    /// Nothing beyond the domain's checks: what AIB requires of every
-    /// template (a user-assigned identity among them) is checked when the
-    /// pipeline is read, whichever provider builds it.
-    fn check(&self, _template: &ImageTemplate) -> Vec<FieldError> {
-        vec![]
+    /// ARM's tag, name and size limits (`limits.rs`), before anything is
+    /// sent. What AIB requires of every template (a user-assigned identity
+    /// among them) is checked when the pipeline is read, whichever provider
+    /// builds it.
+    fn check(&self, template: &ImageTemplate) -> Vec<FieldError> {
+        super::limits::check_template(template)
     }
 }
 

@@ -14,6 +14,7 @@ pub mod error;
 pub mod gallery;
 pub mod identity;
 pub mod image_builder;
+pub mod limits;
 pub mod marketplace;
 pub mod preflight;
 pub mod resource_graph;

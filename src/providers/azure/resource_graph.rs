@@ -3,11 +3,25 @@
 //! Retention must never delete an image a consumer still references, so the
 //! answer here is all or nothing: every page is read to the end, and a
 //! truncated answer, a scope Resource Graph skipped, a row count that falls
-//! short of `totalRecords`, or any failed page is an error, never a smaller set.
+//! short of `totalRecords`, a listed subscription the identity cannot read,
+//! or any failed page is an error, never a smaller set.
 //!
-//! Two queries, because VM scale set instances live in their own table:
-//! `Resources` holds VMs and scale set models; `ComputeResources` holds the
-//! scale set instances, which can still run an older model's image.
+//! Three queries, kept to the subset `<Table> | where type in~ (…) | project
+//! col, name = path.to.field, …` (the filtering is done here, in Rust):
+//!
+//! - `Resources`: VMs (VM scale set Flex members among them: ordinary VMs
+//!   with `properties.virtualMachineScaleSet.id`) and scale set models;
+//! - `ComputeResources`: scale set instances, which can still run an older
+//!   model's image (all of them are read: an instance on the latest model
+//!   may still run the version `latest` meant when it was made);
+//! - `Resources`: galleries, for their `identifier.uniqueName` and community
+//!   `publicNames`, which map `/SharedGalleries/…` and
+//!   `/CommunityGalleries/…` references back to gallery ids. A reference to a
+//!   gallery this query does not see (another tenant's, or outside the
+//!   inventory's subscriptions) counts its definition name as in use.
+//!
+//! Every `imageReference` projects `id`, `exactVersion`,
+//! `sharedGalleryImageId` and `communityGalleryImageId`, nothing more.
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -15,30 +29,74 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::arm::{ArmClient, RetryPolicy};
+use crate::domain::gallery::{GalleryNames, ImageReference};
 use crate::ports::{InUseSet, Inventory};
 
 pub const API_VERSION: &str = "2024-04-01";
+/// Subscriptions (Microsoft.Resources), to check that each listed one is readable.
+pub const SUBSCRIPTIONS_API_VERSION: &str = "2022-12-01";
 const PATH: &str = "/providers/Microsoft.ResourceGraph/resources";
 /// Resource Graph's largest page.
 const PAGE_SIZE: u32 = 1000;
 /// A bound on paging, far above any real estate, so a service bug cannot loop forever.
 const MAX_PAGES: usize = 10_000;
 
-/// VMs and scale set models referencing a gallery image.
+/// VMs (Flex members included) and scale set models: their image references.
 pub const MODELS_QUERY: &str = "Resources \
-| where type =~ 'microsoft.compute/virtualmachines' or type =~ 'microsoft.compute/virtualmachinescalesets' \
-| extend imageId = tostring(iff(type =~ 'microsoft.compute/virtualmachines', \
-    properties.storageProfile.imageReference.id, \
-    properties.virtualMachineProfile.storageProfile.imageReference.id)) \
-| where imageId contains '/galleries/' \
-| project id, imageId";
+| where type in~ ('microsoft.compute/virtualmachines', 'microsoft.compute/virtualmachinescalesets') \
+| project id, scaleSetId = properties.virtualMachineScaleSet.id, \
+imageId = properties.storageProfile.imageReference.id, \
+exactVersion = properties.storageProfile.imageReference.exactVersion, \
+sharedGalleryImageId = properties.storageProfile.imageReference.sharedGalleryImageId, \
+communityGalleryImageId = properties.storageProfile.imageReference.communityGalleryImageId, \
+modelImageId = properties.virtualMachineProfile.storageProfile.imageReference.id, \
+modelExactVersion = properties.virtualMachineProfile.storageProfile.imageReference.exactVersion, \
+modelSharedGalleryImageId = properties.virtualMachineProfile.storageProfile.imageReference.sharedGalleryImageId, \
+modelCommunityGalleryImageId = properties.virtualMachineProfile.storageProfile.imageReference.communityGalleryImageId";
 
-/// Scale set instances referencing a gallery image.
+/// Scale set instances: their image references.
 pub const INSTANCES_QUERY: &str = "ComputeResources \
 | where type =~ 'microsoft.compute/virtualmachinescalesets/virtualmachines' \
-| extend imageId = tostring(properties.storageProfile.imageReference.id) \
-| where imageId contains '/galleries/' \
-| project id, imageId";
+| project id, \
+imageId = properties.storageProfile.imageReference.id, \
+exactVersion = properties.storageProfile.imageReference.exactVersion, \
+sharedGalleryImageId = properties.storageProfile.imageReference.sharedGalleryImageId, \
+communityGalleryImageId = properties.storageProfile.imageReference.communityGalleryImageId";
+
+/// Galleries: the names shared and community references use.
+pub const GALLERIES_QUERY: &str = "Resources \
+| where type =~ 'microsoft.compute/galleries' \
+| project id, uniqueName = properties.identifier.uniqueName, \
+publicNames = properties.sharingProfile.communityGalleryInfo.publicNames";
+
+/// The image reference columns of a VM (or instance) row, and of a scale set model row.
+const VM_COLUMNS: [&str; 4] = [
+    "imageId",
+    "exactVersion",
+    "sharedGalleryImageId",
+    "communityGalleryImageId",
+];
+const MODEL_COLUMNS: [&str; 4] = [
+    "modelImageId",
+    "modelExactVersion",
+    "modelSharedGalleryImageId",
+    "modelCommunityGalleryImageId",
+];
+
+/// A row's image reference under `columns` (a missing path projects null).
+fn reference<'a>(row: &'a Value, columns: [&str; 4]) -> ImageReference<'a> {
+    let col = |name: &str| {
+        row.get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    };
+    ImageReference {
+        id: col(columns[0]),
+        exact_version: col(columns[1]),
+        shared_gallery_image_id: col(columns[2]),
+        community_gallery_image_id: col(columns[3]),
+    }
+}
 
 pub struct AzureInventory {
     arm: ArmClient,
@@ -122,9 +180,50 @@ impl AzureInventory {
     }
 }
 
+impl AzureInventory {
+    /// Each listed subscription must be readable: Resource Graph leaves out
+    /// a subscription the identity cannot read instead of failing, and its
+    /// consumers would then look like none.
+    async fn check_subscriptions(&self) -> anyhow::Result<()> {
+        for sub in &self.subscriptions {
+            let target = format!("/subscriptions/{sub}?api-version={SUBSCRIPTIONS_API_VERSION}");
+            self.arm
+                .send(Method::GET, &target, None, RetryPolicy::Idempotent)
+                .await
+                .and_then(|r| r.ok())
+                .with_context(|| {
+                    format!("subscription {sub} in KILN_AZURE_INVENTORY_SUBSCRIPTIONS cannot be read, so its VMs and scale sets cannot be seen; give the app's identity Reader on it or remove it from the list")
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn gallery_names(&self) -> anyhow::Result<GalleryNames> {
+        let mut names = GalleryNames::default();
+        let rows = self
+            .rows(GALLERIES_QUERY)
+            .await
+            .context("Cannot list the galleries' shared and community names")?;
+        for row in &rows {
+            let Some(id) = row.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let public: Vec<&str> = row
+                .get("publicNames")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            names.add(id, row.get("uniqueName").and_then(Value::as_str), &public);
+        }
+        Ok(names)
+    }
+}
+
 #[async_trait]
 impl Inventory for AzureInventory {
     async fn in_use(&self) -> anyhow::Result<InUseSet> {
+        self.check_subscriptions().await?;
+        let names = self.gallery_names().await?;
         let mut set = InUseSet::default();
         for (what, query) in [
             ("VMs and scale sets", MODELS_QUERY),
@@ -134,15 +233,16 @@ impl Inventory for AzureInventory {
                 .rows(query)
                 .await
                 .with_context(|| format!("Cannot list the images used by {what}"))?;
-            for row in rows {
-                if let Some(id) = row.get("imageId").and_then(Value::as_str) {
-                    set.add_reference(id);
-                }
+            for row in &rows {
+                // A VM's reference, or a scale set model's (`model…`).
+                set.add_image_reference(&reference(row, VM_COLUMNS), &names);
+                set.add_image_reference(&reference(row, MODEL_COLUMNS), &names);
             }
         }
         tracing::info!(
             versions = set.versions.len(),
             definitions = set.definitions.len(),
+            definition_names = set.definition_names.len(),
             "in-use gallery images read"
         );
         Ok(set)
@@ -157,6 +257,8 @@ mod tests {
     use super::*;
     use crate::providers::azure::arm::testing::client;
 
+    const GALLERY: &str =
+        "/subscriptions/s/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/corp";
     const DEF: &str = "/subscriptions/s/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/corp/images/ubuntu";
 
     /// The spec's first-page example with VM rows in place of its disks.
@@ -180,8 +282,14 @@ mod tests {
         p
     }
 
+    fn vm_id(n: u32) -> String {
+        format!(
+            "/subscriptions/s/resourceGroups/app/providers/Microsoft.Compute/virtualMachines/vm{n}"
+        )
+    }
+
     fn vm(n: u32, image: &str) -> Value {
-        json!({"id": format!("/subscriptions/s/resourceGroups/app/providers/Microsoft.Compute/virtualMachines/vm{n}"), "imageId": image})
+        json!({"id": vm_id(n), "imageId": image})
     }
 
     fn sent(r: &Request) -> Value {
@@ -190,16 +298,36 @@ mod tests {
 
     const FIRST_TOKEN: &str = "eyAibm8iOiAibHVjayIsICJidXQiOiAibmljZSIsICJ0cnkiOiAiISIgfQ==";
 
-    /// Models: two pages; instances: one page. `second` answers the second models page.
+    /// The gallery `corp`, shared directly and to the community.
+    fn galleries_page() -> Value {
+        last_page(
+            vec![json!({"id": GALLERY, "uniqueName": "s-CORP",
+                        "publicNames": ["corp-7f3e9a1c-5b2d-4e8f-a6c1-9d0b3e5f7a21"]})],
+            1,
+        )
+    }
+
+    /// Galleries: one page. Models: two pages, `second` answers the second.
+    /// Instances: one page. Subscriptions `s` and `s1` are readable.
     async fn graph(second: ResponseTemplate) -> MockServer {
         let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/subscriptions/s"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"id": "/subscriptions/s", "subscriptionId": "s", "state": "Enabled"}),
+            ))
+            .mount(&server)
+            .await;
         Mock::given(method("POST"))
             .and(path(PATH))
             .and(query_param("api-version", API_VERSION))
             .respond_with(move |r: &Request| {
                 let body = sent(r);
                 let query = body["query"].as_str().unwrap_or("");
-                if query.starts_with("ComputeResources") {
+                if query == GALLERIES_QUERY {
+                    return ResponseTemplate::new(200).set_body_json(galleries_page());
+                }
+                if query == INSTANCES_QUERY {
                     let row = json!({"id": "/subscriptions/s/resourceGroups/app/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/0",
                                      "imageId": format!("{DEF}/versions/1.0.1")});
                     return ResponseTemplate::new(200).set_body_json(last_page(vec![row], 1));
@@ -217,8 +345,17 @@ mod tests {
         server
     }
 
+    async fn queries(server: &MockServer) -> Vec<Value> {
+        let requests = server.received_requests().await.unwrap();
+        requests
+            .iter()
+            .filter(|r| r.method.as_str() == "POST")
+            .map(sent)
+            .collect()
+    }
+
     #[tokio::test]
-    async fn every_page_of_both_queries_is_read_into_the_in_use_set() {
+    async fn every_page_of_every_query_is_read_into_the_in_use_set() {
         let server = graph(
             ResponseTemplate::new(200)
                 .set_body_json(last_page(vec![vm(3, &DEF.to_uppercase())], 3)),
@@ -239,13 +376,91 @@ mod tests {
             vec![lower]
         );
 
-        let requests = server.received_requests().await.unwrap();
-        assert_eq!(requests.len(), 3);
-        let second = sent(&requests[1]);
+        let sent = queries(&server).await;
+        assert_eq!(sent.len(), 4, "galleries, two model pages, instances");
+        assert_eq!(sent[0]["query"], GALLERIES_QUERY);
+        let second = &sent[2];
         assert_eq!(second["options"]["$skipToken"], FIRST_TOKEN);
         assert_eq!(second["query"], MODELS_QUERY);
         assert_eq!(second["subscriptions"], json!(["s"]));
         assert_eq!(second["options"]["allowPartialScopes"], false);
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_image_reference_counts() {
+        let server = MockServer::start().await;
+        let models = vec![
+            // On latest: the definition, and the version it runs.
+            json!({"id": vm_id(1), "imageId": format!("{DEF}/versions/latest"), "exactVersion": "1.0.4"}),
+            // A VM scale set Flex member is an ordinary VM.
+            json!({"id": vm_id(2), "scaleSetId": "/subscriptions/s/resourceGroups/app/providers/Microsoft.Compute/virtualMachineScaleSets/flex",
+                   "imageId": format!("{DEF}/versions/1.0.2")}),
+            // A scale set model.
+            json!({"id": "/subscriptions/s/resourceGroups/app/providers/Microsoft.Compute/virtualMachineScaleSets/uniform",
+                   "modelImageId": format!("{DEF}/versions/1.0.3")}),
+            // Shared directly, by the gallery's unique name.
+            json!({"id": vm_id(3), "sharedGalleryImageId": "/SharedGalleries/s-corp/Images/ubuntu/Versions/1.0.5"}),
+            // Shared to the community, on latest.
+            json!({"id": vm_id(4), "communityGalleryImageId": "/CommunityGalleries/corp-7f3e9a1c-5b2d-4e8f-a6c1-9d0b3e5f7a21/Images/windows/Versions/latest",
+                   "exactVersion": "2.0.0"}),
+            // From a gallery kiln cannot map: its definition name is protected.
+            json!({"id": vm_id(5), "sharedGalleryImageId": "/SharedGalleries/other-TENANT/Images/rhel/Versions/9.0.0"}),
+            // A marketplace image: no gallery.
+            json!({"id": vm_id(6), "imageId": null}),
+        ];
+        let instance = json!({"id": "/subscriptions/s/resourceGroups/app/providers/Microsoft.Compute/virtualMachineScaleSets/uniform/virtualMachines/3",
+                              "imageId": format!("{DEF}/versions/latest"), "exactVersion": "1.0.1"});
+        Mock::given(method("POST"))
+            .and(path(PATH))
+            .respond_with(move |r: &Request| {
+                let page = match sent(r)["query"].as_str().unwrap() {
+                    q if q == GALLERIES_QUERY => galleries_page(),
+                    q if q == MODELS_QUERY => last_page(models.clone(), models.len() as u64),
+                    _ => last_page(vec![instance.clone()], 1),
+                };
+                ResponseTemplate::new(200).set_body_json(page)
+            })
+            .mount(&server)
+            .await;
+        let inv = AzureInventory::new(client(&server.uri()).0, vec![]);
+        let set = inv.in_use().await.unwrap();
+        let lower = DEF.to_ascii_lowercase();
+        let windows = format!("{}/images/windows", GALLERY.to_ascii_lowercase());
+        let mut want: Vec<String> = ["1.0.1", "1.0.2", "1.0.3", "1.0.4", "1.0.5"]
+            .iter()
+            .map(|v| format!("{lower}/versions/{v}"))
+            .collect();
+        want.push(format!("{windows}/versions/2.0.0"));
+        assert_eq!(set.versions.iter().cloned().collect::<Vec<_>>(), want);
+        assert_eq!(
+            set.definitions.iter().cloned().collect::<Vec<_>>(),
+            vec![lower, windows]
+        );
+        assert_eq!(
+            set.definition_names.iter().cloned().collect::<Vec<_>>(),
+            vec!["rhel".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listed_subscription_the_identity_cannot_read_fails_the_whole_answer() {
+        let server = graph(ResponseTemplate::new(200).set_body_json(last_page(vec![], 2))).await;
+        Mock::given(method("GET"))
+            .and(path("/subscriptions/s2"))
+            .respond_with(ResponseTemplate::new(403).set_body_json(json!({"error": {
+                "code": "AuthorizationFailed",
+                "message": "The client does not have authorization to perform action 'Microsoft.Resources/subscriptions/read' over scope '/subscriptions/s2'."
+            }})))
+            .mount(&server)
+            .await;
+        let inv = AzureInventory::new(client(&server.uri()).0, vec!["s".into(), "s2".into()]);
+        let e = format!("{:#}", inv.in_use().await.unwrap_err());
+        assert!(e.contains("subscription s2"), "{e}");
+        assert!(e.contains("KILN_AZURE_INVENTORY_SUBSCRIPTIONS"), "{e}");
+        assert!(
+            queries(&server).await.is_empty(),
+            "nothing is read from a partial scope"
+        );
     }
 
     #[tokio::test]
@@ -291,5 +506,71 @@ mod tests {
             format!("{e:#}").contains("KILN_AZURE_INVENTORY_SUBSCRIPTIONS"),
             "{e:#}"
         );
+    }
+
+    /// The KQL subset the Azure simulator evaluates:
+    /// `<Resources|ComputeResources> | where type in~ ('a', 'b') | project col, name = path.to.field, …`
+    /// (or `type =~ 'a'`).
+    fn fits_the_simulator_subset(query: &str) -> Result<(), String> {
+        let parts: Vec<&str> = query.split('|').map(str::trim).collect();
+        let [table, filter, projection] = parts[..] else {
+            return Err(format!(
+                "expected table | where | project, got {} parts",
+                parts.len()
+            ));
+        };
+        if !matches!(table, "Resources" | "ComputeResources") {
+            return Err(format!("table `{table}`"));
+        }
+        let quoted = |s: &str| {
+            let s = s.trim();
+            s.len() >= 2
+                && s.starts_with('\'')
+                && s.ends_with('\'')
+                && !s[1..s.len() - 1].contains('\'')
+        };
+        let filter_ok = match filter.strip_prefix("where type ") {
+            Some(rest) => match (rest.strip_prefix("in~ ("), rest.strip_prefix("=~ ")) {
+                (Some(list), None) => list
+                    .strip_suffix(')')
+                    .is_some_and(|l| l.split(',').all(quoted)),
+                (None, Some(one)) => quoted(one),
+                (Some(_), Some(_)) | (None, None) => false,
+            },
+            None => false,
+        };
+        if !filter_ok {
+            return Err(format!("filter `{filter}`"));
+        }
+        let Some(columns) = projection.strip_prefix("project ") else {
+            return Err(format!("projection `{projection}`"));
+        };
+        let ident =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let path = |s: &str| s.split('.').all(ident);
+        for col in columns.split(',').map(str::trim) {
+            let ok = match col.split_once(" = ") {
+                Some((name, p)) => ident(name) && path(p),
+                None => ident(col),
+            };
+            if !ok {
+                return Err(format!("column `{col}`"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_queries_fit_the_simulators_kql_subset() {
+        for q in [MODELS_QUERY, INSTANCES_QUERY, GALLERIES_QUERY] {
+            assert_eq!(fits_the_simulator_subset(q), Ok(()), "{q}");
+        }
+        // The checker itself refuses what the subset does not have.
+        let old = "Resources | where type =~ 'x' or type =~ 'y' | extend a = tostring(b) | where a contains 'g' | project id, a";
+        assert!(fits_the_simulator_subset(old).is_err());
+        assert!(fits_the_simulator_subset(
+            "Resources | where type =~ 'x' | project id, a = iff(x, y, z)"
+        )
+        .is_err());
     }
 }
