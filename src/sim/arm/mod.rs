@@ -20,6 +20,7 @@
 //! | [`gallery`] | Compute Gallery image versions 2025-03-03 |
 //! | [`marketplace`] | marketplace image versions 2024-11-01 |
 //! | [`resource_graph`] | Resource Graph 2024-04-01 and the KQL subset it evaluates |
+//! | [`subscriptions`] | `GET /subscriptions/{id}`, readable or not |
 //! | [`storage`] | the staging group's storage account and the blob endpoint; the log is rendered in `customization_log` |
 //! | [`control`] | `/_sim/arm/...`: seeds, faults, the build profile, run events |
 //!
@@ -45,6 +46,7 @@ pub mod marketplace;
 mod operations;
 pub mod resource_graph;
 pub mod storage;
+pub mod subscriptions;
 mod template_check;
 pub mod world;
 
@@ -284,7 +286,8 @@ async fn dispatch(State(world): State<Arc<ArmWorld>>, request: Request) -> Respo
         .or_else(|| gallery::handle(&world, &req))
         .or_else(|| marketplace::handle(&world, &req))
         .or_else(|| resource_graph::handle(&world, &req))
-        .or_else(|| storage::handle_arm(&world, &req));
+        .or_else(|| storage::handle_arm(&world, &req))
+        .or_else(|| subscriptions::handle(&world, &req));
     match answer {
         Some(Answer::Now(r)) => r,
         Some(Answer::Never) => std::future::pending().await,

@@ -111,10 +111,6 @@ async fn anything_outside_the_subset_is_an_invalid_query() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(e["error"]["details"][0]["code"], "InvalidQuery");
-    // kiln's inventory queries today use `or`, `extend` and `iff`: refused.
-    let inv = AzureInventory::new(sim.client(), vec![SUB.into()]);
-    let err = inv.in_use().await.unwrap_err();
-    assert!(format!("{err:#}").contains("page 1 failed"), "{err:#}");
 }
 
 #[tokio::test]
@@ -130,6 +126,35 @@ async fn an_unreadable_subscription_fails_a_scoped_query_and_hides_from_a_tenant
     let inv = AzureInventory::new(sim.client(), vec![SUB.into(), OTHER_SUB.into()]);
     let err = inv.rows(QUERY).await.unwrap_err();
     assert!(format!("{err:#}").contains("page 1 failed"), "{err:#}");
+    // Before any query, kiln reads each listed subscription: refused.
+    let r = sim
+        .call(
+            Method::GET,
+            &format!("/subscriptions/{OTHER_SUB}?api-version=2022-12-01"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    let err = inv.in_use().await.unwrap_err();
+    assert!(format!("{err:#}").contains("cannot be read"), "{err:#}");
+    // At tenant scope the unreadable subscription's rows are silently absent.
     let tenant = AzureInventory::new(sim.client(), vec![]);
     assert_eq!(tenant.rows(QUERY).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn kiln_reads_the_in_use_set_from_seeded_resources() {
+    let sim = Sim::start().await;
+    seed(&sim).await;
+    let inv = AzureInventory::new(sim.client(), vec![SUB.into(), OTHER_SUB.into()]);
+    let set = inv.in_use().await.unwrap();
+    let lower = DEF.to_ascii_lowercase();
+    let versions: Vec<String> = set.versions.iter().cloned().collect();
+    assert_eq!(
+        versions,
+        ["1.0.1", "1.0.2", "1.0.3", "1.0.4", "2.0.0"]
+            .iter()
+            .map(|v| format!("{lower}/versions/{v}"))
+            .collect::<Vec<_>>()
+    );
 }
