@@ -98,7 +98,7 @@ fn diagnose(sim: &SimHandle, host: &kiln::sim::functions_host::HostHandle) -> St
 }
 
 #[tokio::test]
-#[ignore = "needs sim-arm's ARM surfaces: on this branch src/sim/arm's router is empty and the marketplace seed (POST /_sim/arm/marketplace) gets 404. Merged with sim-arm at 53dcbcd (ArmSimOptions built with ::new and scale) it passes in about 3 s"]
+
 async fn a_build_requested_through_service_bus_succeeds_and_its_version_is_in_the_gallery() {
     let sim = Sim::start(SimOptions::new(600)).await.unwrap();
     // The tiny pipeline's source, in the sim's marketplace (ARM's control API).

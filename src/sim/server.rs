@@ -116,7 +116,8 @@ impl Sim {
         let world = ArmWorld::new(
             Arc::new(clock),
             ArmSimOptions {
-                public_url: url.clone(),
+                scale: Some(clock),
+                ..ArmSimOptions::new(url.clone())
             },
         );
         let bus = Arc::new(Bus::new(clock, &queues));
