@@ -53,7 +53,11 @@ pub enum BuildState {
         /// Regions where a PartiallySucceeded run's replication failed: the
         /// version exists and is usable elsewhere; adding the regions back to
         /// the version's target regions re-replicates it.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            rename = "failedRegions",
+            skip_serializing_if = "Vec::is_empty"
+        )]
         failed_regions: Vec<String>,
     },
     Failed {
@@ -617,6 +621,9 @@ fn observe_run(
             Some(r) if r.pending.is_empty() && !r.completed.is_empty() => {
                 Some(succeed(b, outputs.clone(), r.failed.clone(), effects))
             }
+            // No region holds the version: the attempt failed to publish.
+            // Replication failures are transient; the retry removes the
+            // version this attempt left before it distributes again.
             Some(r) if r.pending.is_empty() => {
                 let message = format!(
                     "replication: the run ended PartiallySucceeded and version {} replicated to no region (failed in {}): {}",
@@ -624,14 +631,14 @@ fn observe_run(
                     r.failed.join(", "),
                     run.message
                 );
-                b.state = BuildState::Failed {
-                    category: FailureCategory::Replication,
-                    message,
-                };
-                effects.push(Effect::DeleteTemplate {
-                    template: b.template_name(),
-                });
-                Some("replication failed in every region".into())
+                Some(fail_or_retry(
+                    b,
+                    FailureCategory::Replication,
+                    &message,
+                    now,
+                    t,
+                    effects,
+                ))
             }
             Some(_) | None => {
                 if let Some(cause) = check_timeout(b, now, t, effects) {

@@ -58,6 +58,13 @@ impl fmt::Display for FailureCategory {
     }
 }
 
+/// Whether `text` has one of `words` as a whole word ("script" is not in
+/// "subscription").
+fn has_word(text: &str, words: &[&str]) -> bool {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| words.contains(&w))
+}
+
 /// Reads a provider's failure message into a category.
 ///
 /// The local provider prefixes its messages with the category
@@ -109,12 +116,9 @@ pub fn classify(message: &str) -> FailureCategory {
         FailureCategory::Timeout
     } else if has(&["validation", "validator"]) {
         FailureCategory::Validation
-    } else if has(&[
-        "packerbuildfailed",
-        "packer build command has failed",
-        "customizer",
-        "script",
-    ]) {
+    } else if has(&["packerbuildfailed", "packer build command has failed"])
+        || has_word(&lower, &["customizer", "script"])
+    {
         FailureCategory::Customizer
     } else if has(&[
         "internalerror",
@@ -131,5 +135,33 @@ pub fn classify(message: &str) -> FailureCategory {
         FailureCategory::Network
     } else {
         FailureCategory::Internal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aib_failure_messages_read_as_their_category() {
+        let packer = "Failed while waiting for packerizer: Microservice has failed: Failed while processing request: Error when executing packerizer: Packer build command has failed: exit status 1. During the image build, a failure has occurred";
+        assert_eq!(classify(packer), FailureCategory::Customizer);
+        assert_eq!(
+            classify("the inline script exited with 2"),
+            FailureCategory::Customizer
+        );
+        assert_eq!(
+            classify("Failed in distributing 1 images out of total 1: context deadline exceeded"),
+            FailureCategory::Replication
+        );
+    }
+
+    #[test]
+    fn a_word_inside_another_is_not_that_word() {
+        // "subscription" holds "script"; it says nothing about a customizer.
+        assert_eq!(
+            classify("the subscription's resource group is not empty"),
+            FailureCategory::Internal
+        );
     }
 }

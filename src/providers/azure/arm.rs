@@ -57,6 +57,18 @@ impl Pause for TokioPause {
     }
 }
 
+/// Pauses on a clock `factor` times faster than the wall (`KILN_CLOCK`): a
+/// kiln pointed at the simulator backs off in the simulator's time, so a
+/// scenario keeps the proportions it would have in Azure.
+pub struct ScaledPause(pub u32);
+
+#[async_trait]
+impl Pause for ScaledPause {
+    async fn pause(&self, d: Duration) {
+        tokio::time::sleep(d / self.0.max(1)).await;
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ArmOptions {
     /// `https://management.azure.com`, or a test server.

@@ -180,18 +180,29 @@ impl AzureProviders {
             .build()
             .context("Cannot build the HTTP client")?;
         let tokens: Arc<dyn TokenSource> = token_source(&settings.credential, http.clone())?;
-        let arm = ArmClient::new(
+        // On a scaled clock (the simulator's) backoffs and Retry-After waits
+        // pass in its time too.
+        let pause: Arc<dyn arm::Pause> = match env
+            .get("KILN_CLOCK")
+            .and_then(|c| crate::ports::ScaledClock::parse_setting(c).ok())
+        {
+            Some(c) => Arc::new(arm::ScaledPause(c.factor)),
+            None => Arc::new(arm::TokioPause),
+        };
+        let arm = ArmClient::with_pause(
             http.clone(),
             ArmOptions {
                 base_url: settings.management_url.clone(),
                 ..ArmOptions::management()
             },
             tokens.clone(),
+            pause.clone(),
         );
-        let bus = ArmClient::new(
+        let bus = ArmClient::with_pause(
             http,
             service_bus::options(&settings.service_bus_url),
             tokens,
+            pause,
         );
         Ok(Self::with_clients(&settings, arm, bus, clock))
     }

@@ -192,7 +192,7 @@ fn put(world: &ArmWorld, req: &ArmRequest, key: &str, id: &str) -> Response {
         );
     }
     let error = check(&body, sub);
-    let never = w.has_fault(|f| matches!(f, Fault::LroNeverFinishes { template, operation: LroKind::Put } if template.eq_ignore_ascii_case(name)));
+    let never = w.has_fault(|f| matches!(f, Fault::LroNeverFinishes { template, operation: LroKind::Put } if names(template, name)));
     let provisioned_at =
         (!never).then(|| now + chrono::Duration::seconds(w.profile.provisioning_secs as i64));
     let staging_group = match body
@@ -374,7 +374,7 @@ fn delete(world: &ArmWorld, key: &str) -> Response {
         );
     }
     let name = t.name.clone();
-    let never = w.has_fault(|f| matches!(f, Fault::LroNeverFinishes { template, operation: LroKind::Delete } if template.eq_ignore_ascii_case(&name)));
+    let never = w.has_fault(|f| matches!(f, Fault::LroNeverFinishes { template, operation: LroKind::Delete } if names(template, &name)));
     let done = (!never).then(|| now + chrono::Duration::seconds(w.profile.deleting_secs as i64));
     let op = w.guid(key);
     w.operations.insert(
@@ -463,15 +463,13 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
         let Fault::BuildFails { template, step } = f else {
             return None;
         };
-        template
-            .eq_ignore_ascii_case(name)
-            .then(|| step.map_or(last, |s| s.saturating_sub(1)))
+        names(template, name).then(|| step.map_or(last, |s| s.saturating_sub(1)))
     });
     let failing_region = w.faults.iter().find_map(|f| {
         let Fault::ReplicationFails { template, region } = f else {
             return None;
         };
-        template.eq_ignore_ascii_case(name).then(|| region.clone())
+        names(template, name).then(|| region.clone())
     });
     let plan = BuildPlan {
         customizers,
@@ -503,9 +501,8 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
             }
         })
         .collect();
-    let lost = w.has_fault(
-        |f| matches!(f, Fault::RunAnswerLost { template } if template.eq_ignore_ascii_case(name)),
-    );
+    let lost =
+        w.has_fault(|f| matches!(f, Fault::RunAnswerLost { template } if names(template, name)));
     let op = w.guid(key);
     let account = w.hex(key, 20);
     let folder = w.guid(key);
@@ -553,9 +550,8 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
 
 fn cancel(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Response {
     let (mut w, now) = world.lock();
-    let stuck = w.has_fault(
-        |f| matches!(f, Fault::StuckCanceling { template } if template.eq_ignore_ascii_case(name)),
-    );
+    let stuck =
+        w.has_fault(|f| matches!(f, Fault::StuckCanceling { template } if names(template, name)));
     let canceling = w.profile.canceling_secs as i64;
     let op = w.guid(key);
     let Some(t) = w.templates.get_mut(key) else {
@@ -633,4 +629,11 @@ fn run_outputs(world: &ArmWorld, req: &ArmRequest, key: &str, id: &str) -> Respo
         .collect();
     let base = format!("{id}/runOutputs?api-version={API_VERSION}");
     Json(page(world, req, items, &base)).into_response()
+}
+
+/// Whether a fault's `template` names template `name`: exactly, or as a
+/// glob (`kiln-*-a1`: every build's first attempt), case-insensitively, so a
+/// scenario can script a fault before the build id is known.
+fn names(pattern: &str, name: &str) -> bool {
+    crate::sim::faults::glob(&pattern.to_ascii_lowercase(), &name.to_ascii_lowercase())
 }

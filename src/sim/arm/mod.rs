@@ -133,13 +133,11 @@ impl ArmWorld {
         w.faults.push(fault);
     }
 
-    /// `Retry-After` for something `sim` away: whole wall seconds, at least 1.
+    /// `Retry-After` for something `sim` away: whole seconds of sim time, at
+    /// least 1. A kiln on the same scaled clock waits them in sim time too
+    /// (its pauses are scaled), as it would wait ARM's seconds in Azure.
     pub(crate) fn retry_after(&self, sim: Duration) -> HeaderValue {
-        let wall = match &self.options.scale {
-            Some(s) => s.wall(sim),
-            None => sim,
-        };
-        let secs = wall.as_secs() + u64::from(wall.subsec_nanos() > 0);
+        let secs = sim.as_secs() + u64::from(sim.subsec_nanos() > 0);
         HeaderValue::from(secs.max(1))
     }
 
@@ -355,15 +353,15 @@ mod retry_after_tests {
     }
 
     #[test]
-    fn retry_after_is_whole_wall_seconds_and_never_zero() {
+    fn retry_after_is_whole_sim_seconds_and_never_zero() {
+        // kiln on the same scaled clock waits these in sim time.
         let scaled = world(Some(60));
-        let secs = |w: &ArmWorld, s: u64| w.retry_after(Duration::from_secs(s));
-        assert_eq!(secs(&scaled, 1800), "30");
-        assert_eq!(secs(&scaled, 90), "2", "1.5 s rounds up");
-        assert_eq!(secs(&scaled, 20), "1");
+        let secs = |w: &ArmWorld, s: u64| w.retry_after(Duration::from_millis(s));
+        assert_eq!(secs(&scaled, 1_800_000), "1800");
+        assert_eq!(secs(&scaled, 1_500), "2", "1.5 s rounds up");
         assert_eq!(secs(&scaled, 0), "1");
         let unscaled = world(None);
-        assert_eq!(secs(&unscaled, 90), "90");
+        assert_eq!(secs(&unscaled, 90_000), "90");
         assert_eq!(unscaled.options.public_url, "http://127.0.0.1:1");
     }
 }

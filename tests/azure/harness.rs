@@ -1,0 +1,344 @@
+//! The test world: the simulator, `kiln serve` pointed at it, and the
+//! simulated Functions host, with helpers that read like the scenarios.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use kiln::config::{Env, Settings};
+use kiln::sim::faults::FaultRule;
+use kiln::sim::functions_host::{wait_until, FunctionsHost, HostHandle, HostOptions};
+use kiln::sim::server::{Sim, SimHandle, SimOptions};
+
+/// How long any one scenario step may take on the wall clock.
+pub const STEP: Duration = Duration::from_secs(60);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped tiny pipeline on the sim's subscription, with an Azure-sized
+/// build timeout (the sim plays a 30-minute AIB build).
+pub fn tiny(subscription: &str) -> Value {
+    let text = std::fs::read_to_string(repo().join("pipelines/tiny.json"))
+        .unwrap()
+        .replace("00000000-0000-0000-0000-000000000000", subscription);
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    doc["properties"]["buildTimeoutInMinutes"] = json!(60);
+    doc
+}
+
+pub struct World {
+    pub sim: SimHandle,
+    pub host: HostHandle,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    /// The sim at 600× with the tiny pipeline as shipped (adapted).
+    pub async fn start() -> World {
+        Self::with_pipelines(|sub| vec![("tiny".into(), tiny(sub))]).await
+    }
+
+    /// The sim at 600× with the pipelines `make` returns for its subscription.
+    pub async fn with_pipelines(make: impl FnOnce(&str) -> Vec<(String, Value)>) -> World {
+        Self::with(SimOptions::new(600), make).await
+    }
+
+    pub async fn with(
+        options: SimOptions,
+        make: impl FnOnce(&str) -> Vec<(String, Value)>,
+    ) -> World {
+        let sim = Sim::start(options).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = make(&sim.options().subscription_id);
+        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        for (name, doc) in &pipelines {
+            seed_source(&sim, doc).await;
+            std::fs::write(
+                dir.path().join(format!("pipelines/{name}.json")),
+                serde_json::to_string_pretty(doc).unwrap(),
+            )
+            .unwrap();
+        }
+        let handler = kiln_serve(&sim, dir.path()).await;
+        let host = FunctionsHost::start(
+            HostOptions::new(&sim, &handler, &repo().join("handlers"))
+                .host_json(&repo().join("host.json"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        World {
+            sim,
+            host,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    pub fn subscription(&self) -> String {
+        self.sim.options().subscription_id.clone()
+    }
+
+    /// POSTs to a `/_sim/...` control route, asserting it was taken.
+    pub async fn control(&self, route: &str, body: Value) {
+        let r = self
+            .http
+            .post(format!("{}{route}", self.sim.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{route}: {}", r.status());
+    }
+
+    /// A semantic fault of the ARM side (`/_sim/arm/faults`).
+    pub async fn fault(&self, fault: Value) {
+        self.control("/_sim/arm/faults", fault).await;
+    }
+
+    /// A transport fault: the next `times` requests matching get `fault`.
+    pub fn transport_fault(&self, rule: FaultRule) {
+        self.sim.inject(rule);
+    }
+
+    /// Sends a build request to `build-requests` as a CI pipeline would, and
+    /// returns the build it became.
+    pub async fn request_build(&self, pipeline: &str, key: &str) -> String {
+        let sent = self
+            .http
+            .post(format!("{}/build-requests/messages", self.sim.service_bus_url()))
+            .bearer_auth("ci-pipeline")
+            .header("BrokerProperties", json!({ "MessageId": key }).to_string())
+            .header("Content-Type", "application/json")
+            .body(
+                json!({ "pipeline": pipeline, "reason": "azure end to end", "requestedBy": "ci@sim", "idempotencyKey": key })
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 201);
+        self.build_with_key(key).await
+    }
+
+    /// The build admitted under `key`.
+    pub async fn build_with_key(&self, key: &str) -> String {
+        let url = format!("{}/api/builds", self.host.app_url());
+        let http = self.http.clone();
+        wait_until(STEP, &format!("a build for request {key}"), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let list: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                let builds = list.as_array().or_else(|| list["builds"].as_array())?;
+                builds.iter().find_map(|b| {
+                    let b = if b.get("build").is_some() {
+                        &b["build"]
+                    } else {
+                        b
+                    };
+                    // Stored as the request key kiln derives (`manual:<pipeline>:<key>`).
+                    let stored = b["idempotencyKey"].as_str().unwrap_or_default();
+                    (stored == key || stored.ends_with(&format!(":{key}")))
+                        .then(|| b["id"].as_str().unwrap().to_string())
+                })
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnose()))
+    }
+
+    /// Waits until build `id` is in `state` (`succeeded`, `failed`, …) and
+    /// returns the build as the API shows it (`id`, `attempt`, `state`, …).
+    pub async fn until(&self, id: &str, state: &str) -> Value {
+        let detail = self
+            .host
+            .wait_for_build(id, state, STEP)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", self.diagnose()));
+        detail["build"].clone()
+    }
+
+    /// `GET /api/builds/{id}` as the app answers it.
+    pub async fn build(&self, id: &str) -> Value {
+        self.api_get(&format!("/api/builds/{id}")).await
+    }
+
+    pub async fn api_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.host.app_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn api_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.host.app_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The customization log kiln serves for a build's attempt.
+    pub async fn log(&self, id: &str, attempt: u32) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!(
+                "{}/api/builds/{id}/log?attempt={attempt}",
+                self.host.app_url()
+            ))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// ARM's answer to a GET (through the sim, as kiln's adapters see it).
+    pub async fn arm_get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.sim.url()))
+            .bearer_auth("test")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub fn template_path(&self, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.VirtualMachineImages/imageTemplates/{name}?api-version=2025-10-01",
+            self.subscription(),
+            self.sim.options().resource_group
+        )
+    }
+
+    /// Waits until ARM no longer has template `name` (kiln retired it).
+    pub async fn until_template_gone(&self, name: &str) {
+        let path = self.template_path(name);
+        let http = self.http.clone();
+        let url = format!("{}{path}", self.sim.url());
+        wait_until(STEP, &format!("template {name} to be deleted"), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http.get(&url).bearer_auth("test").send().await.ok()?;
+                (r.status() == 404).then_some(())
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnose()));
+    }
+
+    /// The versions of the tiny pipeline's gallery definition.
+    pub async fn tiny_versions(&self) -> Vec<Value> {
+        let (_, doc) = self
+            .arm_get(&format!(
+                "/subscriptions/{}/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/gal_lab/images/tiny/versions?api-version=2025-03-03",
+                self.subscription()
+            ))
+            .await;
+        doc["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// ARM requests (not Service Bus) whose path holds `part`.
+    pub fn arm_requests(&self, part: &str) -> Vec<kiln::sim::faults::RecordedRequest> {
+        self.sim
+            .transport()
+            .requests_matching(part)
+            .into_iter()
+            .filter(|r| !r.path.starts_with("/servicebus"))
+            .collect()
+    }
+
+    /// What the host invoked and the first Azure requests, for a failure message.
+    pub fn diagnose(&self) -> String {
+        let invocations: Vec<String> = self
+            .host
+            .invocations()
+            .iter()
+            .filter(|i| {
+                !matches!(
+                    i.function.as_str(),
+                    "build_sweeper" | "patch_tuesday" | "base_image_watch"
+                )
+            })
+            .map(|i| format!("{} {:?} -> {:?}", i.function, i.trigger, i.status))
+            .collect();
+        let requests: Vec<String> = self
+            .sim
+            .requests()
+            .into_iter()
+            .filter(|r| !r.path.contains("/messages/head"))
+            .rev()
+            .take(25)
+            .map(|r| format!("{} {} -> {:?}", r.method, r.path, r.outcome))
+            .collect();
+        format!(
+            "invocations (timers left out):\n  {}\nlast requests:\n  {}",
+            invocations.join("\n  "),
+            requests.join("\n  ")
+        )
+    }
+}
+
+/// Seeds the marketplace line a pipeline's platform-image source reads.
+async fn seed_source(sim: &SimHandle, doc: &Value) {
+    let s = &doc["properties"]["source"];
+    if s["type"] != "PlatformImage" {
+        return;
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/arm/marketplace", sim.url()))
+        .json(&json!({
+            "location": doc["location"], "publisher": s["publisher"], "offer": s["offer"],
+            "sku": s["sku"], "versions": [{ "name": "1.0.0" }]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "seeding the marketplace: {}",
+        r.status()
+    );
+}
+
+/// `kiln serve` (the custom handler) on a loopback port, configured from the
+/// sim's settings as `kiln sim` prints them.
+async fn kiln_serve(sim: &SimHandle, dir: &Path) -> String {
+    let mut env: Env = sim.kiln_env().into_iter().collect();
+    for (k, v) in [
+        ("KILN_DATA_DIR", dir.join("data").display().to_string()),
+        (
+            "KILN_PIPELINES_DIR",
+            dir.join("pipelines").display().to_string(),
+        ),
+        (
+            "KILN_HANDLERS_DIR",
+            repo().join("handlers").display().to_string(),
+        ),
+        ("KILN_EVENTS_KEY", "sim-e2e-events-key".to_string()),
+    ] {
+        env.insert(k.to_string(), v);
+    }
+    let settings = Settings::from_env(&env).unwrap();
+    let clock = settings.clock();
+    let app = kiln::host::wiring::azure_app(settings, &env, clock).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        kiln::host::serve::run(listener, app, std::future::pending())
+            .await
+            .unwrap();
+    });
+    url
+}

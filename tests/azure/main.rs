@@ -1,0 +1,9 @@
+//! kiln's Azure face end to end, on the simulator: `kiln serve` (the custom
+//! handler, in this process) on the azure provider, driven by the simulated
+//! Functions host through the custom-handler protocol, against the
+//! simulated ARM, Compute Gallery, Resource Graph and Service Bus. Each test
+//! runs a whole scenario in seconds of wall time on a clock 600 times faster.
+
+mod builds;
+mod harness;
+mod sim_cli;

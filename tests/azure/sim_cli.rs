@@ -1,0 +1,55 @@
+//! `kiln sim` as a user runs it: the settings it prints are what `kiln serve` needs.
+
+use serde_json::Value;
+
+use kiln::config::{Env, Settings};
+
+#[test]
+fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "sim",
+            "--clock-factor",
+            "600",
+            "--start",
+            "2026-12-08T17:00:00Z",
+        ])
+        .env("KILN_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut env = Env::new();
+    let mut line = String::new();
+    while env.len() < 9 && out.read_line(&mut line).unwrap() > 0 {
+        if let Some((k, v)) = line
+            .trim()
+            .strip_prefix("export ")
+            .and_then(|l| l.split_once('='))
+        {
+            env.insert(k.to_string(), v.trim_matches('\'').to_string());
+        }
+        line.clear();
+    }
+    let url = env["KILN_AZURE_MANAGEMENT_URL"].clone();
+    let answer = reqwest::blocking::get(format!("{url}/_sim/clock"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(env["KILN_PROVIDER"], "azure");
+    assert_eq!(env["KILN_AZURE_CREDENTIAL"], "sim");
+    assert_eq!(
+        env["KILN_AZURE_SERVICE_BUS_URL"],
+        format!("{url}/servicebus")
+    );
+    let clock = kiln::ports::ScaledClock::parse_setting(&env["KILN_CLOCK"]).unwrap();
+    assert_eq!(clock.factor, 600);
+    assert_eq!(clock.start.to_rfc3339(), "2026-12-08T17:00:00+00:00");
+    // What it printed is a configuration kiln accepts.
+    env.insert("KILN_EVENTS_KEY".into(), "k".into());
+    let s = Settings::from_env(&env).unwrap();
+    assert_eq!(s.clock, Some(clock));
+    assert!(kiln::providers::azure::AzureSettings::from_env(&env).is_ok());
+    let answer: Value = answer.unwrap().json().unwrap();
+    assert_eq!(answer["setting"], env["KILN_CLOCK"].as_str());
+}
