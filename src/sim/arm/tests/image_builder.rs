@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{template, Sim, DEF, FACTOR, RG, SUB};
+use super::{template, Sim, DEF, RG, SUB};
 use crate::domain::failure::FailureCategory;
 use crate::ports::{Deletion, ImageBuilder, RunStart, RunState, RunSubState, TemplateStatus};
 
