@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::arm::{ArmClient, ArmOptions};
 use super::error::ArmError;
-use super::identity::{IdentityTokens, TokenSource};
+use super::identity::{token_source, TokenSource};
 use super::AzureSettings;
 use crate::domain::permissions::{allows, Permission, Principal, Requirement, Verdict};
 
@@ -47,11 +47,14 @@ impl Preflight {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("Cannot build the HTTP client")?;
-        let tokens: Arc<dyn TokenSource> =
-            Arc::new(IdentityTokens::new(&settings.credential, http.clone())?);
+        let tokens: Arc<dyn TokenSource> = token_source(&settings.credential, http.clone())?;
+        // The configured ARM endpoint: Azure, or the simulator.
         Ok(Self::new(ArmClient::new(
             http,
-            ArmOptions::management(),
+            ArmOptions {
+                base_url: settings.management_url.clone(),
+                ..ArmOptions::management()
+            },
             tokens,
         )))
     }
