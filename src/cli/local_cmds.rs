@@ -241,6 +241,7 @@ pub async fn run_sim(
     port: u16,
     clock_factor: u32,
     start: Option<&str>,
+    factory_api_port: Option<u16>,
 ) -> anyhow::Result<ExitCode> {
     if clock_factor == 0 {
         bail!("--clock-factor: expected a whole number of at least 1, got 0");
@@ -257,6 +258,47 @@ pub async fn run_sim(
     options.port = port;
     options.start = start;
     let sim = crate::sim::server::Sim::start(options).await?;
+    if let Some(api_port) = factory_api_port {
+        let mut env = gather_env(Some(Path::new("local.settings.json")))?;
+        // Its own store, so a local factory's data folder is left alone.
+        env.entry("KILN_DATA_DIR".into())
+            .or_insert_with(|| ".kiln-sim".into());
+        let local = Settings::from_env(&env)?;
+        let host_json = local
+            .handlers_dir
+            .parent()
+            .map(|p| p.join("host.json"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("host.json"));
+        let factory = crate::sim::factory::Factory::start(
+            &sim,
+            crate::sim::factory::FactoryOptions {
+                data_dir: local.data_dir.clone(),
+                pipelines_dir: local.pipelines_dir.clone(),
+                handlers_dir: local.handlers_dir.clone(),
+                host_json,
+                api_port,
+                // The events endpoint needs a key: yours, or one nobody
+                // knows (set KILN_EVENTS_KEY to post events to it).
+                extra_env: vec![(
+                    "KILN_EVENTS_KEY".to_string(),
+                    env.get("KILN_EVENTS_KEY")
+                        .cloned()
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+                )],
+            },
+        )
+        .await?;
+        println!(
+            "# kiln on the simulated Azure at {clock_factor}x: API {} (try `kiln build tiny --wait --api {}`)",
+            factory.host.app_url(),
+            factory.host.app_url()
+        );
+        shutdown_signal().await;
+        factory.host.stop().await;
+        sim.stop().await;
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "# kiln sim on {} at {clock_factor}x; for `kiln serve` (with your own KILN_EVENTS_KEY):",
         sim.url()

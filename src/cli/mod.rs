@@ -82,6 +82,14 @@ enum Command {
         /// Sim time at start (RFC 3339; default: now).
         #[arg(long)]
         start: Option<String>,
+        /// Also run the factory on it: `kiln serve` on the azure provider,
+        /// driven by a simulated Functions host whose API answers on
+        /// `--api-port` (the CLI's `--api`).
+        #[arg(long)]
+        factory: bool,
+        /// The factory's API port.
+        #[arg(long, default_value_t = 7071, requires = "factory")]
+        api_port: u16,
     },
     /// Check pipeline files; prints `file: json.path: what was expected` per problem.
     Validate {
@@ -243,7 +251,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             port,
             clock_factor,
             start,
-        } => local_cmds::run_sim(port, clock_factor, start.as_deref()).await,
+            factory,
+            api_port,
+        } => {
+            let factory = factory.then_some(api_port);
+            local_cmds::run_sim(port, clock_factor, start.as_deref(), factory).await
+        }
         Command::Validate { files } => validate(&files),
         Command::Render { pipeline, version } => render(&pipeline, &version),
         Command::Build {

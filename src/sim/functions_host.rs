@@ -72,6 +72,9 @@ pub struct HostOptions {
     /// The key `authLevel: function` HTTP functions require (`x-functions-key`
     /// header or `code` query), as the host checks it; `None` checks nothing.
     pub function_key: Option<String>,
+    /// Loopback port of the host's own HTTP front (`/api/...` forwarded to
+    /// the handler, as the Functions host's URL); 0 picks a free one.
+    pub app_port: u16,
 }
 
 impl HostOptions {
@@ -89,6 +92,7 @@ impl HostOptions {
             receive_timeout_secs: 1,
             startup_timeout: Duration::from_secs(60),
             function_key: None,
+            app_port: 0,
         }
     }
 
@@ -240,6 +244,7 @@ impl FunctionsHost {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         wait_for_handler(&http, &opts.handler_url, opts.startup_timeout).await?;
+        let app_port = opts.app_port;
         let shared = Arc::new(Shared {
             opts,
             specs,
@@ -277,7 +282,9 @@ impl FunctionsHost {
                 TriggerSpec::EventGrid | TriggerSpec::Http { .. } => {}
             }
         }
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
+            .await
+            .with_context(|| format!("Cannot listen on 127.0.0.1:{app_port}"))?;
         let app_url = format!("http://{}", listener.local_addr()?);
         let router = app::router(shared.clone());
         let mut http_stop = stopped.clone();

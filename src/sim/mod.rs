@@ -18,6 +18,7 @@
 
 pub mod arm;
 pub mod bus;
+pub mod factory;
 pub mod faults;
 pub mod functions_host;
 pub mod server;

@@ -53,3 +53,55 @@ fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
     let answer: Value = answer.unwrap().json().unwrap();
     assert_eq!(answer["setting"], env["KILN_CLOCK"].as_str());
 }
+
+/// A port nobody listens on now (the OS picks it; it is free again once dropped).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn kiln_sim_factory_builds_the_shipped_tiny_pipeline_through_the_cli() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["sim", "--clock-factor", "600", "--factory", "--api-port"])
+        .arg(port.to_string())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("KILN_DATA_DIR", data.path())
+        .env("KILN_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says where its API is once the factory is up.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    let built = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "tiny", "--wait", "--api", &api])
+        .output()
+        .unwrap();
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["builds", "--api", &api])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains(&api), "{line}");
+    assert!(
+        built.status.success(),
+        "kiln build: {}\n{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("succeeded"),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
+}
