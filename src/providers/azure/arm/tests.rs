@@ -188,6 +188,19 @@ impl io::Write for Captured {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_token_never_reaches_logs_or_errors_but_the_request_id_does() {
+    // Callsite interest is cached per process: a test thread without a
+    // subscriber can turn a log line off for everyone. A global subscriber
+    // that wants everything (and writes it nowhere) keeps every callsite on,
+    // so this test's own subscriber sees its lines whatever runs beside it.
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(io::sink)
+                .finish(),
+        );
+    });
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
