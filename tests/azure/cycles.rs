@@ -17,6 +17,11 @@ fn created(build: &Value) -> DateTime<Utc> {
     at(build["createdAt"].as_str().unwrap())
 }
 
+/// Build `id` as kiln records it (`/api/builds/{id}` without its timeline).
+async fn record(w: &World, id: &str) -> Value {
+    w.build(id).await["build"].clone()
+}
+
 /// Messages sent to `build-requests` so far (kiln's requests, and ours).
 fn requests_sent(w: &World) -> usize {
     w.sim
@@ -52,13 +57,8 @@ async fn a_patch_tuesday_cycle_builds_once_under_its_cycle_key() {
     assert!(armed < fires, "the first firing at {armed} came too late");
     assert!(w.builds_of("tiny").await.is_empty());
 
-    let id = w.first_build_of("tiny").await;
-    let b = w.build(&id).await;
-    let b = if b.get("build").is_some() {
-        &b["build"]
-    } else {
-        &b
-    };
+    let id = w.newest_build_of("tiny").await;
+    let b = &record(&w, &id).await;
     assert_eq!(
         b["trigger"],
         json!({ "kind": "schedule", "cycle": "2026-12" }),
@@ -156,13 +156,8 @@ async fn a_new_marketplace_version_builds_once_after_the_debounce() {
         "built during the debounce"
     );
 
-    let id = w.first_build_of("tiny").await;
-    let b = w.build(&id).await;
-    let b = if b.get("build").is_some() {
-        &b["build"]
-    } else {
-        &b
-    };
+    let id = w.newest_build_of("tiny").await;
+    let b = &record(&w, &id).await;
     assert_eq!(b["sourceVersion"], "1.0.1", "{b}");
     assert_eq!(
         b["trigger"],
@@ -269,6 +264,7 @@ async fn a_parent_version_event_builds_once_and_only_for_a_new_version() {
     // watcher, so the event (not the next look) is what requests it.
     w.timer_firings("base_image_watch", 1).await;
     seed("1.1.0").await;
+    let sent_before = requests_sent(&w);
     let status = w
         .event_grid(json!([resource_write(
             "ev-new",
@@ -278,13 +274,13 @@ async fn a_parent_version_event_builds_once_and_only_for_a_new_version() {
         )]))
         .await;
     assert_eq!(status, 200);
-    let id = w.first_build_of("child").await;
-    let b = w.build(&id).await;
-    let b = if b.get("build").is_some() {
-        &b["build"]
-    } else {
-        &b
-    };
+    assert_eq!(
+        requests_sent(&w),
+        sent_before + 1,
+        "one request, sent before the webhook answered"
+    );
+    let id = w.newest_build_of("child").await;
+    let b = &record(&w, &id).await;
     assert_eq!(b["requestedBy"], "kiln/base_image_events", "{b}");
     assert_eq!(
         b["trigger"],

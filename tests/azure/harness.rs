@@ -286,16 +286,11 @@ impl World {
         let list = self
             .api_get(&format!("/api/builds?pipeline={pipeline}"))
             .await;
-        let builds = list.as_array().or_else(|| list["builds"].as_array());
-        builds
-            .into_iter()
-            .flatten()
-            .map(|b| b.get("build").unwrap_or(b).clone())
-            .collect()
+        list.as_array().cloned().unwrap_or_default()
     }
 
-    /// Waits until `pipeline` has a build and returns its id (the newest).
-    pub async fn first_build_of(&self, pipeline: &str) -> String {
+    /// Waits until `pipeline` has a build and returns the newest one's id.
+    pub async fn newest_build_of(&self, pipeline: &str) -> String {
         self.eventually(&format!("a build of {pipeline}"), || async {
             let builds = self.builds_of(pipeline).await;
             builds
