@@ -51,6 +51,16 @@ impl World {
         options: SimOptions,
         make: impl FnOnce(&str) -> Vec<(String, Value)>,
     ) -> World {
+        Self::with_env(options, &[], make).await
+    }
+
+    /// As [`World::with`], with settings for `kiln serve` beyond the sim's
+    /// (`KILN_AZURE_INVENTORY_SUBSCRIPTIONS`, …); they win over the defaults.
+    pub async fn with_env(
+        options: SimOptions,
+        extra_env: &[(&str, String)],
+        make: impl FnOnce(&str) -> Vec<(String, Value)>,
+    ) -> World {
         let sim = Sim::start(options).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let pipelines = make(&sim.options().subscription_id);
@@ -63,7 +73,7 @@ impl World {
             )
             .unwrap();
         }
-        let handler = kiln_serve(&sim, dir.path()).await;
+        let handler = kiln_serve(&sim, dir.path(), extra_env).await;
         let host = FunctionsHost::start(
             HostOptions::new(&sim, &handler, &repo().join("handlers"))
                 .host_json(&repo().join("host.json"))
@@ -238,15 +248,22 @@ impl World {
         .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnose()));
     }
 
-    /// The versions of the tiny pipeline's gallery definition.
+    /// The versions of the tiny pipeline's gallery definition, every page.
     pub async fn tiny_versions(&self) -> Vec<Value> {
-        let (_, doc) = self
-            .arm_get(&format!(
-                "/subscriptions/{}/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/gal_lab/images/tiny/versions?api-version=2025-03-03",
-                self.subscription()
-            ))
-            .await;
-        doc["value"].as_array().cloned().unwrap_or_default()
+        let mut path = format!(
+            "/subscriptions/{}/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/gal_lab/images/tiny/versions?api-version=2025-03-03",
+            self.subscription()
+        );
+        let mut out = Vec::new();
+        loop {
+            let (_, doc) = self.arm_get(&path).await;
+            out.extend(doc["value"].as_array().cloned().unwrap_or_default());
+            // The sim's nextLink is absolute, on its own URL.
+            match doc["nextLink"].as_str() {
+                Some(next) => path = next.trim_start_matches(self.sim.url()).to_string(),
+                None => return out,
+            }
+        }
     }
 
     /// ARM requests (not Service Bus) whose path holds `part`.
@@ -257,6 +274,77 @@ impl World {
             .into_iter()
             .filter(|r| !r.path.starts_with("/servicebus"))
             .collect()
+    }
+
+    /// The sim's now.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        kiln::ports::Clock::now(&self.sim.clock())
+    }
+
+    /// Every build of `pipeline`, newest first, as `GET /api/builds` lists them.
+    pub async fn builds_of(&self, pipeline: &str) -> Vec<Value> {
+        let list = self
+            .api_get(&format!("/api/builds?pipeline={pipeline}"))
+            .await;
+        list.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `pipeline` has a build and returns the newest one's id.
+    pub async fn newest_build_of(&self, pipeline: &str) -> String {
+        self.eventually(&format!("a build of {pipeline}"), || async {
+            let builds = self.builds_of(pipeline).await;
+            builds
+                .first()
+                .map(|b| b["id"].as_str().unwrap().to_string())
+        })
+        .await
+    }
+
+    /// Waits, up to [`STEP`], until `check` answers `Some`; on the deadline
+    /// the test fails with what the world did.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        wait_until(STEP, what, check)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnose()))
+    }
+
+    /// Waits until timer function `function` has ended `n` more invocations
+    /// than it had when called, and returns the sim time the last one ended.
+    pub async fn timer_firings(&self, function: &str, n: usize) -> chrono::DateTime<chrono::Utc> {
+        let ended = |w: &World| -> Vec<kiln::sim::functions_host::InvocationRecord> {
+            w.host
+                .invocations()
+                .into_iter()
+                .filter(|i| i.function == function)
+                .collect()
+        };
+        let before = ended(self).len();
+        self.eventually(&format!("{n} more firings of {function}"), || async {
+            let now = ended(self);
+            (now.len() >= before + n).then(|| now[before + n - 1].sim_ended)
+        })
+        .await
+    }
+
+    /// Delivers `events` (Event Grid schema) as Event Grid does, to the
+    /// host's webhook for `base_image_events`; returns the host's status.
+    pub async fn event_grid(&self, events: Value) -> u16 {
+        self.http
+            .post(format!(
+                "{}/runtime/webhooks/eventgrid?functionName=base_image_events",
+                self.host.app_url()
+            ))
+            .header("aeg-event-type", "Notification")
+            .json(&events)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     /// What the host invoked and the first Azure requests, for a failure message.
@@ -314,7 +402,7 @@ async fn seed_source(sim: &SimHandle, doc: &Value) {
 
 /// `kiln serve` (the custom handler) on a loopback port, configured from the
 /// sim's settings as `kiln sim` prints them.
-async fn kiln_serve(sim: &SimHandle, dir: &Path) -> String {
+async fn kiln_serve(sim: &SimHandle, dir: &Path, extra_env: &[(&str, String)]) -> String {
     let mut env: Env = sim.kiln_env().into_iter().collect();
     for (k, v) in [
         ("KILN_DATA_DIR", dir.join("data").display().to_string()),
@@ -329,6 +417,9 @@ async fn kiln_serve(sim: &SimHandle, dir: &Path) -> String {
         ("KILN_EVENTS_KEY", "sim-e2e-events-key".to_string()),
     ] {
         env.insert(k.to_string(), v);
+    }
+    for (k, v) in extra_env {
+        env.insert(k.to_string(), v.clone());
     }
     let settings = Settings::from_env(&env).unwrap();
     let clock = settings.clock();

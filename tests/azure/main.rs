@@ -5,5 +5,7 @@
 //! runs a whole scenario in seconds of wall time on a clock 600 times faster.
 
 mod builds;
+mod cycles;
 mod harness;
+mod retention;
 mod sim_cli;
