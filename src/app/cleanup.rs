@@ -109,7 +109,12 @@ pub async fn step(app: &App, job: &CleanupJob) -> Step {
                 Err(e) => Step::Failed(format!("cannot cancel the run still going: {e}")),
             }
         }
-        TemplateStatus::Run(run) if run.run_state == RunState::Canceling => Step::Later,
+        // A state kiln does not know may be a run still going: never delete under it.
+        TemplateStatus::Run(run)
+            if matches!(run.run_state, RunState::Canceling | RunState::Unknown(_)) =>
+        {
+            Step::Later
+        }
         TemplateStatus::Run(_)
         | TemplateStatus::NotRun
         | TemplateStatus::ProvisioningFailed { .. } => {

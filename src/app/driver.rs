@@ -15,7 +15,7 @@ use crate::domain::build::{
     transition, Build, BuildState, Effect, FailureCategory, Observation, Replication,
 };
 use crate::domain::template::{Distributor, GalleryImageRef, OnBuildError};
-use crate::ports::{OutgoingMessage, RunStart, RunState, TemplateStatus};
+use crate::ports::{GalleryVersion, OutgoingMessage, RunStart, RunState, TemplateStatus};
 use crate::store::builds::{BreakerChange, Extras, Outcome, Write};
 use crate::store::cleanup::Retire;
 
@@ -396,11 +396,11 @@ fn target_definitions(app: &App, b: &Build) -> Vec<String> {
 }
 
 /// The build's version where an earlier attempt left it behind.
-async fn leftover_versions(app: &App, b: &Build) -> anyhow::Result<Vec<String>> {
+async fn leftover_versions(app: &App, b: &Build) -> anyhow::Result<Vec<GalleryVersion>> {
     let mut left = Vec::new();
     for def in target_definitions(app, b) {
-        if app.gallery.version(&def, b.version).await?.is_some() {
-            left.push(def);
+        if let Some(v) = app.gallery.version(&def, b.version).await? {
+            left.push(v);
         }
     }
     Ok(left)
@@ -414,9 +414,21 @@ async fn remove_leftover_version(app: &App, b: &Build) {
             return;
         }
     };
-    for def in left {
+    for v in left {
+        let def = &v.definition_id;
+        // Only what this build published goes: a version with this number
+        // from anywhere else is not kiln's to delete, and the attempt waits
+        // (and, if it stays, ends in its timeout) instead.
+        let ours = v.tags.get("kiln.build").map(String::as_str) == Some(b.id.as_str());
+        if !ours {
+            tracing::warn!(build = %b.id, definition = %def, version = %b.version, "version exists and was not published by this build; not deleting it, the retry waits");
+            continue;
+        }
+        if v.provisioning_state.eq_ignore_ascii_case("Deleting") {
+            continue;
+        }
         tracing::warn!(build = %b.id, definition = %def, version = %b.version, attempt = b.attempt, "removing the version an earlier attempt left behind before retrying");
-        if let Err(e) = app.gallery.delete_version(&def, b.version).await {
+        if let Err(e) = app.gallery.delete_version(def, b.version).await {
             tracing::warn!(build = %b.id, error = %e, "cannot delete the leftover version; the next poll tries again");
         }
     }
@@ -437,7 +449,11 @@ fn keeps_build_resources(app: &App, b: &Build) -> bool {
     };
     match category {
         FailureCategory::Customizer => eh.on_customizer_error == OnBuildError::Abort,
-        FailureCategory::Validation => eh.on_validation_error == OnBuildError::Abort,
+        // A template refused at provisioning never ran: nothing to look at.
+        FailureCategory::Validation => {
+            eh.on_validation_error == OnBuildError::Abort
+                && !matches!(&b.state, BuildState::Failed { message, .. } if message.starts_with("the image template was refused"))
+        }
         FailureCategory::Auth
         | FailureCategory::Policy
         | FailureCategory::Network

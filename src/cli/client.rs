@@ -17,6 +17,18 @@ use crate::config::Secret;
 /// The header the Functions host reads a function key from.
 pub const FUNCTION_KEY_HEADER: &str = "x-functions-key";
 
+/// Whether `base` is https, or plain http on this machine only.
+fn secure_or_loopback(base: &str) -> bool {
+    match reqwest::Url::parse(base) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) if u.scheme() == "http" => matches!(
+            u.host_str(),
+            Some("127.0.0.1") | Some("localhost") | Some("[::1]")
+        ),
+        _ => false,
+    }
+}
+
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
@@ -35,11 +47,16 @@ impl ApiClient {
             value.set_sensitive(true);
             headers.insert(FUNCTION_KEY_HEADER, value);
         }
+        if function_key.is_some() && !secure_or_loopback(base) {
+            bail!("--api {base}: a function key is only sent over https (or to a loopback address); use https://<app>.azurewebsites.net");
+        }
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .default_headers(headers)
+                // A redirect would carry the key to wherever it points.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             sends_key: function_key.is_some(),
         })
@@ -199,5 +216,20 @@ mod tests {
             .to_string();
         assert!(e.starts_with("KILN_FUNCTION_KEY"), "{e}");
         assert!(!e.contains("bad"), "{e}");
+    }
+
+    #[test]
+    fn a_key_is_never_sent_in_clear_beyond_this_machine() {
+        let key = Secret::new("k3y");
+        let e = ApiClient::new("http://kiln.example.com", Some(&key))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("only sent over https"), "{e}");
+        assert!(!e.contains("k3y"), "{e}");
+        assert!(ApiClient::new("https://kiln.azurewebsites.net", Some(&key)).is_ok());
+        assert!(ApiClient::new("http://127.0.0.1:7071", Some(&key)).is_ok());
+        // Without a key, plain http anywhere is the caller's business.
+        assert!(ApiClient::new("http://kiln.example.com", None).is_ok());
     }
 }

@@ -537,8 +537,17 @@ fn submit_unless_waiting(
         if leftover_version == Some(true) {
             effects.push(Effect::RemoveLeftoverVersion);
         }
+        // The backoff is over and the attempt's clock runs from here: a
+        // version that cannot be removed ends in this attempt's timeout,
+        // instead of holding the build (and its slot) forever.
+        b.state = BuildState::Submitting { not_before: None };
         poll(b, t, effects);
-        return None;
+        return waited.then(|| {
+            format!(
+                "retry backoff over; attempt {} is submitted once the gallery holds no version {} from an earlier attempt",
+                b.attempt, b.version
+            )
+        });
     }
     b.state = BuildState::Submitting { not_before: None };
     effects.push(Effect::Submit {
@@ -821,6 +830,9 @@ fn fail_or_retry(
     if category.is_transient() && b.attempt < b.max_attempts {
         let delay = t.retry_delay(&b.id, b.attempt);
         b.attempt += 1;
+        // The next attempt's clock starts when it is submitted, not with
+        // this one's: a tick during the backoff must not time it out.
+        b.attempt_started_at = None;
         b.quiet_polls = 0;
         b.last_seen = None;
         b.state = BuildState::Submitting {

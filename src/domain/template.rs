@@ -313,7 +313,8 @@ fn one() -> u32 {
 }
 
 /// A parsed gallery image resource id:
-/// `/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/D[/versions/V]`.
+/// `/subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/D[/versions/V]`
+/// (or `/imageversions/V`, as Image Builder's run outputs write it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GalleryImageRef {
     pub subscription: String,
@@ -338,7 +339,9 @@ impl GalleryImageRef {
             resource_group: find("resourceGroups")?,
             gallery: find("galleries")?,
             image: find("images")?,
-            version: find("versions"),
+            // Run outputs spell it `imageversions` (the 2025-10-01
+            // ListRunOutputs example); resource ids `versions`.
+            version: find("versions").or_else(|| find("imageversions")),
         })
     }
 
@@ -426,5 +429,14 @@ mod tests {
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d/versions/1.2.4"
         );
         assert!(GalleryImageRef::parse("/subscriptions/s/resourceGroups/rg").is_none());
+    }
+
+    #[test]
+    fn a_run_outputs_artifact_id_names_its_version_as_imageversions() {
+        // As in the 2025-10-01 ListRunOutputs example.
+        let id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/SharedImageOutput/imageversions/1.2.3";
+        let r = GalleryImageRef::parse(id).unwrap();
+        assert_eq!(r.version.as_deref(), Some("1.2.3"));
+        assert_eq!(r.image, "SharedImageOutput");
     }
 }

@@ -97,7 +97,11 @@ impl Store {
     ) -> anyhow::Result<()> {
         self.db().with(|c| {
             c.execute(
-                "UPDATE template_cleanup SET attempts = attempts + 1, next_at = ?2, last_error = ?3
+                // Only failures count (and keep their reason); a step that
+                // found the work still in progress is not a failed attempt.
+                "UPDATE template_cleanup SET
+                     attempts = attempts + CASE WHEN ?3 IS NULL THEN 0 ELSE 1 END,
+                     next_at = ?2, last_error = COALESCE(?3, last_error)
                  WHERE template = ?1",
                 params![template, ts(next_at), error],
             )
@@ -180,6 +184,8 @@ mod tests {
         let later = t0 + chrono::Duration::minutes(2);
         s.cleanup_later("kiln-b1-a1", later, Some("409 Conflict"))
             .unwrap();
+        // Progress (no error) moves it on without counting as a failure.
+        s.cleanup_later("kiln-b1-a1", later, None).unwrap();
         assert!(s.cleanup_due(t0, 10).unwrap().is_empty());
         let job = &s.cleanup_due(later, 10).unwrap()[0];
         assert_eq!(job.attempts, 1);

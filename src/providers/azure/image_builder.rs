@@ -187,11 +187,16 @@ impl ImageBuilder for AzureImageBuilder {
         let err = r.error();
         match r.status {
             // "Already running", or a twin run request that won: a run exists now.
+            // "Already running", a twin run request that won, or another
+            // operation on the template: a run exists now or may soon; the
+            // next poll's lastRunStatus says which.
             409 => {
                 if let TemplateStatus::Run(_) = self.status(name).await? {
                     return Ok(RunStart::Started);
                 }
-                Err(err.into())
+                Ok(RunStart::Unconfirmed {
+                    reason: err.to_string(),
+                })
             }
             // Throttled: the request was not acted on; the next poll asks again.
             429 => Ok(RunStart::NotReady),

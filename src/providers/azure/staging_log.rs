@@ -6,8 +6,9 @@
 //! (`properties.exactStagingResourceGroup`), and deletes it with the
 //! template. kiln reads it while the run goes (for `kiln logs --follow`) and
 //! copies it into its own store before the template is retired. A failed
-//! run's message usually names the blob (`…/packerlogs/<id>/customization.log`),
-//! which saves the lookup.
+//! run's message names the blob too, but that text can carry what a
+//! customizer printed, so kiln never sends a token to a URL found there:
+//! it reads only accounts in the template's own staging group.
 //!
 //! The blob is read with the app's identity (`Storage Blob Data Reader` on
 //! the staging groups; `kiln preflight` checks it) through the same client,
@@ -75,13 +76,6 @@ impl StagingLogs {
     }
 
     async fn locate(&self, doc: &Value) -> Result<Option<Url>, ProviderError> {
-        let message = doc
-            .pointer("/properties/lastRunStatus/message")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if let Some(url) = log_url_in(message).and_then(|u| self.allowed(&u)) {
-            return Ok(Some(url));
-        }
         let Some(group) = doc
             .pointer("/properties/exactStagingResourceGroup")
             .and_then(Value::as_str)
@@ -196,19 +190,6 @@ fn with_slash(path: &str) -> String {
     }
 }
 
-/// The `…/packerlogs/…/customization.log` URL a failed run's message names.
-fn log_url_in(message: &str) -> Option<String> {
-    message
-        .split(|c: char| c.is_whitespace() || c == '"' || c == '\'')
-        .map(|w| w.trim_end_matches(['.', ',', ';', ')']))
-        .find(|w| {
-            w.starts_with("https://")
-                && w.contains("/packerlogs/")
-                && w.ends_with("customization.log")
-        })
-        .map(str::to_string)
-}
-
 /// The `<Name>` of every `<Blob>` in a List Blobs answer. The answer's shape
 /// is fixed and small; reading the one element kiln needs does not call for
 /// an XML parser.
@@ -254,14 +235,16 @@ mod tests {
         }})
     }
 
-    #[test]
-    fn a_failed_runs_message_names_its_log() {
-        let m = "Failed while waiting for packerizer: Microservice has failed: Failed while processing request: Error when executing packerizer: Packer build command has failed: exit status 1. During the image build, a failure has occurred, please review the build log to identify which build/customization step failed. For more troubleshooting steps go to https://aka.ms/azvmimagebuilderts. Image Build log location: https://abc123.blob.core.windows.net/packerlogs/0f1e2d3c/customization.log. OperationId: 1234";
-        assert_eq!(
-            log_url_in(m).as_deref(),
-            Some("https://abc123.blob.core.windows.net/packerlogs/0f1e2d3c/customization.log")
-        );
-        assert_eq!(log_url_in("exit status 1"), None);
+    #[tokio::test]
+    async fn a_log_url_in_the_run_message_gets_no_token() {
+        // The message names another account: kiln does not go there, and
+        // without a staging group there is no log to read.
+        let server = MockServer::start().await;
+        let logs = StagingLogs::new(client(&server.uri()).0);
+        let d = json!({"properties": {"lastRunStatus": {"runState": "Failed",
+            "message": "Image Build log location: https://attacker.blob.core.windows.net/packerlogs/x/customization.log."}}});
+        assert_eq!(logs.read("t", &d, 0).await.unwrap(), None);
+        assert!(server.received_requests().await.unwrap().is_empty());
     }
 
     #[test]

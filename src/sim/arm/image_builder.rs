@@ -495,7 +495,8 @@ fn run(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Answer {
                     .to_string(),
                 artifact_id: shared
                     .as_ref()
-                    .map(|s| format!("{}/versions/{}", s.definition, s.version))
+                    // As the service writes it (ListRunOutputs example).
+                    .map(|s| format!("{}/imageversions/{}", s.definition, s.version))
                     .or_else(|| d.get("imageId").and_then(Value::as_str).map(str::to_string)),
                 shared,
             }

@@ -36,6 +36,7 @@
 //! whole seconds of wall time, at least 1: sim time divided by the factor of
 //! [`ArmSimOptions::scale`] when the clock is scaled.
 
+pub mod authorization;
 pub mod build;
 pub mod control;
 mod customization_log;
@@ -285,7 +286,8 @@ async fn dispatch(State(world): State<Arc<ArmWorld>>, request: Request) -> Respo
         .or_else(|| marketplace::handle(&world, &req))
         .or_else(|| resource_graph::handle(&world, &req))
         .or_else(|| storage::handle_arm(&world, &req))
-        .or_else(|| subscriptions::handle(&world, &req));
+        .or_else(|| subscriptions::handle(&world, &req))
+        .or_else(|| authorization::handle(&world, &req));
     match answer {
         Some(Answer::Now(r)) => r,
         Some(Answer::Never) => std::future::pending().await,

@@ -41,6 +41,9 @@ pub enum Fault {
     RunAnswerLost { template: String },
     /// Resource Graph cannot read this subscription.
     UnreadableSubscription { subscription: String },
+    /// The caller (kiln's identity) lacks `action` (a control or data
+    /// action) everywhere: its permissions list it under `notActions`.
+    DenyAction { action: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -144,7 +144,7 @@ async fn a_run_moves_through_every_phase_and_leaves_its_gallery_version() {
     assert_eq!(outputs[0].name, "ubuntu-gallery");
     assert_eq!(
         outputs[0].artifact_id.as_deref(),
-        Some(format!("{DEF}/versions/1.0.0").as_str())
+        Some(format!("{DEF}/imageversions/1.0.0").as_str())
     );
     assert_eq!(outputs[0].provisioning_state, "Succeeded");
     let v = sim
@@ -537,15 +537,15 @@ async fn run_outputs_page_and_name_each_gallery_version_as_its_versioning_says()
         vec![
             (
                 "ubuntu-gallery".to_string(),
-                Some(format!("{DEF}/versions/1.0.0"))
+                Some(format!("{DEF}/imageversions/1.0.0"))
             ),
             (
                 "latest-2".to_string(),
-                Some(format!("{other}/versions/2.0.4"))
+                Some(format!("{other}/imageversions/2.0.4"))
             ),
             (
                 "from-source".to_string(),
-                Some(format!("{other}/versions/24.4.202410100"))
+                Some(format!("{other}/imageversions/24.4.202410100"))
             ),
         ]
     );
