@@ -16,6 +16,8 @@ use crate::store::cleanup::CleanupJob;
 
 /// Jobs one sweep works off; the rest wait for the next sweep.
 const SWEEP_LIMIT: usize = 20;
+/// Wall time one sweep spends on the queue.
+const SWEEP_SHARE: std::time::Duration = std::time::Duration::from_secs(60);
 /// How soon an operation in progress (a cancel, a deletion) is looked at again.
 const PROGRESS_RECHECK: chrono::Duration = chrono::Duration::seconds(60);
 /// After this many failed copies the log is given up on, so the template
@@ -43,9 +45,15 @@ pub async fn sweep(app: &App) -> usize {
             return 0;
         }
     };
-    let n = jobs.len();
+    let started = std::time::Instant::now();
+    let mut n = 0;
     for job in jobs {
+        // The rest stay due for the next sweep.
+        if started.elapsed() > SWEEP_SHARE {
+            break;
+        }
         run_step(app, &job).await;
+        n += 1;
     }
     n
 }

@@ -9,7 +9,30 @@ pub use super::wire::{FunctionName, Invocation, InvocationResult, InvokeError};
 use super::{builds, triggers, App};
 
 /// Invokes one function with the host's payload.
+/// The most one invocation may take, on the wall: under the HTTP trigger's
+/// 230 s and host.json's 5-minute `functionTimeout`, so kiln ends an
+/// invocation before the host kills it. Every step is level-triggered and
+/// each write carries what must follow it (`next_poll_at`, outbox rows,
+/// cleanup rows), so work cut short here is picked up by the next poll or
+/// sweep, as after a crash.
+pub const INVOCATION_BUDGET: std::time::Duration = std::time::Duration::from_secs(200);
+
+/// Runs function `name` on `inv`, within [`INVOCATION_BUDGET`].
 pub async fn invoke(
+    app: &App,
+    name: FunctionName,
+    inv: Invocation,
+) -> Result<InvocationResult, InvokeError> {
+    match tokio::time::timeout(INVOCATION_BUDGET, invoke_unbounded(app, name, inv)).await {
+        Ok(result) => result,
+        Err(_) => Err(InvokeError::Failed(anyhow::anyhow!(
+            "{name} ran past its budget of {} s and was stopped; what it left is picked up by the next poll or sweep",
+            INVOCATION_BUDGET.as_secs()
+        ))),
+    }
+}
+
+async fn invoke_unbounded(
     app: &App,
     name: FunctionName,
     inv: Invocation,
