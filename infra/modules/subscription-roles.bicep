@@ -51,10 +51,39 @@ resource appReadsMarketplace 'Microsoft.Authorization/roleAssignments@2022-04-01
 
 // Image Builder writes each run's customization.log to a storage account in
 // a staging group it creates per template, named at run time, anywhere in
-// the subscription: only a subscription-scope grant reaches it. That is a
-// read of every blob in the subscription, so it is off unless asked for;
-// the narrower way is a `stagingResourceGroup` in each pipeline's template
-// with the role granted on that group (`kiln preflight` prints the command).
+// the subscription: only a subscription-scope grant reaches it. kiln must
+// find the account (`Microsoft.Storage/storageAccounts/read`, which Storage
+// Blob Data Reader does not include) and read the blob. That is a read of
+// every blob in the subscription, so it is off unless asked for; without
+// it kiln keeps no build logs in Azure (`kiln preflight` says so). A fixed
+// `stagingResourceGroup` is not the narrower way: kiln refuses one, since
+// concurrent builds and attempts would share it and AIB would fail them.
+resource stagingLogLocator 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (grantStagingLogRead) {
+  name: guid(subscription().id, 'kiln-staging-log-locator')
+  properties: {
+    roleName: 'kiln staging log locator (${subscription().subscriptionId})'
+    description: 'Find the storage account of an Image Builder staging group (kiln copies customization.log before the template goes).'
+    type: 'CustomRole'
+    assignableScopes: [ subscription().id ]
+    permissions: [
+      {
+        actions: [
+          'Microsoft.Storage/storageAccounts/read'
+        ]
+      }
+    ]
+  }
+}
+
+resource appLocatesStagingLogs 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantStagingLogRead) {
+  name: guid(subscription().id, principalId, 'kiln-staging-log-locator', deploymentSuffix)
+  properties: {
+    roleDefinitionId: stagingLogLocator.id
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 resource appReadsStagingLogs 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantStagingLogRead) {
   name: guid(subscription().id, principalId, storageBlobDataReader, deploymentSuffix)
   properties: {
