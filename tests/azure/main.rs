@@ -7,5 +7,6 @@
 mod builds;
 mod cycles;
 mod harness;
+mod preflight;
 mod retention;
 mod sim_cli;
