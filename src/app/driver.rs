@@ -317,8 +317,19 @@ async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation> {
     // earlier attempt left; ask the gallery only then.
     let leftover_version = match (&b.state, &status) {
         (BuildState::Submitting { .. }, TemplateStatus::Missing) if b.attempt > 1 => {
+            // What an earlier attempt left: its version in the gallery, or
+            // its template not yet confirmed gone (the cleanup queue stops
+            // and confirms its run first), so two runs can never publish
+            // this build's version at once.
+            let earlier_template = match app.store.cleanup_of(&b.id) {
+                Ok(jobs) => jobs.iter().any(|j| j.template != template),
+                Err(e) => {
+                    tracing::warn!(build = %b.id, error = %e, "cannot read the cleanup queue");
+                    return Ok(Observation::Tick);
+                }
+            };
             match leftover_versions(app, b).await {
-                Ok(left) => Some(!left.is_empty()),
+                Ok(left) => Some(earlier_template || !left.is_empty()),
                 Err(e) => {
                     tracing::warn!(build = %b.id, error = %e, "cannot ask the gallery for a leftover version");
                     return Ok(Observation::Tick);
@@ -356,6 +367,7 @@ async fn replication(
             ));
             continue;
         };
+        let before = (r.completed.len(), r.pending.len());
         for region in &v.replication {
             let slot = match region.state.to_ascii_lowercase().as_str() {
                 "completed" => &mut r.completed,
@@ -363,6 +375,11 @@ async fn replication(
                 _ => &mut r.pending,
             };
             slot.push(region.region.clone());
+        }
+        // An output that reached no region and is not copying anywhere
+        // failed as a whole, whatever the other outputs did.
+        if !v.replication.is_empty() && (r.completed.len(), r.pending.len()) == before {
+            r.unpublished.push(image.definition_id());
         }
         if v.replication.is_empty() {
             r.pending.push(format!(

@@ -198,6 +198,8 @@ pub struct Replication {
     pub failed: Vec<String>,
     /// Still replicating, or not reported yet.
     pub pending: Vec<String>,
+    /// Outputs (definitions) that reached no region at all.
+    pub unpublished: Vec<String>,
 }
 
 /// What the driver must do after persisting the new build.
@@ -627,15 +629,22 @@ fn observe_run(
         // hold the version and the ones that failed, instead of waiting for
         // replicas that will never come.
         RunState::PartiallySucceeded => match replication {
-            Some(r) if r.pending.is_empty() && !r.completed.is_empty() => {
+            Some(r)
+                if r.pending.is_empty() && !r.completed.is_empty() && r.unpublished.is_empty() =>
+            {
                 Some(succeed(b, outputs.clone(), r.failed.clone(), effects))
             }
             // No region holds the version: the attempt failed to publish.
             // Replication failures are transient; the retry removes the
             // version this attempt left before it distributes again.
             Some(r) if r.pending.is_empty() => {
+                let what = if r.unpublished.is_empty() {
+                    "no region".to_string()
+                } else {
+                    format!("no region for {}", r.unpublished.join(", "))
+                };
                 let message = format!(
-                    "replication: the run ended PartiallySucceeded and version {} replicated to no region (failed in {}): {}",
+                    "replication: the run ended PartiallySucceeded and version {} replicated to {what} (failed in {}): {}",
                     b.version,
                     r.failed.join(", "),
                     run.message

@@ -750,6 +750,7 @@ fn a_partial_success_ends_with_the_regions_that_failed_once_none_is_copying() {
             completed: vec!["westeurope".into()],
             failed: vec!["eastus".into()],
             pending: vec![],
+            unpublished: vec![],
         }),
         t0(),
     );
@@ -768,11 +769,25 @@ fn a_partial_success_ends_with_the_regions_that_failed_once_none_is_copying() {
             completed: vec![],
             failed: vec!["eastus".into(), "westeurope".into()],
             pending: vec![],
+            unpublished: vec![],
         }),
         t0(),
     );
     assert_eq!(d.build.attempt, 2);
     assert!(d.cause.unwrap().contains("replication"));
+    // Two outputs, one published and one that reached no region: the build
+    // did not publish what it was asked to.
+    let d = apply(
+        &b,
+        &partial(Replication {
+            completed: vec!["westeurope".into()],
+            failed: vec!["westeurope".into()],
+            pending: vec![],
+            unpublished: vec!["/subscriptions/s/.../images/other".into()],
+        }),
+        t0(),
+    );
+    assert_eq!(d.build.attempt, 2, "{:?}", d.build.state);
 }
 
 #[test]
