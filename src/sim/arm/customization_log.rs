@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::build::{Outcome, Phase};
+use super::build::{Outcome, Phase, RunView};
 use super::world::{Template, TemplateRun};
 use super::ArmWorld;
 
@@ -157,5 +157,35 @@ pub(crate) fn describe(c: &Value, i: usize) -> String {
     match c.get("name").and_then(Value::as_str) {
         Some(n) => format!("{what} ({n})"),
         None => what,
+    }
+}
+
+/// `lastRunStatus.message` as AIB writes it.
+pub(crate) fn run_message(
+    world: &ArmWorld,
+    t: &Template,
+    run: &TemplateRun,
+    v: &RunView,
+) -> String {
+    match v {
+        RunView::Ended {
+            outcome: Outcome::Failed { .. },
+        } => format!(
+            "Failed while waiting for packerizer: Microservice has failed: Failed while processing request: Error when executing packerizer: Packer build command has failed: exit status 1. During the image build, a failure has occurred, please review the build log to identify which build/customization step failed. For more troubleshooting steps go to https://aka.ms/azvmimagebuilderts. Image Build log location: {}. OperationId: {}. Use this operationId to search packer logs.",
+            log_url(world, run),
+            run.operation
+        ),
+        RunView::Ended {
+            outcome: Outcome::PartiallySucceeded { region },
+        } => format!(
+            "Distribution for one or more distributors failed; the run output shows which. Error waiting on Azure Compute Gallery: replication failed in region {region} for image template {}.",
+            t.name
+        ),
+        RunView::Ended {
+            outcome: Outcome::Succeeded,
+        }
+        | RunView::Running(_)
+        | RunView::Canceling(_)
+        | RunView::Canceled { .. } => String::new(),
     }
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
 use super::build::{BuildPlan, Cancel, Outcome, Run, RunView, Schedule};
-use super::customization_log::describe;
+use super::customization_log::{describe, run_message};
 use super::distribute::shared_image;
 use super::operations::{operation_status, page, until};
 use super::template_check::check;
@@ -318,36 +318,6 @@ fn last_run_status(world: &ArmWorld, t: &Template, run: &TemplateRun, now: DateT
         status["runSubState"] = json!(p.as_str());
     }
     status
-}
-
-/// `lastRunStatus.message` as AIB writes it.
-pub(crate) fn run_message(
-    world: &ArmWorld,
-    t: &Template,
-    run: &TemplateRun,
-    v: &RunView,
-) -> String {
-    match v {
-        RunView::Ended {
-            outcome: Outcome::Failed { .. },
-        } => format!(
-            "Failed while waiting for packerizer: Microservice has failed: Failed while processing request: Error when executing packerizer: Packer build command has failed: exit status 1. During the image build, a failure has occurred, please review the build log to identify which build/customization step failed. For more troubleshooting steps go to https://aka.ms/azvmimagebuilderts. Image Build log location: {}. OperationId: {}. Use this operationId to search packer logs.",
-            super::customization_log::log_url(world, run),
-            run.operation
-        ),
-        RunView::Ended {
-            outcome: Outcome::PartiallySucceeded { region },
-        } => format!(
-            "Distribution for one or more distributors failed; the run output shows which. Error waiting on Azure Compute Gallery: replication failed in region {region} for image template {}.",
-            t.name
-        ),
-        RunView::Ended {
-            outcome: Outcome::Succeeded,
-        }
-        | RunView::Running(_)
-        | RunView::Canceling(_)
-        | RunView::Canceled { .. } => String::new(),
-    }
 }
 
 fn get(world: &ArmWorld, key: &str, name: &str, rg: &str) -> Response {

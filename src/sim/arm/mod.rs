@@ -1,4 +1,4 @@
-//! The ARM side of the simulator. Interface used by [`super::server`]:
+//! The ARM side of the simulator. Interface used by the simulator's server:
 //!
 //! ```ignore
 //! let mut options = ArmSimOptions::new(public_url); // + scale, profile, page_size

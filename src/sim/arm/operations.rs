@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::build::{Outcome, RunView};
-use super::image_builder::run_message;
+use super::customization_log::run_message;
 use super::world::{Operation, World};
 use super::{arm_error, Answer, ArmRequest, ArmWorld};
 

@@ -92,8 +92,9 @@ pub(crate) fn blob_router(world: Arc<ArmWorld>) -> axum::Router {
 /// The run's log bytes behind an account, and its folder.
 fn find_log(world: &ArmWorld, account: &str) -> Option<(String, Vec<u8>)> {
     let (w, now) = world.lock();
-    if let Some((_, folder, log)) = w.kept_logs.get(account) {
-        return Some((folder.clone(), log.clone()));
+    if let Some((_, t, gone_at)) = w.kept_logs.get(account) {
+        let run = t.run.as_ref()?;
+        return Some((run.log_folder.clone(), render_log(t, run, *gone_at)));
     }
     w.templates.values().find_map(|t| {
         let run = t.run.as_ref().filter(|r| r.storage_account == account)?;

@@ -194,8 +194,10 @@ pub struct World {
     pub versions: BTreeMap<String, Version>,
     /// Staging groups that exist: lower-cased `/subscriptions/{s}/resourcegroups/{g}` → template key.
     pub staging: BTreeMap<String, String>,
-    /// Storage accounts kept after their template went: account → (staging group key, log folder, log text).
-    pub kept_logs: BTreeMap<String, (String, String, Vec<u8>)>,
+    /// Storage accounts kept after their template went: account → (staging
+    /// group key, the template as it went, when it went); the log is rendered
+    /// from it when read.
+    pub kept_logs: BTreeMap<String, (String, Template, DateTime<Utc>)>,
     /// `location/publisher/offer/sku` lower-cased → versions (name, imageState).
     pub marketplace: BTreeMap<String, Vec<(String, String)>>,
     pub resources: Vec<Seeded>,
@@ -333,11 +335,8 @@ impl World {
                 if !t.keeps_staging(now) {
                     self.staging.remove(&group);
                 } else if let Some(run) = &t.run {
-                    let log = super::customization_log::render_log(&t, run, now);
-                    self.kept_logs.insert(
-                        run.storage_account.clone(),
-                        (group, run.log_folder.clone(), log),
-                    );
+                    self.kept_logs
+                        .insert(run.storage_account.clone(), (group, t.clone(), now));
                 }
             }
         }
