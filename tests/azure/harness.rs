@@ -1,14 +1,14 @@
 //! The test world: the simulator, `kiln serve` pointed at it, and the
 //! simulated Functions host, with helpers that read like the scenarios.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use kiln::config::{Env, Settings};
+use kiln::sim::factory::{Factory, FactoryOptions};
 use kiln::sim::faults::FaultRule;
-use kiln::sim::functions_host::{wait_until, FunctionsHost, HostHandle, HostOptions};
+use kiln::sim::functions_host::{wait_until, HostHandle};
 use kiln::sim::server::{Sim, SimHandle, SimOptions};
 
 /// How long any one scenario step may take on the wall clock.
@@ -66,21 +66,32 @@ impl World {
         let pipelines = make(&sim.options().subscription_id);
         std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
         for (name, doc) in &pipelines {
-            seed_source(&sim, doc).await;
             std::fs::write(
                 dir.path().join(format!("pipelines/{name}.json")),
                 serde_json::to_string_pretty(doc).unwrap(),
             )
             .unwrap();
         }
-        let handler = kiln_serve(&sim, dir.path(), extra_env).await;
-        let host = FunctionsHost::start(
-            HostOptions::new(&sim, &handler, &repo().join("handlers"))
-                .host_json(&repo().join("host.json"))
-                .unwrap(),
+        // The factory as `kiln sim --factory` runs it, on this world's files.
+        let mut env = vec![(
+            "KILN_EVENTS_KEY".to_string(),
+            "sim-e2e-events-key".to_string(),
+        )];
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let factory = Factory::start(
+            &sim,
+            FactoryOptions {
+                data_dir: dir.path().join("data"),
+                pipelines_dir: dir.path().join("pipelines"),
+                handlers_dir: repo().join("handlers"),
+                host_json: repo().join("host.json"),
+                api_port: 0,
+                extra_env: env,
+            },
         )
         .await
         .unwrap();
+        let host = factory.host;
         World {
             sim,
             host,
@@ -376,60 +387,4 @@ impl World {
             requests.join("\n  ")
         )
     }
-}
-
-/// Seeds the marketplace line a pipeline's platform-image source reads.
-async fn seed_source(sim: &SimHandle, doc: &Value) {
-    let s = &doc["properties"]["source"];
-    if s["type"] != "PlatformImage" {
-        return;
-    }
-    let r = reqwest::Client::new()
-        .post(format!("{}/_sim/arm/marketplace", sim.url()))
-        .json(&json!({
-            "location": doc["location"], "publisher": s["publisher"], "offer": s["offer"],
-            "sku": s["sku"], "versions": [{ "name": "1.0.0" }]
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "seeding the marketplace: {}",
-        r.status()
-    );
-}
-
-/// `kiln serve` (the custom handler) on a loopback port, configured from the
-/// sim's settings as `kiln sim` prints them.
-async fn kiln_serve(sim: &SimHandle, dir: &Path, extra_env: &[(&str, String)]) -> String {
-    let mut env: Env = sim.kiln_env().into_iter().collect();
-    for (k, v) in [
-        ("KILN_DATA_DIR", dir.join("data").display().to_string()),
-        (
-            "KILN_PIPELINES_DIR",
-            dir.join("pipelines").display().to_string(),
-        ),
-        (
-            "KILN_HANDLERS_DIR",
-            repo().join("handlers").display().to_string(),
-        ),
-        ("KILN_EVENTS_KEY", "sim-e2e-events-key".to_string()),
-    ] {
-        env.insert(k.to_string(), v);
-    }
-    for (k, v) in extra_env {
-        env.insert(k.to_string(), v.clone());
-    }
-    let settings = Settings::from_env(&env).unwrap();
-    let clock = settings.clock();
-    let app = kiln::host::wiring::azure_app(settings, &env, clock).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        kiln::host::serve::run(listener, app, std::future::pending())
-            .await
-            .unwrap();
-    });
-    url
 }
