@@ -31,6 +31,7 @@
 //!
 //! `cargo bench --bench azure_build [-- --factor 120 --builds 5 | --quick]`
 //! (also `KILN_BENCH_FACTOR`, `KILN_BENCH_BUILDS`; `--quick` is one build;
+//! `--distributing-secs S` shortens or lengthens the sim's Distributing phase;
 //! `KILN_BENCH_LOG=1` lists the attributable requests of the last build).
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use serde_json::{json, Value};
 
 use kiln::config::{Env, Settings};
 use kiln::ports::Clock;
+use kiln::sim::arm::BuildProfile;
 use kiln::sim::faults::{Outcome, RecordedRequest};
 use kiln::sim::functions_host::{FunctionsHost, HostHandle, HostOptions};
 use kiln::sim::server::{Sim, SimHandle, SimOptions};
@@ -56,12 +58,15 @@ fn repo() -> PathBuf {
 struct Args {
     factor: u32,
     builds: usize,
+    /// Overrides the sim profile's 6-minute Distributing phase (a what-if).
+    distributing_secs: Option<u64>,
 }
 
 fn args() -> Args {
     let env_num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let mut factor = env_num("KILN_BENCH_FACTOR").unwrap_or(120) as u32;
     let mut builds = env_num("KILN_BENCH_BUILDS").unwrap_or(5) as usize;
+    let mut distributing_secs = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = |name: &str| -> u64 {
@@ -73,6 +78,7 @@ fn args() -> Args {
             "--factor" => factor = value("--factor") as u32,
             "--builds" => builds = value("--builds") as usize,
             "--quick" => builds = 1,
+            "--distributing-secs" => distributing_secs = Some(value("--distributing-secs")),
             // `cargo bench` passes `--bench`; a filter string means nothing here.
             _ => {}
         }
@@ -81,7 +87,11 @@ fn args() -> Args {
         factor >= 1 && builds >= 1,
         "--factor and --builds must be at least 1"
     );
-    Args { factor, builds }
+    Args {
+        factor,
+        builds,
+        distributing_secs,
+    }
 }
 
 /// The shipped tiny pipeline on the sim's subscription, with an Azure-sized
@@ -471,6 +481,12 @@ fn main() {
     let wall = Instant::now();
     let ms: Vec<Measure> = rt.block_on(async {
         let w = start(a.factor).await;
+        if let Some(secs) = a.distributing_secs {
+            w.sim.arm().set_profile(BuildProfile {
+                distributing_secs: secs,
+                ..BuildProfile::default()
+            });
+        }
         let mut ms = Vec::new();
         for i in 0..a.builds {
             ms.push(one_build(&w, i, deadline).await);
@@ -480,9 +496,12 @@ fn main() {
     let wall = wall.elapsed();
 
     println!(
-        "azure_build: tiny pipeline on the simulator, clock factor {}, {} build(s) in sequence, {:.0} s wall",
+        "azure_build: tiny pipeline on the simulator, clock factor {}, {} build(s) in sequence{}, {:.0} s wall",
         a.factor,
         a.builds,
+        a.distributing_secs
+            .map(|s| format!(", Distributing {s} s"))
+            .unwrap_or_default(),
         wall.as_secs_f64()
     );
     println!("  build  ARM  other  SB sends  deliveries  empty rx  settles  seen late  delete asked  gone");
