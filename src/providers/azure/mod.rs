@@ -125,6 +125,11 @@ impl AzureSettings {
                 }
             }
         } else {
+            // A scaled clock against Azure would time out and back off on
+            // a clock Azure does not keep.
+            if get(env, "KILN_CLOCK").is_some() {
+                bail!("KILN_CLOCK: a scaled clock is for the simulator only (KILN_AZURE_CREDENTIAL=sim); unset it to run against Azure");
+            }
             for (key, u) in [
                 ("KILN_AZURE_MANAGEMENT_URL", &management_url),
                 ("KILN_AZURE_SERVICE_BUS_URL", &service_bus_url),
@@ -290,6 +295,19 @@ mod tests {
         let s = AzureSettings::from_env(&env(&pairs)).unwrap();
         assert_eq!(s.credential, CredentialKind::AzureCli);
         assert_eq!(s.inventory_subscriptions, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_scaled_clock_is_refused_against_azure() {
+        let mut pairs = full();
+        pairs.push((
+            "KILN_CLOCK",
+            "scaled start=2026-12-01T00:00:00Z anchor=2026-12-01T00:00:00Z factor=60",
+        ));
+        let e = AzureSettings::from_env(&env(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("KILN_CLOCK"), "{e}");
     }
 
     #[test]
