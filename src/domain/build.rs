@@ -441,11 +441,25 @@ fn step(
                     }
                     // The run won the race: the image exists, so say so.
                     RunState::Succeeded => Some(succeed(b, outputs.clone(), vec![], effects)),
-                    // A final state too: published everywhere counts as the
-                    // run winning; otherwise the cancel stands.
+                    // A final state too. A version that reached some region
+                    // is live there (the run won, partly): say so, as for a
+                    // run that was not canceled, rather than leave a live
+                    // version behind a canceled build. Regions still copying
+                    // are waited for; nothing published, the cancel stands.
                     RunState::PartiallySucceeded => match replication {
-                        Some(r) if r.pending.is_empty() && r.failed.is_empty() => {
-                            Some(succeed(b, outputs.clone(), vec![], effects))
+                        Some(r)
+                            if r.pending.is_empty()
+                                && !r.completed.is_empty()
+                                && r.unpublished.is_empty() =>
+                        {
+                            Some(succeed(b, outputs.clone(), r.failed.clone(), effects))
+                        }
+                        Some(r) if !r.pending.is_empty() => {
+                            if let Some(cause) = cancel_unconfirmed(b, &reason, now, t, effects) {
+                                return Some(cause);
+                            }
+                            poll(b, t, effects);
+                            None
                         }
                         Some(_) | None => Some(finish_cancel(b, reason, timed_out, effects)),
                     },

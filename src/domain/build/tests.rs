@@ -548,14 +548,53 @@ fn a_canceling_build_ends_when_the_run_ends_partially_succeeded() {
         replication: replicated.map(replicated_to),
         leftover_version: None,
     };
+    // Still copying somewhere: wait for it.
     assert_eq!(
         apply(&c, &partial(Some(false)), t0()).build.state.name(),
-        "canceled"
+        "canceling"
     );
     assert_eq!(
         apply(&c, &partial(Some(true)), t0()).build.state.name(),
         "succeeded"
     );
+    let ended = |replication: Replication| match partial(None) {
+        Observation::Provider {
+            status, outputs, ..
+        } => Observation::Provider {
+            status,
+            outputs,
+            replication: Some(replication),
+            leftover_version: None,
+        },
+        other => other,
+    };
+    // Live in one region: the build says so instead of hiding it.
+    let live = apply(
+        &c,
+        &ended(Replication {
+            completed: vec!["westeurope".into()],
+            failed: vec!["northeurope".into()],
+            ..Replication::default()
+        }),
+        t0(),
+    );
+    assert_eq!(
+        live.build.state,
+        BuildState::Succeeded {
+            artifacts: vec![output()],
+            failed_regions: vec!["northeurope".into()],
+        }
+    );
+    // Published nowhere: the cancel stands.
+    let nowhere = apply(
+        &c,
+        &ended(Replication {
+            failed: vec!["westeurope".into()],
+            ..Replication::default()
+        }),
+        t0(),
+    );
+    assert_eq!(nowhere.build.state.name(), "canceled");
 }
 
 #[test]
