@@ -1,4 +1,5 @@
 use super::*;
+use crate::domain::run::{RunState, RunStatus, RunSubState};
 use chrono::TimeZone;
 use proptest::prelude::*;
 
