@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use chrono::TimeZone;
+use chrono::{TimeDelta, TimeZone};
 
 use super::*;
 
