@@ -447,17 +447,17 @@ async fn gallery_promote(State(app): State<App>, body: axum::body::Bytes) -> Api
 }
 
 async fn retention_plan(State(app): State<App>) -> ApiResult {
-    let plans = super::retention_job::plan(&app).await?;
+    let plans = super::retention_function::plan(&app).await?;
     Ok(Json(plans).into_response())
 }
 
 async fn retention_apply(State(app): State<App>) -> ApiResult {
-    let run = super::retention_job::run(&app, false).await?;
+    let run = super::retention_function::run(&app, false).await?;
     Ok(Json(run).into_response())
 }
 
 async fn retention_audit(State(app): State<App>) -> ApiResult {
-    Ok(Json(super::retention::audit(app.store.db(), 1000)?).into_response())
+    Ok(Json(super::retention_executor::audit(app.store.db(), 1000)?).into_response())
 }
 
 /// Serves a payload-mode HTTP invocation (`Data.req`) through the router and

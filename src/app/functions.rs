@@ -83,7 +83,7 @@ async fn invoke_unbounded(
         }
         FunctionName::Retention => {
             trigger_value(&inv, name)?;
-            let run = super::retention_job::run(app, false).await?;
+            let run = super::retention_function::run(app, false).await?;
             out.log(format!(
                 "retention: run {} applied {} steps ({} failed)",
                 run.run_id,

@@ -1,8 +1,15 @@
 //! The functions of the factory and what they share.
 //!
-//! Each function is one module: it decodes its trigger, calls the domain and
-//! the ports, and encodes its outputs. Both hosts (the Functions custom
-//! handler and `kiln local`) invoke them through [`invoke`].
+//! Each function decodes its trigger, calls the domain and the ports, and
+//! encodes its outputs. Both hosts (the Functions custom handler and
+//! `kiln local`) invoke them through [`invoke`].
+//!
+//! | role | modules |
+//! |---|---|
+//! | functions (one per `handlers/<function>`) | [`builds`] (`build_requests`, `build_polls`, `build_sweeper`), [`triggers`] (`patch_tuesday`, `base_image_watch`, `base_image_events`), [`retention_function`] (`retention`) |
+//! | dispatch and wire | [`functions`] (name → function, the invocation budget), [`wire`] (the custom-handler payloads) |
+//! | HTTP | [`api`] (the `/api` routes), [`dashboard`] |
+//! | shared services | [`driver`] (one step of a build), [`admission`], [`cleanup`] (retiring templates), [`retention_executor`] (plans and applies retention), [`events`] (CloudEvents out), [`render`] (the template AIB gets), [`pipelines`], [`lint`], [`gallery_ops`] |
 
 pub mod admission;
 pub mod api;
@@ -16,8 +23,8 @@ pub mod gallery_ops;
 pub mod lint;
 pub mod pipelines;
 pub mod render;
-pub mod retention;
-pub mod retention_job;
+pub mod retention_executor;
+pub mod retention_function;
 pub mod triggers;
 pub mod wire;
 

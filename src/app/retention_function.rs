@@ -1,7 +1,7 @@
 //! Function `retention`: plans and applies retention for every image
 //! definition the deployed pipelines publish to.
 
-use super::retention::{apply, plan_all, RetentionRun, RetentionTarget};
+use super::retention_executor::{apply, plan_all, RetentionRun, RetentionTarget};
 use super::App;
 use crate::domain::build::BuildState;
 use crate::domain::retention::{DefinitionStatus, Plan};
