@@ -12,7 +12,7 @@ use super::{
 };
 
 /// Plans one definition. See the module documentation for the rules; every
-/// version must belong to `definition_id` (see [`belongs_to`]).
+/// version must belong to `definition_id` (see [`super::belongs_to`]).
 pub fn plan(
     definition_id: &str,
     versions: &[GalleryVersion],
