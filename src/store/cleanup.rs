@@ -46,6 +46,17 @@ pub(crate) fn insert(
     .map(|_| ())
 }
 
+/// A row of `SELECT template, build_id, keep, attempts, last_error`.
+fn job(r: &rusqlite::Row<'_>) -> rusqlite::Result<CleanupJob> {
+    Ok(CleanupJob {
+        template: r.get(0)?,
+        build_id: r.get(1)?,
+        keep: r.get(2)?,
+        attempts: r.get(3)?,
+        last_error: r.get(4)?,
+    })
+}
+
 impl Store {
     /// Jobs due at `now`, oldest first, at most `limit` (one sweep's share).
     pub fn cleanup_due(&self, now: DateTime<Utc>, limit: usize) -> anyhow::Result<Vec<CleanupJob>> {
@@ -54,15 +65,7 @@ impl Store {
                 "SELECT template, build_id, keep, attempts, last_error FROM template_cleanup
                  WHERE next_at <= ?1 ORDER BY next_at, template LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![ts(now), limit as i64], |r| {
-                Ok(CleanupJob {
-                    template: r.get(0)?,
-                    build_id: r.get(1)?,
-                    keep: r.get(2)?,
-                    attempts: r.get(3)?,
-                    last_error: r.get(4)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![ts(now), limit as i64], job)?;
             rows.collect()
         })
     }
@@ -74,15 +77,7 @@ impl Store {
                 "SELECT template, build_id, keep, attempts, last_error FROM template_cleanup
                  WHERE build_id = ?1 ORDER BY template",
             )?;
-            let rows = stmt.query_map([build_id], |r| {
-                Ok(CleanupJob {
-                    template: r.get(0)?,
-                    build_id: r.get(1)?,
-                    keep: r.get(2)?,
-                    attempts: r.get(3)?,
-                    last_error: r.get(4)?,
-                })
-            })?;
+            let rows = stmt.query_map([build_id], job)?;
             rows.collect()
         })
     }
