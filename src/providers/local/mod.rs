@@ -33,17 +33,13 @@ mod options;
 mod records;
 mod run;
 mod sandbox;
+mod tasks;
 mod util;
 mod vm;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use anyhow::{bail, Context};
-use async_trait::async_trait;
-use tokio::sync::watch;
 
 use crate::domain::build::FailureCategory;
 use crate::domain::gallery::{GalleryVersion, InUseSet};
@@ -55,12 +51,15 @@ use crate::ports::{
     RunStart, RunState, RunStatus, RunSubState, TemplateStatus, VersionUpdate,
 };
 use crate::store::Db;
+use anyhow::{bail, Context};
+use async_trait::async_trait;
 
 pub use catalog::{BaseFrom, BaseImage};
 pub use faults::{FaultKind, FaultSpec, Faults};
 pub use vm::{BootReport, VmRecord};
 
 use records::{Records, RunRow};
+use tasks::Tasks;
 use util::{now, parse_ts};
 
 /// What a host tool is needed for.
@@ -147,16 +146,6 @@ pub struct PublishedVersion {
 /// reading of messages for every provider lives in the domain.
 pub use crate::domain::failure::classify;
 
-/// Progress of a run's task, as its watchers see it.
-const STATUS_WRITTEN: u8 = 1;
-const TASK_ENDED: u8 = 2;
-
-struct RunHandle {
-    cancel: watch::Sender<bool>,
-    /// 0 running, [`STATUS_WRITTEN`], then [`TASK_ENDED`] (staging removed).
-    done: watch::Receiver<u8>,
-}
-
 pub(crate) struct Inner {
     pub data_dir: PathBuf,
     pub records: Records,
@@ -166,7 +155,7 @@ pub(crate) struct Inner {
     pub http: reqwest::Client,
     pid: u32,
     pid_start: String,
-    running: Mutex<HashMap<String, RunHandle>>,
+    tasks: Tasks,
     pub kvm_ok: tokio::sync::Mutex<Option<bool>>,
     tools: tokio::sync::OnceCell<serde_json::Value>,
 }
@@ -181,10 +170,7 @@ impl Inner {
     }
 
     fn has_task(&self, name: &str) -> bool {
-        self.running
-            .lock()
-            .map(|m| m.contains_key(name))
-            .unwrap_or(false)
+        self.tasks.has(name)
     }
 
     /// An active run nobody is running any more: this instance has no task
@@ -207,33 +193,6 @@ impl Inner {
             "orphaned: the process running this build exited (instance {}, pid {}) before it finished",
             run.instance_id, run.pid
         ))
-    }
-}
-
-/// Removes a run's handle when its task ends (even by panic) and wakes the
-/// waiters (`wait_run` once the status is written, `cancel` at the end).
-struct TaskGuard {
-    inner: Arc<Inner>,
-    name: String,
-    done: watch::Sender<u8>,
-}
-
-impl TaskGuard {
-    fn status_written(&self) {
-        self.done.send_if_modified(|v| {
-            let changed = *v < STATUS_WRITTEN;
-            *v = (*v).max(STATUS_WRITTEN);
-            changed
-        });
-    }
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.inner.running.lock() {
-            m.remove(&self.name);
-        }
-        let _ = self.done.send(TASK_ENDED);
     }
 }
 
@@ -274,7 +233,7 @@ impl LocalProvider {
                 http: fetch::http_client(),
                 pid,
                 pid_start: util::process_start(pid).unwrap_or_default(),
-                running: Mutex::new(HashMap::new()),
+                tasks: Tasks::default(),
                 kvm_ok: tokio::sync::Mutex::new(None),
                 tools: tokio::sync::OnceCell::new(),
             }),
@@ -407,15 +366,8 @@ impl LocalProvider {
     pub async fn wait_run(&self, name: &str, timeout: Duration) -> anyhow::Result<RunStatus> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let done = self
-                .inner
-                .running
-                .lock()
-                .ok()
-                .and_then(|m| m.get(name).map(|h| h.done.clone()));
-            if let Some(mut done) = done {
-                let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d >= STATUS_WRITTEN))
-                    .await;
+            if let Some(mut progress) = self.inner.tasks.progress(name) {
+                let _ = tokio::time::timeout_at(deadline, progress.status_written()).await;
             }
             match self.status(name).await? {
                 TemplateStatus::Missing => bail!("template {name} does not exist"),
@@ -670,25 +622,8 @@ impl ImageBuilder for LocalProvider {
         }
         let body: serde_json::Value = serde_json::from_str(&body).map_err(perr)?;
         let template: ImageTemplate = serde_json::from_value(body.clone()).map_err(perr)?;
-        let (cancel_tx, cancel_rx) = watch::channel(false);
-        let (done_tx, done_rx) = watch::channel(0u8);
-        {
-            let mut m = p.running.lock().map_err(perr)?;
-            if m.contains_key(name) {
-                return Ok(RunStart::Started);
-            }
-            m.insert(
-                name.to_string(),
-                RunHandle {
-                    cancel: cancel_tx,
-                    done: done_rx,
-                },
-            );
-        }
-        let guard = TaskGuard {
-            inner: p.clone(),
-            name: name.to_string(),
-            done: done_tx,
+        let Some((guard, cancel_rx)) = p.tasks.register(name).map_err(perr)? else {
+            return Ok(RunStart::Started);
         };
         let row = RunRow {
             template: name.to_string(),
@@ -771,22 +706,12 @@ impl ImageBuilder for LocalProvider {
         if !run.is_active() {
             return Ok(());
         }
-        let done = {
-            let m = p.running.lock().map_err(perr)?;
-            m.get(name).map(|h| {
-                let _ = h.cancel.send(true);
-                h.done.clone()
-            })
-        };
+        let progress = p.tasks.cancel(name).map_err(perr)?;
         p.records.run_set_canceling(name).map_err(perr)?;
-        match done {
-            Some(mut done) => {
+        match progress {
+            Some(mut progress) => {
                 // Wait for the task to kill its sandbox and clean up.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(120),
-                    done.wait_for(|d| *d >= TASK_ENDED),
-                )
-                .await;
+                let _ = tokio::time::timeout(Duration::from_secs(120), progress.ended()).await;
             }
             None => {
                 if p.orphan_reason(&run).is_some() {
