@@ -18,10 +18,25 @@
 //! images/<managed image>/   vhd/<template>/         other distributor outputs
 //! logs/<template>.log                                the customization log
 //! ```
+//!
+//! This file is the provider type and its port implementations. Beside it:
+//!
+//! ```text
+//! tasks.rs        the registry of build tasks this process runs (cancel, wait, orphans)
+//! run.rs          one run's context       engine.rs   one build, start to end
+//! check.rs        what cannot be built    options.rs  per-build options from tags
+//! catalog.rs      base root filesystems   catalog_ops.rs  `kiln base` import/list/deprecate
+//! fetch.rs        scriptUri/sourceUri     sandbox.rs / namespace.rs / build_user.rs  running steps
+//! generalize.rs   deprovisioning          capture.rs  ext4/qcow2 capture and provenance
+//! gallery.rs      the local gallery       vm.rs       boot tests under QEMU
+//! vm_ops.rs       run details, `kiln vm` run/create/list/delete
+//! records.rs      the SQLite rows         faults.rs   test hooks      util.rs  small helpers
+//! ```
 
 mod build_user;
 mod capture;
 mod catalog;
+mod catalog_ops;
 mod check;
 mod engine;
 mod faults;
@@ -36,6 +51,7 @@ mod sandbox;
 mod tasks;
 mod util;
 mod vm;
+mod vm_ops;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +73,7 @@ use async_trait::async_trait;
 pub use catalog::{BaseFrom, BaseImage};
 pub use faults::{FaultKind, FaultSpec, Faults};
 pub use vm::{BootReport, VmRecord};
+pub use vm_ops::RunDetails;
 
 use records::{Records, RunRow};
 use tasks::Tasks;
@@ -111,22 +128,6 @@ pub struct LocalConfig {
     pub kvm: KvmMode,
     /// Test hooks (`Faults::from_env()` reads `KILN_LOCAL_FAULTS`).
     pub faults: Faults,
-}
-
-/// A run as the CLI and API show it (more than AIB's `lastRunStatus`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunDetails {
-    pub template: String,
-    pub status: RunStatus,
-    /// The exact source version (`PlatformImage`) or resource id used.
-    pub source_exact_version: Option<String>,
-    /// The staging folder kept by `errorHandling: abort`.
-    pub staging_kept: Option<PathBuf>,
-    pub log_path: PathBuf,
-    /// The provenance manifest, once the image was captured.
-    pub manifest: Option<serde_json::Value>,
-    pub instance_id: String,
 }
 
 /// A local gallery version with where its files are.
@@ -292,74 +293,7 @@ impl LocalProvider {
         self.inner.log_path(template)
     }
 
-    // ---- base catalog ----
-
-    /// Adds a base version to the catalog (`urn` = `publisher:offer:sku`).
-    /// A newer version of an existing URN is a base-image update.
-    pub async fn import_base(
-        &self,
-        urn: &str,
-        version: &str,
-        from: BaseFrom,
-    ) -> anyhow::Result<BaseImage> {
-        catalog::import(
-            &self.inner.records,
-            &self.inner.data_dir,
-            urn,
-            version,
-            from,
-        )
-        .await
-    }
-
-    /// Marks a base version deprecated: pipelines following it get a warning.
-    pub async fn deprecate_base(&self, urn: &str, version: &str) -> anyhow::Result<()> {
-        if !self.inner.records.base_deprecate(urn, version)? {
-            bail!("no base image {urn} version {version}");
-        }
-        Ok(())
-    }
-
-    pub async fn list_bases(&self) -> anyhow::Result<Vec<BaseImage>> {
-        let mut all: Vec<BaseImage> = self
-            .inner
-            .records
-            .bases(None)?
-            .into_iter()
-            .map(BaseImage::from)
-            .collect();
-        all.sort_by(|a, b| {
-            a.urn
-                .to_ascii_lowercase()
-                .cmp(&b.urn.to_ascii_lowercase())
-                .then_with(|| util::cmp_versions(&a.version, &b.version))
-        });
-        Ok(all)
-    }
-
     // ---- runs ----
-
-    pub async fn run_details(&self, template: &str) -> anyhow::Result<Option<RunDetails>> {
-        // Through status() so an orphan is reported as such.
-        if !matches!(self.status(template).await?, TemplateStatus::Run(_)) {
-            return Ok(None);
-        }
-        let Some(run) = self.inner.records.run_get(template)? else {
-            return Ok(None);
-        };
-        Ok(Some(RunDetails {
-            template: template.to_string(),
-            status: status_of(&run),
-            source_exact_version: run.source_version.clone(),
-            staging_kept: run.staging.as_ref().map(PathBuf::from),
-            log_path: self.log_path(template),
-            manifest: run
-                .manifest
-                .as_deref()
-                .and_then(|m| serde_json::from_str(m).ok()),
-            instance_id: run.instance_id.clone(),
-        }))
-    }
 
     /// Waits until a run ends (or `timeout`), then returns its status.
     /// Wakes at once for runs of this process; polls the store for others.
@@ -448,100 +382,6 @@ impl LocalProvider {
                 path,
             }
         }))
-    }
-
-    // ---- VMs ----
-
-    /// Boots a published version under QEMU and runs `check` (shell) as init.
-    pub async fn vm_run(
-        &self,
-        version_id: &str,
-        check: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<BootReport> {
-        let v = self
-            .gallery_version(version_id)
-            .await?
-            .with_context(|| format!("gallery image version {version_id} does not exist"))?;
-        let (disk, kernel, initrd) = vm::artifact_files(&v.path);
-        let Some(kernel) = kernel else {
-            bail!(
-                "image version {} has no kernel: its base had no /boot/vmlinuz-* (import a Debian base with --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv to boot it)",
-                v.id
-            );
-        };
-        vm::boot(
-            &self.inner,
-            &disk,
-            &kernel,
-            initrd.as_deref(),
-            check,
-            timeout,
-            None,
-        )
-        .await
-        .map_err(|e| match e {
-            vm::BootError::Canceled => anyhow::anyhow!("boot canceled"),
-            vm::BootError::Other(e) => e,
-        })
-    }
-
-    /// Records a consumer of an image version (or of a definition's latest).
-    /// The same name with the same image is fine; with another image it is an error.
-    pub async fn vm_create(&self, image_version_id: &str, name: &str) -> anyhow::Result<VmRecord> {
-        if !util::safe_component(name) {
-            bail!("`{name}` is not a VM name (1-128 of A-Z a-z 0-9 . - _)");
-        }
-        let r = GalleryImageRef::parse(image_version_id)
-            .with_context(|| format!("`{image_version_id}` is not a gallery image (version) id"))?;
-        let reference = match r.version.as_deref() {
-            Some(v) if !v.eq_ignore_ascii_case("latest") => {
-                let v: ImageVersion = v.parse()?;
-                self.inner
-                    .records
-                    .version_get(&r.definition_id(), v)?
-                    .filter(|row| row.provisioning_state == "Succeeded")
-                    .with_context(|| {
-                        format!("gallery image version {image_version_id} does not exist")
-                    })?
-                    .id()
-            }
-            _ => {
-                let def = r.definition_id();
-                catalog::latest_version(&self.inner.records, &def)?
-                    .with_context(|| format!("gallery image {def} has no version to run"))?;
-                def
-            }
-        };
-        match self.inner.records.vm_insert(name, &reference, now())? {
-            None => {}
-            Some((existing, _)) if existing.eq_ignore_ascii_case(&reference) => {}
-            Some((existing, _)) => bail!("VM {name} already exists with image {existing}"),
-        }
-        self.vm_list()
-            .await?
-            .into_iter()
-            .find(|v| v.name == name)
-            .context("VM record vanished")
-    }
-
-    pub async fn vm_list(&self) -> anyhow::Result<Vec<VmRecord>> {
-        Ok(self
-            .inner
-            .records
-            .vms()?
-            .into_iter()
-            .map(|(name, image_reference, created_at)| VmRecord {
-                name,
-                image_reference,
-                created_at,
-            })
-            .collect())
-    }
-
-    /// Removes a consumer record; true when it existed.
-    pub async fn vm_delete(&self, name: &str) -> anyhow::Result<bool> {
-        self.inner.records.vm_delete(name)
     }
 }
 
