@@ -75,7 +75,7 @@ pub use faults::{FaultKind, FaultSpec, Faults};
 pub use vm::{BootReport, VmRecord};
 pub use vm_ops::RunDetails;
 
-use records::{Records, RunRow};
+use records::{LocalRunState, Records, RunRow};
 use tasks::Tasks;
 use util::{now, parse_ts};
 
@@ -208,7 +208,7 @@ fn perr(e: impl std::fmt::Display) -> ProviderError {
 
 fn status_of(run: &RunRow) -> RunStatus {
     RunStatus {
-        run_state: RunState::parse(&run.run_state),
+        run_state: run.run_state.into(),
         run_sub_state: run.run_sub_state.as_deref().map(RunSubState::parse),
         message: run.message.clone(),
         start_time: parse_ts(&run.start_time),
@@ -471,7 +471,7 @@ impl ImageBuilder for LocalProvider {
             instance_id: p.instance_id.clone(),
             pid: p.pid,
             pid_start: p.pid_start.clone(),
-            run_state: "Running".into(),
+            run_state: LocalRunState::Running,
             run_sub_state: Some("Queued".into()),
             message: String::new(),
             start_time: util::ts(now()),
@@ -493,7 +493,7 @@ impl ImageBuilder for LocalProvider {
             {
                 Ok(build) => build.execute().await,
                 Err(e) => run::Finished {
-                    state: "Failed",
+                    state: LocalRunState::Failed,
                     message: format!("internal: cannot start the build: {e}"),
                     kept_staging: None,
                     cleanup: None,
@@ -560,7 +560,7 @@ impl ImageBuilder for LocalProvider {
                         .run_finish(
                             name,
                             &run.instance_id,
-                            "Canceled",
+                            LocalRunState::Canceled,
                             "canceled: the run was canceled (its process had exited)",
                             None,
                             now(),
