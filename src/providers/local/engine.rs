@@ -25,6 +25,7 @@ use super::build_user::{self, BuildUser, StepUser};
 use super::capture::{self, Captured};
 use super::catalog::{self, SourceData};
 use super::fetch::{fetch, FetchError};
+use super::records::LocalRunState;
 use super::run::{human, Build, Fail, Finished, Provenance};
 use super::sandbox::{run_process, Ended, ProcOutput, Sandbox};
 use super::util::{now, resolve_inside, sha256_hex, tail_lines};
@@ -83,7 +84,7 @@ impl Build {
         let result = self.stages().await;
         let finished = match result {
             Ok(None) => Finished {
-                state: "Succeeded",
+                state: LocalRunState::Succeeded,
                 message: String::new(),
                 kept_staging: None,
                 cleanup: Some(self.staging.clone()),
@@ -91,14 +92,14 @@ impl Build {
             Ok(Some(validation_message)) => {
                 // continueDistributeOnFailure: distributed, yet the run failed.
                 Finished {
-                    state: "Failed",
+                    state: LocalRunState::Failed,
                     message: validation_message,
                     kept_staging: None,
                     cleanup: Some(self.staging.clone()),
                 }
             }
             Err(Fail::Canceled) => Finished {
-                state: "Canceled",
+                state: LocalRunState::Canceled,
                 message: "canceled: the run was canceled".to_string(),
                 kept_staging: None,
                 cleanup: Some(self.staging.clone()),
@@ -117,7 +118,7 @@ impl Build {
                     ));
                 }
                 Finished {
-                    state: "Failed",
+                    state: LocalRunState::Failed,
                     message,
                     kept_staging: kept.then(|| self.staging.display().to_string()),
                     cleanup: (!kept).then(|| self.staging.clone()),

@@ -18,10 +18,25 @@
 //! images/<managed image>/   vhd/<template>/         other distributor outputs
 //! logs/<template>.log                                the customization log
 //! ```
+//!
+//! This file is the provider type and its port implementations. Beside it:
+//!
+//! ```text
+//! tasks.rs        the registry of build tasks this process runs (cancel, wait, orphans)
+//! run.rs          one run's context       engine.rs   one build, start to end
+//! check.rs        what cannot be built    options.rs  per-build options from tags
+//! catalog.rs      base root filesystems   catalog_ops.rs  `kiln base` import/list/deprecate
+//! fetch.rs        scriptUri/sourceUri     sandbox.rs / namespace.rs / build_user.rs  running steps
+//! generalize.rs   deprovisioning          capture.rs  ext4/qcow2 capture and provenance
+//! gallery.rs      the local gallery       vm.rs       boot tests under QEMU
+//! vm_ops.rs       run details, `kiln vm` run/create/list/delete
+//! records.rs      the SQLite rows         faults.rs   test hooks      util.rs  small helpers
+//! ```
 
 mod build_user;
 mod capture;
 mod catalog;
+mod catalog_ops;
 mod check;
 mod engine;
 mod faults;
@@ -33,17 +48,14 @@ mod options;
 mod records;
 mod run;
 mod sandbox;
+mod tasks;
 mod util;
 mod vm;
+mod vm_ops;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use anyhow::{bail, Context};
-use async_trait::async_trait;
-use tokio::sync::watch;
 
 use crate::domain::build::FailureCategory;
 use crate::domain::gallery::{GalleryVersion, InUseSet};
@@ -55,12 +67,16 @@ use crate::ports::{
     RunStart, RunState, RunStatus, RunSubState, TemplateStatus, VersionUpdate,
 };
 use crate::store::Db;
+use anyhow::{bail, Context};
+use async_trait::async_trait;
 
 pub use catalog::{BaseFrom, BaseImage};
 pub use faults::{FaultKind, FaultSpec, Faults};
 pub use vm::{BootReport, VmRecord};
+pub use vm_ops::RunDetails;
 
-use records::{Records, RunRow};
+use records::{LocalRunState, Records, RunRow};
+use tasks::Tasks;
 use util::{now, parse_ts};
 
 /// What a host tool is needed for.
@@ -114,22 +130,6 @@ pub struct LocalConfig {
     pub faults: Faults,
 }
 
-/// A run as the CLI and API show it (more than AIB's `lastRunStatus`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunDetails {
-    pub template: String,
-    pub status: RunStatus,
-    /// The exact source version (`PlatformImage`) or resource id used.
-    pub source_exact_version: Option<String>,
-    /// The staging folder kept by `errorHandling: abort`.
-    pub staging_kept: Option<PathBuf>,
-    pub log_path: PathBuf,
-    /// The provenance manifest, once the image was captured.
-    pub manifest: Option<serde_json::Value>,
-    pub instance_id: String,
-}
-
 /// A local gallery version with where its files are.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -147,16 +147,6 @@ pub struct PublishedVersion {
 /// reading of messages for every provider lives in the domain.
 pub use crate::domain::failure::classify;
 
-/// Progress of a run's task, as its watchers see it.
-const STATUS_WRITTEN: u8 = 1;
-const TASK_ENDED: u8 = 2;
-
-struct RunHandle {
-    cancel: watch::Sender<bool>,
-    /// 0 running, [`STATUS_WRITTEN`], then [`TASK_ENDED`] (staging removed).
-    done: watch::Receiver<u8>,
-}
-
 pub(crate) struct Inner {
     pub data_dir: PathBuf,
     pub records: Records,
@@ -166,7 +156,7 @@ pub(crate) struct Inner {
     pub http: reqwest::Client,
     pid: u32,
     pid_start: String,
-    running: Mutex<HashMap<String, RunHandle>>,
+    tasks: Tasks,
     pub kvm_ok: tokio::sync::Mutex<Option<bool>>,
     tools: tokio::sync::OnceCell<serde_json::Value>,
 }
@@ -181,10 +171,7 @@ impl Inner {
     }
 
     fn has_task(&self, name: &str) -> bool {
-        self.running
-            .lock()
-            .map(|m| m.contains_key(name))
-            .unwrap_or(false)
+        self.tasks.has(name)
     }
 
     /// An active run nobody is running any more: this instance has no task
@@ -210,33 +197,6 @@ impl Inner {
     }
 }
 
-/// Removes a run's handle when its task ends (even by panic) and wakes the
-/// waiters (`wait_run` once the status is written, `cancel` at the end).
-struct TaskGuard {
-    inner: Arc<Inner>,
-    name: String,
-    done: watch::Sender<u8>,
-}
-
-impl TaskGuard {
-    fn status_written(&self) {
-        self.done.send_if_modified(|v| {
-            let changed = *v < STATUS_WRITTEN;
-            *v = (*v).max(STATUS_WRITTEN);
-            changed
-        });
-    }
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.inner.running.lock() {
-            m.remove(&self.name);
-        }
-        let _ = self.done.send(TASK_ENDED);
-    }
-}
-
 #[derive(Clone)]
 pub struct LocalProvider {
     inner: Arc<Inner>,
@@ -248,7 +208,7 @@ fn perr(e: impl std::fmt::Display) -> ProviderError {
 
 fn status_of(run: &RunRow) -> RunStatus {
     RunStatus {
-        run_state: RunState::parse(&run.run_state),
+        run_state: run.run_state.into(),
         run_sub_state: run.run_sub_state.as_deref().map(RunSubState::parse),
         message: run.message.clone(),
         start_time: parse_ts(&run.start_time),
@@ -274,7 +234,7 @@ impl LocalProvider {
                 http: fetch::http_client(),
                 pid,
                 pid_start: util::process_start(pid).unwrap_or_default(),
-                running: Mutex::new(HashMap::new()),
+                tasks: Tasks::default(),
                 kvm_ok: tokio::sync::Mutex::new(None),
                 tools: tokio::sync::OnceCell::new(),
             }),
@@ -333,89 +293,15 @@ impl LocalProvider {
         self.inner.log_path(template)
     }
 
-    // ---- base catalog ----
-
-    /// Adds a base version to the catalog (`urn` = `publisher:offer:sku`).
-    /// A newer version of an existing URN is a base-image update.
-    pub async fn import_base(
-        &self,
-        urn: &str,
-        version: &str,
-        from: BaseFrom,
-    ) -> anyhow::Result<BaseImage> {
-        catalog::import(
-            &self.inner.records,
-            &self.inner.data_dir,
-            urn,
-            version,
-            from,
-        )
-        .await
-    }
-
-    /// Marks a base version deprecated: pipelines following it get a warning.
-    pub async fn deprecate_base(&self, urn: &str, version: &str) -> anyhow::Result<()> {
-        if !self.inner.records.base_deprecate(urn, version)? {
-            bail!("no base image {urn} version {version}");
-        }
-        Ok(())
-    }
-
-    pub async fn list_bases(&self) -> anyhow::Result<Vec<BaseImage>> {
-        let mut all: Vec<BaseImage> = self
-            .inner
-            .records
-            .bases(None)?
-            .into_iter()
-            .map(BaseImage::from)
-            .collect();
-        all.sort_by(|a, b| {
-            a.urn
-                .to_ascii_lowercase()
-                .cmp(&b.urn.to_ascii_lowercase())
-                .then_with(|| util::cmp_versions(&a.version, &b.version))
-        });
-        Ok(all)
-    }
-
     // ---- runs ----
-
-    pub async fn run_details(&self, template: &str) -> anyhow::Result<Option<RunDetails>> {
-        // Through status() so an orphan is reported as such.
-        if !matches!(self.status(template).await?, TemplateStatus::Run(_)) {
-            return Ok(None);
-        }
-        let Some(run) = self.inner.records.run_get(template)? else {
-            return Ok(None);
-        };
-        Ok(Some(RunDetails {
-            template: template.to_string(),
-            status: status_of(&run),
-            source_exact_version: run.source_version.clone(),
-            staging_kept: run.staging.as_ref().map(PathBuf::from),
-            log_path: self.log_path(template),
-            manifest: run
-                .manifest
-                .as_deref()
-                .and_then(|m| serde_json::from_str(m).ok()),
-            instance_id: run.instance_id.clone(),
-        }))
-    }
 
     /// Waits until a run ends (or `timeout`), then returns its status.
     /// Wakes at once for runs of this process; polls the store for others.
     pub async fn wait_run(&self, name: &str, timeout: Duration) -> anyhow::Result<RunStatus> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let done = self
-                .inner
-                .running
-                .lock()
-                .ok()
-                .and_then(|m| m.get(name).map(|h| h.done.clone()));
-            if let Some(mut done) = done {
-                let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d >= STATUS_WRITTEN))
-                    .await;
+            if let Some(mut progress) = self.inner.tasks.progress(name) {
+                let _ = tokio::time::timeout_at(deadline, progress.status_written()).await;
             }
             match self.status(name).await? {
                 TemplateStatus::Missing => bail!("template {name} does not exist"),
@@ -497,100 +383,6 @@ impl LocalProvider {
             }
         }))
     }
-
-    // ---- VMs ----
-
-    /// Boots a published version under QEMU and runs `check` (shell) as init.
-    pub async fn vm_run(
-        &self,
-        version_id: &str,
-        check: &str,
-        timeout: Duration,
-    ) -> anyhow::Result<BootReport> {
-        let v = self
-            .gallery_version(version_id)
-            .await?
-            .with_context(|| format!("gallery image version {version_id} does not exist"))?;
-        let (disk, kernel, initrd) = vm::artifact_files(&v.path);
-        let Some(kernel) = kernel else {
-            bail!(
-                "image version {} has no kernel: its base had no /boot/vmlinuz-* (import a Debian base with --include=linux-image-cloud-amd64,initramfs-tools,systemd-sysv to boot it)",
-                v.id
-            );
-        };
-        vm::boot(
-            &self.inner,
-            &disk,
-            &kernel,
-            initrd.as_deref(),
-            check,
-            timeout,
-            None,
-        )
-        .await
-        .map_err(|e| match e {
-            vm::BootError::Canceled => anyhow::anyhow!("boot canceled"),
-            vm::BootError::Other(e) => e,
-        })
-    }
-
-    /// Records a consumer of an image version (or of a definition's latest).
-    /// The same name with the same image is fine; with another image it is an error.
-    pub async fn vm_create(&self, image_version_id: &str, name: &str) -> anyhow::Result<VmRecord> {
-        if !util::safe_component(name) {
-            bail!("`{name}` is not a VM name (1-128 of A-Z a-z 0-9 . - _)");
-        }
-        let r = GalleryImageRef::parse(image_version_id)
-            .with_context(|| format!("`{image_version_id}` is not a gallery image (version) id"))?;
-        let reference = match r.version.as_deref() {
-            Some(v) if !v.eq_ignore_ascii_case("latest") => {
-                let v: ImageVersion = v.parse()?;
-                self.inner
-                    .records
-                    .version_get(&r.definition_id(), v)?
-                    .filter(|row| row.provisioning_state == "Succeeded")
-                    .with_context(|| {
-                        format!("gallery image version {image_version_id} does not exist")
-                    })?
-                    .id()
-            }
-            _ => {
-                let def = r.definition_id();
-                catalog::latest_version(&self.inner.records, &def)?
-                    .with_context(|| format!("gallery image {def} has no version to run"))?;
-                def
-            }
-        };
-        match self.inner.records.vm_insert(name, &reference, now())? {
-            None => {}
-            Some((existing, _)) if existing.eq_ignore_ascii_case(&reference) => {}
-            Some((existing, _)) => bail!("VM {name} already exists with image {existing}"),
-        }
-        self.vm_list()
-            .await?
-            .into_iter()
-            .find(|v| v.name == name)
-            .context("VM record vanished")
-    }
-
-    pub async fn vm_list(&self) -> anyhow::Result<Vec<VmRecord>> {
-        Ok(self
-            .inner
-            .records
-            .vms()?
-            .into_iter()
-            .map(|(name, image_reference, created_at)| VmRecord {
-                name,
-                image_reference,
-                created_at,
-            })
-            .collect())
-    }
-
-    /// Removes a consumer record; true when it existed.
-    pub async fn vm_delete(&self, name: &str) -> anyhow::Result<bool> {
-        self.inner.records.vm_delete(name)
-    }
 }
 
 #[async_trait]
@@ -670,25 +462,8 @@ impl ImageBuilder for LocalProvider {
         }
         let body: serde_json::Value = serde_json::from_str(&body).map_err(perr)?;
         let template: ImageTemplate = serde_json::from_value(body.clone()).map_err(perr)?;
-        let (cancel_tx, cancel_rx) = watch::channel(false);
-        let (done_tx, done_rx) = watch::channel(0u8);
-        {
-            let mut m = p.running.lock().map_err(perr)?;
-            if m.contains_key(name) {
-                return Ok(RunStart::Started);
-            }
-            m.insert(
-                name.to_string(),
-                RunHandle {
-                    cancel: cancel_tx,
-                    done: done_rx,
-                },
-            );
-        }
-        let guard = TaskGuard {
-            inner: p.clone(),
-            name: name.to_string(),
-            done: done_tx,
+        let Some((guard, cancel_rx)) = p.tasks.register(name).map_err(perr)? else {
+            return Ok(RunStart::Started);
         };
         let row = RunRow {
             template: name.to_string(),
@@ -696,7 +471,7 @@ impl ImageBuilder for LocalProvider {
             instance_id: p.instance_id.clone(),
             pid: p.pid,
             pid_start: p.pid_start.clone(),
-            run_state: "Running".into(),
+            run_state: LocalRunState::Running,
             run_sub_state: Some("Queued".into()),
             message: String::new(),
             start_time: util::ts(now()),
@@ -718,7 +493,7 @@ impl ImageBuilder for LocalProvider {
             {
                 Ok(build) => build.execute().await,
                 Err(e) => run::Finished {
-                    state: "Failed",
+                    state: LocalRunState::Failed,
                     message: format!("internal: cannot start the build: {e}"),
                     kept_staging: None,
                     cleanup: None,
@@ -771,22 +546,12 @@ impl ImageBuilder for LocalProvider {
         if !run.is_active() {
             return Ok(());
         }
-        let done = {
-            let m = p.running.lock().map_err(perr)?;
-            m.get(name).map(|h| {
-                let _ = h.cancel.send(true);
-                h.done.clone()
-            })
-        };
+        let progress = p.tasks.cancel(name).map_err(perr)?;
         p.records.run_set_canceling(name).map_err(perr)?;
-        match done {
-            Some(mut done) => {
+        match progress {
+            Some(mut progress) => {
                 // Wait for the task to kill its sandbox and clean up.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(120),
-                    done.wait_for(|d| *d >= TASK_ENDED),
-                )
-                .await;
+                let _ = tokio::time::timeout(Duration::from_secs(120), progress.ended()).await;
             }
             None => {
                 if p.orphan_reason(&run).is_some() {
@@ -795,7 +560,7 @@ impl ImageBuilder for LocalProvider {
                         .run_finish(
                             name,
                             &run.instance_id,
-                            "Canceled",
+                            LocalRunState::Canceled,
                             "canceled: the run was canceled (its process had exited)",
                             None,
                             now(),

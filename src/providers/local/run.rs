@@ -13,6 +13,7 @@ use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::options::{BuildOptions, BUILD_SECONDS};
+use super::records::LocalRunState;
 use super::sandbox::{run_process, CancelWatch, Ended, LogSink, ProcOutput};
 use super::util::tail_lines;
 use super::Inner;
@@ -93,7 +94,7 @@ pub(crate) struct Build {
 
 /// How a finished build should be reported.
 pub(crate) struct Finished {
-    pub state: &'static str,
+    pub state: LocalRunState,
     pub message: String,
     pub kept_staging: Option<String>,
     /// The staging folder to remove once the status is written (scratch

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::build_user::StepUser;
 use super::namespace::{Diagnostics, Launch, Spec};
-use super::records::Records;
+use super::records::{LocalRunState, Records};
 
 /// Lines of output kept for a failure message.
 const TAIL: usize = 12;
@@ -94,7 +94,7 @@ impl CancelWatch {
                 .run_get(&self.template)
                 .ok()
                 .flatten()
-                .is_some_and(|r| r.run_state == "Canceling")
+                .is_some_and(|r| r.run_state == LocalRunState::Canceling)
     }
 
     /// Resolves when the run is canceled.
