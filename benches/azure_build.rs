@@ -35,17 +35,17 @@
 //! `KILN_BENCH_LOG=1` lists the attributable requests of the last build).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use kiln::config::{Env, Settings};
 use kiln::ports::Clock;
 use kiln::sim::arm::BuildProfile;
+use kiln::sim::factory::{Factory, FactoryOptions};
 use kiln::sim::faults::{Outcome, RecordedRequest};
-use kiln::sim::functions_host::{FunctionsHost, HostHandle, HostOptions};
+use kiln::sim::functions_host::HostHandle;
 use kiln::sim::server::{Sim, SimHandle, SimOptions};
 
 const TARGET_ARM: usize = 40;
@@ -112,75 +112,37 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
+/// The factory on the simulator, as `kiln sim --factory` runs it, with the
+/// tiny pipeline on the sim's subscription.
 async fn start(factor: u32) -> World {
     let sim = Sim::start(SimOptions::new(factor)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let doc = tiny(&sim.options().subscription_id);
-    let s = &doc["properties"]["source"];
-    let seeded = reqwest::Client::new()
-        .post(format!("{}/_sim/arm/marketplace", sim.url()))
-        .json(&json!({
-            "location": doc["location"], "publisher": s["publisher"], "offer": s["offer"],
-            "sku": s["sku"], "versions": [{ "name": "1.0.0" }]
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        seeded.status().is_success(),
-        "seeding the marketplace: {}",
-        seeded.status()
-    );
     std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
     std::fs::write(
         dir.path().join("pipelines/tiny.json"),
         serde_json::to_string_pretty(&doc).unwrap(),
     )
     .unwrap();
-    let handler = kiln_serve(&sim, dir.path()).await;
-    let host = FunctionsHost::start(
-        HostOptions::new(&sim, &handler, &repo().join("handlers"))
-            .host_json(&repo().join("host.json"))
-            .unwrap(),
+    let factory = Factory::start(
+        &sim,
+        FactoryOptions {
+            data_dir: dir.path().join("data"),
+            pipelines_dir: dir.path().join("pipelines"),
+            handlers_dir: repo().join("handlers"),
+            host_json: repo().join("host.json"),
+            api_port: 0,
+            extra_env: vec![("KILN_EVENTS_KEY".into(), "sim-bench-events-key".into())],
+        },
     )
     .await
     .unwrap();
     World {
         sim,
-        host,
+        host: factory.host,
         http: reqwest::Client::new(),
         _dir: dir,
     }
-}
-
-/// `kiln serve` on a loopback port, configured as `kiln sim` prints it.
-async fn kiln_serve(sim: &SimHandle, dir: &Path) -> String {
-    let mut env: Env = sim.kiln_env().into_iter().collect();
-    for (k, v) in [
-        ("KILN_DATA_DIR", dir.join("data").display().to_string()),
-        (
-            "KILN_PIPELINES_DIR",
-            dir.join("pipelines").display().to_string(),
-        ),
-        (
-            "KILN_HANDLERS_DIR",
-            repo().join("handlers").display().to_string(),
-        ),
-        ("KILN_EVENTS_KEY", "sim-bench-events-key".to_string()),
-    ] {
-        env.insert(k.to_string(), v);
-    }
-    let settings = Settings::from_env(&env).unwrap();
-    let clock = settings.clock();
-    let app = kiln::host::wiring::azure_app(settings, &env, clock).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        kiln::host::serve::run(listener, app, std::future::pending())
-            .await
-            .unwrap();
-    });
-    url
 }
 
 /// What one build cost and how late it was seen.
