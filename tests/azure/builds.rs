@@ -96,13 +96,7 @@ async fn a_canceled_build_stops_its_run_and_then_retires_the_template() {
     w.until_template_gone(&first_attempt(&id)).await;
     // The run was stopped before its template was deleted: ARM refuses to
     // delete a template under its run, and kiln never asked it to.
-    let refused: Vec<_> = w
-        .arm_requests(&first_attempt(&id))
-        .into_iter()
-        .filter(|r| {
-            r.method == "DELETE" && matches!(r.outcome, kiln::sim::faults::Outcome::Status(409))
-        })
-        .collect();
+    let refused = w.deletes_refused(&first_attempt(&id));
     assert!(refused.is_empty(), "{refused:?}");
 }
 
@@ -181,13 +175,7 @@ async fn a_lost_run_answer_is_confirmed_and_never_starts_a_second_run() {
     // No second attempt was started beside the run that did start, and the
     // template was never deleted under it (ARM would have answered 409).
     assert!(w.arm_requests(&format!("kiln-{id}-a2")).is_empty());
-    let refused: Vec<_> = w
-        .arm_requests(&first_attempt(&id))
-        .into_iter()
-        .filter(|r| {
-            r.method == "DELETE" && matches!(r.outcome, kiln::sim::faults::Outcome::Status(409))
-        })
-        .collect();
+    let refused = w.deletes_refused(&first_attempt(&id));
     assert!(refused.is_empty(), "{refused:?}");
     let starts = w
         .sim

@@ -358,6 +358,17 @@ impl World {
             .as_u16()
     }
 
+    /// DELETEs of `template` that ARM refused with 409: kiln asked to delete
+    /// it while its run was still going.
+    pub fn deletes_refused(&self, template: &str) -> Vec<kiln::sim::faults::RecordedRequest> {
+        self.arm_requests(template)
+            .into_iter()
+            .filter(|r| {
+                r.method == "DELETE" && matches!(r.outcome, kiln::sim::faults::Outcome::Status(409))
+            })
+            .collect()
+    }
+
     /// What the host invoked and the first Azure requests, for a failure message.
     pub fn diagnose(&self) -> String {
         let invocations: Vec<String> = self
