@@ -8,7 +8,7 @@ use crate::domain::request::{next_version, BuildRequest};
 use crate::domain::template::Source;
 use crate::domain::version::ImageVersion;
 use crate::ports::OutgoingMessage;
-use crate::store::builds::Admitted;
+use crate::store::port::{Admission, Admitted};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
@@ -50,7 +50,7 @@ pub async fn admit(
         ))));
     };
     let key = req.key(message_id);
-    if let Some(existing) = app.store.build_for_key(&key)? {
+    if let Some(existing) = app.store.build_for_key(&pipeline.name, &key).await? {
         return Ok(Ok(AdmitOutcome::Existing { build: existing }));
     }
     let now = app.clock.now();
@@ -71,39 +71,43 @@ pub async fn admit(
     let r = req.clone();
     let sv = source_version.clone();
     let build_key = key.clone();
-    let admitted = app.store.admit(
-        &pipeline.name,
-        &key,
-        &trigger,
-        now,
-        &published,
-        move |taken| {
-            let version = next_version(&p.kiln.versioning, taken, sv.as_deref(), now)?;
-            Ok(Build {
-                id,
-                pipeline: p.name.clone(),
-                trigger: r.trigger(),
-                reason: r.reason.clone().unwrap_or_else(|| "requested".into()),
-                requested_by: r.requested_by.clone().unwrap_or_else(|| "unknown".into()),
-                idempotency_key: build_key,
-                version,
-                source_version: sv,
-                template_hash,
-                attempt: 1,
-                max_attempts: p.kiln.build.max_attempts,
-                timeout_minutes: p.build_timeout_minutes(),
-                state: BuildState::Queued,
-                created_at: now,
-                attempt_started_at: None,
-                quiet_polls: 0,
-                last_seen: None,
-            })
-        },
-    )?;
+    let make = move |taken: &[ImageVersion]| {
+        let version = next_version(&p.kiln.versioning, taken, sv.as_deref(), now)?;
+        Ok(Build {
+            id: id.clone(),
+            pipeline: p.name.clone(),
+            trigger: r.trigger(),
+            reason: r.reason.clone().unwrap_or_else(|| "requested".into()),
+            requested_by: r.requested_by.clone().unwrap_or_else(|| "unknown".into()),
+            idempotency_key: build_key.clone(),
+            version,
+            source_version: sv.clone(),
+            template_hash: template_hash.clone(),
+            attempt: 1,
+            max_attempts: p.kiln.build.max_attempts,
+            timeout_minutes: p.build_timeout_minutes(),
+            state: BuildState::Queued,
+            created_at: now,
+            attempt_started_at: None,
+            quiet_polls: 0,
+            last_seen: None,
+        })
+    };
+    let admitted = app
+        .store
+        .admit(&Admission {
+            pipeline: &pipeline.name,
+            key: &key,
+            trigger: &trigger,
+            now,
+            gallery_versions: &published,
+            make: &make,
+        })
+        .await?;
     Ok(Ok(match admitted {
         Admitted::Created(b) => {
             let ev = super::events::CloudEvent::build_changed(&b, "admitted", now);
-            if let Err(e) = app.events.publish(&ev) {
+            if let Err(e) = app.events.publish(&ev).await {
                 tracing::warn!(error = %e, "event not recorded");
             }
             tracing::info!(build = %b.id, pipeline = %b.pipeline, version = %b.version, "build admitted");

@@ -21,7 +21,7 @@ use super::{admission, App};
 use crate::domain::build::Observation;
 use crate::domain::request::BuildRequest;
 use crate::domain::schedule::Schedule;
-use crate::store::builds::{BuildFilter, HistoryEntry};
+use crate::store::port::{BuildFilter, HistoryEntry};
 
 /// How long `POST /api/builds` waits for the queued request to be admitted.
 const ADMISSION_WAIT: Duration = Duration::from_secs(15);
@@ -87,17 +87,17 @@ async fn dashboard(State(app): State<App>) -> ApiResult {
 async fn list_pipelines(State(app): State<App>) -> ApiResult {
     let mut out = Vec::new();
     for p in app.pipelines.iter() {
-        out.push(pipeline_summary(&app, &p.name)?);
+        out.push(pipeline_summary(&app, &p.name).await?);
     }
     Ok(Json(out).into_response())
 }
 
-fn pipeline_summary(app: &App, name: &str) -> Result<Value, ApiError> {
+async fn pipeline_summary(app: &App, name: &str) -> Result<Value, ApiError> {
     let p = app
         .pipelines
         .get(name)
         .ok_or_else(|| not_found(format!("no pipeline {name}")))?;
-    let rt = app.store.runtime(name)?;
+    let rt = app.store.runtime(name).await?;
     Ok(json!({
         "name": p.name,
         "description": p.kiln.description,
@@ -116,7 +116,7 @@ fn pipeline_summary(app: &App, name: &str) -> Result<Value, ApiError> {
 }
 
 async fn show_pipeline(State(app): State<App>, Path(name): Path<String>) -> ApiResult {
-    Ok(Json(pipeline_summary(&app, &name)?).into_response())
+    Ok(Json(pipeline_summary(&app, &name).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -151,11 +151,14 @@ struct BuildsQuery {
 }
 
 async fn list_builds(State(app): State<App>, Query(q): Query<BuildsQuery>) -> ApiResult {
-    let builds = app.store.list(&BuildFilter {
-        pipeline: q.pipeline,
-        state: q.state,
-        limit: q.limit,
-    })?;
+    let builds = app
+        .store
+        .list(&BuildFilter {
+            pipeline: q.pipeline,
+            state: q.state,
+            limit: q.limit,
+        })
+        .await?;
     Ok(Json(builds).into_response())
 }
 
@@ -173,8 +176,8 @@ async fn create_build(State(app): State<App>, body: axum::body::Bytes) -> ApiRes
     req.trigger = None;
     if let Some(k) = &req.idempotency_key {
         let key = format!("manual:{}:{k}", req.pipeline);
-        if let Some(id) = app.store.build_for_key(&key)? {
-            let b = app.store.get(&id)?.map(|(b, _)| b);
+        if let Some(id) = app.store.build_for_key(&req.pipeline, &key).await? {
+            let b = app.store.get(&id).await?.map(|(b, _)| b);
             return Ok((
                 StatusCode::OK,
                 Json(json!({ "build": id, "outcome": "existing", "requestKey": key, "detail": b })),
@@ -186,8 +189,8 @@ async fn create_build(State(app): State<App>, body: axum::body::Bytes) -> ApiRes
     let key = req.key(&message_id);
     let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
     loop {
-        if let Some(id) = app.store.build_for_key(&key)? {
-            let b = app.store.get(&id)?.map(|(b, _)| b);
+        if let Some(id) = app.store.build_for_key(&req.pipeline, &key).await? {
+            let b = app.store.get(&id).await?.map(|(b, _)| b);
             // Created for this key, or joined to a build still queued.
             let created = b.as_ref().is_some_and(|b| b.idempotency_key == key);
             let (status, outcome) = if created {
@@ -201,7 +204,10 @@ async fn create_build(State(app): State<App>, body: axum::body::Bytes) -> ApiRes
             )
                 .into_response());
         }
-        let refused = crate::store::queue::dead_letters(app.store.db(), 20)?
+        let refused = app
+            .store
+            .dead_letters(20)
+            .await?
             .into_iter()
             .find(|d| d.message_id == message_id);
         if let Some(d) = refused {
@@ -239,9 +245,10 @@ pub fn time_in_states(
 async fn show_build(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
     let (b, _) = app
         .store
-        .get(&id)?
+        .get(&id)
+        .await?
         .ok_or_else(|| not_found(format!("no build {id}")))?;
-    let history = app.store.history(&id)?;
+    let history = app.store.history(&id).await?;
     let seconds = time_in_states(&history, b.state.is_terminal(), app.clock.now());
     Ok(Json(json!({
         "build": b,
@@ -256,7 +263,8 @@ async fn show_build(State(app): State<App>, Path(id): Path<String>) -> ApiResult
 async fn cancel_build(State(app): State<App>, Path(id): Path<String>) -> ApiResult {
     let (b, _) = app
         .store
-        .get(&id)?
+        .get(&id)
+        .await?
         .ok_or_else(|| not_found(format!("no build {id}")))?;
     if b.state.is_terminal() {
         return Err(ApiError(
@@ -291,7 +299,8 @@ async fn build_log(
 ) -> ApiResult {
     let (b, _) = app
         .store
-        .get(&id)?
+        .get(&id)
+        .await?
         .ok_or_else(|| not_found(format!("no build {id}")))?;
     let attempt = q.attempt.unwrap_or(b.attempt);
     if attempt == 0 || attempt > b.attempt {
@@ -304,7 +313,7 @@ async fn build_log(
     let offset = q.offset.unwrap_or(0);
     // The copy kept when the attempt's template was retired outlives the
     // provider's (in Azure it goes with the staging resource group).
-    let kept = app.store.log(&template)?.map(|all| {
+    let kept = app.store.log(&template).await?.map(|all| {
         let from = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
         all[from..].to_vec()
     });
@@ -331,7 +340,7 @@ async fn build_log(
 }
 
 async fn dead_letters(State(app): State<App>) -> ApiResult {
-    Ok(Json(crate::store::queue::dead_letters(app.store.db(), 500)?).into_response())
+    Ok(Json(app.store.dead_letters(500).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -457,7 +466,7 @@ async fn retention_apply(State(app): State<App>) -> ApiResult {
 }
 
 async fn retention_audit(State(app): State<App>) -> ApiResult {
-    Ok(Json(super::retention_executor::audit(app.store.db(), 1000)?).into_response())
+    Ok(Json(app.store.audit(1000).await?).into_response())
 }
 
 /// Serves a payload-mode HTTP invocation (`Data.req`) through the router and

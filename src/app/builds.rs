@@ -6,11 +6,11 @@ use serde_json::{json, Value};
 use super::wire::{InvocationResult, MessageMeta};
 use super::{admission, driver, App, POLLS_QUEUE, REQUESTS_QUEUE};
 use crate::domain::request::BuildRequest;
-use crate::store::queue::record_dead_letter;
+use crate::store::port::NewDeadLetter;
 
 /// A request that cannot succeed is dead-lettered with its reason at the
 /// first delivery and acknowledged: retrying it would only delay the queue.
-fn refuse(
+async fn refuse(
     app: &App,
     queue: &str,
     text: &str,
@@ -18,15 +18,16 @@ fn refuse(
     reason: &str,
     out: &mut InvocationResult,
 ) -> anyhow::Result<Value> {
-    record_dead_letter(
-        app.store.db(),
-        queue,
-        &meta.message_id,
-        text,
-        reason,
-        meta.delivery_count,
-        app.clock.now(),
-    )?;
+    app.store
+        .record_dead_letter(&NewDeadLetter {
+            queue,
+            message_id: &meta.message_id,
+            body: text,
+            reason,
+            delivery_count: meta.delivery_count,
+            now: app.clock.now(),
+        })
+        .await?;
     out.log(format!(
         "{queue}: message {} dead-lettered: {reason}",
         meta.message_id
@@ -42,14 +43,14 @@ pub async fn build_requests(
 ) -> anyhow::Result<Value> {
     let req = match BuildRequest::parse(text.as_bytes()) {
         Ok(r) => r,
-        Err(e) => return refuse(app, REQUESTS_QUEUE, text, meta, &e.to_string(), out),
+        Err(e) => return refuse(app, REQUESTS_QUEUE, text, meta, &e.to_string(), out).await,
     };
     match admission::admit(app, &req, &meta.message_id).await? {
         Ok(outcome) => {
             out.log(format!("build_requests: {} → {:?}", req.pipeline, outcome));
             Ok(serde_json::to_value(outcome)?)
         }
-        Err(refused) => refuse(app, REQUESTS_QUEUE, text, meta, &refused.0, out),
+        Err(refused) => refuse(app, REQUESTS_QUEUE, text, meta, &refused.0, out).await,
     }
 }
 
@@ -78,11 +79,12 @@ pub async fn build_polls(
                 meta,
                 &format!("not a poll message: {e}"),
                 out,
-            )?;
+            )
+            .await?;
             return Ok(());
         }
     };
-    let Some((_, current)) = app.store.get(&poll.build_id)? else {
+    let Some((_, current)) = app.store.get(&poll.build_id).await? else {
         refuse(
             app,
             POLLS_QUEUE,
@@ -90,7 +92,8 @@ pub async fn build_polls(
             meta,
             &format!("buildId: no build {}", poll.build_id),
             out,
-        )?;
+        )
+        .await?;
         return Ok(());
     };
     // The build moved on since this poll was scheduled (the sweeper or a
@@ -116,7 +119,7 @@ const SWEEP_SHARE: std::time::Duration = std::time::Duration::from_secs(90);
 /// crashed invocation), starts queued builds that fit, delivers events.
 pub async fn build_sweeper(app: &App, out: &mut InvocationResult) -> anyhow::Result<()> {
     let now = app.clock.now();
-    let due = app.store.due(now)?;
+    let due = app.store.due(now).await?;
     let mut failures = 0;
     // A slow ARM must not make one sweep run into the next: past its share
     // of the invocation budget the sweep stops, and the next one goes on

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::App;
 use crate::ports::{Deletion, RunState, TemplateStatus};
-use crate::store::cleanup::CleanupJob;
+use crate::store::port::CleanupJob;
 
 /// Jobs one sweep works off; the rest wait for the next sweep.
 const SWEEP_LIMIT: usize = 20;
@@ -38,7 +38,7 @@ pub enum Step {
 /// Works off the jobs due now (the sweeper's share).
 pub async fn sweep(app: &App) -> usize {
     let now = app.clock.now();
-    let jobs = match app.store.cleanup_due(now, SWEEP_LIMIT) {
+    let jobs = match app.store.cleanup_due(now, SWEEP_LIMIT).await {
         Ok(j) => j,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the template cleanup queue");
@@ -60,7 +60,7 @@ pub async fn sweep(app: &App) -> usize {
 
 /// One step for `template` right after the transition that queued it.
 pub async fn step_now(app: &App, template: &str) {
-    let job = match app.store.cleanup_due(app.clock.now(), usize::MAX) {
+    let job = match app.store.cleanup_due(app.clock.now(), usize::MAX).await {
         Ok(jobs) => jobs.into_iter().find(|j| j.template == template),
         Err(e) => {
             tracing::warn!(template, error = %e, "cannot read the template cleanup queue");
@@ -76,14 +76,17 @@ async fn run_step(app: &App, job: &CleanupJob) {
     let step = step(app, job).await;
     let now = app.clock.now();
     let written = match &step {
-        Step::Done => app.store.cleanup_done(&job.template),
-        Step::Later => app
-            .store
-            .cleanup_later(&job.template, now + PROGRESS_RECHECK, None),
+        Step::Done => app.store.cleanup_done(job).await,
+        Step::Later => {
+            app.store
+                .cleanup_later(job, now + PROGRESS_RECHECK, None)
+                .await
+        }
         Step::Failed(why) => {
             tracing::warn!(template = %job.template, build = %job.build_id, attempts = job.attempts + 1, error = %why, "template cleanup failed; retrying later");
             app.store
-                .cleanup_later(&job.template, retry_at(now, job.attempts), Some(why))
+                .cleanup_later(job, retry_at(now, job.attempts), Some(why))
+                .await
         }
     };
     if let Err(e) = written {
@@ -152,6 +155,7 @@ async fn copy_log(app: &App, job: &CleanupJob) -> Result<(), String> {
         Ok(Some(bytes)) => app
             .store
             .put_log(&job.template, &job.build_id, &bytes, app.clock.now())
+            .await
             .map_err(|e| format!("cannot keep the customization log: {e}")),
         Ok(None) => Ok(()),
         Err(e) => Err(format!("cannot read the customization log: {e}")),

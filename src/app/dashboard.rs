@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::App;
 use crate::domain::build::BuildState;
 use crate::domain::schedule::Schedule;
-use crate::store::builds::BuildFilter;
+use crate::store::port::BuildFilter;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(s: &str) -> String {
@@ -55,7 +55,7 @@ pub async fn render(app: &App) -> anyhow::Result<String> {
 
     h.push_str("<h2>Pipelines</h2><table><tr><th>pipeline</th><th>source</th><th>automatic triggers</th><th>next scheduled</th><th>warnings</th></tr>");
     for p in app.pipelines.iter() {
-        let rt = app.store.runtime(&p.name)?;
+        let rt = app.store.runtime(&p.name).await?;
         let next = p
             .kiln
             .triggers
@@ -85,10 +85,13 @@ pub async fn render(app: &App) -> anyhow::Result<String> {
     h.push_str("</table>");
 
     h.push_str("<h2>Recent builds</h2><table><tr><th>build</th><th>pipeline</th><th>state</th><th>version</th><th>attempt</th><th>trigger</th><th>created</th><th>detail</th></tr>");
-    let builds = app.store.list(&BuildFilter {
-        limit: Some(50),
-        ..BuildFilter::default()
-    })?;
+    let builds = app
+        .store
+        .list(&BuildFilter {
+            limit: Some(50),
+            ..BuildFilter::default()
+        })
+        .await?;
     for b in &builds {
         let _ = write!(
             h,

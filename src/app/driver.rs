@@ -13,8 +13,7 @@ use super::events::CloudEvent;
 use super::{App, POLLS_QUEUE};
 use crate::domain::build::{transition, Build, BuildState, Effect, Observation};
 use crate::ports::OutgoingMessage;
-use crate::store::builds::{BreakerChange, Extras, Outcome, Write};
-use crate::store::cleanup::Retire;
+use crate::store::port::{BreakerChange, Caps, Extras, Outcome, Retire, Transition, Write};
 
 mod effects;
 mod observe;
@@ -43,7 +42,7 @@ pub async fn advance(
     // someone else moved the build on meanwhile, it is stale and dropped.
     let mut follow_up_of: Option<i64> = None;
     for _ in 0..MAX_RACES {
-        let Some((build, row_version)) = app.store.get(build_id)? else {
+        let Some((build, row_version)) = app.store.get(build_id).await? else {
             anyhow::bail!("build {build_id} does not exist");
         };
         if build.state.is_terminal() {
@@ -75,6 +74,7 @@ pub async fn advance(
                 Effect::DeleteTemplate { template } => Some(Retire {
                     template: template.clone(),
                     build_id: d.build.id.clone(),
+                    pipeline: d.build.pipeline.clone(),
                     keep: keeps_build_resources(app, &d.build),
                 }),
                 Effect::Submit { .. }
@@ -91,22 +91,24 @@ pub async fn advance(
             retire: retire.clone(),
         };
         let mut breaker = None;
+        let step = Transition {
+            build: &d.build,
+            expected: row_version,
+            from: &build.state,
+            cause: d.cause.as_deref(),
+            next_poll_at: next_poll,
+            now,
+            extras: &extras,
+        };
         let write = if matches!(build.state, BuildState::Queued)
             && matches!(obs, Observation::SlotGranted)
         {
             let p = app.pipelines.get(&build.pipeline);
-            let pmax = p.map(|p| p.kiln.build.max_concurrent).unwrap_or(1);
-            let cause = d.cause.clone().unwrap_or_default();
-            match app.store.claim_slot(
-                &d.build,
-                row_version,
-                pmax,
-                app.settings.max_active_builds,
-                &cause,
-                next_poll,
-                now,
-                &extras,
-            )? {
+            let caps = Caps {
+                pipeline: p.map(|p| p.kiln.build.max_concurrent).unwrap_or(1),
+                global: app.settings.max_active_builds,
+            };
+            match app.store.claim_slot(&step, caps).await? {
                 Some(w) => w,
                 // The slot went to someone else between observing and writing.
                 None => return Ok(Some(build)),
@@ -115,15 +117,7 @@ pub async fn advance(
             if d.cause.is_none() && d.effects.is_empty() {
                 return Ok(Some(build));
             }
-            let (write, change) = app.store.update(
-                &d.build,
-                row_version,
-                &build.state,
-                d.cause.as_deref(),
-                next_poll,
-                now,
-                &extras,
-            )?;
+            let (write, change) = app.store.commit(&step).await?;
             breaker = change;
             write
         };
@@ -143,7 +137,7 @@ pub async fn advance(
             }
         }
         if let Some(change) = breaker {
-            announce_breaker(app, &d.build, change, now);
+            announce_breaker(app, &d.build, change, now).await;
         }
         let mut follow_up = None;
         for effect in &d.effects {
@@ -210,7 +204,7 @@ pub async fn advance(
 
 /// Gives every queued build a chance at a free slot, oldest first.
 pub async fn admit_queued(app: &App) {
-    let ids = match app.store.queued() {
+    let ids = match app.store.queued().await {
         Ok(ids) => ids,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list queued builds");
@@ -273,7 +267,7 @@ fn outcome(app: &App, b: &Build) -> Option<Outcome> {
 }
 
 /// Says that the circuit breaker opened or closed (the count itself is already committed).
-fn announce_breaker(app: &App, b: &Build, change: BreakerChange, now: DateTime<Utc>) {
+async fn announce_breaker(app: &App, b: &Build, change: BreakerChange, now: DateTime<Utc>) {
     let (kind, detail) = match change {
         BreakerChange::Opened { failures } => (
             "dev.kiln.pipeline.paused",
@@ -291,7 +285,7 @@ fn announce_breaker(app: &App, b: &Build, change: BreakerChange, now: DateTime<U
         now,
         json!({ "pipeline": b.pipeline, "detail": detail, "buildId": b.id }),
     );
-    if let Err(e) = app.events.publish(&ev) {
+    if let Err(e) = app.events.publish(&ev).await {
         tracing::warn!(error = %e, "event not recorded");
     }
 }

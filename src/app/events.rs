@@ -6,23 +6,27 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use rusqlite::params;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::config::Webhook;
 use crate::domain::build::Build;
-use crate::store::{insert_outbox, ts, Db};
+use crate::store::port::OutboxRow;
+use crate::store::Store;
 
 /// The signature header: `sha256=<hex of HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "x-kiln-signature-256";
 /// Deliveries given up after this many attempts (kept in the outbox with the last error).
 pub const MAX_ATTEMPTS: u32 = 12;
+/// How long a claimed event stays hidden from other deliverers: longer
+/// than one delivery's HTTP timeout.
+const DELIVERY_LEASE: chrono::Duration = chrono::Duration::seconds(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CloudEvent {
@@ -80,20 +84,20 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 
 #[derive(Clone)]
 pub struct EventSink {
-    db: Db,
+    store: Arc<dyn Store>,
     file: Option<PathBuf>,
     webhook: Option<Webhook>,
     http: reqwest::Client,
 }
 
 impl EventSink {
-    pub fn new(db: Db, file: Option<PathBuf>, webhook: Option<Webhook>) -> Self {
+    pub fn new(store: Arc<dyn Store>, file: Option<PathBuf>, webhook: Option<Webhook>) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("an HTTP client builds");
         Self {
-            db,
+            store,
             file,
             webhook,
             http,
@@ -102,10 +106,14 @@ impl EventSink {
 
     /// The outbox row of an event when a webhook is configured, for the
     /// caller to commit together with the change it describes.
-    pub fn outbox_row(&self, ev: &CloudEvent) -> Option<(String, String, DateTime<Utc>)> {
+    pub fn outbox_row(&self, ev: &CloudEvent) -> Option<OutboxRow> {
         self.webhook.as_ref()?;
         let body = serde_json::to_string(ev).ok()?;
-        Some((ev.id.clone(), body, ev.time))
+        Some(OutboxRow {
+            event_id: ev.id.clone(),
+            body,
+            at: ev.time,
+        })
     }
 
     /// Appends the event to the JSON-lines file (and the log).
@@ -126,9 +134,9 @@ impl EventSink {
     }
 
     /// Records an event on its own: the file line now, the webhook delivery later.
-    pub fn publish(&self, ev: &CloudEvent) -> anyhow::Result<()> {
-        if let Some((id, body, at)) = self.outbox_row(ev) {
-            self.db.with(|c| insert_outbox(c, &id, &body, at))?;
+    pub async fn publish(&self, ev: &CloudEvent) -> anyhow::Result<()> {
+        if let Some(row) = self.outbox_row(ev) {
+            self.store.outbox_add(&row).await?;
         }
         self.append(ev)
     }
@@ -138,16 +146,15 @@ impl EventSink {
         let Some(hook) = &self.webhook else {
             return Ok(0);
         };
-        let due: Vec<(i64, String, u32)> = self.db.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT seq, body, attempts FROM event_outbox
-                 WHERE delivered_at IS NULL AND attempts < ?1 AND next_attempt <= ?2 ORDER BY seq LIMIT 50",
-            )?;
-            let rows = stmt.query_map(params![MAX_ATTEMPTS, ts(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect()
-        })?;
+        // Claimed, not just read: another instance's deliverer skips these
+        // until the lease ends, so one event is not posted twice at once.
+        let due = self
+            .store
+            .outbox_claim(now, DELIVERY_LEASE, MAX_ATTEMPTS, 50)
+            .await?;
         let mut delivered = 0;
-        for (seq, body, attempts) in due {
+        for item in due {
+            let (id, body, attempts) = (item.event_id, item.body, item.attempts);
             let result = self
                 .http
                 .post(&hook.url)
@@ -171,22 +178,12 @@ impl EventSink {
             match result {
                 Ok(()) => {
                     delivered += 1;
-                    self.db.with(|c| {
-                        c.execute(
-                            "UPDATE event_outbox SET delivered_at = ?2, attempts = attempts + 1 WHERE seq = ?1",
-                            params![seq, ts(now)],
-                        )
-                    })?;
+                    self.store.outbox_delivered(&id, now).await?;
                 }
                 Err(e) => {
                     let backoff = chrono::Duration::seconds(2i64.pow(attempts.min(11)));
-                    tracing::warn!(seq, attempts = attempts + 1, error = %e, "webhook delivery failed; will retry");
-                    self.db.with(|c| {
-                        c.execute(
-                            "UPDATE event_outbox SET attempts = attempts + 1, next_attempt = ?2, last_error = ?3 WHERE seq = ?1",
-                            params![seq, ts(now + backoff), e],
-                        )
-                    })?;
+                    tracing::warn!(event = %id, attempts = attempts + 1, error = %e, "webhook delivery failed; will retry");
+                    self.store.outbox_failed(&id, now + backoff, &e).await?;
                 }
             }
         }

@@ -48,7 +48,7 @@ pub const POLLS_QUEUE: &str = "build-polls";
 pub struct App {
     pub settings: Arc<Settings>,
     pub pipelines: Arc<PipelineSet>,
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub builder: Arc<dyn ImageBuilder>,
     pub gallery: Arc<dyn Gallery>,
     pub catalog: Arc<dyn BaseCatalog>,

@@ -33,7 +33,6 @@
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::params;
 use serde::Serialize;
 
 use crate::domain::retention::{
@@ -41,7 +40,8 @@ use crate::domain::retention::{
 };
 use crate::domain::version::ImageVersion;
 use crate::ports::{Gallery, InUseSet, Inventory, VersionUpdate};
-use crate::store::Db;
+use crate::store::port::AuditRecord;
+use crate::store::Store;
 
 /// Gallery changes one run may start; the rest wait for the next run, which
 /// plans afresh. At one or two ARM requests per change this keeps a run to
@@ -115,25 +115,6 @@ impl RetentionRun {
             StepOutcome::DryRun | StepOutcome::Done => false,
         })
     }
-}
-
-/// One row of `retention_audit`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditEntry {
-    pub seq: i64,
-    pub run_id: String,
-    /// RFC 3339, as recorded.
-    pub at: String,
-    pub definition: String,
-    pub version: String,
-    /// `deprecate | delete`
-    pub action: String,
-    /// `planned | done | failed | dry-run`
-    pub status: String,
-    pub reason: String,
-    /// The policy in force when the step was planned.
-    pub policy: serde_json::Value,
 }
 
 /// Plans every target without changing anything.
@@ -267,7 +248,7 @@ async fn plan_target(
 /// Plans and applies retention for every target. See the module docs for
 /// the guarantees.
 pub async fn apply(
-    db: &Db,
+    store: &dyn Store,
     gallery: &dyn Gallery,
     inventory: &dyn Inventory,
     targets: &[RetentionTarget],
@@ -313,10 +294,10 @@ pub async fn apply(
                 policy: &policy_json,
             };
             let outcome = if dry_run {
-                row.insert(db, &StepOutcome::DryRun)?;
+                row.insert(store, &StepOutcome::DryRun).await?;
                 StepOutcome::DryRun
             } else {
-                let seq = row.insert_planned(db)?;
+                let seq = row.insert_planned(store).await?;
                 let result = match &change {
                     Change::Deprecate(update) => {
                         gallery
@@ -335,7 +316,7 @@ pub async fn apply(
                         error: format!("{e:#}"),
                     },
                 };
-                finish(db, seq, &outcome)?;
+                finish(store, seq, &outcome).await?;
                 outcome
             };
             match &outcome {
@@ -387,88 +368,50 @@ struct AuditRow<'a> {
 }
 
 impl AuditRow<'_> {
-    fn insert_planned(&self, db: &Db) -> anyhow::Result<i64> {
-        self.insert_status(db, "planned")
+    async fn insert_planned(&self, store: &dyn Store) -> anyhow::Result<i64> {
+        self.insert_status(store, "planned").await
     }
 
-    fn insert(&self, db: &Db, outcome: &StepOutcome) -> anyhow::Result<i64> {
-        self.insert_status(db, outcome.as_str())
+    async fn insert(&self, store: &dyn Store, outcome: &StepOutcome) -> anyhow::Result<i64> {
+        self.insert_status(store, outcome.as_str()).await
     }
 
-    fn insert_status(&self, db: &Db, status: &str) -> anyhow::Result<i64> {
-        db.with(|c| {
-            c.execute(
-                "INSERT INTO retention_audit (run_id, at, definition, version, action, status, reason, policy)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    self.run_id,
-                    self.at,
-                    self.definition,
-                    self.version.to_string(),
+    async fn insert_status(&self, store: &dyn Store, status: &str) -> anyhow::Result<i64> {
+        let version = self.version.to_string();
+        store
+            .audit_insert(&AuditRecord {
+                run_id: self.run_id,
+                at: self.at,
+                definition: self.definition,
+                version: &version,
+                action: self.action.as_str(),
+                status,
+                reason: self.reason,
+                policy: self.policy,
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "Cannot record retention step {} {} {}; stopping before touching it",
                     self.action.as_str(),
-                    status,
-                    self.reason,
-                    self.policy
-                ],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
-        .with_context(|| {
-            format!(
-                "Cannot record retention step {} {} {}; stopping before touching it",
-                self.action.as_str(),
-                self.definition,
-                self.version
-            )
-        })
+                    self.definition,
+                    self.version
+                )
+            })
     }
 }
 
 /// Marks a recorded step with its outcome. A failure's error is appended to
-/// the reason: the table has no column of its own for it.
-fn finish(db: &Db, seq: i64, outcome: &StepOutcome) -> anyhow::Result<()> {
+/// the reason: the audit has no field of its own for it.
+async fn finish(store: &dyn Store, seq: i64, outcome: &StepOutcome) -> anyhow::Result<()> {
     let error = match outcome {
         StepOutcome::Failed { error } => Some(error.as_str()),
         StepOutcome::Done | StepOutcome::DryRun => None,
     };
-    db.with(|c| {
-        c.execute(
-            "UPDATE retention_audit
-                SET status = ?2,
-                    reason = CASE WHEN ?3 IS NULL THEN reason ELSE reason || ' — failed: ' || ?3 END
-              WHERE seq = ?1",
-            params![seq, outcome.as_str(), error],
-        )
-    })
-    .with_context(|| format!("Cannot record the outcome of retention step {seq}"))?;
-    Ok(())
-}
-
-/// The most recent `limit` audit rows, newest first.
-pub fn audit(db: &Db, limit: usize) -> anyhow::Result<Vec<AuditEntry>> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    db.with(|c| {
-        let mut stmt = c.prepare(
-            "SELECT seq, run_id, at, definition, version, action, status, reason, policy
-               FROM retention_audit ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit], |r| {
-            let policy: String = r.get(8)?;
-            Ok(AuditEntry {
-                seq: r.get(0)?,
-                run_id: r.get(1)?,
-                at: r.get(2)?,
-                definition: r.get(3)?,
-                version: r.get(4)?,
-                action: r.get(5)?,
-                status: r.get(6)?,
-                reason: r.get(7)?,
-                // Written by us as JSON; anything else is shown as the text it is.
-                policy: serde_json::from_str(&policy).unwrap_or(serde_json::Value::String(policy)),
-            })
-        })?;
-        rows.collect()
-    })
+    store
+        .audit_finish(seq, outcome.as_str(), error)
+        .await
+        .with_context(|| format!("Cannot record the outcome of retention step {seq}"))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use super::retention_executor::{apply, plan_all, RetentionRun, RetentionTarget};
 use super::App;
 use crate::domain::build::BuildState;
 use crate::domain::retention::{DefinitionStatus, Plan};
-use crate::store::builds::BuildFilter;
+use crate::store::port::BuildFilter;
 
 /// Builds looked at when deciding whether a definition is being published to.
 const RECENT_BUILDS: usize = 50;
@@ -13,12 +13,15 @@ const RECENT_BUILDS: usize = 50;
 /// Whether any recent build of the pipeline is publishing, or the most
 /// recent build that reached publishing ended without succeeding: retention
 /// leaves such a definition alone for this run.
-fn definition_status(app: &App, pipeline: &str) -> anyhow::Result<DefinitionStatus> {
-    let recent = app.store.list(&BuildFilter {
-        pipeline: Some(pipeline.to_string()),
-        state: None,
-        limit: Some(RECENT_BUILDS),
-    })?;
+async fn definition_status(app: &App, pipeline: &str) -> anyhow::Result<DefinitionStatus> {
+    let recent = app
+        .store
+        .list(&BuildFilter {
+            pipeline: Some(pipeline.to_string()),
+            state: None,
+            limit: Some(RECENT_BUILDS),
+        })
+        .await?;
     if recent
         .iter()
         .any(|b| matches!(b.state, BuildState::Publishing { .. }))
@@ -29,7 +32,8 @@ fn definition_status(app: &App, pipeline: &str) -> anyhow::Result<DefinitionStat
     for b in recent.iter().filter(|b| b.state.is_terminal()) {
         let reached_publishing = app
             .store
-            .history(&b.id)?
+            .history(&b.id)
+            .await?
             .iter()
             .any(|h| h.to == "publishing");
         if !reached_publishing {
@@ -51,10 +55,10 @@ fn definition_status(app: &App, pipeline: &str) -> anyhow::Result<DefinitionStat
     Ok(DefinitionStatus::Idle)
 }
 
-pub fn targets(app: &App) -> anyhow::Result<Vec<RetentionTarget>> {
+pub async fn targets(app: &App) -> anyhow::Result<Vec<RetentionTarget>> {
     let mut out = Vec::new();
     for p in app.pipelines.iter() {
-        let status = definition_status(app, &p.name)?;
+        let status = definition_status(app, &p.name).await?;
         for t in p.gallery_targets() {
             out.push(RetentionTarget {
                 pipeline: p.name.clone(),
@@ -72,7 +76,7 @@ pub async fn plan(app: &App) -> anyhow::Result<Vec<Plan>> {
     plan_all(
         app.gallery.as_ref(),
         app.inventory.as_ref(),
-        &targets(app)?,
+        &targets(app).await?,
         app.clock.now(),
     )
     .await
@@ -81,10 +85,10 @@ pub async fn plan(app: &App) -> anyhow::Result<Vec<Plan>> {
 /// Applies the plan (each pipeline's `dryRun` still holds; `dry_run` forces it for all).
 pub async fn run(app: &App, dry_run: bool) -> anyhow::Result<RetentionRun> {
     apply(
-        app.store.db(),
+        app.store.as_ref(),
         app.gallery.as_ref(),
         app.inventory.as_ref(),
-        &targets(app)?,
+        &targets(app).await?,
         app.clock.now(),
         dry_run,
     )

@@ -17,7 +17,7 @@ use crate::domain::schedule::Schedule;
 use crate::domain::source_watch::{self, Hint, Listed, Sighting, WatchMemory};
 use crate::domain::template::Source;
 use crate::ports::BaseVersion;
-use crate::store::builds::PipelineMemory;
+use crate::store::port::PipelineMemory;
 
 fn request(pipeline: &str, trigger: Trigger, reason: String, by: &str) -> BuildRequest {
     BuildRequest {
@@ -39,10 +39,16 @@ pub async fn patch_tuesday(app: &App, out: &mut InvocationResult) -> anyhow::Res
             continue;
         };
         let schedule = Schedule::from_spec(spec).map_err(anyhow::Error::msg)?;
-        let checked = app.store.runtime(&p.name)?.memory.schedule_checked_until;
+        let checked = app
+            .store
+            .runtime(&p.name)
+            .await?
+            .memory
+            .schedule_checked_until;
         let Some(since) = checked else {
             app.store
-                .update_memory(&p.name, |m| m.schedule_checked_until = Some(now))?;
+                .update_memory(&p.name, |m| m.schedule_checked_until = Some(now))
+                .await?;
             out.log(format!("patch_tuesday: {} armed", p.name));
             continue;
         };
@@ -71,11 +77,13 @@ pub async fn patch_tuesday(app: &App, out: &mut InvocationResult) -> anyhow::Res
         }
         // Only after the request is durable: a crash before this line repeats
         // the request, which its key deduplicates.
-        app.store.update_memory(&p.name, |m| {
-            if m.schedule_checked_until.is_none_or(|t| t < now) {
-                m.schedule_checked_until = Some(now);
-            }
-        })?;
+        app.store
+            .update_memory(&p.name, |m| {
+                if m.schedule_checked_until.is_none_or(|t| t < now) {
+                    m.schedule_checked_until = Some(now);
+                }
+            })
+            .await?;
     }
     Ok(())
 }
@@ -113,11 +121,14 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
             )
         });
         let version = newest.version.to_string();
-        let sighting = app.store.update_memory(&p.name, |m| {
-            m.warnings.retain(|w| !w.starts_with("source "));
-            m.warnings.extend(warning.clone());
-            with_watch(m, |w| source_watch::sight(w, &version, now, debounce(p)))
-        })?;
+        let sighting = app
+            .store
+            .update_memory(&p.name, |m| {
+                m.warnings.retain(|w| !w.starts_with("source "));
+                m.warnings.extend(warning.clone());
+                with_watch(m, |w| source_watch::sight(w, &version, now, debounce(p)))
+            })
+            .await?;
         match sighting {
             Sighting::Baseline => out.log(format!(
                 "base_image_watch: {} baseline {} at {version}",
@@ -179,9 +190,11 @@ async fn request_base_build(
         version: version.to_string(),
     };
     enqueue(app, &request(&p.name, trigger, reason, by)).await?;
-    app.store.update_memory(&p.name, |m| {
-        with_watch(m, |w| source_watch::record_requested(w, version))
-    })?;
+    app.store
+        .update_memory(&p.name, |m| {
+            with_watch(m, |w| source_watch::record_requested(w, version))
+        })
+        .await?;
     Ok(())
 }
 
@@ -298,11 +311,14 @@ async fn gallery_write(
     };
     let listed: Vec<Listed<'_>> = versions.iter().map(listed).collect();
     let now = app.clock.now();
-    let hint = app.store.update_memory(&p.name, |m| {
-        with_watch(m, |w| {
-            source_watch::hint(w, version, &listed, now, debounce(p))
+    let hint = app
+        .store
+        .update_memory(&p.name, |m| {
+            with_watch(m, |w| {
+                source_watch::hint(w, version, &listed, now, debounce(p))
+            })
         })
-    })?;
+        .await?;
     Ok(match hint {
         Hint::NotProvisioned => {
             Held("not a provisioned version `latest` can resolve to (yet)".into())

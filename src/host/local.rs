@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -23,8 +22,8 @@ use super::timers;
 use crate::app::wire::timer_payload;
 use crate::app::{invoke, App, FunctionName, Invocation, InvokeError};
 use crate::ports::{Clock, OutgoingMessage, Queue};
-use crate::store::queue::LocalQueue;
-use crate::store::Db;
+use crate::store::port::NewDeadLetter;
+use crate::store::sqlite::queue::LocalQueue;
 
 /// How long a delivered message stays locked to its invocation.
 const LOCK: chrono::Duration = chrono::Duration::seconds(120);
@@ -51,17 +50,6 @@ impl Queue for LocalQueuePort {
     }
 }
 
-/// Makes locks held by a previous (dead) process visible again: on one
-/// machine with one host per data folder, no other consumer can hold them.
-pub fn release_stale_locks(db: &Db, now: DateTime<Utc>) -> anyhow::Result<usize> {
-    db.with(|c| {
-        c.execute(
-            "UPDATE queue_messages SET lock_token = NULL, visible_at = ?1 WHERE lock_token IS NOT NULL",
-            [crate::store::ts(now)],
-        )
-    })
-}
-
 pub struct LocalHost {
     pub app: App,
     pub specs: Vec<FunctionSpec>,
@@ -77,7 +65,7 @@ impl LocalHost {
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         let now = self.app.clock.now();
-        let released = release_stale_locks(self.app.store.db(), now)?;
+        let released = self.queue.release_stale_locks(now)?;
         if released > 0 {
             tracing::info!(released, "released message locks left by a previous run");
         }
@@ -158,34 +146,6 @@ async fn deliver_events(app: App, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-fn last_fire(db: &Db, f: FunctionName) -> Option<DateTime<Utc>> {
-    db.with(|c| {
-        c.query_row(
-            "SELECT last_fire FROM timer_state WHERE function = ?1",
-            [f.as_str()],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()
-    })
-    .ok()
-    .flatten()
-    .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-    .map(|t| t.with_timezone(&Utc))
-}
-
-fn record_fire(db: &Db, f: FunctionName, at: DateTime<Utc>) {
-    let r = db.with(|c| {
-        c.execute(
-            "INSERT INTO timer_state (function, last_fire) VALUES (?1, ?2)
-             ON CONFLICT(function) DO UPDATE SET last_fire = excluded.last_fire",
-            params![f.as_str(), at.to_rfc3339()],
-        )
-    });
-    if let Err(e) = r {
-        tracing::warn!(function = %f, error = %e, "timer state not saved");
-    }
-}
-
 async fn fire_timer(
     app: &App,
     f: FunctionName,
@@ -204,7 +164,9 @@ async fn fire_timer(
         // A timer is not retried by the Functions host either; the next tick is.
         Err(e) => tracing::warn!(function = %f, error = %e, "timer invocation failed"),
     }
-    record_fire(app.store.db(), f, app.clock.now());
+    if let Err(e) = app.store.record_fire(f.as_str(), app.clock.now()).await {
+        tracing::warn!(function = %f, error = %e, "timer state not saved");
+    }
 }
 
 async fn timer_loop(
@@ -214,9 +176,8 @@ async fn timer_loop(
     on_startup: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let db = app.store.db().clone();
     let now = app.clock.now();
-    let last = last_fire(&db, f);
+    let last = last_fire(&app, f).await;
     let missed = last.is_some_and(|l| timers::missed_since(&cron, l, now));
     if on_startup || missed {
         let next = timers::next_after(&cron, now).unwrap_or(now);
@@ -232,9 +193,19 @@ async fn timer_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        let last = last_fire(&db, f);
+        let last = last_fire(&app, f).await;
         let after = timers::next_after(&cron, next).unwrap_or(next);
         fire_timer(&app, f, last, after, false).await;
+    }
+}
+
+async fn last_fire(app: &App, f: FunctionName) -> Option<DateTime<Utc>> {
+    match app.store.last_fire(f.as_str()).await {
+        Ok(at) => at,
+        Err(e) => {
+            tracing::warn!(function = %f, error = %e, "timer state not read; no catch-up");
+            None
+        }
     }
 }
 
@@ -301,7 +272,14 @@ async fn queue_loop(
                 };
                 if d.delivery_count >= max_delivery {
                     tracing::warn!(queue = %name, message = %d.message_id, "dead-lettered after {} deliveries: {reason}", d.delivery_count);
-                    queue.dead_letter(&d, &format!("MaxDeliveryCountExceeded: {reason}"), now)
+                    dead_letter(
+                        &app,
+                        &queue,
+                        &d,
+                        &format!("MaxDeliveryCountExceeded: {reason}"),
+                        now,
+                    )
+                    .await
                 } else {
                     let backoff =
                         chrono::Duration::milliseconds(500 * 2i64.pow(d.delivery_count.min(8)));
@@ -314,4 +292,26 @@ async fn queue_loop(
             tracing::warn!(queue = %name, error = %e, "message not settled; it will be delivered again");
         }
     }
+}
+
+/// Records the dead letter, then removes the message: a crash in between
+/// records it twice, never loses it.
+async fn dead_letter(
+    app: &App,
+    queue: &LocalQueue,
+    d: &crate::store::sqlite::queue::Delivery,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    app.store
+        .record_dead_letter(&NewDeadLetter {
+            queue: &d.queue,
+            message_id: &d.message_id,
+            body: &d.body,
+            reason,
+            delivery_count: d.delivery_count,
+            now,
+        })
+        .await?;
+    queue.complete(d).map(|_| ())
 }

@@ -14,8 +14,8 @@ use crate::config::{ProviderKind, Settings};
 use crate::domain::build::Tuning;
 use crate::ports::Clock;
 use crate::providers::local::{Faults, KvmMode, LocalConfig, LocalProvider};
-use crate::store::queue::LocalQueue;
-use crate::store::{Db, Store};
+use crate::store::sqlite::queue::LocalQueue;
+use crate::store::{Db, SqliteStore, Store};
 
 /// Everything `kiln local` runs, assembled.
 pub struct LocalRuntime {
@@ -74,11 +74,12 @@ pub fn local_runtime(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
         })?;
     refuse_lint_errors(&pipelines)?;
     let queue = LocalQueue::new(db.clone());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db.clone()));
     let notify = Arc::new(Notify::new());
     let provider_arc = Arc::new(provider.clone());
     let app = App {
         pipelines: Arc::new(pipelines),
-        store: Store::new(db.clone()),
+        store: store.clone(),
         builder: provider_arc.clone(),
         gallery: provider_arc.clone(),
         catalog: provider_arc.clone(),
@@ -89,7 +90,11 @@ pub fn local_runtime(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
             notify: notify.clone(),
         }),
         clock,
-        events: EventSink::new(db, settings.events_file.clone(), settings.webhook.clone()),
+        events: EventSink::new(
+            store,
+            settings.events_file.clone(),
+            settings.webhook.clone(),
+        ),
         tuning: Tuning::local(),
         settings: Arc::new(settings),
     };
@@ -111,7 +116,7 @@ pub fn azure_app(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<App> {
     let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone())?;
-    let db = open_db(&settings)?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(open_db(&settings)?));
     let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
         .map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -122,14 +127,18 @@ pub fn azure_app(
         })?;
     Ok(App {
         pipelines: Arc::new(pipelines),
-        store: Store::new(db.clone()),
+        store: store.clone(),
         builder: azure.builder,
         gallery: azure.gallery,
         catalog: azure.catalog,
         inventory: azure.inventory,
         queue: azure.queue,
         clock,
-        events: EventSink::new(db, settings.events_file.clone(), settings.webhook.clone()),
+        events: EventSink::new(
+            store,
+            settings.events_file.clone(),
+            settings.webhook.clone(),
+        ),
         tuning: Tuning::azure(),
         settings: Arc::new(settings),
     })

@@ -250,7 +250,7 @@ async fn one_build_per_pipeline_runs_at_a_time_and_queued_requests_coalesce() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_messages_are_dead_lettered_at_first_delivery_and_nothing_else_changes() {
     let f = Factory::start(Options::default()).await;
-    let queue = kiln::store::queue::LocalQueue::new(f.app.store.db().clone());
+    let queue = f.queue.clone();
     let now = chrono::Utc::now();
     queue
         .send("build-requests", "bad-json", "{not json", now, now)
@@ -312,8 +312,6 @@ async fn the_sweeper_finishes_a_build_whose_poll_messages_were_lost() {
 
     use kiln::app::FunctionName;
     use kiln::ports::{Clock, ManualClock};
-    use kiln::store::queue::LocalQueue;
-
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let opts = Options {
@@ -321,17 +319,21 @@ async fn the_sweeper_finishes_a_build_whose_poll_messages_were_lost() {
         ..Options::default()
     };
     let rt = crate::harness::runtime(dir.path(), &opts).await;
-    let q = LocalQueue::new(rt.app.store.db().clone());
+    let q = rt.queue.clone();
     let now = clock.now();
     q.send("build-requests", "m1", r#"{"pipeline":"tiny"}"#, now, now)
         .unwrap();
     crate::triggers::drain_requests(&rt, now).await;
-    let b = rt.app.store.list(&Default::default()).unwrap().remove(0);
+    let b = rt
+        .app
+        .store
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(b.state.name(), "submitting");
     // Every follow-up poll is lost.
-    rt.app
-        .store
-        .db()
+    crate::harness::db_of(dir.path())
         .with(|c| c.execute("DELETE FROM queue_messages WHERE queue = 'build-polls'", []))
         .unwrap();
     rt.provider
@@ -341,12 +343,20 @@ async fn the_sweeper_finishes_a_build_whose_poll_messages_were_lost() {
     // Not yet overdue: the sweeper leaves it alone.
     crate::triggers::tick(&rt.app, FunctionName::BuildSweeper).await;
     assert_eq!(
-        rt.app.store.get(&b.id).unwrap().unwrap().0.state.name(),
+        rt.app
+            .store
+            .get(&b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .state
+            .name(),
         "submitting"
     );
     clock.advance(chrono::Duration::minutes(2));
     crate::triggers::tick(&rt.app, FunctionName::BuildSweeper).await;
-    let (after, _) = rt.app.store.get(&b.id).unwrap().unwrap();
+    let (after, _) = rt.app.store.get(&b.id).await.unwrap().unwrap();
     assert_eq!(after.state.name(), "succeeded", "{after:?}");
 }
 
@@ -357,22 +367,18 @@ async fn a_poll_scheduled_before_the_build_moved_on_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let rt = crate::harness::runtime(dir.path(), &Options::default()).await;
     let now = chrono::Utc::now();
-    let q = kiln::store::queue::LocalQueue::new(rt.app.store.db().clone());
+    let q = rt.queue.clone();
     q.send("build-requests", "m1", r#"{"pipeline":"tiny"}"#, now, now)
         .unwrap();
     crate::triggers::drain_requests(&rt, now).await;
-    let (b, version) = rt
+    let b = rt
         .app
         .store
         .list(&Default::default())
+        .await
         .unwrap()
-        .into_iter()
-        .next()
-        .map(|b| {
-            let v = rt.app.store.get(&b.id).unwrap().unwrap().1;
-            (b, v)
-        })
-        .unwrap();
+        .remove(0);
+    let version = rt.app.store.get(&b.id).await.unwrap().unwrap().1;
     let poll = |v: i64| {
         let body = json!({"buildId": b.id, "rowVersion": v}).to_string();
         Invocation {
@@ -391,7 +397,7 @@ async fn a_poll_scheduled_before_the_build_moved_on_is_dropped() {
         .unwrap();
     assert!(stale.logs[0].contains("stale poll"), "{:?}", stale.logs);
     assert_eq!(
-        rt.app.store.get(&b.id).unwrap().unwrap().1,
+        rt.app.store.get(&b.id).await.unwrap().unwrap().1,
         version,
         "a stale poll writes nothing"
     );

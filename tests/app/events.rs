@@ -145,7 +145,7 @@ async fn consecutive_automatic_failures_pause_triggers_until_a_build_succeeds() 
     let (status, body) = f.post("/api/events/base-image", &update("1.0.3")).await;
     assert_eq!(body["requested"][0]["version"], "1.0.3", "{status} {body}");
     // Wait until the request left the queue: it was handled (and refused).
-    let queue = kiln::store::queue::LocalQueue::new(f.app.store.db().clone());
+    let queue = f.queue.clone();
     for _ in 0..200 {
         if queue.depth("build-requests").unwrap() == 0 {
             break;

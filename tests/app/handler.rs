@@ -122,12 +122,12 @@ async fn a_service_bus_message_arrives_double_encoded_and_is_admitted_once() {
         again["ReturnValue"],
         json!({"outcome": "existing", "build": id})
     );
-    assert_eq!(app.store.list(&Default::default()).unwrap().len(), 1);
+    assert_eq!(app.store.list(&Default::default()).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn an_event_grid_invocation_reaches_the_pipelines_following_the_parent() {
-    let (_d, r, app) = router().await;
+    let (_d, r, _) = router().await;
     let mut event: Value = serde_json::from_str(
         &std::fs::read_to_string(
             repo().join("tests/fixtures/events/eventgrid-resource-write-gallery-version.json"),
@@ -147,7 +147,7 @@ async fn an_event_grid_invocation_reaches_the_pipelines_following_the_parent() {
     assert_eq!(v["ReturnValue"]["requested"], json!([]), "{v}");
     assert_eq!(v["ReturnValue"]["held"][0]["pipeline"], "tiny", "{v}");
     assert_eq!(v["ReturnValue"]["held"][0]["version"], "1.4.0", "{v}");
-    let queued = kiln::store::queue::LocalQueue::new(app.store.db().clone())
+    let queued = kiln::store::sqlite::queue::LocalQueue::new(crate::harness::db_of(_d.path()))
         .depth("build-requests")
         .unwrap();
     assert_eq!(queued, 0);

@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use kiln::app::App;
 use kiln::config::{Env, Settings};
 use kiln::host::wiring::{local_runtime, LocalRuntime};
 use kiln::ports::{Clock, SystemClock};
 use kiln::providers::local::{BaseFrom, LocalProvider};
+use kiln::store::sqlite::queue::LocalQueue;
 
 pub const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/Microsoft.Compute";
 
@@ -62,8 +62,9 @@ impl Default for Options {
 
 pub struct Factory {
     pub dir: tempfile::TempDir,
-    pub app: App,
     pub provider: LocalProvider,
+    /// The embedded queue the host consumes.
+    pub queue: LocalQueue,
     pub api: String,
     pub http: reqwest::Client,
     stop: watch::Sender<bool>,
@@ -115,8 +116,8 @@ impl Factory {
     pub async fn start(opts: Options) -> Factory {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime(dir.path(), &opts).await;
-        let app = rt.app.clone();
         let provider = rt.provider.clone();
+        let queue = rt.queue.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = watch::channel(false);
@@ -125,8 +126,8 @@ impl Factory {
         });
         Factory {
             dir,
-            app,
             provider,
+            queue,
             api,
             http: reqwest::Client::new(),
             stop,
@@ -197,4 +198,10 @@ impl Factory {
                 .unwrap();
         }
     }
+}
+
+/// A second connection to a test's database, for tests that reach under
+/// the host (lose messages, count them).
+pub fn db_of(dir: &Path) -> kiln::store::Db {
+    kiln::store::Db::open(&dir.join("data/kiln.db")).unwrap()
 }

@@ -14,7 +14,6 @@ use kiln::app::{invoke, App, FunctionName, Invocation};
 use kiln::host::wiring::LocalRuntime;
 use kiln::ports::{Clock, ManualClock};
 use kiln::providers::local::BaseFrom;
-use kiln::store::queue::LocalQueue;
 
 use crate::harness::{repo, runtime, tiny, Options};
 
@@ -37,7 +36,7 @@ pub async fn tick(app: &App, f: FunctionName) {
 
 /// Delivers every visible build request to the `build_requests` function.
 pub async fn drain_requests(rt: &LocalRuntime, now: DateTime<Utc>) {
-    let q = LocalQueue::new(rt.app.store.db().clone());
+    let q = rt.queue.clone();
     while let Some(d) = q
         .receive("build-requests", now, Duration::seconds(60))
         .unwrap()
@@ -61,9 +60,9 @@ pub async fn drain_requests(rt: &LocalRuntime, now: DateTime<Utc>) {
     }
 }
 
-fn builds_by_pipeline(app: &App) -> BTreeMap<String, Vec<Value>> {
+async fn builds_by_pipeline(app: &App) -> BTreeMap<String, Vec<Value>> {
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for b in app.store.list(&Default::default()).unwrap() {
+    for b in app.store.list(&Default::default()).await.unwrap() {
         out.entry(b.pipeline.clone())
             .or_default()
             .push(serde_json::to_value(&b).unwrap());
@@ -110,7 +109,7 @@ async fn a_month_of_ticks_builds_each_pipeline_once_per_cycle_with_blackouts_and
         }
         clock.advance(Duration::minutes(15));
     }
-    let builds = builds_by_pipeline(&rt.app);
+    let builds = builds_by_pipeline(&rt.app).await;
     for p in ["on-time", "day-after", "frozen"] {
         let bs = builds
             .get(p)
@@ -166,6 +165,7 @@ async fn the_schedule_fires_on_time_when_the_host_is_up() {
         .app
         .store
         .list(&Default::default())
+        .await
         .unwrap()
         .iter()
         .map(|b| b.created_at.to_rfc3339())
@@ -196,7 +196,7 @@ async fn a_newer_base_builds_each_pipeline_on_latest_once_and_no_pinned_one() {
     tick(&rt.app, FunctionName::BaseImageWatch).await;
     drain_requests(&rt, now).await;
     assert!(
-        builds_by_pipeline(&rt.app).is_empty(),
+        builds_by_pipeline(&rt.app).await.is_empty(),
         "the first look only records a baseline"
     );
     rt.provider
@@ -207,7 +207,7 @@ async fn a_newer_base_builds_each_pipeline_on_latest_once_and_no_pinned_one() {
         tick(&rt.app, FunctionName::BaseImageWatch).await;
         drain_requests(&rt, chrono::Utc::now()).await;
     }
-    let builds = builds_by_pipeline(&rt.app);
+    let builds = builds_by_pipeline(&rt.app).await;
     assert_eq!(
         builds.keys().collect::<Vec<_>>(),
         ["follow-a", "follow-b"],
@@ -219,7 +219,14 @@ async fn a_newer_base_builds_each_pipeline_on_latest_once_and_no_pinned_one() {
         .await
         .unwrap();
     tick(&rt.app, FunctionName::BaseImageWatch).await;
-    let warnings = rt.app.store.runtime("follow-a").unwrap().memory.warnings;
+    let warnings = rt
+        .app
+        .store
+        .runtime("follow-a")
+        .await
+        .unwrap()
+        .memory
+        .warnings;
     assert_eq!(
         warnings,
         ["source kiln:busybox:tiny version 1.1.0 is deprecated"]
@@ -228,6 +235,7 @@ async fn a_newer_base_builds_each_pipeline_on_latest_once_and_no_pinned_one() {
         .app
         .store
         .runtime("pinned")
+        .await
         .unwrap()
         .memory
         .warnings
@@ -278,11 +286,7 @@ async fn the_events_endpoint_speaks_event_grid_and_cloudevents_and_wants_its_key
     let rt = runtime(dir.path(), &opts).await;
     let app = &rt.app;
     let key = [("x-kiln-key", "k3y")];
-    let depth = || {
-        LocalQueue::new(app.store.db().clone())
-            .depth("build-requests")
-            .unwrap()
-    };
+    let depth = || rt.queue.depth("build-requests").unwrap();
 
     let (status, _) = post(
         app,
@@ -391,7 +395,7 @@ async fn two_instances_firing_together_make_one_build_per_cycle() {
         tick(&b, FunctionName::PatchTuesday)
     );
     drain_requests(&rt, clock.now()).await;
-    let builds = rt.app.store.list(&Default::default()).unwrap();
+    let builds = rt.app.store.list(&Default::default()).await.unwrap();
     assert_eq!(builds.len(), 1, "{builds:#?}");
     assert_eq!(
         serde_json::to_value(&builds[0].trigger).unwrap(),
@@ -483,8 +487,11 @@ async fn deliver(app: &App, body: String) -> Value {
     v
 }
 
-fn child_builds(app: &App) -> Vec<Value> {
-    builds_by_pipeline(app).remove("child").unwrap_or_default()
+async fn child_builds(app: &App) -> Vec<Value> {
+    builds_by_pipeline(app)
+        .await
+        .remove("child")
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,15 +501,16 @@ async fn writes_of_old_unfinished_or_excluded_parent_versions_start_no_build() {
     parent.set("1.0.0", "Succeeded", false);
     parent.set("1.0.1", "Succeeded", false);
     tick(&app, FunctionName::BaseImageWatch).await; // baseline 1.0.1
-    let requested = || {
+    let requested = || async {
         rt.app
             .store
             .runtime("child")
+            .await
             .unwrap()
             .memory
             .source_requested
     };
-    assert_eq!(requested().as_deref(), Some("1.0.1"));
+    assert_eq!(requested().await.as_deref(), Some("1.0.1"));
 
     // A PATCH of an older version (tags, replication regions…).
     let v = deliver(&app, parent_written("old", "1.0.0", "PATCH")).await;
@@ -520,9 +528,9 @@ async fn writes_of_old_unfinished_or_excluded_parent_versions_start_no_build() {
     let v = deliver(&app, parent_written("excluded", "1.2.0", "PUT")).await;
     assert_eq!(v["requested"], json!([]), "{v}");
     drain_requests(&rt, chrono::Utc::now()).await;
-    assert_eq!(child_builds(&app), Vec::<Value>::new());
+    assert_eq!(child_builds(&app).await, Vec::<Value>::new());
     assert_eq!(
-        requested().as_deref(),
+        requested().await.as_deref(),
         Some("1.0.1"),
         "no event moved the baseline"
     );
@@ -531,7 +539,7 @@ async fn writes_of_old_unfinished_or_excluded_parent_versions_start_no_build() {
     parent.set("1.1.0", "Succeeded", false);
     tick(&app, FunctionName::BaseImageWatch).await;
     drain_requests(&rt, chrono::Utc::now()).await;
-    let builds = child_builds(&app);
+    let builds = child_builds(&app).await;
     assert_eq!(builds.len(), 1, "{builds:#?}");
     assert_eq!(
         builds[0]["trigger"],
@@ -556,10 +564,10 @@ async fn a_new_succeeded_parent_version_builds_once_and_the_watcher_sees_it_buil
     deliver(&app, parent_written("tags", "1.1.0", "PATCH")).await;
     tick(&app, FunctionName::BaseImageWatch).await;
     drain_requests(&rt, chrono::Utc::now()).await;
-    let builds = child_builds(&app);
+    let builds = child_builds(&app).await;
     assert_eq!(builds.len(), 1, "{builds:#?}");
     assert_eq!(builds[0]["sourceVersion"], "1.1.0");
-    let memory = rt.app.store.runtime("child").unwrap().memory;
+    let memory = rt.app.store.runtime("child").await.unwrap().memory;
     assert_eq!(memory.source_requested.as_deref(), Some("1.1.0"));
 }
 
@@ -578,12 +586,12 @@ async fn an_event_starts_the_debounce_and_the_watcher_builds_when_it_ends() {
     clock.set(Utc.with_ymd_and_hms(2026, 12, 1, 10, 29, 0).unwrap());
     tick(&app, FunctionName::BaseImageWatch).await;
     drain_requests(&rt, clock.now()).await;
-    assert_eq!(child_builds(&app), Vec::<Value>::new());
+    assert_eq!(child_builds(&app).await, Vec::<Value>::new());
     // The window started with the event, not with the watcher's first look.
     clock.set(Utc.with_ymd_and_hms(2026, 12, 1, 10, 30, 0).unwrap());
     tick(&app, FunctionName::BaseImageWatch).await;
     let v = deliver(&app, parent_written("again", "1.1.0", "PATCH")).await;
     assert_eq!(v["requested"], json!([]), "already requested: {v}");
     drain_requests(&rt, clock.now()).await;
-    assert_eq!(child_builds(&app).len(), 1);
+    assert_eq!(child_builds(&app).await.len(), 1);
 }

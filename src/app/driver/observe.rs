@@ -10,17 +10,15 @@ use crate::ports::{GalleryVersion, RunState, TemplateStatus};
 pub(super) async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation> {
     if matches!(b.state, BuildState::Queued) {
         let p = app.pipelines.get(&b.pipeline);
-        let pmax = p.map(|p| p.kiln.build.max_concurrent).unwrap_or(1);
-        return Ok(
-            if app
-                .store
-                .slot_free(&b.id, pmax, app.settings.max_active_builds)?
-            {
-                Observation::SlotGranted
-            } else {
-                Observation::Tick
-            },
-        );
+        let caps = crate::store::port::Caps {
+            pipeline: p.map(|p| p.kiln.build.max_concurrent).unwrap_or(1),
+            global: app.settings.max_active_builds,
+        };
+        return Ok(if app.store.slot_free(&b.id, caps).await? {
+            Observation::SlotGranted
+        } else {
+            Observation::Tick
+        });
     }
     if let BuildState::Submitting {
         not_before: Some(at),
@@ -84,7 +82,7 @@ pub(super) async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation>
             // its template not yet confirmed gone (the cleanup queue stops
             // and confirms its run first), so two runs can never publish
             // this build's version at once.
-            let earlier_template = match app.store.cleanup_of(&b.id) {
+            let earlier_template = match app.store.cleanup_of(&b.id).await {
                 Ok(jobs) => jobs.iter().any(|j| j.template != template),
                 Err(e) => {
                     tracing::warn!(build = %b.id, error = %e, "cannot read the cleanup queue");

@@ -6,6 +6,8 @@ use chrono::{TimeDelta, TimeZone};
 
 use super::*;
 use crate::ports::GalleryVersion;
+use crate::store::port::AuditStore;
+use crate::store::{Db, SqliteStore};
 
 const WIN: &str =
     "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/win11";
@@ -176,8 +178,10 @@ fn keep_one() -> RetentionPolicy {
     }
 }
 
-fn statuses(db: &Db) -> Vec<(String, String, String)> {
-    let mut rows: Vec<_> = audit(db, 1000)
+async fn statuses(db: &SqliteStore) -> Vec<(String, String, String)> {
+    let mut rows: Vec<_> = db
+        .audit(1000)
+        .await
         .unwrap()
         .into_iter()
         .map(|e| (e.version, e.action, e.status))
@@ -192,7 +196,7 @@ fn triple(v: &str, a: &str, s: &str) -> (String, String, String) {
 
 #[tokio::test]
 async fn an_inventory_error_aborts_the_run_before_any_change() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery::with([
         version(WIN, "1.0.2", 10),
         version(WIN, "1.0.1", 60),
@@ -210,13 +214,13 @@ async fn an_inventory_error_aborts_the_run_before_any_change() {
         .is_err());
     assert_eq!(gallery.calls(), Vec::<String>::new());
     assert_eq!(gallery.listed(WIN), ["1.0.2", "1.0.1", "1.0.0"]);
-    assert!(audit(&db, 10).unwrap().is_empty());
+    assert!(db.audit(10).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn a_dry_run_records_the_steps_and_changes_nothing() {
     for (policy_dry, forced) in [(true, false), (false, true)] {
-        let db = Db::open_in_memory().unwrap();
+        let db = SqliteStore::new(Db::open_in_memory().unwrap());
         let gallery = FakeGallery::with([
             version(WIN, "1.0.2", 10),
             version(WIN, "1.0.1", 60),
@@ -242,7 +246,7 @@ async fn a_dry_run_records_the_steps_and_changes_nothing() {
         assert_eq!(run.applied.len(), 2);
         assert!(run.applied.iter().all(|s| s.outcome == StepOutcome::DryRun));
         assert_eq!(
-            statuses(&db),
+            statuses(&db).await,
             [
                 triple("1.0.0", "delete", "dry-run"),
                 triple("1.0.1", "deprecate", "dry-run")
@@ -253,7 +257,7 @@ async fn a_dry_run_records_the_steps_and_changes_nothing() {
 
 #[tokio::test]
 async fn deprecation_then_deletion_happen_on_separate_runs() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), version(WIN, "1.0.0", 60)]);
     let targets = [target(WIN, keep_one())];
 
@@ -292,7 +296,7 @@ async fn deprecation_then_deletion_happen_on_separate_runs() {
 
 #[tokio::test]
 async fn a_run_changes_at_most_its_cap_and_the_next_run_finishes_the_rest() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let n = MAX_CHANGES_PER_RUN + 20;
     let mut versions: Vec<GalleryVersion> =
         (0..n).map(|i| expired(WIN, &format!("1.0.{i}"))).collect();
@@ -322,7 +326,7 @@ async fn a_run_changes_at_most_its_cap_and_the_next_run_finishes_the_rest() {
 
 #[tokio::test]
 async fn applying_twice_deletes_once() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
     let targets = [target(WIN, keep_one())];
 
@@ -336,14 +340,14 @@ async fn applying_twice_deletes_once() {
     assert_ne!(first.run_id, second.run_id);
     assert_eq!(gallery.calls(), [format!("delete {WIN} 1.0.0")]);
     assert!(second.applied.is_empty());
-    assert_eq!(statuses(&db), [triple("1.0.0", "delete", "done")]);
+    assert_eq!(statuses(&db).await, [triple("1.0.0", "delete", "done")]);
 }
 
 #[tokio::test]
 async fn a_delete_that_acted_but_reported_an_error_is_not_repeated() {
     // The gallery deleted the version but the call timed out (or the
     // process died right after): the next run finds it gone.
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery {
         delete_then_fail: [WIN.to_string()].into(),
         ..FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")])
@@ -362,7 +366,7 @@ async fn a_delete_that_acted_but_reported_an_error_is_not_repeated() {
 
 #[tokio::test]
 async fn a_failing_delete_is_recorded_and_other_definitions_go_on() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery {
         refuse_delete: [WIN.to_string()].into(),
         ..FakeGallery::with([
@@ -382,13 +386,13 @@ async fn a_failing_delete_is_recorded_and_other_definitions_go_on() {
     assert_eq!(failed, [WIN]);
     assert_eq!(gallery.listed(LINUX), ["2.0.1"]);
     assert_eq!(
-        statuses(&db),
+        statuses(&db).await,
         [
             triple("1.0.0", "delete", "failed"),
             triple("2.0.0", "delete", "done")
         ]
     );
-    let rows = audit(&db, 10).unwrap();
+    let rows = db.audit(10).await.unwrap();
     assert!(
         rows[1]
             .reason
@@ -400,7 +404,7 @@ async fn a_failing_delete_is_recorded_and_other_definitions_go_on() {
 
 #[tokio::test]
 async fn a_definition_that_cannot_be_listed_is_skipped_and_others_go_on() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery {
         unlistable: [WIN.to_string()].into(),
         ..FakeGallery::with([version(LINUX, "2.0.1", 10), expired(LINUX, "2.0.0")])
@@ -420,7 +424,7 @@ async fn a_definition_that_cannot_be_listed_is_skipped_and_others_go_on() {
 
 #[tokio::test]
 async fn versions_listed_under_another_definition_are_ignored() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
     // A misbehaving listing: WIN's answer includes a LINUX version, newer
     // than anything WIN has and not excluded from latest.
@@ -461,7 +465,7 @@ async fn versions_listed_under_another_definition_are_ignored() {
 
 #[tokio::test]
 async fn a_definition_two_pipelines_share_is_planned_once_or_not_at_all() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
     let hotfix = RetentionTarget {
         pipeline: "hotfix".into(),
@@ -515,7 +519,7 @@ async fn a_definition_two_pipelines_share_is_planned_once_or_not_at_all() {
 
 #[tokio::test]
 async fn versions_in_use_are_left_alone_by_the_executor() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
     let mut in_use = InUseSet::default();
     in_use.add_reference(&format!("{WIN}/versions/1.0.0"));
@@ -537,7 +541,7 @@ async fn versions_in_use_are_left_alone_by_the_executor() {
 
 #[tokio::test]
 async fn the_audit_lists_newest_first_with_reason_and_policy_and_no_keeps() {
-    let db = Db::open_in_memory().unwrap();
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
     let gallery = FakeGallery::with([
         version(WIN, "1.0.2", 10),
         version(WIN, "1.0.1", 60),
@@ -554,7 +558,7 @@ async fn the_audit_lists_newest_first_with_reason_and_policy_and_no_keeps() {
     .await
     .unwrap();
 
-    let rows = audit(&db, 10).unwrap();
+    let rows = db.audit(10).await.unwrap();
     assert_eq!(rows.len(), 2, "keeps are not audited");
     assert!(rows[0].seq > rows[1].seq);
     assert_eq!(
@@ -570,5 +574,5 @@ async fn the_audit_lists_newest_first_with_reason_and_policy_and_no_keeps() {
     );
     assert_eq!(rows[0].policy["keepLatest"], 1);
     assert_eq!(rows[0].policy["pinTag"], "kiln.pin");
-    assert_eq!(audit(&db, 1).unwrap(), rows[..1]);
+    assert_eq!(db.audit(1).await.unwrap(), rows[..1]);
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use super::{ts, Db};
+use super::{parse_ts, ts, Db};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -22,24 +22,6 @@ pub struct Delivery {
     pub enqueued_at: DateTime<Utc>,
     pub delivery_count: u32,
     pub lock_token: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    pub seq: i64,
-    pub queue: String,
-    pub message_id: String,
-    pub body: String,
-    pub reason: String,
-    pub delivery_count: u32,
-    pub dead_at: DateTime<Utc>,
-}
-
-fn parse_ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_default()
 }
 
 #[derive(Clone)]
@@ -138,35 +120,17 @@ impl LocalQueue {
         })
     }
 
-    /// Moves a message to the dead-letter store with its reason.
-    pub fn dead_letter(
-        &self,
-        d: &Delivery,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<()> {
+    /// Makes locks held by a previous (dead) process visible again: on one
+    /// machine with one host per data folder, no other consumer can hold them.
+    pub fn release_stale_locks(&self, now: DateTime<Utc>) -> anyhow::Result<usize> {
         self.db.with(|c| {
-            let tx = c.transaction()?;
-            let n = tx.execute(
-                "DELETE FROM queue_messages WHERE seq = ?1 AND lock_token = ?2",
-                params![d.seq, d.lock_token],
-            )?;
-            if n == 1 {
-                insert_dead_letter(
-                    &tx,
-                    &d.queue,
-                    &d.message_id,
-                    &d.body,
-                    reason,
-                    d.delivery_count,
-                    now,
-                )?;
-            }
-            tx.commit()
+            c.execute(
+                "UPDATE queue_messages SET lock_token = NULL, visible_at = ?1 WHERE lock_token IS NOT NULL",
+                [ts(now)],
+            )
         })
     }
 
-    /// Messages waiting in `queue` (visible or scheduled).
     pub fn depth(&self, queue: &str) -> anyhow::Result<u64> {
         self.db.with(|c| {
             c.query_row(
@@ -188,55 +152,6 @@ impl LocalQueue {
             .map(|v| v.map(|s| parse_ts(&s)))
         })
     }
-}
-
-pub(crate) fn insert_dead_letter(
-    c: &rusqlite::Connection,
-    queue: &str,
-    message_id: &str,
-    body: &str,
-    reason: &str,
-    delivery_count: u32,
-    now: DateTime<Utc>,
-) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT INTO dead_letters (queue, message_id, body, reason, delivery_count, dead_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![queue, message_id, body, reason, delivery_count, ts(now)],
-    )
-    .map(|_| ())
-}
-
-/// Dead letters recorded by the queue or by a handler that refused a message.
-pub fn dead_letters(db: &Db, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-    db.with(|c| {
-        let mut stmt = c.prepare(
-            "SELECT seq, queue, message_id, body, reason, delivery_count, dead_at FROM dead_letters ORDER BY seq DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit as i64], |r| {
-            Ok(DeadLetter {
-                seq: r.get(0)?,
-                queue: r.get(1)?,
-                message_id: r.get(2)?,
-                body: r.get(3)?,
-                reason: r.get(4)?,
-                delivery_count: r.get(5)?,
-                dead_at: parse_ts(&r.get::<_, String>(6)?),
-            })
-        })?;
-        rows.collect()
-    })
-}
-
-pub fn record_dead_letter(
-    db: &Db,
-    queue: &str,
-    message_id: &str,
-    body: &str,
-    reason: &str,
-    delivery_count: u32,
-    now: DateTime<Utc>,
-) -> anyhow::Result<()> {
-    db.with(|c| insert_dead_letter(c, queue, message_id, body, reason, delivery_count, now))
 }
 
 #[cfg(test)]
@@ -287,21 +202,6 @@ mod tests {
         assert!(!q.complete(&first).unwrap());
         assert!(q.complete(&again).unwrap());
         assert_eq!(q.depth("requests").unwrap(), 0);
-    }
-
-    #[test]
-    fn dead_lettering_keeps_the_body_and_the_reason() {
-        let q = q();
-        q.send("requests", "m1", "garbage", t(0), t(0)).unwrap();
-        let d = q
-            .receive("requests", t(0), Duration::seconds(60))
-            .unwrap()
-            .unwrap();
-        q.dead_letter(&d, "not JSON", t(1)).unwrap();
-        assert_eq!(q.depth("requests").unwrap(), 0);
-        let dl = dead_letters(&q.db, 10).unwrap();
-        assert_eq!(dl[0].body, "garbage");
-        assert_eq!(dl[0].reason, "not JSON");
     }
 
     #[test]

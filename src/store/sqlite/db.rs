@@ -14,14 +14,21 @@ use rusqlite::Connection;
 /// Migrations in order. The file is the schema's source of truth; the name is
 /// recorded once applied so each runs exactly once.
 const MIGRATIONS: &[(&str, &str)] = &[
-    ("0001_core", include_str!("../../migrations/0001_core.sql")),
+    (
+        "0001_core",
+        include_str!("../../../migrations/0001_core.sql"),
+    ),
     (
         "0002_local_provider",
-        include_str!("../../migrations/0002_local_provider.sql"),
+        include_str!("../../../migrations/0002_local_provider.sql"),
     ),
     (
         "0003_template_cleanup",
-        include_str!("../../migrations/0003_template_cleanup.sql"),
+        include_str!("../../../migrations/0003_template_cleanup.sql"),
+    ),
+    (
+        "0004_shared_store",
+        include_str!("../../../migrations/0004_shared_store.sql"),
     ),
 ];
 

@@ -4,69 +4,18 @@
 //! (`UPDATE … WHERE row_version = ?`): a writer that lost a race gets
 //! [`Write::Conflict`], re-reads and re-decides; nothing is overwritten.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension, Transaction};
-use serde::{Deserialize, Serialize};
 
-use super::{insert_outbox, ts, Db};
-use crate::domain::build::{Build, BuildState, Trigger};
-use crate::domain::request::{admit, Admission, AdmissionView};
+use super::{insert_outbox, parse_ts, ts, SqliteStore};
+use crate::domain::build::Build;
+use crate::domain::request::{admit, Admission as Decision, AdmissionView};
 use crate::domain::version::ImageVersion;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Write {
-    Written { row_version: i64 },
-    Conflict,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct HistoryEntry {
-    pub at: DateTime<Utc>,
-    pub from: Option<String>,
-    pub to: String,
-    pub cause: String,
-}
-
-/// What a pipeline remembers between invocations.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PipelineMemory {
-    /// The schedule was evaluated up to this instant (catch-up starts here).
-    pub schedule_checked_until: Option<DateTime<Utc>>,
-    /// Newest source version the watcher saw, and when it first saw it.
-    pub source_seen: Option<String>,
-    pub source_seen_at: Option<DateTime<Utc>>,
-    /// Source version of the last build the watcher requested.
-    pub source_requested: Option<String>,
-    pub warnings: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PipelineRuntime {
-    pub consecutive_failures: u32,
-    pub breaker_open_since: Option<DateTime<Utc>>,
-    pub memory: PipelineMemory,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BreakerChange {
-    Opened { failures: u32 },
-    Closed,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct BuildFilter {
-    pub pipeline: Option<String>,
-    pub state: Option<String>,
-    pub limit: Option<usize>,
-}
-
-#[derive(Clone)]
-pub struct Store {
-    db: Db,
-}
+use crate::store::port::{
+    Admission, Admitted, BreakerChange, BuildFilter, BuildStore, Caps, Extras, HistoryEntry,
+    Outcome, PipelineMemory, PipelineRuntime, PipelineStore, Transition, Write,
+};
 
 fn parse_build(body: String) -> rusqlite::Result<Build> {
     serde_json::from_str(&body).map_err(|e| {
@@ -115,12 +64,7 @@ fn insert_build(tx: &Transaction<'_>, b: &Build, now: DateTime<Utc>) -> rusqlite
     )
 }
 
-fn slot_free(
-    c: &rusqlite::Connection,
-    id: &str,
-    pipeline_max: u32,
-    global_cap: u32,
-) -> rusqlite::Result<bool> {
+fn slot_free(c: &rusqlite::Connection, id: &str, caps: Caps) -> rusqlite::Result<bool> {
     let (pipeline, created): (String, String) = c.query_row(
         "SELECT pipeline, created_at FROM builds WHERE id = ?1",
         [id],
@@ -143,8 +87,8 @@ fn slot_free(
         |r| r.get(0),
     )?;
     Ok(older_queued == 0
-        && active_pipeline < i64::from(pipeline_max)
-        && active_all < i64::from(global_cap))
+        && active_pipeline < i64::from(caps.pipeline)
+        && active_all < i64::from(caps.global))
 }
 
 /// The conditional write: false when the row is no longer at `expected`.
@@ -173,34 +117,14 @@ fn write_if_unchanged(
     Ok(n == 1)
 }
 
-/// How a finished build counts for its pipeline's circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    pub automatic: bool,
-    pub succeeded: bool,
-    pub threshold: u32,
-}
-
-/// What commits in the same transaction as a transition, so a crash right
-/// after it cannot lose the webhook event or the breaker count.
-#[derive(Debug, Clone, Default)]
-pub struct Extras {
-    /// (event id, CloudEvent JSON, when) for the webhook outbox.
-    pub outbox: Option<(String, String, DateTime<Utc>)>,
-    /// Set when the transition ends the build.
-    pub outcome: Option<Outcome>,
-    /// Templates the transition retires, for the cleanup queue.
-    pub retire: Vec<super::cleanup::Retire>,
-}
-
 fn apply_extras(
     tx: &Transaction<'_>,
     pipeline: &str,
     extras: &Extras,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<Option<BreakerChange>> {
-    if let Some((id, body, at)) = &extras.outbox {
-        insert_outbox(tx, id, body, *at)?;
+    if let Some(row) = &extras.outbox {
+        insert_outbox(tx, row)?;
     }
     for r in &extras.retire {
         super::cleanup::insert(tx, r, now)?;
@@ -248,27 +172,9 @@ fn record_outcome_tx(
     Ok(change)
 }
 
-/// Result of admitting a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admitted {
-    Created(Box<Build>),
-    Existing(String),
-    Coalesced(String),
-    Paused(String),
-    /// The request cannot become a build (e.g. its version cannot be chosen).
-    Refused(String),
-}
-
-impl Store {
-    pub fn new(db: Db) -> Self {
-        Self { db }
-    }
-
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    pub fn get(&self, id: &str) -> anyhow::Result<Option<(Build, i64)>> {
+#[async_trait]
+impl BuildStore for SqliteStore {
+    async fn get(&self, id: &str) -> anyhow::Result<Option<(Build, i64)>> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT body, row_version FROM builds WHERE id = ?1",
@@ -281,7 +187,7 @@ impl Store {
         })
     }
 
-    pub fn list(&self, f: &BuildFilter) -> anyhow::Result<Vec<Build>> {
+    async fn list(&self, f: &BuildFilter) -> anyhow::Result<Vec<Build>> {
         self.db.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT body FROM builds
@@ -296,17 +202,14 @@ impl Store {
         })
     }
 
-    pub fn history(&self, id: &str) -> anyhow::Result<Vec<HistoryEntry>> {
+    async fn history(&self, id: &str) -> anyhow::Result<Vec<HistoryEntry>> {
         self.db.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT at, from_state, to_state, cause FROM build_history WHERE build_id = ?1 ORDER BY seq",
             )?;
             let rows = stmt.query_map([id], |r| {
-                let at: String = r.get(0)?;
                 Ok(HistoryEntry {
-                    at: DateTime::parse_from_rfc3339(&at)
-                        .map(|t| t.with_timezone(&Utc))
-                        .unwrap_or_default(),
+                    at: parse_ts(&r.get::<_, String>(0)?),
                     from: r.get(1)?,
                     to: r.get(2)?,
                     cause: r.get(3)?,
@@ -316,61 +219,74 @@ impl Store {
         })
     }
 
-    /// Writes `build` if the row is still at `expected`; appends history when `cause` is set.
-    #[allow(clippy::too_many_arguments)]
-    pub fn update(
-        &self,
-        build: &Build,
-        expected: i64,
-        from: &BuildState,
-        cause: Option<&str>,
-        next_poll_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-        extras: &Extras,
-    ) -> anyhow::Result<(Write, Option<BreakerChange>)> {
-        let body = serde_json::to_string(build)?;
+    async fn commit(&self, t: &Transition<'_>) -> anyhow::Result<(Write, Option<BreakerChange>)> {
+        let body = serde_json::to_string(t.build)?;
         self.db.with(|c| {
             let tx = c.transaction()?;
-            if !write_if_unchanged(&tx, build, &body, expected, next_poll_at, now)? {
+            if !write_if_unchanged(&tx, t.build, &body, t.expected, t.next_poll_at, t.now)? {
                 return Ok((Write::Conflict, None));
             }
-            let change = apply_extras(&tx, &build.pipeline, extras, now)?;
-            if let Some(cause) = cause {
+            let change = apply_extras(&tx, &t.build.pipeline, t.extras, t.now)?;
+            if let Some(cause) = t.cause {
                 insert_history(
                     &tx,
-                    &build.id,
-                    now,
-                    Some(from.name()),
-                    build.state.name(),
+                    &t.build.id,
+                    t.now,
+                    Some(t.from.name()),
+                    t.build.state.name(),
                     cause,
                 )?;
             }
             tx.commit()?;
             Ok((
                 Write::Written {
-                    row_version: expected + 1,
+                    row_version: t.expected + 1,
                 },
                 change,
             ))
         })
     }
 
-    /// Admits a request in one transaction: dedupe by key, breaker, coalescing,
-    /// then `create` builds the new build from the versions already taken.
-    pub fn admit(
-        &self,
-        pipeline: &str,
-        key: &str,
-        trigger: &Trigger,
-        now: DateTime<Utc>,
-        gallery_versions: &[ImageVersion],
-        create: impl FnOnce(&[ImageVersion]) -> Result<Build, String>,
-    ) -> anyhow::Result<Admitted> {
-        let mut create = Some(create);
+    async fn claim_slot(&self, t: &Transition<'_>, caps: Caps) -> anyhow::Result<Option<Write>> {
+        let body = serde_json::to_string(t.build)?;
+        self.db.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if !slot_free(&tx, &t.build.id, caps)? {
+                return Ok(None);
+            }
+            if !write_if_unchanged(&tx, t.build, &body, t.expected, t.next_poll_at, t.now)? {
+                return Ok(Some(Write::Conflict));
+            }
+            apply_extras(&tx, &t.build.pipeline, t.extras, t.now)?;
+            insert_history(
+                &tx,
+                &t.build.id,
+                t.now,
+                Some(t.from.name()),
+                t.build.state.name(),
+                t.cause.unwrap_or_default(),
+            )?;
+            tx.commit()?;
+            Ok(Some(Write::Written {
+                row_version: t.expected + 1,
+            }))
+        })
+    }
+
+    async fn slot_free(&self, id: &str, caps: Caps) -> anyhow::Result<bool> {
+        self.db.with(|c| slot_free(c, id, caps))
+    }
+
+    async fn admit(&self, a: &Admission<'_>) -> anyhow::Result<Admitted> {
+        let (pipeline, key, now) = (a.pipeline, a.key, a.now);
         self.db.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing_for_key: Option<String> = tx
-                .query_row("SELECT build_id FROM request_keys WHERE key = ?1", [key], |r| r.get(0))
+                .query_row(
+                    "SELECT build_id FROM request_keys WHERE key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let queued_build: Option<String> = tx
                 .query_row(
@@ -392,26 +308,32 @@ impl Store {
                 queued_build,
                 breaker_open,
             };
-            let result = match admit(trigger, &view) {
-                Admission::Existing { build } => Admitted::Existing(build),
-                Admission::Paused { reason } => Admitted::Paused(reason),
-                Admission::Coalesced { build } => {
+            let result = match admit(a.trigger, &view) {
+                Decision::Existing { build } => Admitted::Existing(build),
+                Decision::Paused { reason } => Admitted::Paused(reason),
+                Decision::Coalesced { build } => {
                     tx.execute(
                         "INSERT INTO request_keys (key, build_id, created_at) VALUES (?1, ?2, ?3)",
                         params![key, build, ts(now)],
                     )?;
-                    insert_history(&tx, &build, now, Some("queued"), "queued", &format!("request {key} coalesced into this build"))?;
+                    insert_history(
+                        &tx,
+                        &build,
+                        now,
+                        Some("queued"),
+                        "queued",
+                        &format!("request {key} coalesced into this build"),
+                    )?;
                     Admitted::Coalesced(build)
                 }
-                Admission::New => {
-                    let mut taken: Vec<ImageVersion> = gallery_versions.to_vec();
+                Decision::New => {
+                    let mut taken: Vec<ImageVersion> = a.gallery_versions.to_vec();
                     let mut stmt = tx.prepare("SELECT body FROM builds WHERE pipeline = ?1")?;
                     for body in stmt.query_map([pipeline], |r| r.get::<_, String>(0))? {
                         taken.push(parse_build(body?)?.version);
                     }
                     drop(stmt);
-                    let make = create.take().expect("create is called once");
-                    match make(&taken) {
+                    match (a.make)(&taken) {
                         Ok(build) => {
                             insert_build(&tx, &build, now)?;
                             tx.execute(
@@ -429,7 +351,7 @@ impl Store {
         })
     }
 
-    pub fn build_for_key(&self, key: &str) -> anyhow::Result<Option<String>> {
+    async fn build_for_key(&self, _pipeline: &str, key: &str) -> anyhow::Result<Option<String>> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT build_id FROM request_keys WHERE key = ?1",
@@ -440,53 +362,7 @@ impl Store {
         })
     }
 
-    /// Whether queued build `id` may start: it is the oldest queued build
-    /// of its pipeline and fits under both the pipeline's and the global cap.
-    pub fn slot_free(&self, id: &str, pipeline_max: u32, global_cap: u32) -> anyhow::Result<bool> {
-        self.db.with(|c| slot_free(c, id, pipeline_max, global_cap))
-    }
-
-    /// Starts a queued build atomically: the slot check and the conditional
-    /// write happen in one transaction, so two builds cannot take one slot.
-    #[allow(clippy::too_many_arguments)]
-    pub fn claim_slot(
-        &self,
-        build: &Build,
-        expected: i64,
-        pipeline_max: u32,
-        global_cap: u32,
-        cause: &str,
-        next_poll_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-        extras: &Extras,
-    ) -> anyhow::Result<Option<Write>> {
-        let body = serde_json::to_string(build)?;
-        self.db.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if !slot_free(&tx, &build.id, pipeline_max, global_cap)? {
-                return Ok(None);
-            }
-            if !write_if_unchanged(&tx, build, &body, expected, next_poll_at, now)? {
-                return Ok(Some(Write::Conflict));
-            }
-            apply_extras(&tx, &build.pipeline, extras, now)?;
-            insert_history(
-                &tx,
-                &build.id,
-                now,
-                Some("queued"),
-                build.state.name(),
-                cause,
-            )?;
-            tx.commit()?;
-            Ok(Some(Write::Written {
-                row_version: expected + 1,
-            }))
-        })
-    }
-
-    /// Non-terminal builds whose next poll is due (the sweeper's work list), oldest first.
-    pub fn due(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
+    async fn due(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
         self.db.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT id FROM builds WHERE terminal = 0 AND (next_poll_at IS NULL OR next_poll_at <= ?1)
@@ -497,7 +373,7 @@ impl Store {
         })
     }
 
-    pub fn queued(&self) -> anyhow::Result<Vec<String>> {
+    async fn queued(&self) -> anyhow::Result<Vec<String>> {
         self.db.with(|c| {
             let mut stmt =
                 c.prepare("SELECT id FROM builds WHERE state = 'queued' ORDER BY created_at, id")?;
@@ -505,8 +381,11 @@ impl Store {
             rows.collect()
         })
     }
+}
 
-    pub fn runtime(&self, pipeline: &str) -> anyhow::Result<PipelineRuntime> {
+#[async_trait]
+impl PipelineStore for SqliteStore {
+    async fn runtime(&self, pipeline: &str) -> anyhow::Result<PipelineRuntime> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT consecutive_failures, breaker_open_since, body FROM pipeline_state WHERE pipeline = ?1",
@@ -516,9 +395,7 @@ impl Store {
                     let body: String = r.get(2)?;
                     Ok(PipelineRuntime {
                         consecutive_failures: r.get(0)?,
-                        breaker_open_since: since
-                            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-                            .map(|t| t.with_timezone(&Utc)),
+                        breaker_open_since: since.as_deref().map(parse_ts),
                         memory: serde_json::from_str(&body).unwrap_or_default(),
                     })
                 },
@@ -528,12 +405,11 @@ impl Store {
         })
     }
 
-    /// Reads, changes and writes a pipeline's memory in one transaction.
-    pub fn update_memory<T>(
+    async fn modify_memory(
         &self,
         pipeline: &str,
-        f: impl FnOnce(&mut PipelineMemory) -> T,
-    ) -> anyhow::Result<T> {
+        f: &mut (dyn for<'m> FnMut(&'m mut PipelineMemory) + Send),
+    ) -> anyhow::Result<()> {
         self.db.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let body: Option<String> = tx
@@ -546,7 +422,7 @@ impl Store {
             let mut mem: PipelineMemory = body
                 .and_then(|b| serde_json::from_str(&b).ok())
                 .unwrap_or_default();
-            let out = f(&mut mem);
+            f(&mut mem);
             tx.execute(
                 "INSERT INTO pipeline_state (pipeline, body) VALUES (?1, ?2)
                  ON CONFLICT(pipeline) DO UPDATE SET body = excluded.body",
@@ -555,37 +431,21 @@ impl Store {
                     serde_json::to_string(&mem).expect("memory serializes")
                 ],
             )?;
-            tx.commit()?;
-            Ok(out)
+            tx.commit()
         })
     }
 
-    /// Counts a finished automatic build towards the circuit breaker.
-    pub fn record_outcome(
+    async fn record_outcome(
         &self,
         pipeline: &str,
-        automatic: bool,
-        succeeded: bool,
-        threshold: u32,
+        o: Outcome,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Option<BreakerChange>> {
         self.db.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let change = record_outcome_tx(
-                &tx,
-                pipeline,
-                Outcome {
-                    automatic,
-                    succeeded,
-                    threshold,
-                },
-                now,
-            )?;
+            let change = record_outcome_tx(&tx, pipeline, o, now)?;
             tx.commit()?;
             Ok(change)
         })
     }
 }
-
-#[cfg(test)]
-mod tests;
