@@ -37,6 +37,28 @@ pub enum ProviderKind {
     Azure,
 }
 
+/// Where build state lives (`KILN_STORE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// One SQLite file in the data folder: one machine.
+    Sqlite,
+    /// Azure Table Storage (or Azurite, or Cosmos DB for Table): many instances.
+    Table {
+        access: TableAccess,
+        /// Prefix of the tables kiln creates (`KILN_TABLE_PREFIX`, default `kiln`).
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableAccess {
+    /// `KILN_TABLE_CONNECTION`: a Storage connection string (Shared Key).
+    ConnectionString(Secret),
+    /// `KILN_TABLE_ENDPOINT`: the table endpoint, reached with Entra ID
+    /// tokens (the app's managed identity in Azure).
+    Endpoint(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub url: String,
@@ -64,6 +86,7 @@ pub struct Settings {
     /// `KILN_CLOCK`: a scaled clock shared with the Azure simulator; `None`
     /// is the system clock.
     pub clock: Option<ScaledClock>,
+    pub store: StoreSettings,
 }
 
 pub type Env = BTreeMap<String, String>;
@@ -121,6 +144,45 @@ fn default_handlers_dir(cwd: &Path) -> PathBuf {
     }
 }
 
+fn store_settings(env: &Env) -> anyhow::Result<StoreSettings> {
+    let connection = get(env, "KILN_TABLE_CONNECTION");
+    let endpoint = get(env, "KILN_TABLE_ENDPOINT");
+    match get(env, "KILN_STORE").unwrap_or("sqlite") {
+        "sqlite" => {
+            if connection.is_some() || endpoint.is_some() {
+                bail!("KILN_STORE: is `sqlite` (the default), but KILN_TABLE_CONNECTION or KILN_TABLE_ENDPOINT is set; set KILN_STORE=table to use Table Storage");
+            }
+            Ok(StoreSettings::Sqlite)
+        }
+        "table" => {
+            unresolved_reference(env, "KILN_TABLE_CONNECTION")?;
+            let access = match (connection, endpoint) {
+                (Some(c), None) => TableAccess::ConnectionString(Secret::new(c)),
+                (None, Some(e)) => {
+                    let local = e.starts_with("http://127.0.0.1") || e.starts_with("http://localhost");
+                    if !e.starts_with("https://") && !local {
+                        bail!("KILN_TABLE_ENDPOINT: expected an https:// URL such as https://ACCOUNT.table.core.windows.net (plain http only on loopback), got `{e}`");
+                    }
+                    TableAccess::Endpoint(e.trim_end_matches('/').to_string())
+                }
+                (Some(_), Some(_)) => bail!("KILN_TABLE_CONNECTION and KILN_TABLE_ENDPOINT: set one, not both (a connection string uses its key, an endpoint uses Entra ID)"),
+                (None, None) => bail!("KILN_STORE=table needs KILN_TABLE_ENDPOINT (managed identity) or KILN_TABLE_CONNECTION (a connection string; `UseDevelopmentStorage=true` for Azurite)"),
+            };
+            let prefix = get(env, "KILN_TABLE_PREFIX").unwrap_or("kiln").to_string();
+            // Table names: 3-63 alphanumerics starting with a letter; kiln appends up to 8.
+            if prefix.is_empty()
+                || prefix.len() > 40
+                || !prefix.starts_with(|c: char| c.is_ascii_alphabetic())
+                || !prefix.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                bail!("KILN_TABLE_PREFIX: expected 1-40 letters and digits starting with a letter, got `{prefix}`");
+            }
+            Ok(StoreSettings::Table { access, prefix })
+        }
+        other => bail!("KILN_STORE: expected `sqlite` or `table`, got `{other}`"),
+    }
+}
+
 impl Settings {
     pub fn from_env(env: &Env) -> anyhow::Result<Settings> {
         let provider = match get(env, "KILN_PROVIDER").unwrap_or("local") {
@@ -169,6 +231,7 @@ impl Settings {
         if provider == ProviderKind::Azure && events_key.is_none() {
             bail!("KILN_EVENTS_KEY: required with KILN_PROVIDER=azure (the events endpoint must not be open)");
         }
+        let store = store_settings(env)?;
         let http_port = match get(env, "KILN_HTTP_PORT") {
             None => 7071,
             Some(s) => s
@@ -200,6 +263,7 @@ impl Settings {
                         .map_err(|e| anyhow::anyhow!("KILN_CLOCK: {e}"))?,
                 ),
             },
+            store,
         })
     }
 
@@ -221,6 +285,71 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_table_storage_is_asked_for_completely() {
+        assert_eq!(
+            Settings::from_env(&env(&[])).unwrap().store,
+            StoreSettings::Sqlite
+        );
+        let s = Settings::from_env(&env(&[
+            ("KILN_STORE", "table"),
+            (
+                "KILN_TABLE_ENDPOINT",
+                "https://acct.table.core.windows.net/",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.store,
+            StoreSettings::Table {
+                access: TableAccess::Endpoint("https://acct.table.core.windows.net".into()),
+                prefix: "kiln".into()
+            }
+        );
+        let refused = [
+            (vec![("KILN_STORE", "tables")], "KILN_STORE: expected"),
+            (vec![("KILN_STORE", "table")], "KILN_STORE=table needs"),
+            (
+                vec![("KILN_TABLE_CONNECTION", "UseDevelopmentStorage=true")],
+                "KILN_STORE: is `sqlite`",
+            ),
+            (
+                vec![
+                    ("KILN_STORE", "table"),
+                    ("KILN_TABLE_CONNECTION", "UseDevelopmentStorage=true"),
+                    ("KILN_TABLE_ENDPOINT", "https://acct.table.core.windows.net"),
+                ],
+                "set one, not both",
+            ),
+            (
+                vec![
+                    ("KILN_STORE", "table"),
+                    ("KILN_TABLE_ENDPOINT", "http://acct.table.core.windows.net"),
+                ],
+                "KILN_TABLE_ENDPOINT: expected an https://",
+            ),
+            (
+                vec![
+                    ("KILN_STORE", "table"),
+                    ("KILN_TABLE_CONNECTION", "UseDevelopmentStorage=true"),
+                    ("KILN_TABLE_PREFIX", "kiln-prod"),
+                ],
+                "KILN_TABLE_PREFIX",
+            ),
+        ];
+        for (pairs, start) in refused {
+            let e = Settings::from_env(&env(&pairs)).unwrap_err().to_string();
+            assert!(e.contains(start), "{pairs:?}: {e}");
+        }
+        // A connection string is a secret: it is never echoed.
+        let s = Settings::from_env(&env(&[
+            ("KILN_STORE", "table"),
+            ("KILN_TABLE_CONNECTION", "AccountKey=c2VjcmV0"),
+        ]))
+        .unwrap();
+        assert!(!format!("{s:?}").contains("c2VjcmV0"));
     }
 
     #[test]
