@@ -154,7 +154,7 @@ impl EventSink {
             .await?;
         let mut delivered = 0;
         for item in due {
-            let (id, body, attempts) = (item.event_id, item.body, item.attempts);
+            let (id, body, attempts) = (&item.event_id, &item.body, item.attempts);
             let result = self
                 .http
                 .post(&hook.url)
@@ -178,12 +178,12 @@ impl EventSink {
             match result {
                 Ok(()) => {
                     delivered += 1;
-                    self.store.outbox_delivered(&id, now).await?;
+                    self.store.outbox_delivered(&item, now).await?;
                 }
                 Err(e) => {
                     let backoff = chrono::Duration::seconds(2i64.pow(attempts.min(11)));
                     tracing::warn!(event = %id, attempts = attempts + 1, error = %e, "webhook delivery failed; will retry");
-                    self.store.outbox_failed(&id, now + backoff, &e).await?;
+                    self.store.outbox_failed(&item, now + backoff, &e).await?;
                 }
             }
         }

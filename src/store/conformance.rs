@@ -16,6 +16,9 @@ use crate::domain::version::ImageVersion;
 pub struct Pair {
     pub a: Arc<dyn Store>,
     pub b: Arc<dyn Store>,
+    /// What the store needs alive for the case (a temporary folder, an
+    /// Azurite process); dropped with the pair when the case ends.
+    pub keep: Option<Box<dyn std::any::Any + Send>>,
 }
 
 pub fn t0() -> DateTime<Utc> {
@@ -469,7 +472,7 @@ pub async fn a_finished_build_gives_its_slot_to_the_next(p: Pair) {
         None,
         "no slot while x runs"
     );
-    assert!(!p.b.slot_free("y", caps).await.unwrap());
+    assert!(!p.b.slot_free("y", caps, t0()).await.unwrap());
     let (running, _) = p.a.get("x").await.unwrap().unwrap();
     let end = failed(&running);
     let (w, _) =
@@ -485,7 +488,7 @@ pub async fn a_finished_build_gives_its_slot_to_the_next(p: Pair) {
         .await
         .unwrap();
     assert!(matches!(w, Write::Written { .. }));
-    assert!(p.b.slot_free("y", caps).await.unwrap());
+    assert!(p.b.slot_free("y", caps, t0()).await.unwrap());
     assert!(matches!(
         claim(&*p.b, &y, vy, caps).await,
         Some(Write::Written { .. })
@@ -507,8 +510,8 @@ pub async fn a_pipeline_at_its_own_cap_waits_while_others_start(p: Pair) {
         p.b.queued().await.unwrap(),
         vec!["y".to_string(), "z".to_string()]
     );
-    assert!(!p.b.slot_free("y", caps).await.unwrap());
-    assert!(p.b.slot_free("z", caps).await.unwrap());
+    assert!(!p.b.slot_free("y", caps, t0()).await.unwrap());
+    assert!(p.b.slot_free("z", caps, t0()).await.unwrap());
     let vy = p.b.get("y").await.unwrap().unwrap().1;
     assert_eq!(claim(&*p.b, &y, vy, caps).await, None);
     let vz = p.a.get("z").await.unwrap().unwrap().1;
@@ -676,16 +679,12 @@ pub async fn a_claimed_event_is_hidden_from_other_deliverers_until_its_lease_end
         p.a.outbox_claim(now, lease, 12, 10),
         p.b.outbox_claim(now, lease, 12, 10)
     );
-    let mut claimed: Vec<String> = ca
-        .unwrap()
-        .into_iter()
-        .chain(cb.unwrap())
-        .map(|i| i.event_id)
-        .collect();
-    claimed.sort();
-    assert_eq!(claimed, vec!["e1", "e2"], "each event claimed once");
-    p.a.outbox_delivered("e1", now).await.unwrap();
-    p.a.outbox_failed("e2", now + Duration::seconds(60), "HTTP 500")
+    let mut claimed: Vec<OutboxItem> = ca.unwrap().into_iter().chain(cb.unwrap()).collect();
+    claimed.sort_by(|x, y| x.event_id.cmp(&y.event_id));
+    let ids: Vec<&str> = claimed.iter().map(|i| i.event_id.as_str()).collect();
+    assert_eq!(ids, vec!["e1", "e2"], "each event claimed once");
+    p.a.outbox_delivered(&claimed[0], now).await.unwrap();
+    p.a.outbox_failed(&claimed[1], now + Duration::seconds(60), "HTTP 500")
         .await
         .unwrap();
     assert!(p

@@ -205,6 +205,8 @@ pub struct NewDeadLetter<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxItem {
     pub event_id: String,
+    /// Where the store keeps the event (opaque to callers).
+    pub locator: String,
     pub body: String,
     /// Attempts before this one.
     pub attempts: u32,
@@ -261,8 +263,8 @@ pub trait BuildStore: Send + Sync {
     /// one decision. `None`: no slot is free (or an older build of its
     /// pipeline is first in line).
     async fn claim_slot(&self, t: &Transition<'_>, caps: Caps) -> anyhow::Result<Option<Write>>;
-    /// Whether queued build `id` may start now (a hint; the claim decides).
-    async fn slot_free(&self, id: &str, caps: Caps) -> anyhow::Result<bool>;
+    /// Whether queued build `id` may start at `now` (a hint; the claim decides).
+    async fn slot_free(&self, id: &str, caps: Caps, now: DateTime<Utc>) -> anyhow::Result<bool>;
     /// Dedupe by key, breaker, coalescing, then a new build: one decision.
     async fn admit(&self, a: &Admission<'_>) -> anyhow::Result<Admitted>;
     async fn build_for_key(&self, pipeline: &str, key: &str) -> anyhow::Result<Option<String>>;
@@ -337,10 +339,10 @@ pub trait OutboxStore: Send + Sync {
         max_attempts: u32,
         limit: usize,
     ) -> anyhow::Result<Vec<OutboxItem>>;
-    async fn outbox_delivered(&self, event_id: &str, now: DateTime<Utc>) -> anyhow::Result<()>;
+    async fn outbox_delivered(&self, item: &OutboxItem, now: DateTime<Utc>) -> anyhow::Result<()>;
     async fn outbox_failed(
         &self,
-        event_id: &str,
+        item: &OutboxItem,
         next_attempt: DateTime<Utc>,
         error: &str,
     ) -> anyhow::Result<()>;

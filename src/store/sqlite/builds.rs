@@ -273,7 +273,7 @@ impl BuildStore for SqliteStore {
         })
     }
 
-    async fn slot_free(&self, id: &str, caps: Caps) -> anyhow::Result<bool> {
+    async fn slot_free(&self, id: &str, caps: Caps, _now: DateTime<Utc>) -> anyhow::Result<bool> {
         self.db.with(|c| slot_free(c, id, caps))
     }
 

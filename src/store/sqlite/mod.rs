@@ -76,13 +76,14 @@ mod conformance {
 
     /// Two connections on one file: two processes on one machine.
     async fn pair() -> Pair {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let path = dir.join("kiln.db");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
         let a = SqliteStore::new(Db::open(&path).unwrap());
         let b = SqliteStore::new(Db::open(&path).unwrap());
         Pair {
             a: Arc::new(a),
             b: Arc::new(b),
+            keep: Some(Box::new(dir)),
         }
     }
 

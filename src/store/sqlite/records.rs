@@ -41,6 +41,7 @@ impl OutboxStore for SqliteStore {
                         r.get::<_, i64>(0)?,
                         OutboxItem {
                             event_id: r.get(1)?,
+                            locator: String::new(),
                             body: r.get(2)?,
                             attempts: r.get(3)?,
                         },
@@ -53,11 +54,11 @@ impl OutboxStore for SqliteStore {
         })
     }
 
-    async fn outbox_delivered(&self, event_id: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn outbox_delivered(&self, item: &OutboxItem, now: DateTime<Utc>) -> anyhow::Result<()> {
         self.db.with(|c| {
             c.execute(
                 "UPDATE event_outbox SET delivered_at = ?2, attempts = attempts + 1 WHERE event_id = ?1",
-                params![event_id, ts(now)],
+                params![item.event_id, ts(now)],
             )
             .map(|_| ())
         })
@@ -65,7 +66,7 @@ impl OutboxStore for SqliteStore {
 
     async fn outbox_failed(
         &self,
-        event_id: &str,
+        item: &OutboxItem,
         next_attempt: DateTime<Utc>,
         error: &str,
     ) -> anyhow::Result<()> {
@@ -73,7 +74,7 @@ impl OutboxStore for SqliteStore {
             c.execute(
                 "UPDATE event_outbox SET attempts = attempts + 1, next_attempt = ?2, last_error = ?3
                   WHERE event_id = ?1",
-                params![event_id, ts(next_attempt), error],
+                params![item.event_id, ts(next_attempt), error],
             )
             .map(|_| ())
         })

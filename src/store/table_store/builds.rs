@@ -1,0 +1,706 @@
+//! Builds, admission, slots and pipeline state on Table Storage. See the
+//! module above for the layout and why each decision is one batch.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+
+use super::{
+    int, is_conflict, key_row, long_text, opt_text, parse_ts, ppk, set_long_text, text, ts,
+    TableStore, IDS, RACES, SLOTS, STATE_ROW,
+};
+use crate::domain::build::{Build, BuildState};
+use crate::domain::request::{admit, Admission as Decision, AdmissionView};
+use crate::domain::version::ImageVersion;
+use crate::store::port::{
+    Admission, Admitted, BreakerChange, BuildFilter, BuildStore, Caps, HistoryEntry,
+    Outcome, PipelineMemory, PipelineRuntime, PipelineStore, Transition, Write,
+};
+use crate::store::table::{BatchOp, Entity, Filter, IfMatch, TableError};
+
+/// A slot taken by a claim whose build is still queued this long after is
+/// taken back: the claimant died between taking the slot and starting.
+const SLOT_CLAIM_GRACE: i64 = 120;
+
+/// A build row, as kept.
+struct Row {
+    build: Build,
+    revision: i64,
+    etag: Option<String>,
+}
+
+fn build_entity(b: &Build, revision: i64, now: DateTime<Utc>, next_poll: Option<DateTime<Utc>>) -> anyhow::Result<Entity> {
+    let mut e = Entity::new(ppk(&b.pipeline), format!("b:{}", b.id));
+    e.set("Kind", "build")
+        .set("Id", b.id.as_str())
+        .set("State", b.state.name())
+        .set("Terminal", b.state.is_terminal())
+        .set("RowVersion", revision)
+        .set("CreatedAt", ts(b.created_at))
+        .set("UpdatedAt", ts(now))
+        .set("Version", b.version.to_string());
+    if let Some(at) = next_poll {
+        e.set("NextPollAt", ts(at));
+    }
+    set_long_text(&mut e, "Body", &serde_json::to_string(b)?);
+    Ok(e)
+}
+
+fn parse_row(e: Entity) -> anyhow::Result<Row> {
+    let body = long_text(&e, "Body")?;
+    let build: Build = serde_json::from_str(&body)
+        .map_err(|err| anyhow::anyhow!("row {}/{}: not a build: {err}", e.partition_key, e.row_key))?;
+    Ok(Row {
+        build,
+        revision: int(&e, "RowVersion")?,
+        etag: e.etag.clone(),
+    })
+}
+
+fn history_entity(
+    pipeline: &str,
+    id: &str,
+    at: DateTime<Utc>,
+    revision: i64,
+    from: Option<&str>,
+    to: &str,
+    cause: &str,
+) -> Entity {
+    // Ordered by time, then revision; the tail keeps two entries written in
+    // one microsecond (a coalesced request beside a step) apart.
+    let tail = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let mut e = Entity::new(
+        ppk(pipeline),
+        format!("h:{id}:{}:{revision:08}:{tail}", ts(at)),
+    );
+    e.set("Kind", "history")
+        .set("At", ts(at))
+        .set("From", from.unwrap_or(""))
+        .set("To", to)
+        .set("Cause", cause);
+    e
+}
+
+fn state_entity(pipeline: &str) -> Entity {
+    Entity::new(ppk(pipeline), STATE_ROW)
+}
+
+/// The write that makes a decision about a pipeline conditional on the
+/// pipeline's state as read: a merge over its ETag, or the first insert.
+fn touch_state(pipeline: &str, state: &Option<Entity>, now: DateTime<Utc>, mut extra: Entity) -> BatchOp {
+    extra.partition_key = ppk(pipeline);
+    extra.row_key = STATE_ROW.into();
+    extra.set("Touched", ts(now));
+    match state.as_ref().and_then(|s| s.etag.clone()) {
+        Some(etag) => BatchOp::Merge {
+            entity: extra,
+            if_match: IfMatch::Etag(etag),
+        },
+        None => {
+            for (name, default) in [("Failures", None), ("BreakerOpenSince", Some("")), ("Memory", Some("{}"))] {
+                if !extra.properties.contains_key(name) {
+                    match default {
+                        Some(text) => extra.set(name, text),
+                        None => extra.set(name, 0i64),
+                    };
+                }
+            }
+            BatchOp::Insert(extra)
+        }
+    }
+}
+
+/// The breaker after `o`, as properties to merge, and the change to announce.
+fn breaker_after(state: &Option<Entity>, o: Outcome, now: DateTime<Utc>) -> anyhow::Result<(Entity, Option<BreakerChange>)> {
+    let failures = match state {
+        Some(s) => int(s, "Failures")? as u32,
+        None => 0,
+    };
+    let open = match state {
+        Some(s) => opt_text(s, "BreakerOpenSince")?.is_some(),
+        None => false,
+    };
+    let mut e = Entity::new("", "");
+    let change = if o.succeeded {
+        e.set("Failures", 0i64).set("BreakerOpenSince", "");
+        open.then_some(BreakerChange::Closed)
+    } else if o.automatic {
+        let failures = failures + 1;
+        let opens = !open && failures >= o.threshold;
+        e.set("Failures", i64::from(failures));
+        if opens {
+            e.set("BreakerOpenSince", ts(now));
+        }
+        opens.then_some(BreakerChange::Opened { failures })
+    } else {
+        None
+    };
+    Ok((e, change))
+}
+
+/// Where a failed batch failed: on its first operation (the row the
+/// decision was about) or on another (a row a concurrent writer changed).
+enum Lost {
+    First,
+    Other,
+}
+
+fn lost(e: &TableError) -> Option<Lost> {
+    match e {
+        TableError::BatchFailed { index: 0, .. } => Some(Lost::First),
+        TableError::BatchFailed { .. } => Some(Lost::Other),
+        other if is_conflict(other) => Some(Lost::First),
+        _ => None,
+    }
+}
+
+impl TableStore {
+    async fn state_row(&self, pipeline: &str) -> anyhow::Result<Option<Entity>> {
+        Ok(self.client.get(&self.table, &ppk(pipeline), STATE_ROW).await?)
+    }
+
+    async fn read_row(&self, pipeline: &str, id: &str) -> anyhow::Result<Option<Row>> {
+        let Some(e) = self.client.get(&self.table, &ppk(pipeline), &format!("b:{id}")).await? else {
+            return Ok(None);
+        };
+        let row = parse_row(e)?;
+        self.cache_etag(id, row.revision, row.etag.clone());
+        Ok(Some(row))
+    }
+
+    /// The ETag of build `id` at `revision`: cached, else read; `None`
+    /// when the build is no longer at that revision.
+    async fn etag_at(&self, pipeline: &str, id: &str, revision: i64) -> anyhow::Result<Option<String>> {
+        if let Some(e) = self.cached_etag(id, revision) {
+            return Ok(Some(e));
+        }
+        Ok(self
+            .read_row(pipeline, id)
+            .await?
+            .filter(|r| r.revision == revision)
+            .and_then(|r| r.etag))
+    }
+
+    /// The pipeline's non-terminal builds (the queue and the active ones).
+    async fn open_builds(&self, pipeline: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+        let filter = Filter::eq("PartitionKey", ppk(pipeline))
+            .and(Filter::eq("Kind", "build"))
+            .and(Filter::eq("Terminal", false));
+        let rows = self
+            .client
+            .query(&self.table, &filter, Some(&["Id", "State", "CreatedAt"]), None)
+            .await?;
+        rows.iter()
+            .map(|e| Ok((text(e, "Id")?, text(e, "State")?, text(e, "CreatedAt")?)))
+            .collect()
+    }
+
+    /// The pipeline side of a slot: `id` is the oldest queued build of its
+    /// pipeline and the pipeline is under its own cap.
+    async fn pipeline_allows(&self, pipeline: &str, id: &str, cap: u32) -> anyhow::Result<bool> {
+        let open = self.open_builds(pipeline).await?;
+        let Some((_, _, created)) = open.iter().find(|(i, _, _)| i == id) else {
+            return Ok(false);
+        };
+        let older_queued = open
+            .iter()
+            .any(|(i, s, c)| s == "queued" && (c.as_str(), i.as_str()) < (created.as_str(), id));
+        let active = open.iter().filter(|(_, s, _)| s != "queued").count();
+        Ok(!older_queued && active < cap as usize)
+    }
+
+    /// Whether the holder of a slot still needs it: its build runs, or was
+    /// just granted the slot and is about to start.
+    async fn holder_alive(&self, slot: &Entity, now: DateTime<Utc>) -> anyhow::Result<bool> {
+        let (Some(holder), Some(pipeline)) = (opt_text(slot, "Holder")?, opt_text(slot, "HolderPipeline")?) else {
+            return Ok(false);
+        };
+        let Some(row) = self.read_row(&pipeline, &holder).await? else {
+            return Ok(false);
+        };
+        Ok(match row.build.state {
+            BuildState::Queued => {
+                let claimed = opt_text(slot, "ClaimedAt")?.map(|s| parse_ts(&s));
+                claimed.is_some_and(|at| now - at < Duration::seconds(SLOT_CLAIM_GRACE))
+            }
+            ref s => !s.is_terminal(),
+        })
+    }
+
+    /// Slots by index, and how many are held by someone other than `id`.
+    async fn slots(&self) -> anyhow::Result<Vec<Entity>> {
+        Ok(self
+            .client
+            .query(&self.table, &Filter::eq("PartitionKey", SLOTS), None, None)
+            .await?)
+    }
+
+    /// Frees the slots whose holders are gone; returns the slots after.
+    async fn reclaim_slots(&self, slots: Vec<Entity>, now: DateTime<Utc>) -> anyhow::Result<Vec<Entity>> {
+        let mut out = Vec::with_capacity(slots.len());
+        for mut s in slots {
+            if opt_text(&s, "Holder")?.is_some() && !self.holder_alive(&s, now).await? {
+                let mut freed = Entity::new(SLOTS, s.row_key.clone());
+                freed.set("Holder", "").set("HolderPipeline", "").set("ClaimedAt", "");
+                let etag = s.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
+                match self.client.replace(&self.table, &freed, etag).await {
+                    Ok(new) => {
+                        tracing::info!(slot = %s.row_key, "took back a slot whose build is gone");
+                        freed.etag = Some(new);
+                        s = freed;
+                    }
+                    Err(e) if is_conflict(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    /// The lowest free slot under `cap` (the one every concurrent claimant
+    /// reaches for first), after taking back abandoned ones if none is free.
+    async fn free_slot(&self, id: &str, cap: u32, now: DateTime<Utc>) -> anyhow::Result<Option<(String, Option<String>)>> {
+        let mut slots = self.slots().await?;
+        for s in &slots {
+            if opt_text(s, "Holder")?.as_deref() == Some(id) {
+                return Ok(Some((s.row_key.clone(), s.etag.clone())));
+            }
+        }
+        let held = |slots: &[Entity]| -> anyhow::Result<usize> {
+            let mut n = 0;
+            for s in slots {
+                n += usize::from(opt_text(s, "Holder")?.is_some());
+            }
+            Ok(n)
+        };
+        if held(&slots)? >= cap as usize {
+            slots = self.reclaim_slots(slots, now).await?;
+            if held(&slots)? >= cap as usize {
+                return Ok(None);
+            }
+        }
+        for n in 0..cap {
+            let key = format!("slot:{n:05}");
+            match slots.iter().find(|s| s.row_key == key) {
+                None => return Ok(Some((key, None))),
+                Some(s) if opt_text(s, "Holder")?.is_none() => return Ok(Some((key, s.etag.clone()))),
+                Some(_) => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes a slot of the global cap for `id`; `false` when none is free.
+    async fn take_slot(&self, id: &str, pipeline: &str, cap: u32, now: DateTime<Utc>) -> anyhow::Result<bool> {
+        for _ in 0..RACES {
+            let Some((key, etag)) = self.free_slot(id, cap, now).await? else {
+                return Ok(false);
+            };
+            let mut slot = Entity::new(SLOTS, key);
+            slot.set("Holder", id).set("HolderPipeline", pipeline).set("ClaimedAt", ts(now));
+            let written = match etag {
+                Some(etag) => self.client.replace(&self.table, &slot, IfMatch::Etag(etag)).await,
+                None => self.client.insert(&self.table, &slot).await,
+            };
+            match written {
+                Ok(_) => return Ok(true),
+                // Another claimant took it first: look again.
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Gives back the slot `id` holds, if any (its build ended, or its claim lost).
+    async fn release_slot(&self, id: &str) {
+        let released = async {
+            let filter = Filter::eq("PartitionKey", SLOTS).and(Filter::eq("Holder", id));
+            for s in self.client.query(&self.table, &filter, None, None).await? {
+                let mut freed = Entity::new(SLOTS, s.row_key.clone());
+                freed.set("Holder", "").set("HolderPipeline", "").set("ClaimedAt", "");
+                let etag = s.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
+                match self.client.replace(&self.table, &freed, etag).await {
+                    Ok(_) => {}
+                    Err(e) if is_conflict(&e) => {}
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                }
+            }
+            anyhow::Ok(())
+        };
+        // Not fatal: a slot left held is taken back when the slots run out.
+        if let Err(e) = released.await {
+            tracing::warn!(build = id, error = %e, "slot not released; it is taken back later");
+        }
+    }
+
+    /// The operations that commit with a transition, after its build row.
+    async fn extras_ops(&self, t: &Transition<'_>, state: &Option<Entity>, touch: bool) -> anyhow::Result<(Vec<BatchOp>, Option<BreakerChange>)> {
+        let b = t.build;
+        let mut ops = Vec::new();
+        if let Some(cause) = t.cause {
+            ops.push(BatchOp::Insert(history_entity(&b.pipeline, &b.id, t.now, t.expected + 1, Some(t.from.name()), b.state.name(), cause)));
+        }
+        if let Some(row) = &t.extras.outbox {
+            ops.push(BatchOp::Insert(super::records::outbox_entity(&ppk(&b.pipeline), row)));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &t.extras.retire {
+            if !seen.insert(r.template.clone()) {
+                continue;
+            }
+            // A template already queued keeps its row (and its attempts).
+            let rk = format!("c:{}", r.template);
+            if self.client.get(&self.table, &ppk(&b.pipeline), &rk).await?.is_none() {
+                ops.push(BatchOp::Insert(super::records::cleanup_entity(r, t.now)));
+            }
+        }
+        let mut change = None;
+        if let Some(o) = t.extras.outcome {
+            let (props, c) = breaker_after(state, o, t.now)?;
+            change = c;
+            ops.push(touch_state(&b.pipeline, state, t.now, props));
+        } else if touch {
+            ops.push(touch_state(&b.pipeline, state, t.now, Entity::new("", "")));
+        }
+        Ok((ops, change))
+    }
+
+    /// After a lost reply the batch may have landed: the row then holds
+    /// exactly what this writer wrote.
+    async fn landed(&self, t: &Transition<'_>) -> anyhow::Result<bool> {
+        let Some(row) = self.read_row(&t.build.pipeline, &t.build.id).await? else {
+            return Ok(false);
+        };
+        Ok(row.revision == t.expected + 1 && row.build == *t.build)
+    }
+
+    /// Writes transition `t` (after `before` succeeded for a claim).
+    async fn write(&self, t: &Transition<'_>, claim: bool) -> anyhow::Result<Option<(Write, Option<BreakerChange>)>> {
+        let b = t.build;
+        for _ in 0..RACES {
+            let Some(etag) = self.etag_at(&b.pipeline, &b.id, t.expected).await? else {
+                return Ok(Some((Write::Conflict, None)));
+            };
+            // Decisions about which build is queued or running serialize on
+            // the pipeline's state row, as does the breaker count.
+            let leaves_queue = matches!(t.from, BuildState::Queued);
+            let state = if leaves_queue || t.extras.outcome.is_some() {
+                self.state_row(&b.pipeline).await?
+            } else {
+                None
+            };
+            let mut ops = vec![BatchOp::Replace {
+                entity: build_entity(b, t.expected + 1, t.now, t.next_poll_at)?,
+                if_match: IfMatch::Etag(etag),
+            }];
+            let (more, change) = self.extras_ops(t, &state, leaves_queue).await?;
+            ops.extend(more);
+            match self.client.batch(&self.table, &ppk(&b.pipeline), &ops).await {
+                Ok(etags) => {
+                    self.cache_etag(&b.id, t.expected + 1, etags.into_iter().next().flatten());
+                    return Ok(Some((Write::Written { row_version: t.expected + 1 }, change)));
+                }
+                Err(e) => match lost(&e) {
+                    Some(Lost::First) => {
+                        if self.landed(t).await? {
+                            return Ok(Some((Write::Written { row_version: t.expected + 1 }, change)));
+                        }
+                        return Ok(Some((Write::Conflict, None)));
+                    }
+                    // The state row moved (another admission or claim): a
+                    // claim decides again from the top, a step just retries.
+                    Some(Lost::Other) if claim => return Ok(None),
+                    Some(Lost::Other) => continue,
+                    None => return Err(e.into()),
+                },
+            }
+        }
+        anyhow::bail!("build {}: the pipeline's state row kept changing; try again", b.id)
+    }
+}
+
+#[async_trait]
+impl BuildStore for TableStore {
+    async fn get(&self, id: &str) -> anyhow::Result<Option<(Build, i64)>> {
+        let Some(pipeline) = self.pipeline_of(id).await? else {
+            return Ok(None);
+        };
+        Ok(self.read_row(&pipeline, id).await?.map(|r| (r.build, r.revision)))
+    }
+
+    async fn list(&self, f: &BuildFilter) -> anyhow::Result<Vec<Build>> {
+        let mut filter = Filter::eq("Kind", "build");
+        if let Some(p) = &f.pipeline {
+            filter = Filter::eq("PartitionKey", ppk(p)).and(filter);
+        }
+        if let Some(s) = &f.state {
+            filter = filter.and(Filter::eq("State", s.as_str()));
+        }
+        let mut builds = Vec::new();
+        for e in self.client.query(&self.table, &filter, None, None).await? {
+            builds.push(parse_row(e)?.build);
+        }
+        builds.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        builds.truncate(f.limit.unwrap_or(200).min(10_000));
+        Ok(builds)
+    }
+
+    async fn history(&self, id: &str) -> anyhow::Result<Vec<HistoryEntry>> {
+        let Some(pipeline) = self.pipeline_of(id).await? else {
+            return Ok(Vec::new());
+        };
+        let filter = Filter::eq("PartitionKey", ppk(&pipeline)).and(Filter::starts_with("RowKey", &format!("h:{id}:")));
+        let rows = self.client.query(&self.table, &filter, None, None).await?;
+        rows.iter()
+            .map(|e| {
+                Ok(HistoryEntry {
+                    at: parse_ts(&text(e, "At")?),
+                    from: opt_text(e, "From")?,
+                    to: text(e, "To")?,
+                    cause: text(e, "Cause")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn commit(&self, t: &Transition<'_>) -> anyhow::Result<(Write, Option<BreakerChange>)> {
+        let written = self.write(t, false).await?.expect("a step is never asked to decide again");
+        if matches!(written.0, Write::Written { .. }) && t.build.state.is_terminal() && !t.from.is_terminal() {
+            self.release_slot(&t.build.id).await;
+        }
+        Ok(written)
+    }
+
+    async fn claim_slot(&self, t: &Transition<'_>, caps: Caps) -> anyhow::Result<Option<Write>> {
+        let b = t.build;
+        for _ in 0..RACES {
+            if !self.pipeline_allows(&b.pipeline, &b.id, caps.pipeline).await? {
+                return Ok(None);
+            }
+            if !self.take_slot(&b.id, &b.pipeline, caps.global, t.now).await? {
+                return Ok(None);
+            }
+            match self.write(t, true).await {
+                Ok(Some((w @ Write::Written { .. }, _))) => return Ok(Some(w)),
+                Ok(Some((Write::Conflict, _))) => {
+                    self.release_slot(&b.id).await;
+                    return Ok(Some(Write::Conflict));
+                }
+                // The pipeline's state moved under the claim: decide again.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.release_slot(&b.id).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.release_slot(&b.id).await;
+        Ok(None)
+    }
+
+    async fn slot_free(&self, id: &str, caps: Caps, now: DateTime<Utc>) -> anyhow::Result<bool> {
+        let Some(pipeline) = self.pipeline_of(id).await? else {
+            return Ok(false);
+        };
+        if !self.pipeline_allows(&pipeline, id, caps.pipeline).await? {
+            return Ok(false);
+        }
+        Ok(self.free_slot(id, caps.global, now).await?.is_some())
+    }
+
+    async fn admit(&self, a: &Admission<'_>) -> anyhow::Result<Admitted> {
+        let pk = ppk(a.pipeline);
+        let krow = key_row(a.key);
+        for _ in 0..RACES {
+            let state = self.state_row(a.pipeline).await?;
+            if let Some(k) = self.client.get(&self.table, &pk, &krow).await? {
+                return Ok(Admitted::Existing(text(&k, "BuildId")?));
+            }
+            let filter = Filter::eq("PartitionKey", pk.clone()).and(Filter::eq("Kind", "build"));
+            let rows = self
+                .client
+                .query(&self.table, &filter, Some(&["Id", "State", "CreatedAt", "Version"]), None)
+                .await?;
+            let mut queued: Option<(String, String)> = None;
+            let mut taken: Vec<ImageVersion> = a.gallery_versions.to_vec();
+            for e in &rows {
+                let (id, created) = (text(e, "Id")?, text(e, "CreatedAt")?);
+                if text(e, "State")? == "queued" && queued.as_ref().is_none_or(|(c, i)| (&created, &id) < (c, i)) {
+                    queued = Some((created, id));
+                }
+                let v = text(e, "Version")?;
+                taken.push(v.parse().map_err(|err| anyhow::anyhow!("row {}/{}: version {v}: {err}", e.partition_key, e.row_key))?);
+            }
+            let breaker_open = match &state {
+                Some(s) => opt_text(s, "BreakerOpenSince")?.is_some(),
+                None => false,
+            };
+            let view = AdmissionView {
+                existing_for_key: None,
+                queued_build: queued.map(|(_, id)| id),
+                breaker_open,
+            };
+            let mut key = Entity::new(pk.clone(), krow.clone());
+            key.set("Kind", "key").set("Key", a.key).set("CreatedAt", ts(a.now));
+            let (ops, result) = match admit(a.trigger, &view) {
+                Decision::Existing { build } => return Ok(Admitted::Existing(build)),
+                Decision::Paused { reason } => return Ok(Admitted::Paused(reason)),
+                Decision::Coalesced { build } => {
+                    key.set("BuildId", build.as_str());
+                    let cause = format!("request {} coalesced into this build", a.key);
+                    let entry = history_entity(a.pipeline, &build, a.now, 0, Some("queued"), "queued", &cause);
+                    let ops = vec![
+                        BatchOp::Insert(key),
+                        BatchOp::Insert(entry),
+                        touch_state(a.pipeline, &state, a.now, Entity::new("", "")),
+                    ];
+                    (ops, Admitted::Coalesced(build))
+                }
+                Decision::New => {
+                    let build = match (a.make)(&taken) {
+                        Ok(b) => b,
+                        Err(reason) => return Ok(Admitted::Refused(reason)),
+                    };
+                    // The index first: a build is found by id only once it
+                    // exists, and an index row without its build reads as none.
+                    let mut index = Entity::new(IDS, build.id.clone());
+                    index.set("Pipeline", a.pipeline);
+                    self.client.upsert(&self.table, &index).await?;
+                    self.cache_pipeline(&build.id, a.pipeline);
+                    key.set("BuildId", build.id.as_str());
+                    let cause = format!("admitted: {}", build.reason);
+                    let ops = vec![
+                        BatchOp::Insert(build_entity(&build, 1, a.now, Some(a.now))?),
+                        BatchOp::Insert(key),
+                        BatchOp::Insert(history_entity(a.pipeline, &build.id, a.now, 1, None, build.state.name(), &cause)),
+                        touch_state(a.pipeline, &state, a.now, Entity::new("", "")),
+                    ];
+                    (ops, Admitted::Created(Box::new(build)))
+                }
+            };
+            match self.client.batch(&self.table, &pk, &ops).await {
+                Ok(etags) => {
+                    if let Admitted::Created(b) = &result {
+                        self.cache_etag(&b.id, 1, etags.into_iter().next().flatten());
+                    }
+                    return Ok(result);
+                }
+                // Someone admitted, coalesced or started a build of this
+                // pipeline since the read (or took the key): decide again.
+                Err(e) if lost(&e).is_some() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("pipeline {}: admission kept losing races; the request is retried", a.pipeline)
+    }
+
+    async fn build_for_key(&self, pipeline: &str, key: &str) -> anyhow::Result<Option<String>> {
+        match self.client.get(&self.table, &ppk(pipeline), &key_row(key)).await? {
+            Some(e) => Ok(Some(text(&e, "BuildId")?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn due(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<String>> {
+        let filter = Filter::eq("Kind", "build").and(Filter::eq("Terminal", false));
+        let rows = self
+            .client
+            .query(&self.table, &filter, Some(&["Id", "CreatedAt", "NextPollAt"]), None)
+            .await?;
+        let now = ts(now);
+        let mut due = Vec::new();
+        for e in &rows {
+            let next = opt_text(e, "NextPollAt")?;
+            if next.is_none_or(|n| n <= now) {
+                due.push((text(e, "CreatedAt")?, text(e, "Id")?));
+            }
+        }
+        due.sort();
+        Ok(due.into_iter().map(|(_, id)| id).collect())
+    }
+
+    async fn queued(&self) -> anyhow::Result<Vec<String>> {
+        let filter = Filter::eq("Kind", "build").and(Filter::eq("State", "queued"));
+        let rows = self
+            .client
+            .query(&self.table, &filter, Some(&["Id", "CreatedAt"]), None)
+            .await?;
+        let mut queued = rows
+            .iter()
+            .map(|e| Ok((text(e, "CreatedAt")?, text(e, "Id")?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        queued.sort();
+        Ok(queued.into_iter().map(|(_, id)| id).collect())
+    }
+}
+
+#[async_trait]
+impl PipelineStore for TableStore {
+    async fn runtime(&self, pipeline: &str) -> anyhow::Result<PipelineRuntime> {
+        let Some(s) = self.state_row(pipeline).await? else {
+            return Ok(PipelineRuntime::default());
+        };
+        Ok(PipelineRuntime {
+            consecutive_failures: int(&s, "Failures")? as u32,
+            breaker_open_since: opt_text(&s, "BreakerOpenSince")?.map(|t| parse_ts(&t)),
+            memory: opt_text(&s, "Memory")?
+                .and_then(|m| serde_json::from_str(&m).ok())
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn modify_memory(
+        &self,
+        pipeline: &str,
+        f: &mut (dyn for<'m> FnMut(&'m mut PipelineMemory) + Send),
+    ) -> anyhow::Result<()> {
+        for _ in 0..RACES {
+            let state = self.state_row(pipeline).await?;
+            let mut mem: PipelineMemory = match &state {
+                Some(s) => opt_text(s, "Memory")?
+                    .and_then(|m| serde_json::from_str(&m).ok())
+                    .unwrap_or_default(),
+                None => PipelineMemory::default(),
+            };
+            f(&mut mem);
+            let mut props = Entity::new("", "");
+            props.set("Memory", serde_json::to_string(&mem)?);
+            let op = touch_state(pipeline, &state, Utc::now(), props);
+            let written = match op {
+                BatchOp::Merge { entity, if_match } => self.client.merge(&self.table, &entity, if_match).await,
+                BatchOp::Insert(entity) => self.client.insert(&self.table, &entity).await,
+                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => unreachable!("touch_state merges or inserts"),
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("pipeline {pipeline}: its memory kept changing under the update; try again")
+    }
+
+    async fn record_outcome(
+        &self,
+        pipeline: &str,
+        o: Outcome,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<BreakerChange>> {
+        for _ in 0..RACES {
+            let state = self.state_row(pipeline).await?;
+            let (props, change) = breaker_after(&state, o, now)?;
+            let written = match touch_state(pipeline, &state, now, props) {
+                BatchOp::Merge { entity, if_match } => self.client.merge(&self.table, &entity, if_match).await,
+                BatchOp::Insert(entity) => self.client.insert(&self.table, &entity).await,
+                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => unreachable!("touch_state merges or inserts"),
+            };
+            match written {
+                Ok(_) => return Ok(change),
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("pipeline {pipeline}: the breaker count kept changing; try again")
+    }
+}
