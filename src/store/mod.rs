@@ -5,6 +5,7 @@ pub use db::Db;
 pub mod builds;
 pub mod cleanup;
 pub mod queue;
+pub mod table;
 
 pub use builds::Store;
 
