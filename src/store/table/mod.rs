@@ -15,6 +15,7 @@
 //! - [`limits`]: the service's size and character limits, checked before sending.
 //! - [`retry`]: which failures are sent again, and how a retried write reads.
 //! - [`error`]: [`TableError`], by what the caller does next.
+//! - [`testing`]: the Azurite fixture the tests run against.
 //!
 //! Wire format: the Table service REST reference (Insert/Update/Merge/Delete
 //! Entity, Query Entities, Query Timeout and Pagination, Performing Entity
@@ -29,6 +30,7 @@ pub mod error;
 pub mod filter;
 pub mod limits;
 pub mod retry;
+pub mod testing;
 
 pub use auth::{ConnectionString, Credential, SharedKey, STORAGE_SCOPE};
 pub use batch::BatchOp;
@@ -37,3 +39,6 @@ pub use entity::{Entity, IfMatch, Property, PropertyError};
 pub use error::TableError;
 pub use filter::Filter;
 pub use retry::RetryPolicy;
+
+#[cfg(test)]
+mod tests;
