@@ -10,9 +10,9 @@
 //! error message starts with that operation's 0-based index (`"2:The
 //! specified entity already exists."`), and nothing was committed.
 
-use super::client::entity_path;
 use super::entity::{Entity, IfMatch};
 use super::error::{first_line, service_error};
+use super::http::entity_path;
 use super::limits::{check_entity, check_key, MAX_BATCH_BYTES, MAX_BATCH_OPERATIONS};
 use super::TableError;
 

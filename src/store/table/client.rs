@@ -1,56 +1,25 @@
-//! The operations: tables, single entities, queries, and the HTTP call
-//! under each of them.
+//! The operations: tables, single entities, queries and batches.
 //!
-//! Every request carries `x-ms-version` ([`API_VERSION`]), `x-ms-date`, the
-//! OData version headers the service requires since 2009-09-19, an
-//! `x-ms-client-request-id` (logged), and `Authorization` (Shared Key, signed
-//! per attempt since the date changes, or a bearer token). Reads ask for
-//! `odata=fullmetadata`: it is the level at which the service promises each
+//! Reads ask for `odata=fullmetadata`: it is the level at which the service promises each
 //! queried entity's `odata.etag` and every type annotation; writes ask for
 //! `odata=nometadata` with `Prefer: return-no-content` and take the new ETag
 //! from the `ETag` header.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
-use super::auth::{ConnectionString, Credential, SignedParts, STORAGE_SCOPE};
+use super::auth::{ConnectionString, Credential};
 use super::batch::{self, BatchOp};
 use super::entity::{Entity, IfMatch};
 use super::filter::Filter;
+use super::http::{encode, entity_path, Call, Http, TableOptions, ACCEPT_FULL, ACCEPT_NONE};
 use super::limits::check_entity;
-use super::retry::RetryPolicy;
 use super::TableError;
 use crate::config::Secret;
 use crate::providers::azure::arm::{Pause, TokioPause};
 use crate::providers::azure::identity::{is_loopback_http, TokenSource};
-
-/// The REST version: the first with Entra ID for tables, and one Azurite 3 accepts.
-pub const API_VERSION: &str = "2019-02-02";
-const ACCEPT_FULL: &str = "application/json;odata=fullmetadata";
-const ACCEPT_NONE: &str = "application/json;odata=nometadata";
-const JSON: &str = "application/json";
-
-#[derive(Debug, Clone)]
-pub struct TableOptions {
-    /// Each attempt, connect to last body byte. The service gives a write
-    /// up to 30 s; a client that stops sooner may miss a write that landed.
-    pub timeout: Duration,
-    pub retry: RetryPolicy,
-}
-
-impl Default for TableOptions {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(30),
-            retry: RetryPolicy::standard(),
-        }
-    }
-}
 
 /// One page of a query, and where the next one starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,113 +38,7 @@ pub struct Continuation {
 
 #[derive(Clone)]
 pub struct TableClient {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    http: reqwest::Client,
-    /// `https://{account}.table.core.windows.net` or a path-style
-    /// `http://127.0.0.1:10002/{account}`, no trailing slash.
-    endpoint: String,
-    credential: Credential,
-    opts: TableOptions,
-    pause: Arc<dyn Pause>,
-}
-
-/// One request before it is signed.
-struct Call {
-    method: Method,
-    /// Below the endpoint, percent-encoded: `Tables`, `t()`, `t(PartitionKey='…',RowKey='…')`, `$batch`.
-    resource: String,
-    /// Unencoded values.
-    query: Vec<(&'static str, String)>,
-    accept: &'static str,
-    if_match: Option<String>,
-    prefer_no_content: bool,
-    body: Option<(String, Vec<u8>)>,
-    /// What the caller asked for, in words, for logs and errors.
-    op: String,
-}
-
-impl Call {
-    fn new(method: Method, resource: String, accept: &'static str, op: String) -> Self {
-        Self {
-            method,
-            resource,
-            query: Vec::new(),
-            accept,
-            if_match: None,
-            prefer_no_content: false,
-            body: None,
-            op,
-        }
-    }
-
-    fn json_body(mut self, v: &Value) -> Self {
-        self.body = Some((JSON.to_string(), v.to_string().into_bytes()));
-        self.prefer_no_content = true;
-        self
-    }
-}
-
-pub(crate) struct Reply {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-
-    fn error(&self, op: &str) -> TableError {
-        TableError::from_reply(
-            op,
-            self.status,
-            self.header("x-ms-error-code"),
-            &self.body,
-            self.header("x-ms-request-id"),
-            retry_after(&self.headers),
-        )
-    }
-
-    fn ok(self, op: &str) -> Result<Reply, TableError> {
-        if self.is_success() {
-            Ok(self)
-        } else {
-            Err(self.error(op))
-        }
-    }
-
-    fn etag(&self, op: &str) -> Result<String, TableError> {
-        self.header("etag")
-            .map(str::to_string)
-            .ok_or_else(|| TableError::Protocol {
-                op: op.to_string(),
-                message: format!("HTTP {} without an ETag header", self.status),
-            })
-    }
-
-    fn json(&self, op: &str) -> Result<Value, TableError> {
-        serde_json::from_str(&self.body).map_err(|e| TableError::Protocol {
-            op: op.to_string(),
-            message: format!("body is not JSON: {e}"),
-        })
-    }
-}
-
-/// Whole seconds only, as the storage services send them.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+    inner: Arc<Http>,
 }
 
 impl TableClient {
@@ -188,7 +51,7 @@ impl TableClient {
         Self::new(http, &cs.table_endpoint, Credential::SharedKey(cs.key))
     }
 
-    /// Entra ID tokens for [`STORAGE_SCOPE`], e.g. the Function App's managed identity;
+    /// Entra ID tokens for [`STORAGE_SCOPE`](super::STORAGE_SCOPE), e.g. the Function App's managed identity;
     /// `endpoint` is `https://{account}.table.core.windows.net`.
     pub fn with_token(
         http: reqwest::Client,
@@ -219,7 +82,7 @@ impl TableClient {
             )));
         }
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Http {
                 http,
                 endpoint: endpoint.to_string(),
                 credential,
@@ -241,7 +104,7 @@ impl TableClient {
 
     fn rebuilt(&self, opts: TableOptions, pause: Arc<dyn Pause>) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Http {
                 http: self.inner.http.clone(),
                 endpoint: self.inner.endpoint.clone(),
                 credential: self.inner.credential.clone(),
@@ -261,7 +124,7 @@ impl TableClient {
         let op = format!("create table {table}");
         let call = Call::new(Method::POST, "Tables".into(), ACCEPT_NONE, op.clone())
             .json_body(&json!({ "TableName": table }));
-        let reply = self.send(&call).await?;
+        let reply = self.inner.send(&call).await?;
         if reply.status == 409 {
             return match reply.error(&op) {
                 TableError::Conflict { code, .. } if code == "TableAlreadyExists" => Ok(false),
@@ -281,7 +144,7 @@ impl TableClient {
             ACCEPT_NONE,
             op.clone(),
         );
-        let reply = self.send(&call).await?;
+        let reply = self.inner.send(&call).await?;
         if reply.status == 404 {
             return Ok(false);
         }
@@ -299,7 +162,7 @@ impl TableClient {
             ACCEPT_FULL,
             op.clone(),
         );
-        let reply = self.send(&call).await?;
+        let reply = self.inner.send(&call).await?;
         if reply.status == 404 {
             return match reply.error(&op) {
                 TableError::NotFound { code, .. } if code != "TableNotFound" => Ok(None),
@@ -372,7 +235,7 @@ impl TableClient {
             op.clone(),
         );
         call.if_match = Some(if_match.header().to_string());
-        self.send(&call).await?.ok(&op).map(|_| ())
+        self.inner.send(&call).await?.ok(&op).map(|_| ())
     }
 
     async fn write(
@@ -397,7 +260,7 @@ impl TableClient {
         let mut call =
             Call::new(method, resource, ACCEPT_NONE, op.clone()).json_body(&entity.to_wire());
         call.if_match = if_match.map(|m| m.header().to_string());
-        self.send(&call).await?.ok(&op)?.etag(&op)
+        self.inner.send(&call).await?.ok(&op)?.etag(&op)
     }
 
     /// Every entity matching `filter`, following continuation tokens to the
@@ -471,7 +334,7 @@ impl TableClient {
                 call.query.push(("NextRowKey", rk.clone()));
             }
         }
-        let reply = self.send(&call).await?.ok(&op)?;
+        let reply = self.inner.send(&call).await?.ok(&op)?;
         let body = reply.json(&op)?;
         let values =
             body.get("value")
@@ -522,132 +385,8 @@ impl TableClient {
         let body = batch::build(&self.inner.endpoint, table, pk, ops)?;
         let mut call = Call::new(Method::POST, "$batch".into(), ACCEPT_NONE, op.clone());
         call.body = Some((body.content_type, body.body));
-        let reply = self.send(&call).await?.ok(&op)?;
+        let reply = self.inner.send(&call).await?.ok(&op)?;
         batch::parse_response(&op, &reply.body, ops.len())
-    }
-
-    /// Sends `call` under the retry policy. Any HTTP status comes back as
-    /// `Ok`; `Err` means no answer (connection, timeout, token).
-    async fn send(&self, call: &Call) -> Result<Reply, TableError> {
-        let inner = &self.inner;
-        let url = self.url(call)?;
-        let mut attempt = 1u32;
-        loop {
-            let request_id = uuid::Uuid::new_v4().to_string();
-            let date = Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-            let content_type = call.body.as_ref().map(|(t, _)| t.as_str()).unwrap_or("");
-            let authorization =
-                match &inner.credential {
-                    Credential::SharedKey(key) => key.authorization(&SignedParts {
-                        method: call.method.as_str(),
-                        content_md5: "",
-                        content_type,
-                        date: &date,
-                        url: &url,
-                    }),
-                    Credential::Bearer(tokens) => {
-                        let token = tokens.token(STORAGE_SCOPE).await.map_err(|e| {
-                            TableError::Transport {
-                                op: call.op.clone(),
-                                message: format!("cannot get a token for {STORAGE_SCOPE}: {e:#}"),
-                            }
-                        })?;
-                        format!("Bearer {}", token.expose())
-                    }
-                };
-            let mut builder = inner
-                .http
-                .request(call.method.clone(), url.clone())
-                .timeout(inner.opts.timeout)
-                .header("x-ms-date", &date)
-                .header("x-ms-version", API_VERSION)
-                .header("x-ms-client-request-id", &request_id)
-                .header("DataServiceVersion", "3.0;NetFx")
-                .header("MaxDataServiceVersion", "3.0;NetFx")
-                .header("Accept", call.accept)
-                .header("Authorization", authorization);
-            if let Some(m) = &call.if_match {
-                builder = builder.header("If-Match", m);
-            }
-            if call.prefer_no_content {
-                builder = builder.header("Prefer", "return-no-content");
-            }
-            if let Some((t, body)) = &call.body {
-                builder = builder.header("Content-Type", t).body(body.clone());
-            }
-            let started = Instant::now();
-            let outcome = async {
-                let r = builder.send().await?;
-                let status = r.status().as_u16();
-                let headers = r.headers().clone();
-                let body = r.text().await?;
-                Ok::<_, reqwest::Error>(Reply {
-                    status,
-                    headers,
-                    body,
-                })
-            }
-            .await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            match outcome {
-                Ok(reply) => {
-                    let service_request_id = reply.header("x-ms-request-id").unwrap_or("");
-                    tracing::debug!(
-                        service = "table", op = %call.op, status = reply.status, attempt,
-                        client_request_id = %request_id, service_request_id, elapsed_ms,
-                        "table call answered"
-                    );
-                    if !RetryPolicy::retryable_status(reply.status) {
-                        return Ok(reply);
-                    }
-                    let Some(wait) = inner.opts.retry.wait(attempt, retry_after(&reply.headers))
-                    else {
-                        return Ok(reply);
-                    };
-                    tracing::warn!(
-                        service = "table", op = %call.op, status = reply.status, attempt,
-                        client_request_id = %request_id, wait_ms = wait.as_millis() as u64,
-                        "table call will be retried"
-                    );
-                    inner.pause.pause(wait).await;
-                }
-                Err(e) => {
-                    let transient = e.is_connect() || e.is_timeout() || e.is_body();
-                    tracing::warn!(
-                        service = "table", op = %call.op, attempt, client_request_id = %request_id,
-                        elapsed_ms, error = %e, "table call failed on the way"
-                    );
-                    let wait = if transient {
-                        inner.opts.retry.wait(attempt, None)
-                    } else {
-                        None
-                    };
-                    let Some(wait) = wait else {
-                        return Err(TableError::Transport {
-                            op: call.op.clone(),
-                            message: format!(
-                                "{} {} after {attempt} attempt(s): {e} (x-ms-client-request-id {request_id})",
-                                call.method,
-                                url.path()
-                            ),
-                        });
-                    };
-                    inner.pause.pause(wait).await;
-                }
-            }
-            attempt += 1;
-        }
-    }
-
-    fn url(&self, call: &Call) -> Result<Url, TableError> {
-        let mut url = format!("{}/{}", self.inner.endpoint, call.resource);
-        for (i, (name, value)) in call.query.iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(name);
-            url.push('=');
-            url.push_str(&encode(value));
-        }
-        Url::parse(&url).map_err(|e| TableError::Invalid(format!("{}: bad URL: {e}", call.op)))
     }
 }
 
@@ -658,30 +397,6 @@ fn names_key(name: &str) -> bool {
 /// `table (PartitionKey 'p', RowKey 'r')` for logs and errors.
 fn describe(table: &str, pk: &str, rk: &str) -> String {
     format!("{table} (PartitionKey {pk:?}, RowKey {rk:?})")
-}
-
-/// `table(PartitionKey='…',RowKey='…')`, each key quoted as an OData string
-/// literal and percent-encoded.
-pub(crate) fn entity_path(table: &str, pk: &str, rk: &str) -> String {
-    format!(
-        "{table}(PartitionKey='{}',RowKey='{}')",
-        encode(&pk.replace('\'', "''")),
-        encode(&rk.replace('\'', "''"))
-    )
-}
-
-/// Percent-encodes every byte but RFC 3986's unreserved characters, so
-/// nothing in a value reads as URL syntax (`'` is `%27`, a space `%20`, never `+`).
-pub(crate) fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `^[A-Za-z][A-Za-z0-9]{2,62}$`, the service's rule for table names.
@@ -701,15 +416,6 @@ pub fn check_table_name(table: &str) -> Result<(), TableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_in_a_path_are_quoted_literals_and_percent_encoded() {
-        assert_eq!(
-            entity_path("builds", "o'clock", "a b+c"),
-            "builds(PartitionKey='o%27%27clock',RowKey='a%20b%2Bc')"
-        );
-        assert_eq!(encode("1!8!U21pdGg-"), "1%218%21U21pdGg-");
-    }
 
     #[test]
     fn table_names_follow_the_service_rule() {

@@ -27,7 +27,7 @@ pub struct Entity {
     pub row_key: String,
     /// The version the service gave it: set on entities read back and
     /// after writes, `None` on one built here. Send it as
-    /// [`IfMatch::Etag`](super::IfMatch::Etag) to write only over that version.
+    /// [`IfMatch::Etag`] to write only over that version.
     pub etag: Option<String>,
     /// `Timestamp`, maintained by the service (ignored when writing).
     pub timestamp: Option<DateTime<Utc>>,

@@ -7,7 +7,8 @@
 //! a timeout per request, a named [`RetryPolicy`], and errors that say which
 //! operation on which keys failed and tell 404, 409 and 412 apart.
 //!
-//! - [`client`]: [`TableClient`], the operations and the HTTP call under them.
+//! - [`client`]: [`TableClient`] and its operations.
+//! - [`http`]: the HTTP call under each: headers, signing, timeouts, retries.
 //! - [`auth`]: connection strings, Shared Key signing, bearer tokens.
 //! - [`entity`]: [`Entity`] with its ETag and Edm-typed properties; [`IfMatch`].
 //! - [`filter`]: `$filter` expressions whose values cannot break out of their quotes.
@@ -28,16 +29,18 @@ pub mod client;
 pub mod entity;
 pub mod error;
 pub mod filter;
+pub mod http;
 pub mod limits;
 pub mod retry;
 pub mod testing;
 
 pub use auth::{ConnectionString, Credential, SharedKey, STORAGE_SCOPE};
 pub use batch::BatchOp;
-pub use client::{Continuation, Page, TableClient, TableOptions, API_VERSION};
+pub use client::{Continuation, Page, TableClient};
 pub use entity::{Entity, IfMatch, Property, PropertyError};
 pub use error::TableError;
 pub use filter::Filter;
+pub use http::{TableOptions, API_VERSION};
 pub use retry::RetryPolicy;
 
 #[cfg(test)]
