@@ -35,11 +35,18 @@ pub struct Azurite {
 }
 
 impl Azurite {
-    /// Starts `azurite-table` and waits until its port accepts connections.
-    /// Panics, with what to do, when it is not installed or does not come up.
+    /// Starts `azurite-table` from PATH (or the program `KILN_AZURITE_TABLE`
+    /// names, for an install outside PATH) and waits until its port accepts
+    /// connections.
     pub fn start() -> Azurite {
         let program =
             std::env::var("KILN_AZURITE_TABLE").unwrap_or_else(|_| "azurite-table".into());
+        Self::start_program(&program)
+    }
+
+    /// As [`start`](Self::start), with this program. Panics, saying what to
+    /// do, when it does not run or does not come up.
+    pub fn start_program(program: &str) -> Azurite {
         // Another process may take the port between our probe and Azurite's
         // bind; Azurite then exits, and another free port is tried.
         let mut last_failure = String::new();
@@ -49,7 +56,7 @@ impl Azurite {
             // A file, not a pipe: nobody reads a pipe while the tests run, and a full one would stall Azurite.
             let log_path = data.path().join("azurite-stderr.log");
             let log = std::fs::File::create(&log_path).expect("Azurite's log file");
-            let child = Command::new(&program)
+            let child = Command::new(program)
                 .args(["--silent", "--disableTelemetry"])
                 .arg("--location")
                 .arg(data.path())
