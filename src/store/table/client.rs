@@ -41,6 +41,16 @@ pub struct TableClient {
     inner: Arc<Http>,
 }
 
+impl std::fmt::Debug for TableClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credential's own Debug shows the account, never the key or a token.
+        f.debug_struct("TableClient")
+            .field("endpoint", &self.inner.endpoint)
+            .field("credential", &self.inner.credential)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TableClient {
     /// Shared Key from a storage connection string (Azurite's included).
     pub fn from_connection_string(
@@ -434,7 +444,13 @@ mod tests {
             .unwrap()
             .key;
         let make = |e: &str| TableClient::new(http.clone(), e, Credential::SharedKey(key.clone()));
-        assert!(make("https://stkiln.table.core.windows.net/").is_ok());
+        let client = make("https://stkiln.table.core.windows.net/").unwrap();
+        assert_eq!(client.endpoint(), "https://stkiln.table.core.windows.net");
+        let shown = format!("{client:?}");
+        assert!(
+            shown.contains("devstoreaccount1") && !shown.contains("Eby8"),
+            "{shown}"
+        );
         assert!(make("http://127.0.0.1:10002/devstoreaccount1").is_ok());
         let e = make("http://stkiln.table.core.windows.net").err().unwrap();
         assert!(e.to_string().contains("must be https"), "{e}");

@@ -180,8 +180,12 @@ async fn a_missing_entity_is_none_and_a_missing_table_is_an_error() {
 }
 
 #[tokio::test]
-async fn a_batch_of_insert_replace_and_delete_commits_together() {
+async fn a_batch_of_insert_replace_merge_delete_and_upsert_commits_together() {
     let (_azurite, client) = with_table().await;
+    let merged = client
+        .insert(T, &Entity::new("p", "merge-me").with("Kept", "yes"))
+        .await
+        .unwrap();
     let old = client
         .insert(T, &Entity::new("p", "replace-me").with("V", 1))
         .await
@@ -205,16 +209,24 @@ async fn a_batch_of_insert_replace_and_delete_commits_together() {
                     if_match: IfMatch::Etag(gone),
                 },
                 BatchOp::Upsert(Entity::new("p", "upserted")),
+                BatchOp::Merge {
+                    entity: Entity::new("p", "merge-me").with("Added", 5_i64),
+                    if_match: IfMatch::Etag(merged),
+                },
             ],
         )
         .await
         .unwrap();
-    assert_eq!(etags.len(), 4);
+    assert_eq!(etags.len(), 5);
     assert!(
-        etags[0].is_some() && etags[1].is_some() && etags[3].is_some(),
+        etags[0].is_some() && etags[1].is_some() && etags[3].is_some() && etags[4].is_some(),
         "{etags:?}"
     );
     assert_eq!(etags[2], None, "a delete has no ETag");
+    let m = client.get(T, "p", "merge-me").await.unwrap().unwrap();
+    assert_eq!(m.get_str("Kept").unwrap(), Some("yes"));
+    assert_eq!(m.get_i64("Added").unwrap(), Some(5));
+    assert_eq!(m.etag, etags[4]);
     let replaced = client.get(T, "p", "replace-me").await.unwrap().unwrap();
     assert_eq!(replaced.get("V").unwrap(), Some(Property::Int32(2)));
     assert_eq!(replaced.etag, etags[1]);
@@ -333,7 +345,7 @@ async fn a_quote_in_a_filter_value_or_a_key_is_data_not_syntax() {
     let (_azurite, client) = with_table().await;
     for rk in ["o'clock", "o", "clock", "x' or RowKey ne 'y"] {
         client
-            .insert(T, &Entity::new("p q", rk).with("Label", rk))
+            .insert(T, &Entity::new("p q ü", rk).with("Label", rk))
             .await
             .unwrap();
     }
@@ -351,10 +363,10 @@ async fn a_quote_in_a_filter_value_or_a_key_is_data_not_syntax() {
         hits.iter().map(|e| e.row_key.as_str()).collect::<Vec<_>>(),
         ["x' or RowKey ne 'y"]
     );
-    let e = client.get(T, "p q", "o'clock").await.unwrap().unwrap();
-    assert_eq!(e.partition_key, "p q");
+    let e = client.get(T, "p q ü", "o'clock").await.unwrap().unwrap();
+    assert_eq!(e.partition_key, "p q ü");
     client
-        .delete(T, "p q", "o'clock", IfMatch::Any)
+        .delete(T, "p q ü", "o'clock", IfMatch::Any)
         .await
         .unwrap();
 }
