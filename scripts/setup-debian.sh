@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what kiln's local provider, its lint and its tests need on Debian
 # (root or sudo), then checks the result: every host tool kiln runs must be
-# on PATH and answer --version. apt's exit code is not enough: on a machine
+# on PATH and answer --version. Azurite (the local Azure Table Storage the
+# table client's tests run against) comes from npm, not apt. apt's exit code is not enough: on a machine
 # with backports, installing one package can make apt remove another (the
 # qemu-utils 10.0 backport Breaks bookworm's qemu-system-common 7.2, so
 # `apt-get install qemu-system-x86` removes qemu-utils and with it
@@ -27,6 +28,11 @@ tools=(
 # Packages that kiln itself does not run: certificates for downloads, and
 # bubblewrap for the local_build benchmark's bare-tools baseline.
 extra_packages=(ca-certificates bubblewrap)
+# tool:npm package:argument, installed with `npm install -g`.
+# azurite-table is the Table Storage emulator the store's tests start.
+npm_tools=(
+  azurite-table:azurite@3:--version
+)
 
 # Prints "tool:package" for every tool that is missing or does not run.
 missing_tools() {
@@ -39,19 +45,35 @@ missing_tools() {
   done
 }
 
+# The same for npm_tools.
+missing_npm_tools() {
+  local entry tool rest package arg
+  for entry in "${npm_tools[@]}"; do
+    tool=${entry%%:*} rest=${entry#*:}
+    package=${rest%%:*} arg=${rest#*:}
+    "$tool" "$arg" >/dev/null 2>&1 || echo "$tool:$package"
+  done
+}
+
+# Arguments: missing "tool:Debian package" entries; npm_missing holds the npm ones.
+npm_missing=()
 report_and_exit() {
   local entry
   echo "kiln setup: these tools are missing or do not run:" >&2
   for entry in "$@"; do
     echo "  ${entry%%:*} (Debian package ${entry#*:})" >&2
   done
+  for entry in "${npm_missing[@]}"; do
+    echo "  ${entry%%:*} (npm package ${entry#*:}: npm install -g ${entry#*:})" >&2
+  done
   exit 1
 }
 
 if [ "${1:-}" = "--check" ]; then
   mapfile -t missing < <(missing_tools)
-  ((${#missing[@]} == 0)) || report_and_exit "${missing[@]}"
-  echo "kiln setup: all ${#tools[@]} tools present"
+  mapfile -t npm_missing < <(missing_npm_tools)
+  ((${#missing[@]} + ${#npm_missing[@]} == 0)) || report_and_exit "${missing[@]}"
+  echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present"
   exit 0
 fi
 
@@ -91,8 +113,26 @@ if ((${#missing[@]})); then
   ((${#missing[@]} == 0)) || report_and_exit "${missing[@]}"
 fi
 
+mapfile -t npm_missing < <(missing_npm_tools)
+if ((${#npm_missing[@]})); then
+  # Node from NodeSource ships npm inside its nodejs package, and Debian's
+  # npm package conflicts with it: install node and npm from apt only when
+  # there is no npm at all.
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "kiln setup: installing nodejs npm (for ${npm_missing[*]%%:*})"
+    $sudo apt-get update -q
+    apt_install nodejs npm
+  fi
+  npm_packages=()
+  for entry in "${npm_missing[@]}"; do npm_packages+=("${entry#*:}"); done
+  echo "kiln setup: installing ${npm_packages[*]} from npm"
+  $sudo npm install -g --no-audit --no-fund "${npm_packages[@]}"
+  mapfile -t npm_missing < <(missing_npm_tools)
+  ((${#npm_missing[@]} == 0)) || report_and_exit
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "kiln setup: cargo not found; install a Rust toolchain (rustup, Rust 1.88 or newer) first" >&2
   exit 1
 fi
-echo "kiln setup: all ${#tools[@]} tools present ($(qemu-img --version | head -n 1))"
+echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present ($(qemu-img --version | head -n 1); azurite-table $(azurite-table --version))"

@@ -72,6 +72,29 @@ fn the_setup_check_runs_each_tool_not_just_finds_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("qemu-img (Debian package qemu-utils)"));
 }
 
+/// Azurite comes from npm, not apt: a missing one is named with its npm package.
+#[test]
+fn the_setup_check_names_a_missing_npm_tool_and_its_package() {
+    let bin = tempfile::tempdir().unwrap();
+    for tool in [
+        "mmdebstrap",
+        "busybox",
+        "qemu-system-x86_64",
+        "shellcheck",
+        "qemu-img",
+    ] {
+        std::os::unix::fs::symlink(which(tool), bin.path().join(tool)).unwrap();
+    }
+    let out = check_with_path(bin.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("azurite-table (npm package azurite@3: npm install -g azurite@3)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("(Debian package").count(), 0, "{err}");
+}
+
 #[test]
 fn every_shell_script_passes_shellcheck() {
     let mut scripts: Vec<PathBuf> = std::fs::read_dir(repo().join("scripts"))

@@ -14,11 +14,13 @@ pub(super) async fn observe(app: &App, b: &Build) -> anyhow::Result<Observation>
             pipeline: p.map(|p| p.kiln.build.max_concurrent).unwrap_or(1),
             global: app.settings.max_active_builds,
         };
-        return Ok(if app.store.slot_free(&b.id, caps, app.clock.now()).await? {
-            Observation::SlotGranted
-        } else {
-            Observation::Tick
-        });
+        return Ok(
+            if app.store.slot_free(&b.id, caps, app.clock.now()).await? {
+                Observation::SlotGranted
+            } else {
+                Observation::Tick
+            },
+        );
     }
     if let BuildState::Submitting {
         not_before: Some(at),

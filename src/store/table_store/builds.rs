@@ -12,8 +12,8 @@ use crate::domain::build::{Build, BuildState};
 use crate::domain::request::{admit, Admission as Decision, AdmissionView};
 use crate::domain::version::ImageVersion;
 use crate::store::port::{
-    Admission, Admitted, BreakerChange, BuildFilter, BuildStore, Caps, HistoryEntry,
-    Outcome, PipelineMemory, PipelineRuntime, PipelineStore, Transition, Write,
+    Admission, Admitted, BreakerChange, BuildFilter, BuildStore, Caps, HistoryEntry, Outcome,
+    PipelineMemory, PipelineRuntime, PipelineStore, Transition, Write,
 };
 use crate::store::table::{BatchOp, Entity, Filter, IfMatch, TableError};
 
@@ -28,7 +28,12 @@ struct Row {
     etag: Option<String>,
 }
 
-fn build_entity(b: &Build, revision: i64, now: DateTime<Utc>, next_poll: Option<DateTime<Utc>>) -> anyhow::Result<Entity> {
+fn build_entity(
+    b: &Build,
+    revision: i64,
+    now: DateTime<Utc>,
+    next_poll: Option<DateTime<Utc>>,
+) -> anyhow::Result<Entity> {
     let mut e = Entity::new(ppk(&b.pipeline), format!("b:{}", b.id));
     e.set("Kind", "build")
         .set("Id", b.id.as_str())
@@ -47,8 +52,9 @@ fn build_entity(b: &Build, revision: i64, now: DateTime<Utc>, next_poll: Option<
 
 fn parse_row(e: Entity) -> anyhow::Result<Row> {
     let body = long_text(&e, "Body")?;
-    let build: Build = serde_json::from_str(&body)
-        .map_err(|err| anyhow::anyhow!("row {}/{}: not a build: {err}", e.partition_key, e.row_key))?;
+    let build: Build = serde_json::from_str(&body).map_err(|err| {
+        anyhow::anyhow!("row {}/{}: not a build: {err}", e.partition_key, e.row_key)
+    })?;
     Ok(Row {
         build,
         revision: int(&e, "RowVersion")?,
@@ -80,13 +86,14 @@ fn history_entity(
     e
 }
 
-fn state_entity(pipeline: &str) -> Entity {
-    Entity::new(ppk(pipeline), STATE_ROW)
-}
-
 /// The write that makes a decision about a pipeline conditional on the
 /// pipeline's state as read: a merge over its ETag, or the first insert.
-fn touch_state(pipeline: &str, state: &Option<Entity>, now: DateTime<Utc>, mut extra: Entity) -> BatchOp {
+fn touch_state(
+    pipeline: &str,
+    state: &Option<Entity>,
+    now: DateTime<Utc>,
+    mut extra: Entity,
+) -> BatchOp {
     extra.partition_key = ppk(pipeline);
     extra.row_key = STATE_ROW.into();
     extra.set("Touched", ts(now));
@@ -96,7 +103,11 @@ fn touch_state(pipeline: &str, state: &Option<Entity>, now: DateTime<Utc>, mut e
             if_match: IfMatch::Etag(etag),
         },
         None => {
-            for (name, default) in [("Failures", None), ("BreakerOpenSince", Some("")), ("Memory", Some("{}"))] {
+            for (name, default) in [
+                ("Failures", None),
+                ("BreakerOpenSince", Some("")),
+                ("Memory", Some("{}")),
+            ] {
                 if !extra.properties.contains_key(name) {
                     match default {
                         Some(text) => extra.set(name, text),
@@ -110,7 +121,11 @@ fn touch_state(pipeline: &str, state: &Option<Entity>, now: DateTime<Utc>, mut e
 }
 
 /// The breaker after `o`, as properties to merge, and the change to announce.
-fn breaker_after(state: &Option<Entity>, o: Outcome, now: DateTime<Utc>) -> anyhow::Result<(Entity, Option<BreakerChange>)> {
+fn breaker_after(
+    state: &Option<Entity>,
+    o: Outcome,
+    now: DateTime<Utc>,
+) -> anyhow::Result<(Entity, Option<BreakerChange>)> {
     let failures = match state {
         Some(s) => int(s, "Failures")? as u32,
         None => 0,
@@ -155,11 +170,18 @@ fn lost(e: &TableError) -> Option<Lost> {
 
 impl TableStore {
     async fn state_row(&self, pipeline: &str) -> anyhow::Result<Option<Entity>> {
-        Ok(self.client.get(&self.table, &ppk(pipeline), STATE_ROW).await?)
+        Ok(self
+            .client
+            .get(&self.table, &ppk(pipeline), STATE_ROW)
+            .await?)
     }
 
     async fn read_row(&self, pipeline: &str, id: &str) -> anyhow::Result<Option<Row>> {
-        let Some(e) = self.client.get(&self.table, &ppk(pipeline), &format!("b:{id}")).await? else {
+        let Some(e) = self
+            .client
+            .get(&self.table, &ppk(pipeline), &format!("b:{id}"))
+            .await?
+        else {
             return Ok(None);
         };
         let row = parse_row(e)?;
@@ -169,7 +191,12 @@ impl TableStore {
 
     /// The ETag of build `id` at `revision`: cached, else read; `None`
     /// when the build is no longer at that revision.
-    async fn etag_at(&self, pipeline: &str, id: &str, revision: i64) -> anyhow::Result<Option<String>> {
+    async fn etag_at(
+        &self,
+        pipeline: &str,
+        id: &str,
+        revision: i64,
+    ) -> anyhow::Result<Option<String>> {
         if let Some(e) = self.cached_etag(id, revision) {
             return Ok(Some(e));
         }
@@ -187,7 +214,12 @@ impl TableStore {
             .and(Filter::eq("Terminal", false));
         let rows = self
             .client
-            .query(&self.table, &filter, Some(&["Id", "State", "CreatedAt"]), None)
+            .query(
+                &self.table,
+                &filter,
+                Some(&["Id", "State", "CreatedAt"]),
+                None,
+            )
             .await?;
         rows.iter()
             .map(|e| Ok((text(e, "Id")?, text(e, "State")?, text(e, "CreatedAt")?)))
@@ -211,7 +243,9 @@ impl TableStore {
     /// Whether the holder of a slot still needs it: its build runs, or was
     /// just granted the slot and is about to start.
     async fn holder_alive(&self, slot: &Entity, now: DateTime<Utc>) -> anyhow::Result<bool> {
-        let (Some(holder), Some(pipeline)) = (opt_text(slot, "Holder")?, opt_text(slot, "HolderPipeline")?) else {
+        let (Some(holder), Some(pipeline)) =
+            (opt_text(slot, "Holder")?, opt_text(slot, "HolderPipeline")?)
+        else {
             return Ok(false);
         };
         let Some(row) = self.read_row(&pipeline, &holder).await? else {
@@ -235,12 +269,19 @@ impl TableStore {
     }
 
     /// Frees the slots whose holders are gone; returns the slots after.
-    async fn reclaim_slots(&self, slots: Vec<Entity>, now: DateTime<Utc>) -> anyhow::Result<Vec<Entity>> {
+    async fn reclaim_slots(
+        &self,
+        slots: Vec<Entity>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<Entity>> {
         let mut out = Vec::with_capacity(slots.len());
         for mut s in slots {
             if opt_text(&s, "Holder")?.is_some() && !self.holder_alive(&s, now).await? {
                 let mut freed = Entity::new(SLOTS, s.row_key.clone());
-                freed.set("Holder", "").set("HolderPipeline", "").set("ClaimedAt", "");
+                freed
+                    .set("Holder", "")
+                    .set("HolderPipeline", "")
+                    .set("ClaimedAt", "");
                 let etag = s.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
                 match self.client.replace(&self.table, &freed, etag).await {
                     Ok(new) => {
@@ -259,7 +300,12 @@ impl TableStore {
 
     /// The lowest free slot under `cap` (the one every concurrent claimant
     /// reaches for first), after taking back abandoned ones if none is free.
-    async fn free_slot(&self, id: &str, cap: u32, now: DateTime<Utc>) -> anyhow::Result<Option<(String, Option<String>)>> {
+    async fn free_slot(
+        &self,
+        id: &str,
+        cap: u32,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<(String, Option<String>)>> {
         let mut slots = self.slots().await?;
         for s in &slots {
             if opt_text(s, "Holder")?.as_deref() == Some(id) {
@@ -283,7 +329,9 @@ impl TableStore {
             let key = format!("slot:{n:05}");
             match slots.iter().find(|s| s.row_key == key) {
                 None => return Ok(Some((key, None))),
-                Some(s) if opt_text(s, "Holder")?.is_none() => return Ok(Some((key, s.etag.clone()))),
+                Some(s) if opt_text(s, "Holder")?.is_none() => {
+                    return Ok(Some((key, s.etag.clone())))
+                }
                 Some(_) => {}
             }
         }
@@ -291,15 +339,27 @@ impl TableStore {
     }
 
     /// Takes a slot of the global cap for `id`; `false` when none is free.
-    async fn take_slot(&self, id: &str, pipeline: &str, cap: u32, now: DateTime<Utc>) -> anyhow::Result<bool> {
+    async fn take_slot(
+        &self,
+        id: &str,
+        pipeline: &str,
+        cap: u32,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
         for _ in 0..RACES {
             let Some((key, etag)) = self.free_slot(id, cap, now).await? else {
                 return Ok(false);
             };
             let mut slot = Entity::new(SLOTS, key);
-            slot.set("Holder", id).set("HolderPipeline", pipeline).set("ClaimedAt", ts(now));
+            slot.set("Holder", id)
+                .set("HolderPipeline", pipeline)
+                .set("ClaimedAt", ts(now));
             let written = match etag {
-                Some(etag) => self.client.replace(&self.table, &slot, IfMatch::Etag(etag)).await,
+                Some(etag) => {
+                    self.client
+                        .replace(&self.table, &slot, IfMatch::Etag(etag))
+                        .await
+                }
                 None => self.client.insert(&self.table, &slot).await,
             };
             match written {
@@ -318,7 +378,10 @@ impl TableStore {
             let filter = Filter::eq("PartitionKey", SLOTS).and(Filter::eq("Holder", id));
             for s in self.client.query(&self.table, &filter, None, None).await? {
                 let mut freed = Entity::new(SLOTS, s.row_key.clone());
-                freed.set("Holder", "").set("HolderPipeline", "").set("ClaimedAt", "");
+                freed
+                    .set("Holder", "")
+                    .set("HolderPipeline", "")
+                    .set("ClaimedAt", "");
                 let etag = s.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
                 match self.client.replace(&self.table, &freed, etag).await {
                     Ok(_) => {}
@@ -335,14 +398,30 @@ impl TableStore {
     }
 
     /// The operations that commit with a transition, after its build row.
-    async fn extras_ops(&self, t: &Transition<'_>, state: &Option<Entity>, touch: bool) -> anyhow::Result<(Vec<BatchOp>, Option<BreakerChange>)> {
+    async fn extras_ops(
+        &self,
+        t: &Transition<'_>,
+        state: &Option<Entity>,
+        touch: bool,
+    ) -> anyhow::Result<(Vec<BatchOp>, Option<BreakerChange>)> {
         let b = t.build;
         let mut ops = Vec::new();
         if let Some(cause) = t.cause {
-            ops.push(BatchOp::Insert(history_entity(&b.pipeline, &b.id, t.now, t.expected + 1, Some(t.from.name()), b.state.name(), cause)));
+            ops.push(BatchOp::Insert(history_entity(
+                &b.pipeline,
+                &b.id,
+                t.now,
+                t.expected + 1,
+                Some(t.from.name()),
+                b.state.name(),
+                cause,
+            )));
         }
         if let Some(row) = &t.extras.outbox {
-            ops.push(BatchOp::Insert(super::records::outbox_entity(&ppk(&b.pipeline), row)));
+            ops.push(BatchOp::Insert(super::records::outbox_entity(
+                &ppk(&b.pipeline),
+                row,
+            )));
         }
         let mut seen = std::collections::BTreeSet::new();
         for r in &t.extras.retire {
@@ -351,7 +430,12 @@ impl TableStore {
             }
             // A template already queued keeps its row (and its attempts).
             let rk = format!("c:{}", r.template);
-            if self.client.get(&self.table, &ppk(&b.pipeline), &rk).await?.is_none() {
+            if self
+                .client
+                .get(&self.table, &ppk(&b.pipeline), &rk)
+                .await?
+                .is_none()
+            {
                 ops.push(BatchOp::Insert(super::records::cleanup_entity(r, t.now)));
             }
         }
@@ -376,7 +460,11 @@ impl TableStore {
     }
 
     /// Writes transition `t` (after `before` succeeded for a claim).
-    async fn write(&self, t: &Transition<'_>, claim: bool) -> anyhow::Result<Option<(Write, Option<BreakerChange>)>> {
+    async fn write(
+        &self,
+        t: &Transition<'_>,
+        claim: bool,
+    ) -> anyhow::Result<Option<(Write, Option<BreakerChange>)>> {
         let b = t.build;
         for _ in 0..RACES {
             let Some(etag) = self.etag_at(&b.pipeline, &b.id, t.expected).await? else {
@@ -396,15 +484,29 @@ impl TableStore {
             }];
             let (more, change) = self.extras_ops(t, &state, leaves_queue).await?;
             ops.extend(more);
-            match self.client.batch(&self.table, &ppk(&b.pipeline), &ops).await {
+            match self
+                .client
+                .batch(&self.table, &ppk(&b.pipeline), &ops)
+                .await
+            {
                 Ok(etags) => {
                     self.cache_etag(&b.id, t.expected + 1, etags.into_iter().next().flatten());
-                    return Ok(Some((Write::Written { row_version: t.expected + 1 }, change)));
+                    return Ok(Some((
+                        Write::Written {
+                            row_version: t.expected + 1,
+                        },
+                        change,
+                    )));
                 }
                 Err(e) => match lost(&e) {
                     Some(Lost::First) => {
                         if self.landed(t).await? {
-                            return Ok(Some((Write::Written { row_version: t.expected + 1 }, change)));
+                            return Ok(Some((
+                                Write::Written {
+                                    row_version: t.expected + 1,
+                                },
+                                change,
+                            )));
                         }
                         return Ok(Some((Write::Conflict, None)));
                     }
@@ -416,7 +518,10 @@ impl TableStore {
                 },
             }
         }
-        anyhow::bail!("build {}: the pipeline's state row kept changing; try again", b.id)
+        anyhow::bail!(
+            "build {}: the pipeline's state row kept changing; try again",
+            b.id
+        )
     }
 }
 
@@ -426,7 +531,10 @@ impl BuildStore for TableStore {
         let Some(pipeline) = self.pipeline_of(id).await? else {
             return Ok(None);
         };
-        Ok(self.read_row(&pipeline, id).await?.map(|r| (r.build, r.revision)))
+        Ok(self
+            .read_row(&pipeline, id)
+            .await?
+            .map(|r| (r.build, r.revision)))
     }
 
     async fn list(&self, f: &BuildFilter) -> anyhow::Result<Vec<Build>> {
@@ -450,7 +558,8 @@ impl BuildStore for TableStore {
         let Some(pipeline) = self.pipeline_of(id).await? else {
             return Ok(Vec::new());
         };
-        let filter = Filter::eq("PartitionKey", ppk(&pipeline)).and(Filter::starts_with("RowKey", &format!("h:{id}:")));
+        let filter = Filter::eq("PartitionKey", ppk(&pipeline))
+            .and(Filter::starts_with("RowKey", &format!("h:{id}:")));
         let rows = self.client.query(&self.table, &filter, None, None).await?;
         rows.iter()
             .map(|e| {
@@ -465,8 +574,14 @@ impl BuildStore for TableStore {
     }
 
     async fn commit(&self, t: &Transition<'_>) -> anyhow::Result<(Write, Option<BreakerChange>)> {
-        let written = self.write(t, false).await?.expect("a step is never asked to decide again");
-        if matches!(written.0, Write::Written { .. }) && t.build.state.is_terminal() && !t.from.is_terminal() {
+        let written = self
+            .write(t, false)
+            .await?
+            .expect("a step is never asked to decide again");
+        if matches!(written.0, Write::Written { .. })
+            && t.build.state.is_terminal()
+            && !t.from.is_terminal()
+        {
             self.release_slot(&t.build.id).await;
         }
         Ok(written)
@@ -475,10 +590,16 @@ impl BuildStore for TableStore {
     async fn claim_slot(&self, t: &Transition<'_>, caps: Caps) -> anyhow::Result<Option<Write>> {
         let b = t.build;
         for _ in 0..RACES {
-            if !self.pipeline_allows(&b.pipeline, &b.id, caps.pipeline).await? {
+            if !self
+                .pipeline_allows(&b.pipeline, &b.id, caps.pipeline)
+                .await?
+            {
                 return Ok(None);
             }
-            if !self.take_slot(&b.id, &b.pipeline, caps.global, t.now).await? {
+            if !self
+                .take_slot(&b.id, &b.pipeline, caps.global, t.now)
+                .await?
+            {
                 return Ok(None);
             }
             match self.write(t, true).await {
@@ -520,17 +641,28 @@ impl BuildStore for TableStore {
             let filter = Filter::eq("PartitionKey", pk.clone()).and(Filter::eq("Kind", "build"));
             let rows = self
                 .client
-                .query(&self.table, &filter, Some(&["Id", "State", "CreatedAt", "Version"]), None)
+                .query(
+                    &self.table,
+                    &filter,
+                    Some(&["Id", "State", "CreatedAt", "Version"]),
+                    None,
+                )
                 .await?;
             let mut queued: Option<(String, String)> = None;
             let mut taken: Vec<ImageVersion> = a.gallery_versions.to_vec();
             for e in &rows {
                 let (id, created) = (text(e, "Id")?, text(e, "CreatedAt")?);
-                if text(e, "State")? == "queued" && queued.as_ref().is_none_or(|(c, i)| (&created, &id) < (c, i)) {
+                if text(e, "State")? == "queued"
+                    && queued
+                        .as_ref()
+                        .is_none_or(|(c, i)| (&created, &id) < (c, i))
+                {
                     queued = Some((created, id));
                 }
                 let v = text(e, "Version")?;
-                taken.push(v.parse().map_err(|err| anyhow::anyhow!("row {}/{}: version {v}: {err}", e.partition_key, e.row_key))?);
+                taken.push(v.parse().map_err(|err| {
+                    anyhow::anyhow!("row {}/{}: version {v}: {err}", e.partition_key, e.row_key)
+                })?);
             }
             let breaker_open = match &state {
                 Some(s) => opt_text(s, "BreakerOpenSince")?.is_some(),
@@ -542,14 +674,24 @@ impl BuildStore for TableStore {
                 breaker_open,
             };
             let mut key = Entity::new(pk.clone(), krow.clone());
-            key.set("Kind", "key").set("Key", a.key).set("CreatedAt", ts(a.now));
+            key.set("Kind", "key")
+                .set("Key", a.key)
+                .set("CreatedAt", ts(a.now));
             let (ops, result) = match admit(a.trigger, &view) {
                 Decision::Existing { build } => return Ok(Admitted::Existing(build)),
                 Decision::Paused { reason } => return Ok(Admitted::Paused(reason)),
                 Decision::Coalesced { build } => {
                     key.set("BuildId", build.as_str());
                     let cause = format!("request {} coalesced into this build", a.key);
-                    let entry = history_entity(a.pipeline, &build, a.now, 0, Some("queued"), "queued", &cause);
+                    let entry = history_entity(
+                        a.pipeline,
+                        &build,
+                        a.now,
+                        0,
+                        Some("queued"),
+                        "queued",
+                        &cause,
+                    );
                     let ops = vec![
                         BatchOp::Insert(key),
                         BatchOp::Insert(entry),
@@ -573,7 +715,15 @@ impl BuildStore for TableStore {
                     let ops = vec![
                         BatchOp::Insert(build_entity(&build, 1, a.now, Some(a.now))?),
                         BatchOp::Insert(key),
-                        BatchOp::Insert(history_entity(a.pipeline, &build.id, a.now, 1, None, build.state.name(), &cause)),
+                        BatchOp::Insert(history_entity(
+                            a.pipeline,
+                            &build.id,
+                            a.now,
+                            1,
+                            None,
+                            build.state.name(),
+                            &cause,
+                        )),
                         touch_state(a.pipeline, &state, a.now, Entity::new("", "")),
                     ];
                     (ops, Admitted::Created(Box::new(build)))
@@ -592,11 +742,18 @@ impl BuildStore for TableStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        anyhow::bail!("pipeline {}: admission kept losing races; the request is retried", a.pipeline)
+        anyhow::bail!(
+            "pipeline {}: admission kept losing races; the request is retried",
+            a.pipeline
+        )
     }
 
     async fn build_for_key(&self, pipeline: &str, key: &str) -> anyhow::Result<Option<String>> {
-        match self.client.get(&self.table, &ppk(pipeline), &key_row(key)).await? {
+        match self
+            .client
+            .get(&self.table, &ppk(pipeline), &key_row(key))
+            .await?
+        {
             Some(e) => Ok(Some(text(&e, "BuildId")?)),
             None => Ok(None),
         }
@@ -606,7 +763,12 @@ impl BuildStore for TableStore {
         let filter = Filter::eq("Kind", "build").and(Filter::eq("Terminal", false));
         let rows = self
             .client
-            .query(&self.table, &filter, Some(&["Id", "CreatedAt", "NextPollAt"]), None)
+            .query(
+                &self.table,
+                &filter,
+                Some(&["Id", "CreatedAt", "NextPollAt"]),
+                None,
+            )
             .await?;
         let now = ts(now);
         let mut due = Vec::new();
@@ -668,9 +830,13 @@ impl PipelineStore for TableStore {
             props.set("Memory", serde_json::to_string(&mem)?);
             let op = touch_state(pipeline, &state, Utc::now(), props);
             let written = match op {
-                BatchOp::Merge { entity, if_match } => self.client.merge(&self.table, &entity, if_match).await,
+                BatchOp::Merge { entity, if_match } => {
+                    self.client.merge(&self.table, &entity, if_match).await
+                }
                 BatchOp::Insert(entity) => self.client.insert(&self.table, &entity).await,
-                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => unreachable!("touch_state merges or inserts"),
+                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => {
+                    unreachable!("touch_state merges or inserts")
+                }
             };
             match written {
                 Ok(_) => return Ok(()),
@@ -691,9 +857,13 @@ impl PipelineStore for TableStore {
             let state = self.state_row(pipeline).await?;
             let (props, change) = breaker_after(&state, o, now)?;
             let written = match touch_state(pipeline, &state, now, props) {
-                BatchOp::Merge { entity, if_match } => self.client.merge(&self.table, &entity, if_match).await,
+                BatchOp::Merge { entity, if_match } => {
+                    self.client.merge(&self.table, &entity, if_match).await
+                }
                 BatchOp::Insert(entity) => self.client.insert(&self.table, &entity).await,
-                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => unreachable!("touch_state merges or inserts"),
+                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => {
+                    unreachable!("touch_state merges or inserts")
+                }
             };
             match written {
                 Ok(_) => return Ok(change),

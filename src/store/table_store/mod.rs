@@ -94,8 +94,9 @@ impl TableStore {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(match access {
-            TableAccess::ConnectionString(cs) => TableClient::from_connection_string(http, cs)
-                .context("KILN_TABLE_CONNECTION")?,
+            TableAccess::ConnectionString(cs) => {
+                TableClient::from_connection_string(http, cs).context("KILN_TABLE_CONNECTION")?
+            }
             TableAccess::Endpoint(url) => {
                 TableClient::with_token(http, url, tokens()?).context("KILN_TABLE_ENDPOINT")?
             }

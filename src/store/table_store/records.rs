@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    int, is_conflict, newest_first, new_seq, opt_text, parse_ts, ppk, text, ts, TableStore, AUDIT,
+    int, is_conflict, new_seq, newest_first, opt_text, parse_ts, ppk, text, ts, TableStore, AUDIT,
     DEAD, EVENTS, LEASES, RACES, TIMERS,
 };
 use crate::store::port::{
@@ -65,7 +65,12 @@ impl TableStore {
     async fn cleanup_query(&self, filter: Filter) -> anyhow::Result<Vec<(String, CleanupJob)>> {
         let rows = self
             .client
-            .query(&self.table, &Filter::eq("Kind", "cleanup").and(filter), None, None)
+            .query(
+                &self.table,
+                &Filter::eq("Kind", "cleanup").and(filter),
+                None,
+                None,
+            )
             .await?;
         rows.iter()
             .map(|e| Ok((text(e, "NextAt")?, job(e)?)))
@@ -75,7 +80,11 @@ impl TableStore {
 
 #[async_trait]
 impl CleanupStore for TableStore {
-    async fn cleanup_due(&self, now: DateTime<Utc>, limit: usize) -> anyhow::Result<Vec<CleanupJob>> {
+    async fn cleanup_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<CleanupJob>> {
         let mut jobs = self.cleanup_query(Filter::le("NextAt", ts(now))).await?;
         jobs.sort_by(|a, b| (&a.0, &a.1.template).cmp(&(&b.0, &b.1.template)));
         Ok(jobs.into_iter().take(limit).map(|(_, j)| j).collect())
@@ -118,7 +127,10 @@ impl CleanupStore for TableStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        anyhow::bail!("cleanup of {}: the row kept changing; try again", job.template)
+        anyhow::bail!(
+            "cleanup of {}: the row kept changing; try again",
+            job.template
+        )
     }
 
     async fn cleanup_done(&self, job: &CleanupJob) -> anyhow::Result<()> {
@@ -182,9 +194,15 @@ impl CleanupStore for TableStore {
         if let Some((g, n)) = old {
             for i in 0..n {
                 let rk = format!("g{g:06}:{i:05}");
-                match self.client.delete(&self.table, &pk, &rk, IfMatch::Any).await {
+                match self
+                    .client
+                    .delete(&self.table, &pk, &rk, IfMatch::Any)
+                    .await
+                {
                     Ok(()) | Err(TableError::NotFound { .. }) => {}
-                    Err(e) => tracing::warn!(template, error = %e, "an old log chunk was not deleted"),
+                    Err(e) => {
+                        tracing::warn!(template, error = %e, "an old log chunk was not deleted")
+                    }
                 }
             }
         }
@@ -210,9 +228,9 @@ impl CleanupStore for TableStore {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("log of {template}: chunk {rk} is missing"))?;
             for i in 0..int(&row, "Parts")? {
-                let part = row
-                    .get_binary(&format!("Data{i:02}"))?
-                    .ok_or_else(|| anyhow::anyhow!("log of {template}: chunk {rk} part {i} is missing"))?;
+                let part = row.get_binary(&format!("Data{i:02}"))?.ok_or_else(|| {
+                    anyhow::anyhow!("log of {template}: chunk {rk} part {i} is missing")
+                })?;
                 out.extend_from_slice(&part);
             }
         }
@@ -228,7 +246,11 @@ impl CleanupStore for TableStore {
 #[async_trait]
 impl OutboxStore for TableStore {
     async fn outbox_add(&self, row: &OutboxRow) -> anyhow::Result<()> {
-        match self.client.insert(&self.table, &outbox_entity(EVENTS, row)).await {
+        match self
+            .client
+            .insert(&self.table, &outbox_entity(EVENTS, row))
+            .await
+        {
             // A repeated id is the same event.
             Ok(_) | Err(TableError::Conflict { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -258,7 +280,11 @@ impl OutboxStore for TableStore {
             };
             let mut e = Entity::new(row.partition_key.clone(), row.row_key.clone());
             e.set("NextAttempt", ts(now + lease));
-            match self.client.merge(&self.table, &e, IfMatch::Etag(etag)).await {
+            match self
+                .client
+                .merge(&self.table, &e, IfMatch::Etag(etag))
+                .await
+            {
                 Ok(_) => claimed.push(OutboxItem {
                     event_id: text(&row, "EventId")?,
                     locator: row.partition_key.clone(),
@@ -279,7 +305,11 @@ impl OutboxStore for TableStore {
         e.set("Delivered", true)
             .set("DeliveredAt", ts(now))
             .set("Attempts", i64::from(item.attempts) + 1);
-        Ok(self.client.merge(&self.table, &e, IfMatch::Any).await.map(|_| ())?)
+        Ok(self
+            .client
+            .merge(&self.table, &e, IfMatch::Any)
+            .await
+            .map(|_| ())?)
     }
 
     async fn outbox_failed(
@@ -292,7 +322,11 @@ impl OutboxStore for TableStore {
         e.set("NextAttempt", ts(next_attempt))
             .set("Attempts", i64::from(item.attempts) + 1)
             .set("LastError", error);
-        Ok(self.client.merge(&self.table, &e, IfMatch::Any).await.map(|_| ())?)
+        Ok(self
+            .client
+            .merge(&self.table, &e, IfMatch::Any)
+            .await
+            .map(|_| ())?)
     }
 }
 
@@ -335,7 +369,10 @@ impl AuditStore for TableStore {
         let mut e = Entity::new(AUDIT, rk);
         e.set("Status", status);
         if let Some(error) = error {
-            e.set("Reason", format!("{} — failed: {error}", text(&row, "Reason")?));
+            e.set(
+                "Reason",
+                format!("{} — failed: {error}", text(&row, "Reason")?),
+            );
         }
         let etag = row.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
         Ok(self.client.merge(&self.table, &e, etag).await.map(|_| ())?)
@@ -425,10 +462,12 @@ impl DeadLetterStore for TableStore {
 #[async_trait]
 impl TimerStore for TableStore {
     async fn last_fire(&self, function: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
-        Ok(match self.client.get(&self.table, TIMERS, function).await? {
-            Some(e) => opt_text(&e, "LastFire")?.map(|s| parse_ts(&s)),
-            None => None,
-        })
+        Ok(
+            match self.client.get(&self.table, TIMERS, function).await? {
+                Some(e) => opt_text(&e, "LastFire")?.map(|s| parse_ts(&s)),
+                None => None,
+            },
+        )
     }
 
     async fn record_fire(&self, function: &str, at: DateTime<Utc>) -> anyhow::Result<()> {
@@ -454,7 +493,11 @@ impl TimerStore for TableStore {
                 if !mine && !expired {
                     return Ok(false);
                 }
-                let etag = current.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
+                let etag = current
+                    .etag
+                    .clone()
+                    .map(IfMatch::Etag)
+                    .unwrap_or(IfMatch::Any);
                 self.client.replace(&self.table, &lease, etag).await
             }
         };
