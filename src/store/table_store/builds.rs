@@ -62,21 +62,34 @@ fn parse_row(e: Entity) -> anyhow::Result<Row> {
     })
 }
 
+/// Where in a build's history an entry goes.
+#[derive(Clone, Copy)]
+enum Entry {
+    /// The step that brought the build to this revision.
+    Step(i64),
+    /// A note on the build at this revision (a coalesced request), after its step.
+    Note(i64),
+}
+
 fn history_entity(
     pipeline: &str,
     id: &str,
     at: DateTime<Utc>,
-    revision: i64,
+    entry: Entry,
     from: Option<&str>,
     to: &str,
     cause: &str,
 ) -> Entity {
-    // Ordered by time, then revision; the tail keeps two entries written in
-    // one microsecond (a coalesced request beside a step) apart.
+    // Ordered by time, then revision, steps before notes; the random tail
+    // keeps two notes written in one microsecond apart.
+    let (revision, kind) = match entry {
+        Entry::Step(r) => (r, '0'),
+        Entry::Note(r) => (r, '1'),
+    };
     let tail = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let mut e = Entity::new(
         ppk(pipeline),
-        format!("h:{id}:{}:{revision:08}:{tail}", ts(at)),
+        format!("h:{id}:{}:{revision:08}{kind}:{tail}", ts(at)),
     );
     e.set("Kind", "history")
         .set("At", ts(at))
@@ -411,7 +424,7 @@ impl TableStore {
                 &b.pipeline,
                 &b.id,
                 t.now,
-                t.expected + 1,
+                Entry::Step(t.expected + 1),
                 Some(t.from.name()),
                 b.state.name(),
                 cause,
@@ -644,20 +657,20 @@ impl BuildStore for TableStore {
                 .query(
                     &self.table,
                     &filter,
-                    Some(&["Id", "State", "CreatedAt", "Version"]),
+                    Some(&["Id", "State", "CreatedAt", "Version", "RowVersion"]),
                     None,
                 )
                 .await?;
-            let mut queued: Option<(String, String)> = None;
+            let mut queued: Option<(String, String, i64)> = None;
             let mut taken: Vec<ImageVersion> = a.gallery_versions.to_vec();
             for e in &rows {
                 let (id, created) = (text(e, "Id")?, text(e, "CreatedAt")?);
                 if text(e, "State")? == "queued"
                     && queued
                         .as_ref()
-                        .is_none_or(|(c, i)| (&created, &id) < (c, i))
+                        .is_none_or(|(c, i, _)| (&created, &id) < (c, i))
                 {
-                    queued = Some((created, id));
+                    queued = Some((created, id, int(e, "RowVersion")?));
                 }
                 let v = text(e, "Version")?;
                 taken.push(v.parse().map_err(|err| {
@@ -670,7 +683,7 @@ impl BuildStore for TableStore {
             };
             let view = AdmissionView {
                 existing_for_key: None,
-                queued_build: queued.map(|(_, id)| id),
+                queued_build: queued.as_ref().map(|(_, id, _)| id.clone()),
                 breaker_open,
             };
             let mut key = Entity::new(pk.clone(), krow.clone());
@@ -683,11 +696,12 @@ impl BuildStore for TableStore {
                 Decision::Coalesced { build } => {
                     key.set("BuildId", build.as_str());
                     let cause = format!("request {} coalesced into this build", a.key);
+                    let revision = queued.as_ref().map(|(_, _, r)| *r).unwrap_or(1);
                     let entry = history_entity(
                         a.pipeline,
                         &build,
                         a.now,
-                        0,
+                        Entry::Note(revision),
                         Some("queued"),
                         "queued",
                         &cause,
@@ -719,7 +733,7 @@ impl BuildStore for TableStore {
                             a.pipeline,
                             &build.id,
                             a.now,
-                            1,
+                            Entry::Step(1),
                             None,
                             build.state.name(),
                             &cause,
