@@ -167,7 +167,8 @@ pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Resu
     // Builds need the capture tools (checked before the pipelines are read
     // and linted); pipelines with a boot test need QEMU too.
     require_tools(&[ToolNeed::Build], "kiln local")?;
-    let runtime = local_runtime(s, Arc::new(SystemClock))?;
+    let env = gather_env(Some(local_settings))?;
+    let runtime = local_runtime(s, &env, Arc::new(SystemClock)).await?;
     if runtime
         .app
         .pipelines
@@ -227,8 +228,8 @@ pub async fn run_serve() -> anyhow::Result<ExitCode> {
     // KILN_CLOCK (from `kiln sim`) puts kiln on the simulator's time.
     let clock = s.clock();
     let app = match s.provider {
-        ProviderKind::Azure => azure_app(s, &env, clock)?,
-        ProviderKind::Local => local_runtime(s, clock)?.app,
+        ProviderKind::Azure => azure_app(s, &env, clock).await?,
+        ProviderKind::Local => local_runtime(s, &env, clock).await?.app,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(port, provider = ?app.settings.provider, "kiln custom handler listening");

@@ -10,11 +10,13 @@ use super::catalog::{self, FunctionSpec};
 use super::local::{LocalHost, LocalQueuePort};
 use crate::app::events::EventSink;
 use crate::app::{App, PipelineSet};
-use crate::config::{ProviderKind, Settings};
+use crate::config::{Env, ProviderKind, Settings, StoreSettings};
 use crate::domain::build::Tuning;
 use crate::ports::Clock;
+use crate::providers::azure::identity::{token_source, CredentialKind};
 use crate::providers::local::{Faults, KvmMode, LocalConfig, LocalProvider};
 use crate::store::sqlite::queue::LocalQueue;
+use crate::store::table_store::TableStore;
 use crate::store::{Db, SqliteStore, Store};
 
 /// Everything `kiln local` runs, assembled.
@@ -42,6 +44,33 @@ pub fn open_db(settings: &Settings) -> anyhow::Result<Db> {
     Db::open(&settings.data_dir.join("kiln.db"))
 }
 
+/// The store `KILN_STORE` names: the data folder's database (`db`), or
+/// Table Storage, reached with the connection string's key or with the
+/// Entra ID credential `KILN_AZURE_CREDENTIAL` names (managed identity by
+/// default).
+pub async fn open_store(settings: &Settings, env: &Env, db: &Db) -> anyhow::Result<Arc<dyn Store>> {
+    match &settings.store {
+        StoreSettings::Sqlite => Ok(Arc::new(SqliteStore::new(db.clone()))),
+        StoreSettings::Table { access, prefix } => {
+            let client = TableStore::client(access, || {
+                let kind = match env.get("KILN_AZURE_CREDENTIAL").map(|s| s.trim()) {
+                    None | Some("") | Some("managed-identity") => CredentialKind::ManagedIdentity {
+                        client_id: env.get("AZURE_CLIENT_ID").cloned().filter(|s| !s.is_empty()),
+                    },
+                    Some("cli") => CredentialKind::AzureCli,
+                    Some(other) => anyhow::bail!(
+                        "KILN_AZURE_CREDENTIAL: Table Storage takes `managed-identity` or `cli`, got `{other}` (Azurite takes KILN_TABLE_CONNECTION)"
+                    ),
+                };
+                token_source(&kind, reqwest::Client::new())
+            })?;
+            let store = TableStore::open(client, prefix).await?;
+            tracing::info!(table = %format!("{prefix}state"), "build state in Table Storage");
+            Ok(Arc::new(store))
+        }
+    }
+}
+
 pub fn local_provider(settings: &Settings, db: Db) -> anyhow::Result<LocalProvider> {
     let faults = match &settings.local_faults {
         Some(json) => Faults::parse(json).context("KILN_LOCAL_FAULTS")?,
@@ -57,7 +86,11 @@ pub fn local_provider(settings: &Settings, db: Db) -> anyhow::Result<LocalProvid
 }
 
 /// Assembles the factory with the local provider and the embedded queue.
-pub fn local_runtime(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<LocalRuntime> {
+pub async fn local_runtime(
+    settings: Settings,
+    env: &Env,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<LocalRuntime> {
     if settings.provider != ProviderKind::Local {
         anyhow::bail!("KILN_PROVIDER: `kiln local` runs the local provider; unset KILN_PROVIDER or set it to `local`");
     }
@@ -74,7 +107,7 @@ pub fn local_runtime(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
         })?;
     refuse_lint_errors(&pipelines)?;
     let queue = LocalQueue::new(db.clone());
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db.clone()));
+    let store = open_store(&settings, env, &db).await?;
     let notify = Arc::new(Notify::new());
     let provider_arc = Arc::new(provider.clone());
     let app = App {
@@ -108,15 +141,17 @@ pub fn local_runtime(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Resul
 }
 
 /// Assembles the custom handler for Azure: Image Builder, Compute Gallery,
-/// marketplace, Resource Graph and Service Bus adapters. Build state stays in
-/// the embedded store under `KILN_DATA_DIR` (one instance; see infra/).
-pub fn azure_app(
+/// marketplace, Resource Graph and Service Bus adapters. Build state is in
+/// the store `KILN_STORE` names: Table Storage for a scaled-out app, or the
+/// embedded store under `KILN_DATA_DIR` for one machine.
+pub async fn azure_app(
     settings: Settings,
     env: &crate::config::Env,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<App> {
     let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone())?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(open_db(&settings)?));
+    let db = open_db(&settings)?;
+    let store = open_store(&settings, env, &db).await?;
     let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
         .map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();

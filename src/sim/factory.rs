@@ -48,7 +48,7 @@ impl Factory {
         env.extend(opts.extra_env.iter().cloned());
         let settings = Settings::from_env(&env)?;
         let clock = settings.clock();
-        let app = crate::host::wiring::azure_app(settings, &env, clock)?;
+        let app = crate::host::wiring::azure_app(settings, &env, clock).await?;
         for p in app.pipelines.iter() {
             seed_source(sim, &p.template).await?;
         }

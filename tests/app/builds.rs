@@ -54,6 +54,37 @@ async fn a_request_goes_through_the_queue_and_publishes_version_1_0_0() {
     f.stop().await;
 }
 
+/// The same factory with its state in Table Storage (Azurite): one switch,
+/// the same behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_factory_keeps_its_state_in_table_storage_when_asked_to() {
+    let azurite = kiln::store::table::testing::Azurite::start();
+    let f = Factory::start(Options {
+        env: vec![
+            ("KILN_STORE", "table".into()),
+            (
+                "KILN_TABLE_CONNECTION",
+                azurite.connection_string().expose().to_string(),
+            ),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let id = f.build("tiny", None).await;
+    let v = f.wait_terminal(&id, LIMIT).await;
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["version"], "1.0.0");
+    let id2 = f.build("tiny", None).await;
+    assert_eq!(f.wait_terminal(&id2, LIMIT).await["version"], "1.0.1");
+    // The builds are in the table, not in the data folder's database.
+    let rows: i64 = crate::harness::db_of(f.dir.path())
+        .with(|c| c.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(rows, 0);
+    let listed = f.get("/api/builds").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_request_delivered_twenty_times_at_once_yields_one_build() {
     let f = Factory::start(Options::default()).await;

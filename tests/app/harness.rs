@@ -102,7 +102,9 @@ pub async fn runtime(dir: &Path, opts: &Options) -> LocalRuntime {
         .unwrap();
     }
     let clock = opts.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
-    let rt = local_runtime(settings(dir, &opts.env), clock).unwrap();
+    let rt = local_runtime(settings(dir, &opts.env), &Env::new(), clock)
+        .await
+        .unwrap();
     if rt.provider.list_bases().await.unwrap().is_empty() {
         rt.provider
             .import_base("kiln:busybox:tiny", "1.0.0", BaseFrom::Busybox)
