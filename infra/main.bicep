@@ -59,6 +59,10 @@ param grantStagingLogRead bool = false
 @minValue(1)
 param maxActiveBuilds int = 4
 
+@description('Most instances the app scales out to. Build state is in Table Storage, so any number share it; the cap bounds cost and the load on ARM.')
+@minValue(1)
+param maxInstances int = 5
+
 // Unique per resource group: names that must not collide across deployments
 // (in other groups or subscriptions of the same tenant) carry it.
 var suffix = uniqueString(resourceGroup().id)
@@ -236,10 +240,9 @@ resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
   sku: { name: 'EP1', tier: 'ElasticPremium' }
   properties: {
     reserved: true // Linux
-    // One instance on purpose, for now: build state lives in the embedded
-    // SQLite store under KILN_DATA_DIR, which takes one writer. Lift this
-    // (and functionAppScaleLimit) when the Table Storage store replaces it.
-    maximumElasticWorkerCount: 1
+    // Build state is in Table Storage (KILN_STORE=table below): instances
+    // share it, and one that is replaced or upgraded loses nothing.
+    maximumElasticWorkerCount: maxInstances
   }
 }
 
@@ -280,10 +283,7 @@ resource app 'Microsoft.Web/sites@2023-12-01' = {
       linuxFxVersion: '' // custom handler: the host starts the `kiln serve` binary named in host.json
       ftpsState: 'Disabled'
       minTlsVersion: '1.2'
-      // Until kiln's Table Storage store lands (its own issue), the embedded
-      // store under KILN_DATA_DIR must have one writer: keep the app on one
-      // instance. This pin is deliberate and temporary.
-      functionAppScaleLimit: 1
+      functionAppScaleLimit: maxInstances
       appSettings: concat([
         { name: 'FUNCTIONS_EXTENSION_VERSION', value: '~4' }
         { name: 'FUNCTIONS_WORKER_RUNTIME', value: 'custom' }
@@ -300,7 +300,14 @@ resource app 'Microsoft.Web/sites@2023-12-01' = {
         { name: 'KILN_PROVIDER', value: 'azure' }
         { name: 'KILN_EVENTS_KEY', value: '@Microsoft.KeyVault(SecretUri=${eventsKeySecret.properties.secretUri})' }
         { name: 'KILN_MAX_ACTIVE_BUILDS', value: string(maxActiveBuilds) }
-        { name: 'KILN_DATA_DIR', value: '/home/data/kiln' } // /home persists across restarts
+        // Build state: Table Storage on the app's storage account, reached
+        // with the app's identity (Storage Table Data Contributor, below).
+        // Never SQLite on /home: that is an SMB share, where SQLite's
+        // locking does not hold, and several instances write at once.
+        { name: 'KILN_STORE', value: 'table' }
+        { name: 'KILN_TABLE_ENDPOINT', value: storage.properties.primaryEndpoints.table }
+        // Scratch only (each instance's own events file); nothing kiln must keep.
+        { name: 'KILN_DATA_DIR', value: '/tmp/kiln' }
         { name: 'KILN_PIPELINES_DIR', value: 'pipelines' }
         // KILN_HANDLERS_DIR is not set: kiln reads the function folders from
         // the app root the host gives it (FUNCTIONS_APP_ROOT_PATH), where

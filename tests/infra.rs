@@ -186,14 +186,22 @@ fn application_insights_is_connected() {
 }
 
 #[test]
-fn the_one_instance_pin_stays_and_says_why() {
+fn the_app_scales_out_on_table_storage_and_keeps_nothing_on_the_content_share() {
     let main = read("infra/main.bicep");
-    let at = main.find("functionAppScaleLimit: 1").unwrap();
-    let before = &main[main[..at].rfind("\n\n").unwrap_or(0)..at];
+    assert!(!main.contains("functionAppScaleLimit: 1"));
+    assert!(!main.contains("maximumElasticWorkerCount: 1"));
+    assert!(main.contains("functionAppScaleLimit: maxInstances"));
+    assert!(main.contains("{ name: 'KILN_STORE', value: 'table' }"));
+    assert!(main.contains(
+        "{ name: 'KILN_TABLE_ENDPOINT', value: storage.properties.primaryEndpoints.table }"
+    ));
     assert!(
-        before.contains("Table Storage store") && before.contains("temporary"),
-        "{before}"
+        !main.contains("value: '/home/"),
+        "no kiln state on the SMB content share"
     );
+    // The identity the endpoint is reached with may read and write tables.
+    let roles = block(&main, "resource appStorage");
+    assert!(roles.contains("roles.storageTableDataContributor"), "{roles}");
 }
 
 /// What preflight requires at subscription scope for a marketplace source
