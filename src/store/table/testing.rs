@@ -73,8 +73,9 @@ impl Azurite {
             let data = tempfile::tempdir().expect("a temporary folder for Azurite's data");
             let port = free_port();
             // A file, not a pipe: nobody reads a pipe while the tests run, and a full one would stall Azurite.
-            let log_path = data.path().join("azurite-stderr.log");
+            let log_path = data.path().join("azurite.log");
             let log = std::fs::File::create(&log_path).expect("Azurite's log file");
+            let log_err = log.try_clone().expect("Azurite's log file, for stderr");
             let mut command = Command::new(program);
             command
                 .args(["--silent", "--disableTelemetry"])
@@ -82,8 +83,8 @@ impl Azurite {
                 .arg(data.path())
                 .args(["--tableHost", "127.0.0.1", "--tablePort", &port.to_string()])
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log));
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(log_err));
             let tls_cert = oauth.then(|| {
                 let (cert, key) = self_signed_certificate(data.path());
                 command
@@ -115,25 +116,31 @@ impl Azurite {
         panic!("Azurite did not start: {last_failure}")
     }
 
+    /// Ready when this child says it listens and the port answers. The
+    /// port alone is not enough: when two tests draw the same free port, the
+    /// loser's port answers too, from the winner's Azurite, until the loser
+    /// exits with EADDRINUSE.
     fn wait_until_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let started = format!("successfully started on 127.0.0.1:{}", self.port);
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.contains(&started)
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                let stderr = std::fs::read_to_string(&self.log).unwrap_or_default();
-                return Err(format!(
-                    "azurite-table exited ({status}): {}",
-                    stderr.trim()
-                ));
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                return Err(format!("azurite-table exited ({status}): {}", log.trim()));
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "azurite-table did not listen on 127.0.0.1:{} within {}s",
+                    "azurite-table did not start on 127.0.0.1:{} within {}s: {}",
                     self.port,
-                    START_DEADLINE.as_secs()
+                    START_DEADLINE.as_secs(),
+                    log.trim()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
