@@ -428,3 +428,54 @@ async fn a_wrong_shared_key_is_a_clear_403_that_does_not_contain_the_key() {
     assert!(!shown.contains(wrong_key), "{shown}");
     assert!(!shown.contains(&wrong_key[..16]), "{shown}");
 }
+
+#[tokio::test]
+async fn a_bearer_token_is_accepted_over_https_and_an_expired_one_is_refused() {
+    use std::sync::Arc;
+
+    use crate::providers::azure::identity::StaticToken;
+    use crate::store::table::testing::unsigned_token;
+
+    let azurite = Azurite::start_with_oauth();
+    let token = unsigned_token(Utc::now(), chrono::Duration::hours(1));
+    let client = azurite.bearer_client(Arc::new(StaticToken::new(token.clone())));
+    assert!(client.create_table_if_missing(T).await.unwrap());
+    let etag = client
+        .insert(T, &Entity::new("p", "r").with("N", 1_i64))
+        .await
+        .unwrap();
+    let back = client.get(T, "p", "r").await.unwrap().unwrap();
+    assert_eq!(back.etag, Some(etag));
+    let ops = [BatchOp::Upsert(Entity::new("p", "s"))];
+    client.batch(T, "p", &ops).await.unwrap();
+    assert_eq!(
+        client
+            .query(T, &Filter::all(), None, None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let expired = unsigned_token(Utc::now(), chrono::Duration::hours(-1));
+    let e = azurite
+        .bearer_client(Arc::new(StaticToken::new(expired.clone())))
+        .get(T, "p", "r")
+        .await
+        .unwrap_err();
+    match &e {
+        TableError::Http { status, code, .. } => {
+            assert_eq!(
+                (*status, code.as_str()),
+                (403, "AuthenticationFailed"),
+                "{e}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let shown = format!("{e} {e:?}");
+    assert!(
+        !shown.contains(&expired) && !shown.contains(&token),
+        "{shown}"
+    );
+}
