@@ -201,7 +201,10 @@ fn the_app_scales_out_on_table_storage_and_keeps_nothing_on_the_content_share() 
     );
     // The identity the endpoint is reached with may read and write tables.
     let roles = block(&main, "resource appStorage");
-    assert!(roles.contains("roles.storageTableDataContributor"), "{roles}");
+    assert!(
+        roles.contains("roles.storageTableDataContributor"),
+        "{roles}"
+    );
 }
 
 /// What preflight requires at subscription scope for a marketplace source
