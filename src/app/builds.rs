@@ -145,10 +145,14 @@ pub async fn build_sweeper(app: &App, out: &mut InvocationResult) -> anyhow::Res
     if retired > 0 {
         out.log(format!("build_sweeper: {retired} template cleanup steps"));
     }
-    let delivered = app.events.deliver_due(now).await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "event delivery failed");
-        0
-    });
+    let delivered = app
+        .events
+        .deliver_due(app.clock.now())
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "event delivery failed");
+            0
+        });
     if !due.is_empty() || delivered > 0 {
         out.log(format!(
             "build_sweeper: stepped {} overdue builds ({failures} failed), delivered {delivered} events",

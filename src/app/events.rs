@@ -17,7 +17,7 @@ use sha2::Sha256;
 
 use crate::config::Webhook;
 use crate::domain::build::Build;
-use crate::store::port::OutboxRow;
+use crate::store::port::{OutboxItem, OutboxRow};
 use crate::store::Store;
 
 /// The signature header: `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -27,6 +27,10 @@ pub const MAX_ATTEMPTS: u32 = 12;
 /// How long a claimed event stays hidden from other deliverers: longer
 /// than one delivery's HTTP timeout.
 const DELIVERY_LEASE: chrono::Duration = chrono::Duration::seconds(60);
+/// Events claimed at once: their posts (10 s timeout each) fit in the lease.
+const CLAIM_BATCH: usize = 5;
+/// Claims per delivery run (at most 50 events per run, as before).
+const DELIVERY_ROUNDS: usize = 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CloudEvent {
@@ -147,11 +151,31 @@ impl EventSink {
             return Ok(0);
         };
         // Claimed, not just read: another instance's deliverer skips these
-        // until the lease ends, so one event is not posted twice at once.
-        let due = self
-            .store
-            .outbox_claim(now, DELIVERY_LEASE, MAX_ATTEMPTS, 50)
-            .await?;
+        // until the lease ends, so one event is not posted twice at once. A
+        // few at a time, each claim just before its posts, so that no
+        // claimed event waits past its lease behind slow ones.
+        let started = std::time::Instant::now();
+        let mut delivered = 0;
+        for _ in 0..DELIVERY_ROUNDS {
+            let now = now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+            let due = self
+                .store
+                .outbox_claim(now, DELIVERY_LEASE, MAX_ATTEMPTS, CLAIM_BATCH)
+                .await?;
+            if due.is_empty() {
+                break;
+            }
+            delivered += self.post_all(hook, due, now).await?;
+        }
+        Ok(delivered)
+    }
+
+    async fn post_all(
+        &self,
+        hook: &Webhook,
+        due: Vec<OutboxItem>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<usize> {
         let mut delivered = 0;
         for item in due {
             let (id, body, attempts) = (&item.event_id, &item.body, item.attempts);

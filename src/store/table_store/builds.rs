@@ -80,8 +80,9 @@ fn history_entity(
     to: &str,
     cause: &str,
 ) -> Entity {
-    // Ordered by time, then revision, steps before notes; the random tail
-    // keeps two notes written in one microsecond apart.
+    // Ordered by revision (which orders causally, whatever the writers'
+    // clocks), steps before notes, then time; the random tail keeps two
+    // notes apart.
     let (revision, kind) = match entry {
         Entry::Step(r) => (r, '0'),
         Entry::Note(r) => (r, '1'),
@@ -89,7 +90,7 @@ fn history_entity(
     let tail = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let mut e = Entity::new(
         ppk(pipeline),
-        format!("h:{id}:{}:{revision:08}{kind}:{tail}", ts(at)),
+        format!("h:{id}:{revision:08}{kind}:{}:{tail}", ts(at)),
     );
     e.set("Kind", "history")
         .set("At", ts(at))
@@ -172,10 +173,19 @@ enum Lost {
     Other,
 }
 
+/// Only a 409 or 412 is a lost race; a batch refused for its size or a
+/// server error is an error, not a reason to decide again.
 fn lost(e: &TableError) -> Option<Lost> {
     match e {
-        TableError::BatchFailed { index: 0, .. } => Some(Lost::First),
-        TableError::BatchFailed { .. } => Some(Lost::Other),
+        TableError::BatchFailed {
+            index: 0,
+            status: 409 | 412,
+            ..
+        } => Some(Lost::First),
+        TableError::BatchFailed {
+            status: 409 | 412, ..
+        } => Some(Lost::Other),
+        TableError::BatchFailed { .. } => None,
         other if is_conflict(other) => Some(Lost::First),
         _ => None,
     }
@@ -243,7 +253,9 @@ impl TableStore {
     /// pipeline and the pipeline is under its own cap.
     async fn pipeline_allows(&self, pipeline: &str, id: &str, cap: u32) -> anyhow::Result<bool> {
         let open = self.open_builds(pipeline).await?;
-        let Some((_, _, created)) = open.iter().find(|(i, _, _)| i == id) else {
+        // Only a queued build asks for a slot: one already started (by
+        // another instance) must not reach for the slot it holds.
+        let Some((_, _, created)) = open.iter().find(|(i, s, _)| i == id && s == "queued") else {
             return Ok(false);
         };
         let older_queued = open
@@ -473,12 +485,17 @@ impl TableStore {
     }
 
     /// Writes transition `t` (after `before` succeeded for a claim).
+    ///
+    /// A claim passes the `state` row its decision was read with
+    /// (`decided_on`): the batch is then conditional on exactly that read,
+    /// so any admission, claim or cancel since makes it decide again.
     async fn write(
         &self,
         t: &Transition<'_>,
-        claim: bool,
+        decided_on: Option<Option<Entity>>,
     ) -> anyhow::Result<Option<(Write, Option<BreakerChange>)>> {
         let b = t.build;
+        let claim = decided_on.is_some();
         for _ in 0..RACES {
             let Some(etag) = self.etag_at(&b.pipeline, &b.id, t.expected).await? else {
                 return Ok(Some((Write::Conflict, None)));
@@ -486,10 +503,12 @@ impl TableStore {
             // Decisions about which build is queued or running serialize on
             // the pipeline's state row, as does the breaker count.
             let leaves_queue = matches!(t.from, BuildState::Queued);
-            let state = if leaves_queue || t.extras.outcome.is_some() {
-                self.state_row(&b.pipeline).await?
-            } else {
-                None
+            let state = match &decided_on {
+                Some(read) => read.clone(),
+                None if leaves_queue || t.extras.outcome.is_some() => {
+                    self.state_row(&b.pipeline).await?
+                }
+                None => None,
             };
             let mut ops = vec![BatchOp::Replace {
                 entity: build_entity(b, t.expected + 1, t.now, t.next_poll_at)?,
@@ -588,7 +607,7 @@ impl BuildStore for TableStore {
 
     async fn commit(&self, t: &Transition<'_>) -> anyhow::Result<(Write, Option<BreakerChange>)> {
         let written = self
-            .write(t, false)
+            .write(t, None)
             .await?
             .expect("a step is never asked to decide again");
         if matches!(written.0, Write::Written { .. })
@@ -603,6 +622,8 @@ impl BuildStore for TableStore {
     async fn claim_slot(&self, t: &Transition<'_>, caps: Caps) -> anyhow::Result<Option<Write>> {
         let b = t.build;
         for _ in 0..RACES {
+            // Read before deciding, so the commit is conditional on it.
+            let state = self.state_row(&b.pipeline).await?;
             if !self
                 .pipeline_allows(&b.pipeline, &b.id, caps.pipeline)
                 .await?
@@ -615,21 +636,15 @@ impl BuildStore for TableStore {
             {
                 return Ok(None);
             }
-            match self.write(t, true).await {
-                Ok(Some((w @ Write::Written { .. }, _))) => return Ok(Some(w)),
-                Ok(Some((Write::Conflict, _))) => {
-                    self.release_slot(&b.id).await;
-                    return Ok(Some(Write::Conflict));
-                }
+            // A lost claim keeps the slot: the build may have been started
+            // by the instance that won (the slot is then its), and a slot
+            // whose build stays queued is taken back after the grace period.
+            match self.write(t, Some(state)).await? {
+                Some((w, _)) => return Ok(Some(w)),
                 // The pipeline's state moved under the claim: decide again.
-                Ok(None) => continue,
-                Err(e) => {
-                    self.release_slot(&b.id).await;
-                    return Err(e);
-                }
+                None => continue,
             }
         }
-        self.release_slot(&b.id).await;
         Ok(None)
     }
 
@@ -646,10 +661,17 @@ impl BuildStore for TableStore {
     async fn admit(&self, a: &Admission<'_>) -> anyhow::Result<Admitted> {
         let pk = ppk(a.pipeline);
         let krow = key_row(a.key);
+        // What this call tried to create: a retried batch whose first
+        // attempt landed finds its own key, which is a creation, not a repeat.
+        let mut made: Option<Build> = None;
         for _ in 0..RACES {
             let state = self.state_row(a.pipeline).await?;
             if let Some(k) = self.client.get(&self.table, &pk, &krow).await? {
-                return Ok(Admitted::Existing(text(&k, "BuildId")?));
+                let id = text(&k, "BuildId")?;
+                return Ok(match made {
+                    Some(b) if b.id == id => Admitted::Created(Box::new(b)),
+                    Some(_) | None => Admitted::Existing(id),
+                });
             }
             let filter = Filter::eq("PartitionKey", pk.clone()).and(Filter::eq("Kind", "build"));
             let rows = self
@@ -724,6 +746,7 @@ impl BuildStore for TableStore {
                     index.set("Pipeline", a.pipeline);
                     self.client.upsert(&self.table, &index).await?;
                     self.cache_pipeline(&build.id, a.pipeline);
+                    made = Some(build.clone());
                     key.set("BuildId", build.id.as_str());
                     let cause = format!("admitted: {}", build.reason);
                     let ops = vec![
