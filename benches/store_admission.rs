@@ -129,7 +129,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers, as `kiln serve` has: the HTTP client's pooled
+    // connections are watched by tasks that need a runtime running between
+    // requests (on a current-thread runtime, idle between block_on calls, a
+    // connection Azurite closed is found dead only when reused).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
