@@ -9,4 +9,5 @@ mod cycles;
 mod harness;
 mod preflight;
 mod retention;
+mod scale;
 mod sim_cli;
