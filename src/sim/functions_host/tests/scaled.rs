@@ -3,7 +3,6 @@
 //! per firing.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -173,20 +172,27 @@ async fn a_message_whose_instance_dies_mid_invocation_is_redelivered_to_another(
     opts.max_concurrent_calls = 2;
     let host = FunctionsHost::start(opts).await.unwrap();
 
-    // Polls until one is held by instance 0 (the others go to instance 1).
+    // Polls, one at a time, until one is held by instance 0 (the others are
+    // completed by instance 1).
     let mut sent = 0;
-    wait_until(DEADLINE, "instance 0 to hold a poll", || {
+    while dying.held("build_polls") == 0 {
+        assert!(sent < 50, "instance 0 was never given a poll");
         sent += 1;
-        let (sim, dying) = (&sim, &dying);
         let id = format!("p{sent}");
-        async move {
-            send_poll(sim, &id).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            (dying.held("build_polls") > 0).then_some(())
-        }
-    })
-    .await
-    .unwrap();
+        send_poll(&sim, &id).await;
+        wait_until(
+            DEADLINE,
+            &format!("{id} to be held or completed"),
+            || async {
+                let done = deliveries(&host, "build_polls")
+                    .iter()
+                    .any(|d| d.3 == id && d.2 == Settled::Completed);
+                (done || dying.held("build_polls") > 0).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
     let held_before = dying.held("build_polls");
     dying.kill();
 
@@ -201,17 +207,19 @@ async fn a_message_whose_instance_dies_mid_invocation_is_redelivered_to_another(
     })
     .await
     .unwrap();
-    // What instance 0 held failed without an answer, was abandoned, and
-    // went to instance 1 at its next delivery.
+    // What instance 0 held failed without an answer and was abandoned (as
+    // was any delivery that reached it dead, before it was out of
+    // rotation); each went to instance 1 at a later delivery.
     let failed: Vec<_> = all.iter().filter(|d| d.0 == Some(0)).collect();
-    assert_eq!(failed.len(), held_before, "{all:?}");
+    assert!(failed.len() >= held_before, "{all:?}");
     for (_, count, settled, id) in &failed {
-        assert_eq!((*count, *settled), (1, Settled::Abandoned), "{all:?}");
+        assert_eq!(*settled, Settled::Abandoned, "{all:?}");
         let again = all
             .iter()
             .find(|d| &d.3 == id && d.2 == Settled::Completed)
             .unwrap();
-        assert_eq!((again.0, again.1), (Some(1), 2), "{all:?}");
+        assert_eq!(again.0, Some(1), "{all:?}");
+        assert!(again.1 > *count, "{all:?}");
     }
     let record = host
         .invocations()
@@ -237,18 +245,20 @@ async fn a_message_whose_instance_dies_mid_invocation_is_redelivered_to_another(
         vec![replacement_url.clone(), survivor_url]
     );
     let mut more = 0;
-    wait_until(DEADLINE, "the replacement to take a poll", || {
+    while replacement.calls_to("build_polls").is_empty() {
+        assert!(more < 50, "the replacement was never given a poll");
         more += 1;
-        let (sim, replacement) = (&sim, &replacement);
         let id = format!("after{more}");
-        async move {
-            send_poll(sim, &id).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            (!replacement.calls_to("build_polls").is_empty()).then_some(())
-        }
-    })
-    .await
-    .unwrap();
+        send_poll(&sim, &id).await;
+        wait_until(DEADLINE, &format!("{id} to be completed"), || async {
+            deliveries(&host, "build_polls")
+                .iter()
+                .any(|d| d.3 == id && d.2 == Settled::Completed)
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    }
     let on_replacement = host
         .invocations()
         .into_iter()
@@ -272,23 +282,34 @@ async fn each_timer_firing_goes_to_one_instance() {
     })
     .await
     .unwrap();
-    // Each firing reached exactly one handler: as many calls as firings
-    // (a firing may still be on its way to a handler), each where the host
-    // says it went.
+    // Each firing reached exactly one handler, the one the host says it
+    // went to: the calls, counted between two readings of the records, lie
+    // between the two counts (the second plus one firing on its way).
+    let sweeps = |host: &HostHandle| -> Vec<usize> {
+        let records = host.invocations();
+        (0..3)
+            .map(|i| {
+                records
+                    .iter()
+                    .filter(|r| r.function == "build_sweeper" && r.instance == Some(i))
+                    .count()
+            })
+            .collect()
+    };
+    let recorded = sweeps(&host);
     let calls: Vec<usize> = handlers
         .iter()
         .map(|h| h.calls_to("build_sweeper").len())
         .collect();
-    let recorded: Vec<usize> = (0..3)
-        .map(|i| fired.iter().filter(|r| r.instance == Some(i)).count())
-        .collect();
+    let after = sweeps(&host);
     for i in 0..3 {
         assert!(
-            calls[i] == recorded[i] || calls[i] == recorded[i] + 1,
-            "instance {i}: {calls:?} calls, {recorded:?} recorded"
+            recorded[i] <= calls[i] && calls[i] <= after[i] + 1,
+            "instance {i}: {calls:?} calls, {recorded:?} then {after:?} recorded"
         );
     }
-    assert!(calls.iter().sum::<usize>() <= fired.len() + 1, "{calls:?}");
+    let total = |v: &[usize]| v.iter().sum::<usize>();
+    assert!(total(&calls) <= total(&after) + 1, "{calls:?} {after:?}");
     assert!(
         recorded.iter().filter(|n| **n > 0).count() > 1,
         "all firings went to one instance: {recorded:?}"
