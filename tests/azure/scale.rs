@@ -63,12 +63,12 @@ impl SharedStore {
     async fn from_env(dir: &Path) -> SharedStore {
         match std::env::var("KILN_SCALE_TABLE_CONNECTION") {
             Ok(given) if !given.trim().is_empty() => {
-                // The proxy is started on a placeholder first: its own URL
-                // goes into the connection string it forwards for.
-                let probe = through_proxy(&given, "http://127.0.0.1:1").expect(
+                // The endpoint's origin first (the proxy forwards there),
+                // then the string with the proxy's own URL in its place.
+                let (_, target) = through_proxy(&given, "http://127.0.0.1:1").expect(
                     "KILN_SCALE_TABLE_CONNECTION: give a connection string with TableEndpoint=…",
                 );
-                let proxy = CountingProxy::start(&probe.1).await;
+                let proxy = CountingProxy::start(&target).await;
                 let (connection, _) = through_proxy(&given, &proxy.url).unwrap();
                 let prefix = format!("scale{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
                 SharedStore::Table {
