@@ -122,7 +122,8 @@ impl EventSink {
 
     /// Appends the event to the JSON-lines file (and the log).
     pub fn append(&self, ev: &CloudEvent) -> anyhow::Result<()> {
-        let line = serde_json::to_string(ev)?;
+        let mut line = serde_json::to_string(ev)?;
+        line.push('\n');
         if let Some(path) = &self.file {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -131,7 +132,11 @@ impl EventSink {
                 .create(true)
                 .append(true)
                 .open(path)?;
-            writeln!(f, "{line}")?;
+            // One write of the whole line: an appending write lands whole,
+            // so lines of concurrent invocations (or of processes sharing
+            // the file) never interleave, as `writeln!`'s separate write of
+            // the newline let them.
+            f.write_all(line.as_bytes())?;
         }
         tracing::info!(event = %ev.event_type, subject = %ev.subject, "event");
         Ok(())
@@ -218,6 +223,39 @@ impl EventSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_appends_keep_one_event_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::new(
+            crate::store::Db::open_in_memory().unwrap(),
+        ));
+        let sink = EventSink::new(store, Some(path.clone()), None);
+        let now = Utc::now();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let sink = &sink;
+                s.spawn(move || {
+                    for i in 0..1000 {
+                        let ev = CloudEvent::new(
+                            "dev.kiln.test".into(),
+                            format!("t{t}/{i}"),
+                            now,
+                            json!({ "n": i }),
+                        );
+                        sink.append(&ev).unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 8 * 1000);
+        for l in lines {
+            serde_json::from_str::<CloudEvent>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        }
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_hex() {

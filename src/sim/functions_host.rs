@@ -19,11 +19,19 @@
 //!   per event; **HTTP** requests to `/api/…` are forwarded to the handler on
 //!   their original path (`enableForwardingHttpRequest`) and its answer relayed.
 //!
+//! - **Scale-out**: the app may run on several instances
+//!   ([`HostOptions::scaled`]): each invocation and each forwarded request
+//!   goes to one live instance, round-robin (see [`instances`]); an
+//!   instance can be replaced while the host runs
+//!   ([`HostHandle::replace_instance`]), as the platform replaces one that died.
+//!
 //! Function keys are checked when one is set ([`HostOptions::function_key`]),
-//! one key for every function. Not simulated: scale-out, the host's own
-//! retry policies, output bindings (kiln sends through its `Queue` port).
+//! one key for every function. Not simulated: the scale controller (the
+//! instances are the ones given), the host's own retry policies, output
+//! bindings (kiln sends through its `Queue` port).
 
 mod app;
+mod instances;
 pub mod payload;
 mod queues;
 #[cfg(test)]
@@ -52,14 +60,16 @@ const HOST_VERSION: &str = "4.0.0-kiln-sim";
 
 #[derive(Debug, Clone)]
 pub struct HostOptions {
-    /// The custom handler: `http://127.0.0.1:PORT`.
-    pub handler_url: String,
+    /// The custom handler's instances, `http://127.0.0.1:PORT` each: one for
+    /// an app on one instance, several for a scaled-out one.
+    pub instances: Vec<String>,
     /// `handlers/`, one folder per function.
     pub handlers_dir: PathBuf,
     /// The sim's Service Bus base URL.
     pub service_bus_url: String,
     pub clock: ScaledClock,
-    /// Receivers per queue (host.json `extensions.serviceBus.maxConcurrentCalls`).
+    /// Receivers per queue and instance (host.json
+    /// `extensions.serviceBus.maxConcurrentCalls`, which is per instance).
     pub max_concurrent_calls: usize,
     /// Sim time an invocation may take (host.json `functionTimeout`).
     pub function_timeout: chrono::Duration,
@@ -81,8 +91,16 @@ impl HostOptions {
     /// Options against `sim`, with the host's defaults (maxConcurrentCalls 16,
     /// functionTimeout 5 min); [`HostOptions::host_json`] reads an app's own.
     pub fn new(sim: &SimHandle, handler_url: &str, handlers_dir: &Path) -> Self {
+        Self::scaled(sim, &[handler_url.to_string()], handlers_dir)
+    }
+
+    /// As [`HostOptions::new`], for an app scaled out to `handler_urls`.
+    pub fn scaled(sim: &SimHandle, handler_urls: &[String], handlers_dir: &Path) -> Self {
         Self {
-            handler_url: handler_url.trim_end_matches('/').to_string(),
+            instances: handler_urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect(),
             handlers_dir: handlers_dir.to_path_buf(),
             service_bus_url: sim.service_bus_url(),
             clock: sim.clock(),
@@ -174,6 +192,10 @@ pub struct InvocationRecord {
     pub status: Option<u16>,
     pub sim_started: DateTime<Utc>,
     pub sim_ended: DateTime<Utc>,
+    /// The instance it went to (its index in [`HostOptions::instances`]) and
+    /// that instance's URL then; `None` when no instance was live.
+    pub instance: Option<usize>,
+    pub instance_url: Option<String>,
 }
 
 impl InvocationRecord {
@@ -187,6 +209,25 @@ struct Shared {
     specs: Vec<FunctionSpec>,
     http: reqwest::Client,
     log: Mutex<Vec<InvocationRecord>>,
+    instances: instances::Instances,
+}
+
+/// What one invocation got, and from which instance.
+struct Invoked {
+    instance: Option<instances::Picked>,
+    /// The handler's status and body; `None` without an answer (no live
+    /// instance, a refused or broken connection, or the function timeout).
+    answer: Option<(u16, String)>,
+}
+
+impl Invoked {
+    fn status(&self) -> Option<u16> {
+        self.answer.as_ref().map(|(s, _)| *s)
+    }
+
+    fn succeeded(&self) -> bool {
+        self.status().is_some_and(|s| (200..300).contains(&s))
+    }
 }
 
 impl Shared {
@@ -202,11 +243,39 @@ impl Shared {
         self.log.lock().expect("log mutex").push(r);
     }
 
-    /// POSTs one invocation; `None` when no answer came within the function timeout.
-    async fn invoke(&self, function: &str, body: &Value) -> Option<(u16, String)> {
+    /// The function timeout on the wall (at least `floor`).
+    fn timeout_wall(&self, floor: Duration) -> Duration {
+        self.wall(self.opts.function_timeout).max(floor)
+    }
+
+    /// POSTs one invocation to the next live instance (waiting up to the
+    /// function timeout for one); a refused connection takes that instance
+    /// out of rotation.
+    async fn invoke(&self, function: &str, body: &Value) -> Invoked {
+        let wait = self.timeout_wall(Duration::from_millis(50));
+        match self.instances.pick(wait).await {
+            Some(instance) => self.invoke_on(instance, function, body).await,
+            None => {
+                tracing::warn!(function, "sim host: no live instance to invoke");
+                Invoked {
+                    instance: None,
+                    answer: None,
+                }
+            }
+        }
+    }
+
+    /// POSTs one invocation to `instance`.
+    async fn invoke_on(
+        &self,
+        instance: instances::Picked,
+        function: &str,
+        body: &Value,
+    ) -> Invoked {
+        let timeout = self.timeout_wall(Duration::from_millis(50));
         let r = self
             .http
-            .post(format!("{}/{function}", self.opts.handler_url))
+            .post(format!("{}/{function}", instance.url))
             .header(
                 "x-azure-functions-invocationid",
                 uuid::Uuid::new_v4().to_string(),
@@ -214,22 +283,52 @@ impl Shared {
             .header("x-azure-functions-hostversion", HOST_VERSION)
             .header("user-agent", format!("Azure-Functions-Host/{HOST_VERSION}"))
             .json(body)
-            .timeout(
-                self.wall(self.opts.function_timeout)
-                    .max(Duration::from_millis(50)),
-            )
+            .timeout(timeout)
             .send()
             .await;
-        match r {
+        let answer = match r {
             Ok(r) => {
                 let status = r.status().as_u16();
-                Some((status, r.text().await.unwrap_or_default()))
+                match r.text().await {
+                    Ok(text) => Some((status, text)),
+                    // The instance died while it answered.
+                    Err(e) => {
+                        tracing::warn!(function, instance = instance.index, error = %e, "sim host: the answer broke off");
+                        None
+                    }
+                }
             }
             Err(e) => {
-                tracing::warn!(function, error = %e, "sim host: invocation got no answer");
+                if e.is_connect() {
+                    self.instances.mark_down(&instance);
+                }
+                tracing::warn!(function, instance = instance.index, error = %e, "sim host: invocation got no answer");
                 None
             }
+        };
+        Invoked {
+            instance: Some(instance),
+            answer,
         }
+    }
+
+    /// An invocation's record.
+    fn record_invocation(
+        &self,
+        function: &str,
+        trigger: Trigger,
+        invoked: &Invoked,
+        sim_started: DateTime<Utc>,
+    ) {
+        self.record(InvocationRecord {
+            function: function.to_string(),
+            trigger,
+            status: invoked.status(),
+            sim_started,
+            sim_ended: self.now(),
+            instance: invoked.instance.as_ref().map(|i| i.index),
+            instance_url: invoked.instance.as_ref().map(|i| i.url.clone()),
+        });
     }
 }
 
@@ -240,12 +339,19 @@ impl FunctionsHost {
     /// the app's HTTP side.
     pub async fn start(opts: HostOptions) -> anyhow::Result<HostHandle> {
         let specs = catalog::load(&opts.handlers_dir)?;
+        anyhow::ensure!(
+            !opts.instances.is_empty(),
+            "the app needs at least one instance"
+        );
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        wait_for_handler(&http, &opts.handler_url, opts.startup_timeout).await?;
+        for url in &opts.instances {
+            wait_for_handler(&http, url, opts.startup_timeout).await?;
+        }
         let app_port = opts.app_port;
         let shared = Arc::new(Shared {
+            instances: instances::Instances::new(&opts.instances),
             opts,
             specs,
             http,
@@ -256,7 +362,10 @@ impl FunctionsHost {
         for spec in &shared.specs {
             match &spec.trigger {
                 TriggerSpec::ServiceBus { queue, .. } => {
-                    for _ in 0..shared.opts.max_concurrent_calls {
+                    // Each instance's host runs maxConcurrentCalls receivers;
+                    // any receive goes to any live instance.
+                    let receivers = shared.opts.max_concurrent_calls * shared.instances.len();
+                    for _ in 0..receivers {
                         tasks.push(tokio::spawn(queues::worker(
                             shared.clone(),
                             spec.clone(),
@@ -265,6 +374,9 @@ impl FunctionsHost {
                         )));
                     }
                 }
+                // One schedule per function for the whole app, as the real
+                // host's blob lease per timer function gives one instance
+                // each firing; the firing goes to one live instance.
                 TriggerSpec::Timer {
                     schedule,
                     run_on_startup,
@@ -281,6 +393,12 @@ impl FunctionsHost {
                 // Served by the app's HTTP side.
                 TriggerSpec::EventGrid | TriggerSpec::Http { .. } => {}
             }
+        }
+        {
+            let (shared, stopped) = (shared.clone(), stopped.clone());
+            tasks.push(tokio::spawn(async move {
+                shared.instances.probe_down(&shared.http, stopped).await;
+            }));
         }
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
             .await
@@ -351,6 +469,19 @@ impl HostHandle {
     /// Every invocation so far, in the order they ended.
     pub fn invocations(&self) -> Vec<InvocationRecord> {
         self.shared.log.lock().expect("log mutex").clone()
+    }
+
+    /// The instances' URLs, by index.
+    pub fn instances(&self) -> Vec<String> {
+        self.shared.instances.urls()
+    }
+
+    /// Puts a new process at `url` in place of instance `index` (one that
+    /// died, say), once it answers `GET /`; from then on invocations go to it.
+    pub async fn replace_instance(&self, index: usize, url: &str) -> anyhow::Result<()> {
+        let url = url.trim_end_matches('/');
+        wait_for_handler(&self.shared.http, url, self.shared.opts.startup_timeout).await?;
+        self.shared.instances.replace(index, url)
     }
 
     /// Waits until kiln's `/api/builds/{id}` (through the app URL) reports

@@ -3,10 +3,13 @@
 //! Functions host through the custom-handler protocol, against the
 //! simulated ARM, Compute Gallery, Resource Graph and Service Bus. Each test
 //! runs a whole scenario in seconds of wall time on a clock 600 times faster.
+//! `scale` instead runs three `kiln serve` processes behind the host, at 300×,
+//! for about a minute.
 
 mod builds;
 mod cycles;
 mod harness;
 mod preflight;
 mod retention;
+mod scale;
 mod sim_cli;

@@ -128,6 +128,12 @@ impl ArmWorld {
         w.template_events(name, now)
     }
 
+    /// Every gallery version a run distributed so far, in order.
+    pub fn publications(&self) -> Vec<world::Publication> {
+        let (w, _) = self.lock();
+        w.publications.clone()
+    }
+
     /// Adds a semantic fault (see [`world::Fault`]).
     pub fn add_fault(&self, fault: world::Fault) {
         let (mut w, _) = self.lock();

@@ -202,8 +202,23 @@ pub struct World {
     pub marketplace: BTreeMap<String, Vec<(String, String)>>,
     pub resources: Vec<Seeded>,
     pub faults: Vec<Fault>,
+    /// Every gallery version a run distributed, in order; a version
+    /// distributed twice (which `versions` would hide, the second
+    /// overwriting the first) shows here twice.
+    pub publications: Vec<Publication>,
     /// Makes names unique and deterministic.
     counter: u64,
+}
+
+/// A gallery version created by a run's distribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// The version's id as the run named it (`…/images/{def}/versions/{v}`).
+    pub version_id: String,
+    /// The template whose run distributed it.
+    pub template: String,
+    /// Sim time the distribution began.
+    pub at: DateTime<Utc>,
 }
 
 impl World {
@@ -218,6 +233,7 @@ impl World {
             marketplace: BTreeMap::new(),
             resources: Vec::new(),
             faults: Vec::new(),
+            publications: Vec::new(),
             counter: 0,
         }
     }
@@ -282,12 +298,23 @@ impl World {
             };
             for out in &run.outputs {
                 if let Some(shared) = &out.shared {
-                    created.push((shared.clone(), from, run.run.schedule.ends, failing.clone()));
+                    created.push((
+                        shared.clone(),
+                        from,
+                        run.run.schedule.ends,
+                        failing.clone(),
+                        t.name.clone(),
+                    ));
                 }
             }
         }
-        for (shared, from, settles, failing) in created {
+        for (shared, from, settles, failing, template) in created {
             let id = format!("{}/versions/{}", shared.definition, shared.version);
+            self.publications.push(Publication {
+                version_id: id.clone(),
+                template,
+                at: from,
+            });
             let location = shared
                 .regions
                 .first()

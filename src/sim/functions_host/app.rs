@@ -1,6 +1,6 @@
 //! The Function App's own HTTP side: the Event Grid webhook the runtime
 //! serves for `eventGridTrigger` functions, and HTTP forwarding of `/api/…`
-//! to the handler (`enableForwardingHttpRequest`).
+//! to the handler (`enableForwardingHttpRequest`), each to one live instance.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{payload, InvocationRecord, Shared, Trigger};
+use super::{payload, Shared, Trigger};
 use crate::host::catalog::TriggerSpec;
 
 /// Largest request body forwarded, as the Functions host limits it (100 MB).
@@ -75,23 +75,21 @@ async fn event_grid(
     let mut all_ok = true;
     for event in &events {
         let started = shared.now();
-        let answer = shared
+        let invoked = shared
             .invoke(
                 function,
                 &payload::event_invocation(function, &spec.binding_name, event, started),
             )
             .await;
-        let status = answer.map(|(s, _)| s);
-        all_ok &= status.is_some_and(|s| (200..300).contains(&s));
-        shared.record(InvocationRecord {
-            function: function.to_string(),
-            trigger: Trigger::EventGrid {
+        all_ok &= invoked.succeeded();
+        shared.record_invocation(
+            function,
+            Trigger::EventGrid {
                 event_id: event["id"].as_str().unwrap_or("").to_string(),
             },
-            status,
-            sim_started: started,
-            sim_ended: shared.now(),
-        });
+            &invoked,
+            started,
+        );
     }
     // Event Grid retries a delivery that was not answered 200.
     if all_ok {
@@ -147,38 +145,37 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
-    let target = format!(
-        "{}{}",
-        shared.opts.handler_url,
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let mut out = shared.http.request(parts.method.clone(), target);
-    for (k, v) in &parts.headers {
-        if !hop_by_hop(k.as_str()) {
-            out = out.header(k, v);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let timeout = shared.timeout_wall(std::time::Duration::from_secs(1));
+    // Any live instance serves it. One that refuses the connection never saw
+    // the request, so the next live one gets it (as the front end routes
+    // around a dead instance); any other failure is the caller's 502.
+    let answer = loop {
+        let Some(instance) = shared.instances.pick(timeout).await else {
+            return (StatusCode::SERVICE_UNAVAILABLE, "no live instance").into_response();
+        };
+        let mut out = shared
+            .http
+            .request(parts.method.clone(), format!("{}{path}", instance.url));
+        for (k, v) in &parts.headers {
+            if !hop_by_hop(k.as_str()) {
+                out = out.header(k, v);
+            }
         }
-    }
-    let answer = match out
-        .timeout(
-            shared
-                .wall(shared.opts.function_timeout)
-                .max(std::time::Duration::from_secs(1)),
-        )
-        .body(body)
-        .send()
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            return (
-                StatusCode::BAD_GATEWAY,
-                format!("the handler gave no answer: {e}"),
-            )
-                .into_response()
+        match out.timeout(timeout).body(body.clone()).send().await {
+            Ok(a) => break a,
+            Err(e) if e.is_connect() => shared.instances.mark_down(&instance),
+            Err(e) => {
+                return (
+                    StatusCode::BAD_GATEWAY,
+                    format!("the handler gave no answer: {e}"),
+                )
+                    .into_response()
+            }
         }
     };
     let status = answer.status();

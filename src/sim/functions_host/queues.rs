@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{payload, InvocationRecord, Settled, Shared, Trigger};
+use super::{payload, Invoked, Settled, Shared, Trigger};
 use crate::host::catalog::FunctionSpec;
 use crate::providers::azure::identity::SIM_TOKEN;
 
@@ -125,6 +125,11 @@ pub(super) async fn worker(
 ) {
     let function = spec.name.as_str();
     while !*stopped.borrow() {
+        // The instance first: nothing is taken off the queue while no
+        // instance is live to run it.
+        let Some(instance) = shared.instances.pick(Duration::from_secs(1)).await else {
+            continue;
+        };
         let d = match receive(&shared, &queue).await {
             Ok(Some(d)) => d,
             Ok(None) => continue,
@@ -156,23 +161,27 @@ pub(super) async fn worker(
             .and_then(parse_rfc1123)
             .unwrap_or(started);
         let renew_until = started + shared.opts.max_auto_lock_renewal;
-        let answer = tokio::select! {
-            a = shared.invoke(function, &body) => a,
-            _ = keep_lock(&shared, &d.location, until, renew_until) => None,
+        // A refused connection, a broken-off answer, a 5xx or the function
+        // timeout all fail the invocation: the message is abandoned and
+        // Service Bus delivers it again, to whichever instance takes it.
+        let invoked = tokio::select! {
+            a = shared.invoke_on(instance.clone(), function, &body) => a,
+            _ = keep_lock(&shared, &d.location, until, renew_until) => Invoked {
+                instance: Some(instance),
+                answer: None,
+            },
         };
-        let ok = answer.as_ref().is_some_and(|(s, _)| (200..300).contains(s));
-        let settled = settle(&shared, &d.location, ok).await;
-        shared.record(InvocationRecord {
-            function: function.to_string(),
-            trigger: Trigger::Queue {
+        let settled = settle(&shared, &d.location, invoked.succeeded()).await;
+        shared.record_invocation(
+            function,
+            Trigger::Queue {
                 queue: queue.clone(),
                 message_id,
                 delivery_count,
                 settled,
             },
-            status: answer.map(|(s, _)| s),
-            sim_started: started,
-            sim_ended: shared.now(),
-        });
+            &invoked,
+            started,
+        );
     }
 }

@@ -492,3 +492,5 @@ async fn a_handler_that_never_answers_stops_the_host_from_starting() {
     let e = FunctionsHost::start(o).await.err().unwrap().to_string();
     assert!(e.contains("did not answer GET /"), "{e}");
 }
+
+mod scaled;

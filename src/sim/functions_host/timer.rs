@@ -1,5 +1,6 @@
-//! Timer triggers: NCRONTAB occurrences in sim time, one firing at a time;
-//! occurrences missed while a firing ran are delivered once, past due.
+//! Timer triggers: NCRONTAB occurrences in sim time, one firing at a time
+//! for the whole app (however many instances it runs on), each on one
+//! instance; occurrences missed while a firing ran are delivered once, past due.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::{payload, InvocationRecord, Shared, Trigger};
+use super::{payload, Shared, Trigger};
 use crate::host::catalog::FunctionSpec;
 use crate::host::timers;
 
@@ -68,15 +69,18 @@ pub(super) async fn run(
             },
             now,
         );
-        let answer = shared.invoke(function, &body).await;
+        // One instance runs the firing. When it fails (a refused
+        // connection, a 5xx, the timeout), the real host does not retry it
+        // (a timer is retried only under a `retry` policy in function.json,
+        // and kiln sets none): the schedule monitor records the occurrence
+        // and the next one fires as usual. (An instance that dies holding
+        // the timer's blob lease loses it when the lease lapses; another
+        // instance takes it, and with `useMonitor` fires once, past due, if
+        // it finds an occurrence missed.) So here: the firing is recorded
+        // with its failure, and the next occurrence fires on its tick.
+        let invoked = shared.invoke(function, &body).await;
+        shared.record_invocation(function, Trigger::Timer { past_due }, &invoked, now);
         let ended = shared.now();
-        shared.record(InvocationRecord {
-            function: function.to_string(),
-            trigger: Trigger::Timer { past_due },
-            status: answer.map(|(s, _)| s),
-            sim_started: now,
-            sim_ended: ended,
-        });
         last = Some((due, ended));
         // Occurrences that passed while this one ran collapse into one late firing.
         if timers::missed_since(&cron, due, ended) {
