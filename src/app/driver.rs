@@ -212,8 +212,26 @@ pub async fn admit_queued(app: &App) {
         }
     };
     for id in ids {
-        if let Err(e) = Box::pin(advance(app, &id, None)).await {
-            tracing::warn!(build = %id, error = %e, "cannot start queued build");
+        let still_queued = match Box::pin(advance(app, &id, None)).await {
+            Ok(b) => b.is_some_and(|b| matches!(b.state, BuildState::Queued)),
+            Err(e) => {
+                tracing::warn!(build = %id, error = %e, "cannot start queued build");
+                true
+            }
+        };
+        // Once the factory is full, the rest of the queue cannot start
+        // either: stop instead of asking the store about every queued
+        // build (each ask is several requests on Table Storage). A build
+        // held back only by its own pipeline's cap does not stop the others.
+        if still_queued {
+            match app.store.active_builds().await {
+                Ok(n) if n >= app.settings.max_active_builds as usize => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count active builds");
+                    break;
+                }
+            }
         }
     }
 }

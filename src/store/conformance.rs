@@ -451,6 +451,7 @@ pub async fn two_claimants_of_the_last_slot_get_one_slot(p: Pair) {
         .filter(|b| !matches!(b.state, BuildState::Queued))
         .count();
     assert_eq!(active, 1);
+    assert_eq!(p.b.active_builds().await.unwrap(), 1);
 }
 
 pub async fn a_finished_build_gives_its_slot_to_the_next(p: Pair) {

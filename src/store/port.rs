@@ -272,6 +272,8 @@ pub trait BuildStore: Send + Sync {
     async fn due(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<String>>;
     /// Queued builds, oldest first.
     async fn queued(&self) -> anyhow::Result<Vec<String>>;
+    /// Builds holding a place under the global cap (a hint: a claim decides).
+    async fn active_builds(&self) -> anyhow::Result<usize>;
 }
 
 /// What a pipeline carries between builds: its breaker and watcher memory.

@@ -7,12 +7,12 @@
 //! must end exactly once, no version may be published twice, no request may
 //! be lost, and the global cap must hold across the instances.
 //!
-//! The store is one SQLite file in a data folder all three share (one
-//! machine). With `KILN_SCALE_TABLE_CONNECTION` set to a Storage connection
-//! string with a `TableEndpoint` (Azurite's, say), the same test runs on
-//! Table Storage instead: each instance on its own data folder, the table
-//! endpoint behind a counting proxy that gives the store's transactions per
-//! build.
+//! The store is Table Storage, as in Azure: an Azurite the test starts, or
+//! the account `KILN_SCALE_TABLE_CONNECTION` names (a connection string
+//! with a `TableEndpoint`). Each instance has its own data folder; the
+//! table endpoint is behind a counting proxy that gives the store's
+//! transactions per build. `KILN_SCALE_STORE=sqlite` runs the same scenario
+//! on one SQLite file the three share instead (one machine).
 
 mod proxy;
 
@@ -56,13 +56,30 @@ enum SharedStore {
         connection: String,
         prefix: String,
         proxy: CountingProxy,
+        /// The Azurite the test started, if it did (stopped on drop).
+        _azurite: Option<kiln::store::table::testing::Azurite>,
     },
 }
 
 impl SharedStore {
     async fn from_env(dir: &Path) -> SharedStore {
-        match std::env::var("KILN_SCALE_TABLE_CONNECTION") {
-            Ok(given) if !given.trim().is_empty() => {
+        if std::env::var("KILN_SCALE_STORE").as_deref() == Ok("sqlite") {
+            return SharedStore::Sqlite {
+                data_dir: dir.join("data"),
+            };
+        }
+        let (given, azurite) = match std::env::var("KILN_SCALE_TABLE_CONNECTION") {
+            Ok(given) if !given.trim().is_empty() => (given, None),
+            _ => {
+                let azurite = kiln::store::table::testing::Azurite::start();
+                (
+                    azurite.connection_string().expose().to_string(),
+                    Some(azurite),
+                )
+            }
+        };
+        {
+            {
                 // The endpoint's origin first (the proxy forwards there),
                 // then the string with the proxy's own URL in its place.
                 let (_, target) = through_proxy(&given, "http://127.0.0.1:1").expect(
@@ -75,11 +92,9 @@ impl SharedStore {
                     connection,
                     prefix,
                     proxy,
+                    _azurite: azurite,
                 }
             }
-            _ => SharedStore::Sqlite {
-                data_dir: dir.join("data"),
-            },
         }
     }
 
@@ -108,9 +123,10 @@ impl SharedStore {
         match self {
             SharedStore::Sqlite { .. } => "n/a (sqlite)".into(),
             SharedStore::Table { proxy, .. } => format!(
-                "{:.1} ({} requests to Table Storage)",
+                "{:.1} ({} requests to Table Storage: {:?})",
                 proxy.requests() as f64 / builds as f64,
-                proxy.requests()
+                proxy.requests(),
+                proxy.by_kind()
             ),
         }
     }
@@ -482,9 +498,7 @@ async fn scale_three_instances_build_exactly_once_under_one_cap() {
         env,
         procs: Vec::new(),
     };
-    // The first instance creates the store, the others join it: first
-    // opens of a new SQLite file at the same moment race in its migrations
-    // (a deferred transaction that reads, then writes, gets SQLITE_BUSY).
+    // One after the other, as instances join a running app.
     let first = fleet.spawn("0", &store);
     fleet.ready(first).await;
     for i in 1..INSTANCES {

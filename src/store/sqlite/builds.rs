@@ -373,6 +373,17 @@ impl BuildStore for SqliteStore {
         })
     }
 
+    async fn active_builds(&self) -> anyhow::Result<usize> {
+        self.db.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM builds WHERE terminal = 0 AND state != 'queued'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as usize)
+        })
+    }
+
     async fn queued(&self) -> anyhow::Result<Vec<String>> {
         self.db.with(|c| {
             let mut stmt =

@@ -88,7 +88,9 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)",
     )?;
     for (name, sql) in MIGRATIONS {
-        let tx = conn.transaction()?;
+        // Immediate: two processes opening a new file at once must not both
+        // read "not applied" and then race to apply it.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let done: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM schema_migrations WHERE name = ?1)",
             [name],

@@ -20,6 +20,8 @@ use crate::store::table::{BatchOp, Entity, Filter, IfMatch, TableError};
 /// A slot taken by a claim whose build is still queued this long after is
 /// taken back: the claimant died between taking the slot and starting.
 const SLOT_CLAIM_GRACE: i64 = 120;
+/// Seconds between two looks for abandoned slots on one instance.
+const RECLAIM_EVERY: i64 = 60;
 
 /// A build row, as kept.
 struct Row {
@@ -345,6 +347,20 @@ impl TableStore {
             Ok(n)
         };
         if held(&slots)? >= cap as usize {
+            // Checking every holder is a read per slot; a full factory is
+            // the normal case, an abandoned slot (a crash between a claim
+            // and its commit) the rare one, so look at most once a minute.
+            let due = {
+                let mut last = self.last_reclaim.lock().expect("reclaim clock");
+                let due = last.is_none_or(|at| now - at >= Duration::seconds(RECLAIM_EVERY));
+                if due {
+                    *last = Some(now);
+                }
+                due
+            };
+            if !due {
+                return Ok(None);
+            }
             slots = self.reclaim_slots(slots, now).await?;
             if held(&slots)? >= cap as usize {
                 return Ok(None);
@@ -817,6 +833,16 @@ impl BuildStore for TableStore {
         }
         due.sort();
         Ok(due.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// The held slots (one small partition), stale holders included until
+    /// a claim takes them back.
+    async fn active_builds(&self) -> anyhow::Result<usize> {
+        let mut held = 0;
+        for s in self.slots().await? {
+            held += usize::from(opt_text(&s, "Holder")?.is_some());
+        }
+        Ok(held)
     }
 
     async fn queued(&self) -> anyhow::Result<Vec<String>> {

@@ -61,6 +61,8 @@ pub struct TableStore {
     pipelines: Mutex<HashMap<String, String>>,
     /// Build id → (revision, ETag of the row at that revision).
     etags: Mutex<HashMap<String, (i64, String)>>,
+    /// When this instance last looked for abandoned slots.
+    last_reclaim: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl TableStore {
@@ -81,6 +83,7 @@ impl TableStore {
             table,
             pipelines: Mutex::new(HashMap::new()),
             etags: Mutex::new(HashMap::new()),
+            last_reclaim: Mutex::new(None),
         })
     }
 

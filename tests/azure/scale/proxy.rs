@@ -18,6 +18,7 @@ pub struct CountingProxy {
     /// `http://127.0.0.1:PORT`, the proxy's origin.
     pub url: String,
     count: Arc<AtomicU64>,
+    kinds: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -26,6 +27,38 @@ struct Forward {
     target: String,
     http: reqwest::Client,
     count: Arc<AtomicU64>,
+    kinds: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>,
+}
+
+/// What a Table Storage request is, by its method and URL.
+fn kind(method: &axum::http::Method, path_and_query: &str) -> &'static str {
+    let decoded = path_and_query.replace("%24", "$");
+    match method.as_str() {
+        "POST" if decoded.contains("$batch") => "batch",
+        "GET" if decoded.contains("$filter") => "query",
+        "GET" if decoded.contains("PartitionKey=") => {
+            let row = decoded
+                .split("RowKey='")
+                .nth(1)
+                .unwrap_or("")
+                .replace("%3A", ":");
+            if decoded.contains("PartitionKey='ids'") {
+                "point read: build index"
+            } else if row.starts_with("b:") {
+                "point read: build"
+            } else if row.starts_with("state") {
+                "point read: pipeline state"
+            } else if row.starts_with("k:") {
+                "point read: request key"
+            } else if row.starts_with("c:") {
+                "point read: cleanup"
+            } else {
+                "point read: other"
+            }
+        }
+        "GET" => "other read",
+        _ => "single write",
+    }
 }
 
 /// Headers of one hop, not passed on.
@@ -39,6 +72,15 @@ fn hop_by_hop(name: &str) -> bool {
 async fn forward(State(f): State<Forward>, req: Request) -> Response {
     f.count.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
+    let k = kind(
+        &parts.method,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+    );
+    *f.kinds.lock().unwrap().entry(k).or_default() += 1;
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
         return StatusCode::BAD_REQUEST.into_response();
     };
@@ -76,7 +118,9 @@ impl CountingProxy {
     /// Forwards to `target` (`http://host:port`, no path).
     pub async fn start(target: &str) -> CountingProxy {
         let count = Arc::new(AtomicU64::new(0));
+        let kinds = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
         let state = Forward {
+            kinds: kinds.clone(),
             target: target.trim_end_matches('/').to_string(),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -90,7 +134,17 @@ impl CountingProxy {
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
-        CountingProxy { url, count, task }
+        CountingProxy {
+            url,
+            count,
+            kinds,
+            task,
+        }
+    }
+
+    /// Requests so far by kind (batch, query, point read, …).
+    pub fn by_kind(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.kinds.lock().unwrap().clone()
     }
 
     /// Requests forwarded (or tried) so far.
