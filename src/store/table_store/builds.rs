@@ -194,6 +194,14 @@ fn lost(e: &TableError) -> Option<Lost> {
 }
 
 impl TableStore {
+    /// A listing names each build's partition: the pipeline, for later
+    /// reads by id without the index.
+    fn learn_pipeline(&self, id: &str, e: &Entity) {
+        if let Some(p) = e.partition_key.strip_prefix("p:") {
+            self.cache_pipeline(id, p);
+        }
+    }
+
     async fn state_row(&self, pipeline: &str) -> anyhow::Result<Option<Entity>> {
         Ok(self
             .client
@@ -681,24 +689,43 @@ impl BuildStore for TableStore {
         // attempt landed finds its own key, which is a creation, not a repeat.
         let mut made: Option<Build> = None;
         for _ in 0..RACES {
-            let state = self.state_row(a.pipeline).await?;
-            if let Some(k) = self.client.get(&self.table, &pk, &krow).await? {
-                let id = text(&k, "BuildId")?;
+            // One read of the partition: its state row, the request's key
+            // row and its builds' summaries.
+            let filter = Filter::eq("PartitionKey", pk.clone()).and(
+                Filter::eq("RowKey", STATE_ROW)
+                    .or(Filter::eq("RowKey", krow.clone()))
+                    .or(Filter::eq("Kind", "build")),
+            );
+            let mut rows = self
+                .client
+                .query(
+                    &self.table,
+                    &filter,
+                    Some(&[
+                        "Kind",
+                        "Id",
+                        "State",
+                        "CreatedAt",
+                        "Version",
+                        "RowVersion",
+                        "BuildId",
+                        "BreakerOpenSince",
+                    ]),
+                    None,
+                )
+                .await?;
+            let state = rows
+                .iter()
+                .position(|e| e.row_key == STATE_ROW)
+                .map(|i| rows.swap_remove(i));
+            if let Some(k) = rows.iter().find(|e| e.row_key == krow) {
+                let id = text(k, "BuildId")?;
                 return Ok(match made {
                     Some(b) if b.id == id => Admitted::Created(Box::new(b)),
                     Some(_) | None => Admitted::Existing(id),
                 });
             }
-            let filter = Filter::eq("PartitionKey", pk.clone()).and(Filter::eq("Kind", "build"));
-            let rows = self
-                .client
-                .query(
-                    &self.table,
-                    &filter,
-                    Some(&["Id", "State", "CreatedAt", "Version", "RowVersion"]),
-                    None,
-                )
-                .await?;
+            rows.retain(|e| e.row_key.starts_with("b:"));
             let mut queued: Option<(String, String, i64)> = None;
             let mut taken: Vec<ImageVersion> = a.gallery_versions.to_vec();
             for e in &rows {
@@ -756,11 +783,6 @@ impl BuildStore for TableStore {
                         Ok(b) => b,
                         Err(reason) => return Ok(Admitted::Refused(reason)),
                     };
-                    // The index first: a build is found by id only once it
-                    // exists, and an index row without its build reads as none.
-                    let mut index = Entity::new(IDS, build.id.clone());
-                    index.set("Pipeline", a.pipeline);
-                    self.client.upsert(&self.table, &index).await?;
                     self.cache_pipeline(&build.id, a.pipeline);
                     made = Some(build.clone());
                     key.set("BuildId", build.id.as_str());
@@ -782,7 +804,25 @@ impl BuildStore for TableStore {
                     (ops, Admitted::Created(Box::new(build)))
                 }
             };
-            match self.client.batch(&self.table, &pk, &ops).await {
+            // The build-id index is written beside the batch, not before
+            // it: an index row without its build reads as no build, and a
+            // build whose index row is missing is still found (by a query;
+            // see `pipeline_of`), so neither order can lose one.
+            let index = async {
+                match &result {
+                    Admitted::Created(b) => {
+                        let mut index = Entity::new(IDS, b.id.clone());
+                        index.set("Pipeline", a.pipeline);
+                        self.client.upsert(&self.table, &index).await.map(|_| ())
+                    }
+                    _ => Ok(()),
+                }
+            };
+            let (batch, index) = tokio::join!(self.client.batch(&self.table, &pk, &ops), index);
+            if let Err(e) = index {
+                tracing::warn!(pipeline = a.pipeline, error = %e, "build index not written; the build is found by a query");
+            }
+            match batch {
                 Ok(etags) => {
                     if let Admitted::Created(b) = &result {
                         self.cache_etag(&b.id, 1, etags.into_iter().next().flatten());
@@ -828,7 +868,9 @@ impl BuildStore for TableStore {
         for e in &rows {
             let next = opt_text(e, "NextPollAt")?;
             if next.is_none_or(|n| n <= now) {
-                due.push((text(e, "CreatedAt")?, text(e, "Id")?));
+                let id = text(e, "Id")?;
+                self.learn_pipeline(&id, e);
+                due.push((text(e, "CreatedAt")?, id));
             }
         }
         due.sort();
@@ -853,7 +895,11 @@ impl BuildStore for TableStore {
             .await?;
         let mut queued = rows
             .iter()
-            .map(|e| Ok((text(e, "CreatedAt")?, text(e, "Id")?)))
+            .map(|e| {
+                let id = text(e, "Id")?;
+                self.learn_pipeline(&id, e);
+                Ok((text(e, "CreatedAt")?, id))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         queued.sort();
         Ok(queued.into_iter().map(|(_, id)| id).collect())

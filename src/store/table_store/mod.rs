@@ -137,10 +137,29 @@ impl TableStore {
         if let Some(p) = self.pipelines.lock().expect("pipeline cache").get(id) {
             return Ok(Some(p.clone()));
         }
-        let Some(e) = self.client.get(&self.table, IDS, id).await? else {
+        if let Some(e) = self.client.get(&self.table, IDS, id).await? {
+            let p = text(&e, "Pipeline")?;
+            self.cache_pipeline(id, &p);
+            return Ok(Some(p));
+        }
+        // No index row: the admission's index write failed, or there is no
+        // such build. A query over the table tells which (and repairs it).
+        let filter = super::table::Filter::eq("RowKey", format!("b:{id}"));
+        let found = self
+            .client
+            .query(&self.table, &filter, Some(&["Id"]), None)
+            .await?;
+        let Some(e) = found.first() else {
             return Ok(None);
         };
-        let p = text(&e, "Pipeline")?;
+        let p = e
+            .partition_key
+            .strip_prefix("p:")
+            .with_context(|| format!("build {id} is in partition {}", e.partition_key))?
+            .to_string();
+        let mut index = Entity::new(IDS, id);
+        index.set("Pipeline", p.as_str());
+        self.client.upsert(&self.table, &index).await?;
         self.cache_pipeline(id, &p);
         Ok(Some(p))
     }
@@ -262,6 +281,37 @@ fn is_conflict(e: &TableError) -> bool {
 
 /// Attempts at a read-decide-write before giving up on a contended row.
 const RACES: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{admit, build, t0};
+    use crate::store::port::BuildStore;
+    use crate::store::table::testing::Azurite;
+    use crate::store::table::IfMatch;
+
+    #[tokio::test]
+    async fn a_build_whose_index_row_is_lost_is_still_found_and_the_index_repaired() {
+        let azurite = Azurite::start();
+        let a = TableStore::open(azurite.client(), "kiln").await.unwrap();
+        admit(&a, &build("b1", "p", t0())).await;
+        let client = azurite.client();
+        client
+            .delete("kilnstate", IDS, "b1", IfMatch::Any)
+            .await
+            .unwrap();
+        // Another instance, which never saw the build.
+        let b = TableStore::open(azurite.client(), "kiln").await.unwrap();
+        let (found, _) = b
+            .get("b1")
+            .await
+            .unwrap()
+            .expect("found without its index row");
+        assert_eq!(found.pipeline, "p");
+        assert!(client.get("kilnstate", IDS, "b1").await.unwrap().is_some());
+        assert!(b.get("nope").await.unwrap().is_none());
+    }
+}
 
 #[cfg(test)]
 mod conformance {
