@@ -810,6 +810,68 @@ pub async fn timer_memory_is_shared(p: Pair) {
     );
 }
 
+pub async fn long_texts_are_kept_whole(p: Pair) {
+    // Past one Table Storage property (32 Ki UTF-16 units), with
+    // multi-byte characters on the cut.
+    let long = |n: usize| "é".repeat(n);
+    let b = build("b1", "p", t0());
+    admit(&*p.a, &b).await;
+    let (read, v) = p.a.get("b1").await.unwrap().unwrap();
+    let extras = Extras {
+        outbox: Some(OutboxRow {
+            event_id: "big".into(),
+            body: long(60_000),
+            at: t0(),
+        }),
+        ..Default::default()
+    };
+    let next = failed(&read);
+    let cause = long(40_000);
+    p.a.commit(&Transition {
+        build: &next,
+        expected: v,
+        from: &read.state,
+        cause: Some(&cause),
+        next_poll_at: None,
+        now: t0(),
+        extras: &extras,
+    })
+    .await
+    .unwrap();
+    assert_eq!(p.b.history("b1").await.unwrap()[1].cause, cause);
+    let claimed =
+        p.b.outbox_claim(t0(), Duration::seconds(30), 12, 10)
+            .await
+            .unwrap();
+    assert_eq!(claimed[0].body, long(60_000));
+    p.a.record_dead_letter(&NewDeadLetter {
+        queue: "build-requests",
+        message_id: "m",
+        body: &long(100_000),
+        reason: "too big to parse",
+        delivery_count: 1,
+        now: t0(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(p.b.dead_letters(1).await.unwrap()[0].body, long(100_000));
+    p.a.update_memory("p", |m| m.warnings = vec![long(40_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        p.b.runtime("p").await.unwrap().memory.warnings,
+        vec![long(40_000)]
+    );
+    // Back to short: the long form does not linger.
+    p.b.update_memory("p", |m| m.warnings = vec!["short".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        p.a.runtime("p").await.unwrap().memory.warnings,
+        vec!["short".to_string()]
+    );
+}
+
 /// Runs every case against `$pair` (an async expression giving a fresh [`Pair`]).
 #[macro_export]
 macro_rules! conformance_suite {
@@ -838,6 +900,7 @@ macro_rules! conformance_suite {
             dead_letters_keep_body_and_reason_newest_first,
             a_lease_has_one_holder_until_it_expires,
             timer_memory_is_shared,
+            long_texts_are_kept_whole,
         );
     };
     (@cases $pair:expr; $($case:ident),* $(,)?) => {

@@ -97,8 +97,8 @@ fn history_entity(
     e.set("Kind", "history")
         .set("At", ts(at))
         .set("From", from.unwrap_or(""))
-        .set("To", to)
-        .set("Cause", cause);
+        .set("To", to);
+    set_long_text(&mut e, "Cause", cause);
     e
 }
 
@@ -623,7 +623,7 @@ impl BuildStore for TableStore {
                     at: parse_ts(&text(e, "At")?),
                     from: opt_text(e, "From")?,
                     to: text(e, "To")?,
-                    cause: text(e, "Cause")?,
+                    cause: long_text(e, "Cause")?,
                 })
             })
             .collect()
@@ -915,9 +915,7 @@ impl PipelineStore for TableStore {
         Ok(PipelineRuntime {
             consecutive_failures: int(&s, "Failures")? as u32,
             breaker_open_since: opt_text(&s, "BreakerOpenSince")?.map(|t| parse_ts(&t)),
-            memory: opt_text(&s, "Memory")?
-                .and_then(|m| serde_json::from_str(&m).ok())
-                .unwrap_or_default(),
+            memory: serde_json::from_str(&long_text(&s, "Memory")?).unwrap_or_default(),
         })
     }
 
@@ -929,14 +927,12 @@ impl PipelineStore for TableStore {
         for _ in 0..RACES {
             let state = self.state_row(pipeline).await?;
             let mut mem: PipelineMemory = match &state {
-                Some(s) => opt_text(s, "Memory")?
-                    .and_then(|m| serde_json::from_str(&m).ok())
-                    .unwrap_or_default(),
+                Some(s) => serde_json::from_str(&long_text(s, "Memory")?).unwrap_or_default(),
                 None => PipelineMemory::default(),
             };
             f(&mut mem);
             let mut props = Entity::new("", "");
-            props.set("Memory", serde_json::to_string(&mem)?);
+            set_long_text(&mut props, "Memory", &serde_json::to_string(&mem)?);
             let op = touch_state(pipeline, &state, Utc::now(), props);
             let written = match op {
                 BatchOp::Merge { entity, if_match } => {

@@ -222,9 +222,13 @@ fn int(e: &Entity, name: &str) -> anyhow::Result<i64> {
 /// 64 KiB, UTF-16 counted); longer ones are split over numbered ones.
 const TEXT_PART: usize = 30_000;
 
+/// Writes `value` as `name`, or split over `name0`, `name1`, … when long.
+/// `{name}Parts` says which (0: the value is in `name`), so that a merge
+/// over an earlier value of the other form reads right.
 fn set_long_text(e: &mut Entity, name: &str, value: &str) {
     if value.len() <= TEXT_PART {
         e.set(name, value);
+        e.set(&format!("{name}Parts"), 0i64);
         return;
     }
     let mut parts = 0i64;
@@ -238,20 +242,15 @@ fn set_long_text(e: &mut Entity, name: &str, value: &str) {
         rest = &rest[cut..];
         parts += 1;
     }
+    e.set(name, "");
     e.set(&format!("{name}Parts"), parts);
 }
 
 fn long_text(e: &Entity, name: &str) -> anyhow::Result<String> {
-    if let Some(v) = e.get_str(name)? {
-        return Ok(v.to_string());
-    }
     let parts = int(e, &format!("{name}Parts"))?;
-    anyhow::ensure!(
-        parts > 0,
-        "row {}/{}: no {name}",
-        e.partition_key,
-        e.row_key
-    );
+    if parts == 0 {
+        return text(e, name);
+    }
     let mut out = String::new();
     for i in 0..parts {
         out.push_str(&text(e, &format!("{name}{i}"))?);

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    int, is_conflict, new_seq, newest_first, opt_text, parse_ts, ppk, text, ts, TableStore, AUDIT,
-    DEAD, EVENTS, LEASES, RACES, TIMERS,
+    int, is_conflict, long_text, new_seq, newest_first, opt_text, parse_ts, ppk, set_long_text,
+    text, ts, TableStore, AUDIT, DEAD, EVENTS, LEASES, RACES, TIMERS,
 };
 use crate::store::port::{
     policy_json, AuditEntry, AuditRecord, AuditStore, CleanupJob, CleanupStore, DeadLetter,
@@ -23,12 +23,12 @@ pub(super) fn outbox_entity(partition: &str, row: &OutboxRow) -> Entity {
     let mut e = Entity::new(partition, format!("o:{}", row.event_id));
     e.set("Kind", "outbox")
         .set("EventId", row.event_id.as_str())
-        .set("Body", row.body.as_str())
         .set("At", ts(row.at))
         .set("NextAttempt", ts(row.at))
         .set("Attempts", 0i64)
         .set("Delivered", false)
         .set("LastError", "");
+    set_long_text(&mut e, "Body", &row.body);
     e
 }
 
@@ -288,7 +288,7 @@ impl OutboxStore for TableStore {
                 Ok(_) => claimed.push(OutboxItem {
                     event_id: text(&row, "EventId")?,
                     locator: row.partition_key.clone(),
-                    body: text(&row, "Body")?,
+                    body: long_text(&row, "Body")?,
                     attempts: int(&row, "Attempts")? as u32,
                 }),
                 // Another deliverer claimed it first.
@@ -428,10 +428,10 @@ impl DeadLetterStore for TableStore {
             e.set("Seq", seq)
                 .set("Queue", d.queue)
                 .set("MessageId", d.message_id)
-                .set("Body", d.body)
                 .set("Reason", d.reason)
                 .set("DeliveryCount", i64::from(d.delivery_count))
                 .set("DeadAt", ts(d.now));
+            set_long_text(&mut e, "Body", d.body);
             match self.client.insert(&self.table, &e).await {
                 Ok(_) => return Ok(()),
                 Err(TableError::Conflict { .. }) => continue,
@@ -449,7 +449,7 @@ impl DeadLetterStore for TableStore {
                     seq: int(e, "Seq")?,
                     queue: text(e, "Queue")?,
                     message_id: text(e, "MessageId")?,
-                    body: text(e, "Body")?,
+                    body: long_text(e, "Body")?,
                     reason: text(e, "Reason")?,
                     delivery_count: int(e, "DeliveryCount")? as u32,
                     dead_at: parse_ts(&text(e, "DeadAt")?),
