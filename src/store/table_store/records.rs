@@ -62,6 +62,18 @@ fn log_partition(template: &str) -> String {
 }
 
 impl TableStore {
+    /// Deletes the chunk rows of one copy of a log (failures are logged:
+    /// an orphaned chunk costs space, not correctness).
+    async fn delete_chunks(&self, pk: &str, generation: &str, rows: i64) {
+        for i in 0..rows {
+            let rk = format!("g{generation}:{i:05}");
+            match self.client.delete(&self.table, pk, &rk, IfMatch::Any).await {
+                Ok(()) | Err(TableError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(partition = pk, error = %e, "a log chunk was not deleted"),
+            }
+        }
+    }
+
     async fn cleanup_query(&self, filter: Filter) -> anyhow::Result<Vec<(String, CleanupJob)>> {
         let rows = self
             .client
@@ -158,14 +170,16 @@ impl CleanupStore for TableStore {
         let pk = log_partition(template);
         let head = self.client.get(&self.table, &pk, "head").await?;
         let old = match &head {
-            Some(h) => Some((int(h, "Generation")?, int(h, "Rows")?)),
+            Some(h) => Some((text(h, "Generation")?, int(h, "Rows")?)),
             None => None,
         };
-        let generation = old.map(|(g, _)| g + 1).unwrap_or(1);
+        // A generation of its own per copy: two instances keeping the same
+        // log at once write apart, and the head names one complete copy.
+        let generation = uuid::Uuid::new_v4().simple().to_string();
         let per_row = LOG_PROPERTY * LOG_PROPERTIES_PER_ROW;
         let mut rows = 0i64;
         for (n, chunk) in body.chunks(per_row).enumerate() {
-            let mut e = Entity::new(pk.clone(), format!("g{generation:06}:{n:05}"));
+            let mut e = Entity::new(pk.clone(), format!("g{generation}:{n:05}"));
             for (i, part) in chunk.chunks(LOG_PROPERTY).enumerate() {
                 e.set(&format!("Data{i:02}"), part.to_vec());
             }
@@ -175,7 +189,7 @@ impl CleanupStore for TableStore {
         }
         let mut new_head = Entity::new(pk.clone(), "head");
         new_head
-            .set("Generation", generation)
+            .set("Generation", generation.as_str())
             .set("Rows", rows)
             .set("Length", body.len() as i64)
             .set("BuildId", build_id)
@@ -188,23 +202,13 @@ impl CleanupStore for TableStore {
             }
             None => self.client.insert(&self.table, &new_head).await,
         };
-        switched.map_err(|e| {
-            anyhow::anyhow!("log of {template}: another copy was kept at the same time ({e}); the later copy is retried")
-        })?;
+        if let Err(e) = switched {
+            // Another copy won: drop ours, keep theirs.
+            self.delete_chunks(&pk, &generation, rows).await;
+            anyhow::bail!("log of {template}: another copy was kept at the same time ({e}); the later copy is retried");
+        }
         if let Some((g, n)) = old {
-            for i in 0..n {
-                let rk = format!("g{g:06}:{i:05}");
-                match self
-                    .client
-                    .delete(&self.table, &pk, &rk, IfMatch::Any)
-                    .await
-                {
-                    Ok(()) | Err(TableError::NotFound { .. }) => {}
-                    Err(e) => {
-                        tracing::warn!(template, error = %e, "an old log chunk was not deleted")
-                    }
-                }
-            }
+            self.delete_chunks(&pk, &g, n).await;
         }
         Ok(())
     }
@@ -215,13 +219,13 @@ impl CleanupStore for TableStore {
             return Ok(None);
         };
         let (generation, rows, length) = (
-            int(&head, "Generation")?,
+            text(&head, "Generation")?,
             int(&head, "Rows")?,
             int(&head, "Length")? as usize,
         );
         let mut out = Vec::with_capacity(length);
         for n in 0..rows {
-            let rk = format!("g{generation:06}:{n:05}");
+            let rk = format!("g{generation}:{n:05}");
             let row = self
                 .client
                 .get(&self.table, &pk, &rk)
@@ -285,9 +289,11 @@ impl OutboxStore for TableStore {
                 .merge(&self.table, &e, IfMatch::Etag(etag))
                 .await
             {
-                Ok(_) => claimed.push(OutboxItem {
+                // The locator keeps the claim's ETag: the outcome is written
+                // only over this claim, not over a later claimant's.
+                Ok(claim) => claimed.push(OutboxItem {
                     event_id: text(&row, "EventId")?,
-                    locator: row.partition_key.clone(),
+                    locator: format!("{}\n{claim}", row.partition_key),
                     body: long_text(&row, "Body")?,
                     attempts: int(&row, "Attempts")? as u32,
                 }),
@@ -301,15 +307,12 @@ impl OutboxStore for TableStore {
     }
 
     async fn outbox_delivered(&self, item: &OutboxItem, now: DateTime<Utc>) -> anyhow::Result<()> {
-        let mut e = Entity::new(item.locator.clone(), format!("o:{}", item.event_id));
+        let (pk, claim) = locate(item)?;
+        let mut e = Entity::new(pk, format!("o:{}", item.event_id));
         e.set("Delivered", true)
             .set("DeliveredAt", ts(now))
             .set("Attempts", i64::from(item.attempts) + 1);
-        Ok(self
-            .client
-            .merge(&self.table, &e, IfMatch::Any)
-            .await
-            .map(|_| ())?)
+        settle(self.client.merge(&self.table, &e, claim).await)
     }
 
     async fn outbox_failed(
@@ -318,15 +321,36 @@ impl OutboxStore for TableStore {
         next_attempt: DateTime<Utc>,
         error: &str,
     ) -> anyhow::Result<()> {
-        let mut e = Entity::new(item.locator.clone(), format!("o:{}", item.event_id));
+        let (pk, claim) = locate(item)?;
+        let mut e = Entity::new(pk, format!("o:{}", item.event_id));
         e.set("NextAttempt", ts(next_attempt))
             .set("Attempts", i64::from(item.attempts) + 1)
             .set("LastError", error);
-        Ok(self
-            .client
-            .merge(&self.table, &e, IfMatch::Any)
-            .await
-            .map(|_| ())?)
+        settle(self.client.merge(&self.table, &e, claim).await)
+    }
+}
+
+/// The partition and the claim's ETag an outbox item was claimed with.
+fn locate(item: &OutboxItem) -> anyhow::Result<(String, IfMatch)> {
+    let (pk, etag) = item.locator.split_once('\n').ok_or_else(|| {
+        anyhow::anyhow!(
+            "outbox event {}: not claimed from this store",
+            item.event_id
+        )
+    })?;
+    Ok((pk.to_string(), IfMatch::Etag(etag.to_string())))
+}
+
+/// An outcome written over a claim that expired and was taken by another
+/// deliverer is dropped: that deliverer's attempt counts instead.
+fn settle(written: Result<String, TableError>) -> anyhow::Result<()> {
+    match written {
+        Ok(_) => Ok(()),
+        Err(e) if is_conflict(&e) => {
+            tracing::info!(error = %e, "outbox claim expired before its outcome was written");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
