@@ -28,6 +28,8 @@ struct Row {
     build: Build,
     revision: i64,
     etag: Option<String>,
+    /// Which write put the row there (see [`TableStore::landed`]).
+    write_id: Option<String>,
 }
 
 fn build_entity(
@@ -35,9 +37,11 @@ fn build_entity(
     revision: i64,
     now: DateTime<Utc>,
     next_poll: Option<DateTime<Utc>>,
+    write_id: &str,
 ) -> anyhow::Result<Entity> {
     let mut e = Entity::new(ppk(&b.pipeline), format!("b:{}", b.id));
     e.set("Kind", "build")
+        .set("WriteId", write_id)
         .set("Id", b.id.as_str())
         .set("State", b.state.name())
         .set("Terminal", b.state.is_terminal())
@@ -61,6 +65,7 @@ fn parse_row(e: Entity) -> anyhow::Result<Row> {
         build,
         revision: int(&e, "RowVersion")?,
         etag: e.etag.clone(),
+        write_id: opt_text(&e, "WriteId")?,
     })
 }
 
@@ -499,13 +504,13 @@ impl TableStore {
         Ok((ops, change))
     }
 
-    /// After a lost reply the batch may have landed: the row then holds
-    /// exactly what this writer wrote.
-    async fn landed(&self, t: &Transition<'_>) -> anyhow::Result<bool> {
+    /// After a lost reply the batch may have landed: the row then carries
+    /// this write's id (another writer's identical build would not).
+    async fn landed(&self, t: &Transition<'_>, write_id: &str) -> anyhow::Result<bool> {
         let Some(row) = self.read_row(&t.build.pipeline, &t.build.id).await? else {
             return Ok(false);
         };
-        Ok(row.revision == t.expected + 1 && row.build == *t.build)
+        Ok(row.revision == t.expected + 1 && row.write_id.as_deref() == Some(write_id))
     }
 
     /// Writes transition `t` (after `before` succeeded for a claim).
@@ -521,6 +526,7 @@ impl TableStore {
         let b = t.build;
         let claim = decided_on.is_some();
         for _ in 0..RACES {
+            let write_id = uuid::Uuid::new_v4().to_string();
             let Some(etag) = self.etag_at(&b.pipeline, &b.id, t.expected).await? else {
                 return Ok(Some((Write::Conflict, None)));
             };
@@ -535,7 +541,7 @@ impl TableStore {
                 None => None,
             };
             let mut ops = vec![BatchOp::Replace {
-                entity: build_entity(b, t.expected + 1, t.now, t.next_poll_at)?,
+                entity: build_entity(b, t.expected + 1, t.now, t.next_poll_at, &write_id)?,
                 if_match: IfMatch::Etag(etag),
             }];
             let (more, change) = self.extras_ops(t, &state, leaves_queue).await?;
@@ -556,7 +562,7 @@ impl TableStore {
                 }
                 Err(e) => match lost(&e) {
                     Some(Lost::First) => {
-                        if self.landed(t).await? {
+                        if self.landed(t, &write_id).await? {
                             return Ok(Some((
                                 Write::Written {
                                     row_version: t.expected + 1,
@@ -788,7 +794,13 @@ impl BuildStore for TableStore {
                     key.set("BuildId", build.id.as_str());
                     let cause = format!("admitted: {}", build.reason);
                     let ops = vec![
-                        BatchOp::Insert(build_entity(&build, 1, a.now, Some(a.now))?),
+                        BatchOp::Insert(build_entity(
+                            &build,
+                            1,
+                            a.now,
+                            Some(a.now),
+                            &uuid::Uuid::new_v4().to_string(),
+                        )?),
                         BatchOp::Insert(key),
                         BatchOp::Insert(history_entity(
                             a.pipeline,
