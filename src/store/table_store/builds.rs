@@ -1,38 +1,31 @@
-//! Builds, admission, slots and pipeline state on Table Storage. See the
-//! module above for the layout and why each decision is one batch.
+//! Builds and admission on Table Storage: reads, transitions as one batch,
+//! slot claims, admission. See the module above for the layout; the slots
+//! are in `slots.rs`, the pipeline's state row in `pipeline.rs`.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 use super::{
     int, is_conflict, key_row, long_text, opt_text, parse_ts, ppk, set_long_text, text, ts,
-    TableStore, IDS, RACES, SLOTS, STATE_ROW,
+    TableStore, RACES, STATE_ROW,
 };
 use crate::domain::build::{Build, BuildState};
-use crate::domain::request::{admit, Admission as Decision, AdmissionView};
-use crate::domain::version::ImageVersion;
 use crate::store::port::{
     Admission, Admitted, BreakerChange, BuildFilter, BuildStore, Caps, HistoryEntry, Outcome,
-    PipelineMemory, PipelineRuntime, PipelineStore, Transition, Write,
+    Transition, Write,
 };
 use crate::store::table::{BatchOp, Entity, Filter, IfMatch, TableError};
 
-/// A slot taken by a claim whose build is still queued this long after is
-/// taken back: the claimant died between taking the slot and starting.
-const SLOT_CLAIM_GRACE: i64 = 120;
-/// Seconds between two looks for abandoned slots on one instance.
-const RECLAIM_EVERY: i64 = 60;
-
 /// A build row, as kept.
-struct Row {
-    build: Build,
+pub(super) struct Row {
+    pub(super) build: Build,
     revision: i64,
     etag: Option<String>,
     /// Which write put the row there (see [`TableStore::landed`]).
     write_id: Option<String>,
 }
 
-fn build_entity(
+pub(super) fn build_entity(
     b: &Build,
     revision: i64,
     now: DateTime<Utc>,
@@ -71,14 +64,14 @@ fn parse_row(e: Entity) -> anyhow::Result<Row> {
 
 /// Where in a build's history an entry goes.
 #[derive(Clone, Copy)]
-enum Entry {
+pub(super) enum Entry {
     /// The step that brought the build to this revision.
     Step(i64),
     /// A note on the build at this revision (a coalesced request), after its step.
     Note(i64),
 }
 
-fn history_entity(
+pub(super) fn history_entity(
     pipeline: &str,
     id: &str,
     at: DateTime<Utc>,
@@ -109,7 +102,7 @@ fn history_entity(
 
 /// The write that makes a decision about a pipeline conditional on the
 /// pipeline's state as read: a merge over its ETag, or the first insert.
-fn touch_state(
+pub(super) fn touch_state(
     pipeline: &str,
     state: &Option<Entity>,
     now: DateTime<Utc>,
@@ -142,7 +135,7 @@ fn touch_state(
 }
 
 /// The breaker after `o`, as properties to merge, and the change to announce.
-fn breaker_after(
+pub(super) fn breaker_after(
     state: &Option<Entity>,
     o: Outcome,
     now: DateTime<Utc>,
@@ -175,14 +168,14 @@ fn breaker_after(
 
 /// Where a failed batch failed: on its first operation (the row the
 /// decision was about) or on another (a row a concurrent writer changed).
-enum Lost {
+pub(super) enum Lost {
     First,
     Other,
 }
 
 /// Only a 409 or 412 is a lost race; a batch refused for its size or a
 /// server error is an error, not a reason to decide again.
-fn lost(e: &TableError) -> Option<Lost> {
+pub(super) fn lost(e: &TableError) -> Option<Lost> {
     match e {
         TableError::BatchFailed {
             index: 0,
@@ -207,14 +200,14 @@ impl TableStore {
         }
     }
 
-    async fn state_row(&self, pipeline: &str) -> anyhow::Result<Option<Entity>> {
+    pub(super) async fn state_row(&self, pipeline: &str) -> anyhow::Result<Option<Entity>> {
         Ok(self
             .client
             .get(&self.table, &ppk(pipeline), STATE_ROW)
             .await?)
     }
 
-    async fn read_row(&self, pipeline: &str, id: &str) -> anyhow::Result<Option<Row>> {
+    pub(super) async fn read_row(&self, pipeline: &str, id: &str) -> anyhow::Result<Option<Row>> {
         let Some(e) = self
             .client
             .get(&self.table, &ppk(pipeline), &format!("b:{id}"))
@@ -278,177 +271,6 @@ impl TableStore {
             .any(|(i, s, c)| s == "queued" && (c.as_str(), i.as_str()) < (created.as_str(), id));
         let active = open.iter().filter(|(_, s, _)| s != "queued").count();
         Ok(!older_queued && active < cap as usize)
-    }
-
-    /// Whether the holder of a slot still needs it: its build runs, or was
-    /// just granted the slot and is about to start.
-    async fn holder_alive(&self, slot: &Entity, now: DateTime<Utc>) -> anyhow::Result<bool> {
-        let (Some(holder), Some(pipeline)) =
-            (opt_text(slot, "Holder")?, opt_text(slot, "HolderPipeline")?)
-        else {
-            return Ok(false);
-        };
-        let Some(row) = self.read_row(&pipeline, &holder).await? else {
-            return Ok(false);
-        };
-        Ok(match row.build.state {
-            BuildState::Queued => {
-                let claimed = opt_text(slot, "ClaimedAt")?.map(|s| parse_ts(&s));
-                claimed.is_some_and(|at| now - at < Duration::seconds(SLOT_CLAIM_GRACE))
-            }
-            ref s => !s.is_terminal(),
-        })
-    }
-
-    /// Slots by index, and how many are held by someone other than `id`.
-    async fn slots(&self) -> anyhow::Result<Vec<Entity>> {
-        Ok(self
-            .client
-            .query(&self.table, &Filter::eq("PartitionKey", SLOTS), None, None)
-            .await?)
-    }
-
-    /// Frees the slots whose holders are gone; returns the slots after.
-    async fn reclaim_slots(
-        &self,
-        slots: Vec<Entity>,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<Entity>> {
-        let mut out = Vec::with_capacity(slots.len());
-        for mut s in slots {
-            if opt_text(&s, "Holder")?.is_some() && !self.holder_alive(&s, now).await? {
-                let mut freed = Entity::new(SLOTS, s.row_key.clone());
-                freed
-                    .set("Holder", "")
-                    .set("HolderPipeline", "")
-                    .set("ClaimedAt", "");
-                let etag = s.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
-                match self.client.replace(&self.table, &freed, etag).await {
-                    Ok(new) => {
-                        tracing::info!(slot = %s.row_key, "took back a slot whose build is gone");
-                        freed.etag = Some(new);
-                        s = freed;
-                    }
-                    Err(e) if is_conflict(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            out.push(s);
-        }
-        Ok(out)
-    }
-
-    /// The lowest free slot under `cap` (the one every concurrent claimant
-    /// reaches for first), after taking back abandoned ones if none is free.
-    async fn free_slot(
-        &self,
-        id: &str,
-        cap: u32,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<Option<(String, Option<String>)>> {
-        let mut slots = self.slots().await?;
-        for s in &slots {
-            if opt_text(s, "Holder")?.as_deref() == Some(id) {
-                return Ok(Some((s.row_key.clone(), s.etag.clone())));
-            }
-        }
-        let held = |slots: &[Entity]| -> anyhow::Result<usize> {
-            let mut n = 0;
-            for s in slots {
-                n += usize::from(opt_text(s, "Holder")?.is_some());
-            }
-            Ok(n)
-        };
-        if held(&slots)? >= cap as usize {
-            // Checking every holder is a read per slot; a full factory is
-            // the normal case, an abandoned slot (a crash between a claim
-            // and its commit) the rare one, so look at most once a minute.
-            let due = {
-                let mut last = self.last_reclaim.lock().expect("reclaim clock");
-                let due = last.is_none_or(|at| now - at >= Duration::seconds(RECLAIM_EVERY));
-                if due {
-                    *last = Some(now);
-                }
-                due
-            };
-            if !due {
-                return Ok(None);
-            }
-            slots = self.reclaim_slots(slots, now).await?;
-            if held(&slots)? >= cap as usize {
-                return Ok(None);
-            }
-        }
-        for n in 0..cap {
-            let key = format!("slot:{n:05}");
-            match slots.iter().find(|s| s.row_key == key) {
-                None => return Ok(Some((key, None))),
-                Some(s) if opt_text(s, "Holder")?.is_none() => {
-                    return Ok(Some((key, s.etag.clone())))
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(None)
-    }
-
-    /// Takes a slot of the global cap for `id`; `false` when none is free.
-    async fn take_slot(
-        &self,
-        id: &str,
-        pipeline: &str,
-        cap: u32,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<bool> {
-        for _ in 0..RACES {
-            let Some((key, etag)) = self.free_slot(id, cap, now).await? else {
-                return Ok(false);
-            };
-            let mut slot = Entity::new(SLOTS, key);
-            slot.set("Holder", id)
-                .set("HolderPipeline", pipeline)
-                .set("ClaimedAt", ts(now));
-            let written = match etag {
-                Some(etag) => {
-                    self.client
-                        .replace(&self.table, &slot, IfMatch::Etag(etag))
-                        .await
-                }
-                None => self.client.insert(&self.table, &slot).await,
-            };
-            match written {
-                Ok(_) => return Ok(true),
-                // Another claimant took it first: look again.
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(false)
-    }
-
-    /// Gives back the slot `id` holds, if any (its build ended, or its claim lost).
-    async fn release_slot(&self, id: &str) {
-        let released = async {
-            let filter = Filter::eq("PartitionKey", SLOTS).and(Filter::eq("Holder", id));
-            for s in self.client.query(&self.table, &filter, None, None).await? {
-                let mut freed = Entity::new(SLOTS, s.row_key.clone());
-                freed
-                    .set("Holder", "")
-                    .set("HolderPipeline", "")
-                    .set("ClaimedAt", "");
-                let etag = s.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
-                match self.client.replace(&self.table, &freed, etag).await {
-                    Ok(_) => {}
-                    Err(e) if is_conflict(&e) => {}
-                    Err(e) => return Err(anyhow::Error::from(e)),
-                }
-            }
-            anyhow::Ok(())
-        };
-        // Not fatal: a slot left held is taken back when the slots run out.
-        if let Err(e) = released.await {
-            tracing::warn!(build = id, error = %e, "slot not released; it is taken back later");
-        }
     }
 
     /// The operations that commit with a transition, after its build row.
@@ -689,168 +511,7 @@ impl BuildStore for TableStore {
     }
 
     async fn admit(&self, a: &Admission<'_>) -> anyhow::Result<Admitted> {
-        let pk = ppk(a.pipeline);
-        let krow = key_row(a.key);
-        // What this call tried to create: a retried batch whose first
-        // attempt landed finds its own key, which is a creation, not a repeat.
-        let mut made: Option<Build> = None;
-        for _ in 0..RACES {
-            // One read of the partition: its state row, the request's key
-            // row and its builds' summaries.
-            let filter = Filter::eq("PartitionKey", pk.clone()).and(
-                Filter::eq("RowKey", STATE_ROW)
-                    .or(Filter::eq("RowKey", krow.clone()))
-                    .or(Filter::eq("Kind", "build")),
-            );
-            let mut rows = self
-                .client
-                .query(
-                    &self.table,
-                    &filter,
-                    Some(&[
-                        "Kind",
-                        "Id",
-                        "State",
-                        "CreatedAt",
-                        "Version",
-                        "RowVersion",
-                        "BuildId",
-                        "BreakerOpenSince",
-                    ]),
-                    None,
-                )
-                .await?;
-            let state = rows
-                .iter()
-                .position(|e| e.row_key == STATE_ROW)
-                .map(|i| rows.swap_remove(i));
-            if let Some(k) = rows.iter().find(|e| e.row_key == krow) {
-                let id = text(k, "BuildId")?;
-                return Ok(match made {
-                    Some(b) if b.id == id => Admitted::Created(Box::new(b)),
-                    Some(_) | None => Admitted::Existing(id),
-                });
-            }
-            rows.retain(|e| e.row_key.starts_with("b:"));
-            let mut queued: Option<(String, String, i64)> = None;
-            let mut taken: Vec<ImageVersion> = a.gallery_versions.to_vec();
-            for e in &rows {
-                let (id, created) = (text(e, "Id")?, text(e, "CreatedAt")?);
-                if text(e, "State")? == "queued"
-                    && queued
-                        .as_ref()
-                        .is_none_or(|(c, i, _)| (&created, &id) < (c, i))
-                {
-                    queued = Some((created, id, int(e, "RowVersion")?));
-                }
-                let v = text(e, "Version")?;
-                taken.push(v.parse().map_err(|err| {
-                    anyhow::anyhow!("row {}/{}: version {v}: {err}", e.partition_key, e.row_key)
-                })?);
-            }
-            let breaker_open = match &state {
-                Some(s) => opt_text(s, "BreakerOpenSince")?.is_some(),
-                None => false,
-            };
-            let view = AdmissionView {
-                existing_for_key: None,
-                queued_build: queued.as_ref().map(|(_, id, _)| id.clone()),
-                breaker_open,
-            };
-            let mut key = Entity::new(pk.clone(), krow.clone());
-            key.set("Kind", "key")
-                .set("Key", a.key)
-                .set("CreatedAt", ts(a.now));
-            let (ops, result) = match admit(a.trigger, &view) {
-                Decision::Existing { build } => return Ok(Admitted::Existing(build)),
-                Decision::Paused { reason } => return Ok(Admitted::Paused(reason)),
-                Decision::Coalesced { build } => {
-                    key.set("BuildId", build.as_str());
-                    let cause = format!("request {} coalesced into this build", a.key);
-                    let revision = queued.as_ref().map(|(_, _, r)| *r).unwrap_or(1);
-                    let entry = history_entity(
-                        a.pipeline,
-                        &build,
-                        a.now,
-                        Entry::Note(revision),
-                        Some("queued"),
-                        "queued",
-                        &cause,
-                    );
-                    let ops = vec![
-                        BatchOp::Insert(key),
-                        BatchOp::Insert(entry),
-                        touch_state(a.pipeline, &state, a.now, Entity::new("", "")),
-                    ];
-                    (ops, Admitted::Coalesced(build))
-                }
-                Decision::New => {
-                    let build = match (a.make)(&taken) {
-                        Ok(b) => b,
-                        Err(reason) => return Ok(Admitted::Refused(reason)),
-                    };
-                    self.cache_pipeline(&build.id, a.pipeline);
-                    made = Some(build.clone());
-                    key.set("BuildId", build.id.as_str());
-                    let cause = format!("admitted: {}", build.reason);
-                    let ops = vec![
-                        BatchOp::Insert(build_entity(
-                            &build,
-                            1,
-                            a.now,
-                            Some(a.now),
-                            &uuid::Uuid::new_v4().to_string(),
-                        )?),
-                        BatchOp::Insert(key),
-                        BatchOp::Insert(history_entity(
-                            a.pipeline,
-                            &build.id,
-                            a.now,
-                            Entry::Step(1),
-                            None,
-                            build.state.name(),
-                            &cause,
-                        )),
-                        touch_state(a.pipeline, &state, a.now, Entity::new("", "")),
-                    ];
-                    (ops, Admitted::Created(Box::new(build)))
-                }
-            };
-            // The build-id index is written beside the batch, not before
-            // it: an index row without its build reads as no build, and a
-            // build whose index row is missing is still found (by a query;
-            // see `pipeline_of`), so neither order can lose one.
-            let index = async {
-                match &result {
-                    Admitted::Created(b) => {
-                        let mut index = Entity::new(IDS, b.id.clone());
-                        index.set("Pipeline", a.pipeline);
-                        self.client.upsert(&self.table, &index).await.map(|_| ())
-                    }
-                    _ => Ok(()),
-                }
-            };
-            let (batch, index) = tokio::join!(self.client.batch(&self.table, &pk, &ops), index);
-            if let Err(e) = index {
-                tracing::warn!(pipeline = a.pipeline, error = %e, "build index not written; the build is found by a query");
-            }
-            match batch {
-                Ok(etags) => {
-                    if let Admitted::Created(b) = &result {
-                        self.cache_etag(&b.id, 1, etags.into_iter().next().flatten());
-                    }
-                    return Ok(result);
-                }
-                // Someone admitted, coalesced or started a build of this
-                // pipeline since the read (or took the key): decide again.
-                Err(e) if lost(&e).is_some() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        anyhow::bail!(
-            "pipeline {}: admission kept losing races; the request is retried",
-            a.pipeline
-        )
+        self.admit_request(a).await
     }
 
     async fn build_for_key(&self, pipeline: &str, key: &str) -> anyhow::Result<Option<String>> {
@@ -915,79 +576,5 @@ impl BuildStore for TableStore {
             .collect::<anyhow::Result<Vec<_>>>()?;
         queued.sort();
         Ok(queued.into_iter().map(|(_, id)| id).collect())
-    }
-}
-
-#[async_trait]
-impl PipelineStore for TableStore {
-    async fn runtime(&self, pipeline: &str) -> anyhow::Result<PipelineRuntime> {
-        let Some(s) = self.state_row(pipeline).await? else {
-            return Ok(PipelineRuntime::default());
-        };
-        Ok(PipelineRuntime {
-            consecutive_failures: int(&s, "Failures")? as u32,
-            breaker_open_since: opt_text(&s, "BreakerOpenSince")?.map(|t| parse_ts(&t)),
-            memory: serde_json::from_str(&long_text(&s, "Memory")?).unwrap_or_default(),
-        })
-    }
-
-    async fn modify_memory(
-        &self,
-        pipeline: &str,
-        f: &mut (dyn for<'m> FnMut(&'m mut PipelineMemory) + Send),
-    ) -> anyhow::Result<()> {
-        for _ in 0..RACES {
-            let state = self.state_row(pipeline).await?;
-            let mut mem: PipelineMemory = match &state {
-                Some(s) => serde_json::from_str(&long_text(s, "Memory")?).unwrap_or_default(),
-                None => PipelineMemory::default(),
-            };
-            f(&mut mem);
-            let mut props = Entity::new("", "");
-            set_long_text(&mut props, "Memory", &serde_json::to_string(&mem)?);
-            let op = touch_state(pipeline, &state, Utc::now(), props);
-            let written = match op {
-                BatchOp::Merge { entity, if_match } => {
-                    self.client.merge(&self.table, &entity, if_match).await
-                }
-                BatchOp::Insert(entity) => self.client.insert(&self.table, &entity).await,
-                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => {
-                    unreachable!("touch_state merges or inserts")
-                }
-            };
-            match written {
-                Ok(_) => return Ok(()),
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        anyhow::bail!("pipeline {pipeline}: its memory kept changing under the update; try again")
-    }
-
-    async fn record_outcome(
-        &self,
-        pipeline: &str,
-        o: Outcome,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<Option<BreakerChange>> {
-        for _ in 0..RACES {
-            let state = self.state_row(pipeline).await?;
-            let (props, change) = breaker_after(&state, o, now)?;
-            let written = match touch_state(pipeline, &state, now, props) {
-                BatchOp::Merge { entity, if_match } => {
-                    self.client.merge(&self.table, &entity, if_match).await
-                }
-                BatchOp::Insert(entity) => self.client.insert(&self.table, &entity).await,
-                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => {
-                    unreachable!("touch_state merges or inserts")
-                }
-            };
-            match written {
-                Ok(_) => return Ok(change),
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        anyhow::bail!("pipeline {pipeline}: the breaker count kept changing; try again")
     }
 }

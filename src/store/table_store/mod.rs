@@ -34,12 +34,20 @@
 //!   a slot whose holder ended or never started (a crash between the two
 //!   writes) is taken back when the slots run out.
 //!
+//! Files: `builds.rs` (reads, transitions, claims), `admission.rs`,
+//! `slots.rs` (the global cap), `pipeline.rs` (breaker and memory),
+//! `records.rs` (cleanup queue, logs, outbox, audit, dead letters, timers,
+//! leases).
+//!
 //! Revisions: the port's revision is the build's `RowVersion`; the ETag of
 //! the row at that revision is cached per build, so a write costs no read
 //! when this instance wrote or read the build last.
 
+mod admission;
 mod builds;
+mod pipeline;
 mod records;
+mod slots;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
