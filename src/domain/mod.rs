@@ -13,6 +13,7 @@ pub mod retention;
 pub mod run;
 pub mod schedule;
 pub mod source_watch;
+pub mod stored_time;
 pub mod template;
 pub mod version;
 pub mod version_order;

@@ -5,21 +5,20 @@ use std::cmp::Ordering;
 use std::io::Read;
 use std::path::Path;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 pub(crate) fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// Instants in the provider's tables, in kiln's one stored format.
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    crate::domain::stored_time::format(t)
 }
 
 pub(crate) fn parse_ts(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    crate::domain::stored_time::parse(s)
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {

@@ -19,6 +19,8 @@ pub use db::Db;
 
 use chrono::{DateTime, Utc};
 
+use crate::domain::stored_time;
+
 use super::port::{OutboxRow, Store};
 
 /// The store port on one database.
@@ -44,18 +46,15 @@ impl Store for SqliteStore {
     }
 }
 
-/// How every table stores an instant: RFC 3339, microseconds, UTC. The
-/// fixed width makes text comparison in SQL agree with time order.
+/// How every table stores an instant ([`crate::domain::stored_time`]).
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    stored_time::format(t)
 }
 
-/// The one reader of stored instants. Rows written by kiln always parse;
-/// anything else reads as the epoch rather than failing a whole listing.
+/// A stored instant. Rows written by kiln always parse; anything else
+/// reads as the epoch rather than failing a whole listing.
 pub(crate) fn parse_ts(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_default()
+    stored_time::parse(s).unwrap_or_default()
 }
 
 /// Queues a CloudEvent for webhook delivery (a repeated id is ignored).

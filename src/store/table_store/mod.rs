@@ -202,11 +202,11 @@ fn key_row(key: &str) -> String {
 /// Instants as the SQLite store writes them: fixed-width RFC 3339 text, so
 /// that string comparison in a `$filter` agrees with time order.
 fn ts(t: DateTime<Utc>) -> String {
-    super::sqlite::ts(t)
+    crate::domain::stored_time::format(t)
 }
 
 fn parse_ts(s: &str) -> DateTime<Utc> {
-    super::sqlite::parse_ts(s)
+    crate::domain::stored_time::parse(s).unwrap_or_default()
 }
 
 /// A string property kiln wrote; its absence is a damaged row.
