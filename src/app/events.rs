@@ -92,7 +92,13 @@ pub struct EventSink {
     file: Option<PathBuf>,
     webhook: Option<Webhook>,
     http: reqwest::Client,
+    /// Every event this process emits, for watchers in the process (the
+    /// app-level tests; a live view). Best effort: a slow receiver lags.
+    live: tokio::sync::broadcast::Sender<CloudEvent>,
 }
+
+/// Events a lagging receiver may fall behind by before it is told it lagged.
+const LIVE_BUFFER: usize = 1024;
 
 impl EventSink {
     pub fn new(store: Arc<dyn Store>, file: Option<PathBuf>, webhook: Option<Webhook>) -> Self {
@@ -105,7 +111,13 @@ impl EventSink {
             file,
             webhook,
             http,
+            live: tokio::sync::broadcast::channel(LIVE_BUFFER).0,
         }
+    }
+
+    /// Events emitted from now on (after the file line is written).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CloudEvent> {
+        self.live.subscribe()
     }
 
     /// The outbox row of an event when a webhook is configured, for the
@@ -139,6 +151,8 @@ impl EventSink {
             f.write_all(line.as_bytes())?;
         }
         tracing::info!(event = %ev.event_type, subject = %ev.subject, "event");
+        // No receiver is the normal case outside tests.
+        let _ = self.live.send(ev.clone());
         Ok(())
     }
 

@@ -65,6 +65,8 @@ pub struct Factory {
     pub provider: LocalProvider,
     /// The embedded queue the host consumes.
     pub queue: LocalQueue,
+    /// The events the factory emits, to wait on.
+    pub events: kiln::app::events::EventSink,
     pub api: String,
     pub http: reqwest::Client,
     stop: watch::Sender<bool>,
@@ -120,6 +122,7 @@ impl Factory {
         let rt = runtime(dir.path(), &opts).await;
         let provider = rt.provider.clone();
         let queue = rt.queue.clone();
+        let events = rt.app.events.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = watch::channel(false);
@@ -130,6 +133,7 @@ impl Factory {
             dir,
             provider,
             queue,
+            events,
             api,
             http: reqwest::Client::new(),
             stop,
@@ -172,22 +176,50 @@ impl Factory {
         v["build"].as_str().unwrap().to_string()
     }
 
-    /// Waits until the build ends; panics with its timeline after `limit`.
+    /// The build as the API shows it.
+    pub async fn build_state(&self, id: &str) -> Value {
+        self.get(&format!("/api/builds/{id}")).await
+    }
+
+    /// Waits until the build ends, woken by the factory's own events
+    /// rather than by polling; panics with its timeline after `limit`.
     pub async fn wait_terminal(&self, id: &str, limit: Duration) -> Value {
-        let start = Instant::now();
+        let deadline = Instant::now() + limit;
+        // Subscribed before the first look: an end between the look and
+        // the wait is still heard.
+        let mut events = self.events.subscribe();
+        let subject = format!("builds/{id}");
         loop {
-            let v = self.get(&format!("/api/builds/{id}")).await;
+            let v = self.build_state(id).await;
             if matches!(
                 v["state"].as_str(),
                 Some("succeeded" | "failed" | "canceled")
             ) {
                 return v;
             }
-            assert!(
-                start.elapsed() < limit,
-                "build {id} did not end in {limit:?}: {v:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "build {id} did not end in {limit:?}: {v:#}");
+            let ended = async {
+                loop {
+                    match events.recv().await {
+                        Ok(ev) if ev.subject == subject => {
+                            if ev.event_type.ends_with(".succeeded")
+                                || ev.event_type.ends_with(".failed")
+                                || ev.event_type.ends_with(".canceled")
+                            {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        // Fell behind: look again.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(left, ended).await;
         }
     }
 
