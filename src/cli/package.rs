@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use crate::app::PipelineSet;
-use crate::host::catalog;
+use crate::host::function_json;
 
 /// One file of the package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub fn entries(root: &Path, binary: &Path) -> anyhow::Result<Vec<Entry>> {
     let executable = executable_path(&host_path, &host_text)?;
 
     let handlers = root.join("handlers");
-    let specs = catalog::load(&handlers)?;
+    let specs = function_json::load(&handlers)?;
 
     let pipelines_dir = root.join("pipelines");
     PipelineSet::load_dir(&pipelines_dir, None).map_err(|errors| {

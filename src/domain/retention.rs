@@ -232,7 +232,7 @@ impl Action {
 
 /// What made a version a candidate for deprecation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub enum DeprecationCause {
     /// Beyond the newest `keepLatest` and older than `minAgeDays`.
     Surplus { keep_latest: u32, min_age_days: u32 },
     /// Older than `maxAgeDays`.
@@ -265,7 +265,7 @@ pub enum Reason {
         max_age_days: u32,
     },
     Deprecating {
-        trigger: Trigger,
+        cause: DeprecationCause,
         end_of_life: DateTime<Utc>,
     },
     GraceRunning {
@@ -288,17 +288,19 @@ impl fmt::Display for When {
     }
 }
 
-impl fmt::Display for Trigger {
+impl fmt::Display for DeprecationCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Trigger::Surplus {
+            DeprecationCause::Surplus {
                 keep_latest,
                 min_age_days,
             } => write!(
                 f,
                 "beyond the newest {keep_latest} versions and older than {min_age_days} days"
             ),
-            Trigger::Expired { max_age_days } => write!(f, "older than {max_age_days} days"),
+            DeprecationCause::Expired { max_age_days } => {
+                write!(f, "older than {max_age_days} days")
+            }
         }
     }
 }
@@ -333,11 +335,11 @@ impl fmt::Display for Reason {
                 "older than {max_age_days} days and deprecated, but among the newest {keep_latest} versions: never deleted while it stays there"
             ),
             Reason::Deprecating {
-                trigger,
+                cause,
                 end_of_life,
             } => write!(
                 f,
-                "{trigger}: exclude from latest, end of life {}",
+                "{cause}: exclude from latest, end of life {}",
                 When(*end_of_life)
             ),
             Reason::GraceRunning {

@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::catalog::{FunctionSpec, TriggerSpec};
+use super::function_json::{FunctionSpec, TriggerSpec};
 use super::timers;
 use crate::app::wire::timer_payload;
 use crate::app::{invoke, App, FunctionName, Invocation, InvokeError};

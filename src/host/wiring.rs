@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::Notify;
 
-use super::catalog::{self, FunctionSpec};
+use super::function_json::{self, FunctionSpec};
 use super::local::{LocalHost, LocalQueuePort};
 use crate::app::events::EventSink;
 use crate::app::{App, PipelineSet};
@@ -94,7 +94,7 @@ pub async fn local_runtime(
     if settings.provider != ProviderKind::Local {
         anyhow::bail!("KILN_PROVIDER: `kiln local` runs the local provider; unset KILN_PROVIDER or set it to `local`");
     }
-    let specs = catalog::load(&settings.handlers_dir)?;
+    let specs = function_json::load(&settings.handlers_dir)?;
     let db = open_db(&settings)?;
     let provider = local_provider(&settings, db.clone())?;
     let pipelines =

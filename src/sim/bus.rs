@@ -50,8 +50,8 @@ impl QueueConfig {
     /// kiln's queues as `infra/queues.json` declares them (the file Bicep
     /// deploys them from).
     pub fn kiln_queues() -> anyhow::Result<Vec<QueueConfig>> {
-        let file = crate::host::catalog::QUEUES_FILE;
-        crate::host::catalog::queues()?
+        let file = crate::host::function_json::QUEUES_FILE;
+        crate::host::function_json::queues()?
             .into_iter()
             .map(|(name, q)| {
                 let duration = |field: &str, text: &str| {

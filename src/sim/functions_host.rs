@@ -1,7 +1,7 @@
 //! The Functions host, simulated: it drives a custom handler (`kiln serve`)
 //! over HTTP the way the Azure Functions host does, on the sim's clock.
 //!
-//! - Reads `handlers/*/function.json` through [`crate::host::catalog`] (the
+//! - Reads `handlers/*/function.json` through [`crate::host::function_json`] (the
 //!   same single source the real host reads) and waits until the handler
 //!   answers `GET /`.
 //! - **Service Bus triggers**: `maxConcurrentCalls` receivers per queue
@@ -50,7 +50,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::host::catalog::{self, FunctionSpec, TriggerSpec};
+use crate::host::function_json::{self, FunctionSpec, TriggerSpec};
 use crate::host::timers;
 use crate::ports::{Clock, ScaledClock};
 use crate::sim::server::SimHandle;
@@ -167,7 +167,7 @@ pub enum Settled {
 /// What triggered an invocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
-pub enum Trigger {
+pub enum InvocationTrigger {
     Queue {
         queue: String,
         message_id: String,
@@ -187,7 +187,7 @@ pub enum Trigger {
 #[serde(rename_all = "camelCase")]
 pub struct InvocationRecord {
     pub function: String,
-    pub trigger: Trigger,
+    pub trigger: InvocationTrigger,
     /// The handler's status; `None` when it gave no answer within the function timeout.
     pub status: Option<u16>,
     pub sim_started: DateTime<Utc>,
@@ -316,7 +316,7 @@ impl Shared {
     fn record_invocation(
         &self,
         function: &str,
-        trigger: Trigger,
+        trigger: InvocationTrigger,
         invoked: &Invoked,
         sim_started: DateTime<Utc>,
     ) {
@@ -338,7 +338,7 @@ impl FunctionsHost {
     /// Reads the catalog, waits for the handler, and starts the triggers and
     /// the app's HTTP side.
     pub async fn start(opts: HostOptions) -> anyhow::Result<HostHandle> {
-        let specs = catalog::load(&opts.handlers_dir)?;
+        let specs = function_json::load(&opts.handlers_dir)?;
         anyhow::ensure!(
             !opts.instances.is_empty(),
             "the app needs at least one instance"

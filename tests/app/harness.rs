@@ -198,7 +198,10 @@ impl Factory {
                 return v;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "build {id} did not end in {limit:?}: {v:#}");
+            assert!(
+                !left.is_zero(),
+                "build {id} did not end in {limit:?}: {v:#}"
+            );
             let ended = async {
                 loop {
                     match events.recv().await {

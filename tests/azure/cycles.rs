@@ -108,7 +108,7 @@ async fn a_patch_tuesday_cycle_builds_once_under_its_cycle_key() {
             .invocations()
             .into_iter()
             .find_map(|i| match i.trigger {
-                kiln::sim::functions_host::Trigger::Queue {
+                kiln::sim::functions_host::InvocationTrigger::Queue {
                     message_id,
                     settled,
                     ..

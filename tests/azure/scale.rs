@@ -25,7 +25,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 
 use kiln::sim::functions_host::payload::{self, TimerFiring};
-use kiln::sim::functions_host::{wait_until, FunctionsHost, HostHandle, HostOptions, Trigger};
+use kiln::sim::functions_host::{
+    wait_until, FunctionsHost, HostHandle, HostOptions, InvocationTrigger,
+};
 use kiln::sim::server::{Sim, SimHandle, SimOptions};
 
 use super::harness::{repo, tiny};
@@ -776,10 +778,10 @@ async fn scale_three_instances_build_exactly_once_under_one_cap() {
         .filter(|r| r.instance_url.as_deref() == Some(killed_url.as_str()) && !r.succeeded())
         .collect();
     for r in &cut {
-        if let Trigger::Queue { message_id, .. } = &r.trigger {
+        if let InvocationTrigger::Queue { message_id, .. } = &r.trigger {
             assert!(
                 invocations.iter().any(|o| matches!(&o.trigger,
-                    Trigger::Queue { message_id: m, settled: kiln::sim::functions_host::Settled::Completed, .. } if m == message_id)),
+                    InvocationTrigger::Queue { message_id: m, settled: kiln::sim::functions_host::Settled::Completed, .. } if m == message_id)),
                 "message {message_id}, cut by the kill, was never completed"
             );
         }

@@ -7,8 +7,8 @@ use std::ops::Bound;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
-    Action, DefinitionStatus, GalleryVersion, ImageVersion, InUseSet, Plan, PlanInput, PlanItem,
-    Reason, RetentionPolicy, Skip, Trigger,
+    Action, DefinitionStatus, DeprecationCause, GalleryVersion, ImageVersion, InUseSet, Plan,
+    PlanInput, PlanItem, Reason, RetentionPolicy, Skip,
 };
 
 /// Plans one definition. See the module documentation for the rules; every
@@ -280,15 +280,12 @@ impl Planner {
                 Some((d, Some(cutoff))) if published < cutoff => Some(d),
                 Some((_, Some(_))) | Some((_, None)) | None => None,
             };
-            let deprecate = |trigger| {
+            let deprecate = |cause| {
                 // Never bring an end of life forward (see module docs).
                 let end_of_life = f.end_of_life.map_or(grace_end, |e| e.max(grace_end));
                 (
                     Action::Deprecate { end_of_life },
-                    Reason::Deprecating {
-                        trigger,
-                        end_of_life,
-                    },
+                    Reason::Deprecating { cause, end_of_life },
                 )
             };
 
@@ -316,7 +313,9 @@ impl Planner {
                             keep_latest: policy.keep_latest,
                             max_age_days,
                         }),
-                        (Some(max_age_days), None) => deprecate(Trigger::Expired { max_age_days }),
+                        (Some(max_age_days), None) => {
+                            deprecate(DeprecationCause::Expired { max_age_days })
+                        }
                     }
                 } else {
                     match f.deprecated_until() {
@@ -329,8 +328,8 @@ impl Planner {
                             deletion_blocked: f.blocked,
                         }),
                         None => deprecate(match expired(published) {
-                            Some(max_age_days) => Trigger::Expired { max_age_days },
-                            None => Trigger::Surplus {
+                            Some(max_age_days) => DeprecationCause::Expired { max_age_days },
+                            None => DeprecationCause::Surplus {
                                 keep_latest: policy.keep_latest,
                                 min_age_days: policy.min_age_days,
                             },

@@ -409,7 +409,7 @@ fn max_age_deprecates_among_the_newest_but_never_deletes_them() {
     assert!(matches!(
         item(&p, "1.0.0").reason,
         Reason::Deprecating {
-            trigger: Trigger::Surplus { .. },
+            cause: DeprecationCause::Surplus { .. },
             ..
         }
     ));

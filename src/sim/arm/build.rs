@@ -47,7 +47,7 @@ impl Default for BuildProfile {
 
 /// AIB `runSubState`, the phases the sim plays (it never optimizes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub enum RunSubState {
     Queued,
     Building,
     Customizing,
@@ -55,14 +55,14 @@ pub enum Phase {
     Distributing,
 }
 
-impl Phase {
+impl RunSubState {
     pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Queued => "Queued",
-            Phase::Building => "Building",
-            Phase::Customizing => "Customizing",
-            Phase::Validating => "Validating",
-            Phase::Distributing => "Distributing",
+            RunSubState::Queued => "Queued",
+            RunSubState::Building => "Building",
+            RunSubState::Customizing => "Customizing",
+            RunSubState::Validating => "Validating",
+            RunSubState::Distributing => "Distributing",
         }
     }
 }
@@ -98,7 +98,7 @@ pub enum Outcome {
 pub struct Schedule {
     pub started: DateTime<Utc>,
     /// Phases reached, each with its start, in order.
-    pub phases: Vec<(Phase, DateTime<Utc>)>,
+    pub phases: Vec<(RunSubState, DateTime<Utc>)>,
     /// Start of each customizer's step.
     pub steps: Vec<DateTime<Utc>>,
     pub ends: DateTime<Utc>,
@@ -112,11 +112,11 @@ fn secs(s: u64) -> chrono::Duration {
 impl Schedule {
     pub fn plan(started: DateTime<Utc>, profile: &BuildProfile, plan: &BuildPlan) -> Self {
         let mut at = started;
-        let mut phases = vec![(Phase::Queued, at)];
+        let mut phases = vec![(RunSubState::Queued, at)];
         at += secs(profile.queued_secs);
-        phases.push((Phase::Building, at));
+        phases.push((RunSubState::Building, at));
         at += secs(profile.building_secs);
-        phases.push((Phase::Customizing, at));
+        phases.push((RunSubState::Customizing, at));
         let n = plan.customizers.len().max(1) as u64;
         let step = profile.customizing_secs / n;
         let steps: Vec<DateTime<Utc>> = (0..plan.customizers.len() as u64)
@@ -135,10 +135,10 @@ impl Schedule {
         }
         at += secs(profile.customizing_secs);
         if plan.validate {
-            phases.push((Phase::Validating, at));
+            phases.push((RunSubState::Validating, at));
             at += secs(profile.validating_secs);
         }
-        phases.push((Phase::Distributing, at));
+        phases.push((RunSubState::Distributing, at));
         at += secs(profile.distributing_secs);
         let outcome = match &plan.failing_region {
             Some(region) => Outcome::PartiallySucceeded {
@@ -156,19 +156,19 @@ impl Schedule {
     }
 
     /// The phase a run is in at `t` (the last one started).
-    pub fn phase_at(&self, t: DateTime<Utc>) -> Phase {
+    pub fn phase_at(&self, t: DateTime<Utc>) -> RunSubState {
         self.phases
             .iter()
             .take_while(|(_, s)| *s <= t)
             .last()
             .map(|(p, _)| *p)
-            .unwrap_or(Phase::Queued)
+            .unwrap_or(RunSubState::Queued)
     }
 
     pub fn distributing_from(&self) -> Option<DateTime<Utc>> {
         self.phases
             .iter()
-            .find(|(p, _)| *p == Phase::Distributing)
+            .find(|(p, _)| *p == RunSubState::Distributing)
             .map(|(_, s)| *s)
     }
 }
@@ -184,8 +184,8 @@ pub struct Cancel {
 /// A run's `runState` at some time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunView {
-    Running(Phase),
-    Canceling(Phase),
+    Running(RunSubState),
+    Canceling(RunSubState),
     Canceled { ended: DateTime<Utc> },
     Ended { outcome: Outcome },
 }
@@ -204,7 +204,7 @@ impl RunView {
         }
     }
 
-    pub fn sub_state(&self) -> Option<Phase> {
+    pub fn sub_state(&self) -> Option<RunSubState> {
         match self {
             RunView::Running(p) | RunView::Canceling(p) => Some(*p),
             RunView::Canceled { .. } | RunView::Ended { .. } => None,
@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn the_default_build_takes_thirty_minutes_through_every_phase() {
         let s = Schedule::plan(t0(), &BuildProfile::default(), &plan(true));
-        let starts: Vec<(Phase, i64)> = s
+        let starts: Vec<(RunSubState, i64)> = s
             .phases
             .iter()
             .map(|(p, at)| (*p, (*at - t0()).num_minutes()))
@@ -339,11 +339,11 @@ mod tests {
         assert_eq!(
             starts,
             vec![
-                (Phase::Queued, 0),
-                (Phase::Building, 2),
-                (Phase::Customizing, 10),
-                (Phase::Validating, 22),
-                (Phase::Distributing, 24)
+                (RunSubState::Queued, 0),
+                (RunSubState::Building, 2),
+                (RunSubState::Customizing, 10),
+                (RunSubState::Validating, 22),
+                (RunSubState::Distributing, 24)
             ]
         );
         assert_eq!(s.ends, t0() + mins(30));
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn without_validate_there_is_no_validating_phase() {
         let s = Schedule::plan(t0(), &BuildProfile::default(), &plan(false));
-        assert!(s.phases.iter().all(|(p, _)| *p != Phase::Validating));
+        assert!(s.phases.iter().all(|(p, _)| *p != RunSubState::Validating));
         assert_eq!(s.ends, t0() + mins(28));
     }
 
@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(run.schedule.ends, t0() + mins(16));
         assert_eq!(
             run.view(t0() + mins(15)),
-            RunView::Running(Phase::Customizing)
+            RunView::Running(RunSubState::Customizing)
         );
         assert_eq!(run.view(t0() + mins(16)).run_state(), "Failed");
         let last = run.events(t0() + mins(60)).pop().unwrap();
@@ -390,7 +390,7 @@ mod tests {
         };
         assert_eq!(
             run.view(t0() + mins(5)),
-            RunView::Canceling(Phase::Building)
+            RunView::Canceling(RunSubState::Building)
         );
         assert_eq!(
             run.view(t0() + mins(7)),
@@ -410,7 +410,7 @@ mod tests {
         });
         assert_eq!(
             run.view(t0() + mins(600)),
-            RunView::Canceling(Phase::Building)
+            RunView::Canceling(RunSubState::Building)
         );
     }
 

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::build::{Outcome, Phase, RunView};
+use super::build::{Outcome, RunSubState, RunView};
 use super::world::{Template, TemplateRun};
 use super::ArmWorld;
 
@@ -38,15 +38,17 @@ pub(crate) fn render_log(t: &Template, run: &TemplateRun, now: DateTime<Utc>) ->
     let mut lines: Vec<(DateTime<Utc>, String)> = Vec::new();
     for (phase, at) in &s.phases {
         let line = match phase {
-            Phase::Queued => format!("PACKER START: image template {} queued", t.name),
-            Phase::Building => "[azure-arm] ==> azure-arm: Creating the build VM ...".to_string(),
-            Phase::Customizing => {
+            RunSubState::Queued => format!("PACKER START: image template {} queued", t.name),
+            RunSubState::Building => {
+                "[azure-arm] ==> azure-arm: Creating the build VM ...".to_string()
+            }
+            RunSubState::Customizing => {
                 "[azure-arm] ==> azure-arm: Waiting for SSH to become available...".to_string()
             }
-            Phase::Validating => {
+            RunSubState::Validating => {
                 "[azure-arm] ==> azure-arm: Running in-VM validations ...".to_string()
             }
-            Phase::Distributing => {
+            RunSubState::Distributing => {
                 "[azure-arm] ==> azure-arm: Capturing image and distributing ...".to_string()
             }
         };

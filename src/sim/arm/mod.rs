@@ -77,7 +77,7 @@ pub struct ArmSimOptions {
     /// The clock's scale, when it is a [`ScaledClock`]: `Retry-After` is sent
     /// in wall seconds. `None`: sim seconds are wall seconds.
     pub scale: Option<ScaledClock>,
-    /// Phase durations of every build, in sim time (also settable through
+    /// Phase (`runSubState`) durations of every build, in sim time (also settable through
     /// `PUT /_sim/arm/profile`).
     pub profile: BuildProfile,
     /// Items per page of gallery version lists and run outputs, small so

@@ -13,8 +13,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{payload, Shared, Trigger};
-use crate::host::catalog::TriggerSpec;
+use super::{payload, InvocationTrigger, Shared};
+use crate::host::function_json::TriggerSpec;
 
 /// Largest request body forwarded, as the Functions host limits it (100 MB).
 const MAX_BODY: usize = 100 * 1024 * 1024;
@@ -84,7 +84,7 @@ async fn event_grid(
         all_ok &= invoked.succeeded();
         shared.record_invocation(
             function,
-            Trigger::EventGrid {
+            InvocationTrigger::EventGrid {
                 event_id: event["id"].as_str().unwrap_or("").to_string(),
             },
             &invoked,

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{payload, Invoked, Settled, Shared, Trigger};
-use crate::host::catalog::FunctionSpec;
+use super::{payload, InvocationTrigger, Invoked, Settled, Shared};
+use crate::host::function_json::FunctionSpec;
 use crate::providers::azure::identity::SIM_TOKEN;
 
 /// A message taken from the sim's Service Bus.
@@ -174,7 +174,7 @@ pub(super) async fn worker(
         let settled = settle(&shared, &d.location, invoked.succeeded()).await;
         shared.record_invocation(
             function,
-            Trigger::Queue {
+            InvocationTrigger::Queue {
                 queue: queue.clone(),
                 message_id,
                 delivery_count,

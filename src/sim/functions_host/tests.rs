@@ -140,12 +140,12 @@ fn queue_records(host: &HostHandle, function: &str) -> Vec<(u64, Settled)> {
         .into_iter()
         .filter(|r| r.function == function)
         .filter_map(|r| match r.trigger {
-            Trigger::Queue {
+            InvocationTrigger::Queue {
                 delivery_count,
                 settled,
                 ..
             } => Some((delivery_count, settled)),
-            Trigger::Timer { .. } | Trigger::EventGrid { .. } => None,
+            InvocationTrigger::Timer { .. } | InvocationTrigger::EventGrid { .. } => None,
         })
         .collect()
 }
@@ -369,7 +369,7 @@ async fn an_invocation_past_the_function_timeout_fails_and_its_message_is_abando
     assert!(
         matches!(
             first.trigger,
-            Trigger::Queue {
+            InvocationTrigger::Queue {
                 delivery_count: 1,
                 settled: Settled::Abandoned,
                 ..

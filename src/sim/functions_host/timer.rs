@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::{payload, Shared, Trigger};
-use crate::host::catalog::FunctionSpec;
+use super::{payload, InvocationTrigger, Shared};
+use crate::host::function_json::FunctionSpec;
 use crate::host::timers;
 
 /// Sleeps until the sim clock reads `at`, or returns `false` when stopped.
@@ -79,7 +79,12 @@ pub(super) async fn run(
         // it finds an occurrence missed.) So here: the firing is recorded
         // with its failure, and the next occurrence fires on its tick.
         let invoked = shared.invoke(function, &body).await;
-        shared.record_invocation(function, Trigger::Timer { past_due }, &invoked, now);
+        shared.record_invocation(
+            function,
+            InvocationTrigger::Timer { past_due },
+            &invoked,
+            now,
+        );
         let ended = shared.now();
         last = Some((due, ended));
         // Occurrences that passed while this one ran collapse into one late firing.

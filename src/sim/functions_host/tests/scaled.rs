@@ -35,7 +35,7 @@ fn deliveries(host: &HostHandle, function: &str) -> Vec<(Option<usize>, u64, Set
         .into_iter()
         .filter(|r| r.function == function)
         .filter_map(|r| match r.trigger {
-            Trigger::Queue {
+            InvocationTrigger::Queue {
                 delivery_count,
                 settled,
                 message_id,

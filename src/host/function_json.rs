@@ -1,4 +1,4 @@
-//! The function catalog: `handlers/<function>/function.json`, the single
+//! The function definitions: `handlers/<function>/function.json`, the single
 //! source of trigger settings for the Functions host and the local host,
 //! and `infra/queues.json`, the single source of the Service Bus queues'
 //! settings for `infra/main.bicep` and the local host.
