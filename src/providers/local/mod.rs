@@ -30,7 +30,9 @@
 //! generalize.rs   deprovisioning          capture.rs  ext4/qcow2 capture and provenance
 //! gallery.rs      the local gallery       vm.rs       boot tests under QEMU
 //! vm_ops.rs       run details, `kiln vm` run/create/list/delete
-//! records.rs      the SQLite rows         faults.rs   test hooks      util.rs  small helpers
+//! records/         the SQLite rows, one file per table family
+//! faults.rs       test hooks              util.rs     small helpers
+//! tests/          end-to-end tests by topic, fixtures in tests/mod.rs
 //! ```
 
 mod build_user;
