@@ -208,7 +208,7 @@ fn the_file_customizer_writes_as_the_build_user() {
         home: "/home/packer".into(),
         shell: "/bin/sh".into(),
     };
-    let err = engine::place_file(r, &src, "/etc/app.conf", Some(&user)).unwrap_err();
+    let err = place::place_file(r, &src, "/etc/app.conf", Some(&user)).unwrap_err();
     assert!(
         err.to_string()
             .contains("not writable by the build user packer"),
@@ -216,16 +216,16 @@ fn the_file_customizer_writes_as_the_build_user() {
     );
     assert!(err.to_string().contains("upload to /tmp"), "{err}");
     assert!(!r.join("etc/app.conf").exists());
-    let err = engine::place_file(r, &src, "/opt/app/app.conf", Some(&user)).unwrap_err();
+    let err = place::place_file(r, &src, "/opt/app/app.conf", Some(&user)).unwrap_err();
     assert!(err.to_string().contains("does not create folders"), "{err}");
 
-    engine::place_file(r, &src, "/tmp/app.conf", Some(&user)).unwrap();
+    place::place_file(r, &src, "/tmp/app.conf", Some(&user)).unwrap();
     let md = std::fs::metadata(r.join("tmp/app.conf")).unwrap();
     assert_eq!((md.uid(), md.gid()), (4242, 4242));
     // Someone else's file in sticky /tmp cannot be replaced.
     std::fs::write(r.join("tmp/roots"), "root's\n").unwrap();
     std::fs::set_permissions(r.join("tmp/roots"), std::fs::Permissions::from_mode(0o666)).unwrap();
-    let err = engine::place_file(r, &src, "/tmp/roots", Some(&user)).unwrap_err();
+    let err = place::place_file(r, &src, "/tmp/roots", Some(&user)).unwrap_err();
     assert!(err.to_string().contains("may not replace it"), "{err}");
     assert_eq!(
         std::fs::read_to_string(r.join("tmp/roots")).unwrap(),
@@ -233,7 +233,7 @@ fn the_file_customizer_writes_as_the_build_user() {
     );
     // Without a build user (an image without sudo), kiln places it as root
     // and makes the folders.
-    engine::place_file(r, &src, "/opt/app/app.conf", None).unwrap();
+    place::place_file(r, &src, "/opt/app/app.conf", None).unwrap();
     assert_eq!(
         std::fs::read_to_string(r.join("opt/app/app.conf")).unwrap(),
         "hello\n"
