@@ -13,7 +13,8 @@
 //! `status` reads exactly where a build is. A failure ends the run `Failed`
 //! with a message `<category>: <what>: <last lines>`; the category prefix is
 //! what [`super::classify`] reads. The run's context (inputs, `Fail`,
-//! `Provenance`, the host-tool runner) is in `run.rs`.
+//! `Provenance`, the host-tool runner) is in `run.rs`; putting files into the
+//! image (File customizer uploads, step scripts) is in `place.rs`.
 
 use std::path::Path;
 use std::time::Duration;
