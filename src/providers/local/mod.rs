@@ -27,10 +27,13 @@
 //! check.rs        what cannot be built    options.rs  per-build options from tags
 //! catalog.rs      base root filesystems   catalog_ops.rs  `kiln base` import/list/deprecate
 //! fetch.rs        scriptUri/sourceUri     sandbox.rs / namespace.rs / build_user.rs  running steps
+//! place.rs        files into the image (File customizer, step scripts)
 //! generalize.rs   deprovisioning          capture.rs  ext4/qcow2 capture and provenance
 //! gallery.rs      the local gallery       vm.rs       boot tests under QEMU
 //! vm_ops.rs       run details, `kiln vm` run/create/list/delete
-//! records.rs      the SQLite rows         faults.rs   test hooks      util.rs  small helpers
+//! records/        the SQLite rows, one file per table family
+//! faults.rs       test hooks              util.rs     small helpers
+//! tests/          end-to-end tests by topic, fixtures in tests/mod.rs
 //! ```
 
 mod build_user;
@@ -45,6 +48,7 @@ mod gallery;
 mod generalize;
 mod namespace;
 mod options;
+mod place;
 mod records;
 mod run;
 mod sandbox;
