@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 use super::catalog::ResolvedSource;
-use super::run::{Build, Fail, Provenance};
+use super::run::{Fail, Provenance, TemplateRun};
 use super::util::{cmp_versions, now, resolve_inside, sha256_file, tree_size, ts};
 
 pub(crate) const FS_LABEL: &str = "kiln-root";
@@ -107,7 +107,7 @@ async fn hash(path: PathBuf) -> Result<String, Fail> {
 }
 
 pub(crate) async fn capture(
-    b: &Build,
+    b: &TemplateRun,
     source: &ResolvedSource,
     prov: &Provenance,
     packages: Option<String>,

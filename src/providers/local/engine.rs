@@ -28,7 +28,7 @@ use super::catalog::{self, SourceData};
 use super::fetch::{fetch, FetchError};
 use super::place::{place_file, upload};
 use super::records::LocalRunState;
-use super::run::{human, Build, Fail, Finished, Provenance};
+use super::run::{human, Fail, Finished, Provenance, TemplateRun};
 use super::sandbox::{run_process, Ended, ProcOutput, Sandbox};
 use super::util::{now, resolve_inside, sha256_hex, tail_lines};
 use super::{gallery, vm};
@@ -57,7 +57,7 @@ impl Phase {
     }
 }
 
-impl Build {
+impl TemplateRun {
     fn sub_state(&self, s: &str) -> Result<(), Fail> {
         if self.cancel.is_canceled() {
             return Err(Fail::Canceled);

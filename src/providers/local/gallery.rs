@@ -20,7 +20,7 @@ use tokio::process::Command;
 
 use super::capture::Captured;
 use super::records::{Claim, ManagedImageRow, Records};
-use super::run::{Build, Fail};
+use super::run::{Fail, TemplateRun};
 use super::util::{normalize_region, now, slug, ts};
 use crate::domain::build::FailureCategory;
 use crate::domain::gallery::RegionReplication;
@@ -159,7 +159,7 @@ fn choose_version(
 }
 
 pub(crate) async fn distribute(
-    b: &Build,
+    b: &TemplateRun,
     c: &Captured,
     d: &Distributor,
     raw: Option<&serde_json::Value>,

@@ -493,16 +493,16 @@ impl ImageBuilder for LocalProvider {
         tokio::spawn(async move {
             let guard = guard;
             let cancel = sandbox::CancelWatch::new(cancel_rx, inner.records.clone(), name.clone());
-            let finished = match run::Build::new(inner.clone(), &name, template, body, sha, cancel)
-            {
-                Ok(build) => build.execute().await,
-                Err(e) => run::Finished {
-                    state: LocalRunState::Failed,
-                    message: format!("internal: cannot start the build: {e}"),
-                    kept_staging: None,
-                    cleanup: None,
-                },
-            };
+            let finished =
+                match run::TemplateRun::new(inner.clone(), &name, template, body, sha, cancel) {
+                    Ok(build) => build.execute().await,
+                    Err(e) => run::Finished {
+                        state: LocalRunState::Failed,
+                        message: format!("internal: cannot start the build: {e}"),
+                        kept_staging: None,
+                        cleanup: None,
+                    },
+                };
             if let Err(e) = inner.records.run_finish(
                 &name,
                 &inner.instance_id,

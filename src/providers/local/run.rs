@@ -78,7 +78,7 @@ pub(crate) struct Provenance {
     pub generalized: Vec<String>,
 }
 
-pub(crate) struct Build {
+pub(crate) struct TemplateRun {
     pub p: Arc<Inner>,
     pub name: String,
     pub template: ImageTemplate,
@@ -102,7 +102,7 @@ pub(crate) struct Finished {
     pub cleanup: Option<PathBuf>,
 }
 
-impl Build {
+impl TemplateRun {
     pub fn new(
         p: Arc<Inner>,
         name: &str,
@@ -125,7 +125,7 @@ impl Build {
         };
         let log = LogSink::open(&p.log_path(name))?;
         let staging = p.data_dir.join("staging").join(name);
-        Ok(Build {
+        Ok(TemplateRun {
             p,
             name: name.to_string(),
             template,
