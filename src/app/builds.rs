@@ -1,7 +1,7 @@
 //! Functions `build_requests`, `build_polls` and `build_sweeper`.
 //!
 //! Each returns what it did as a typed outcome and logs it through
-//! `tracing`; the custom-handler adapter ([`super::functions`]) turns the
+//! `tracing`; the custom-handler adapter (`functions`) turns the
 //! outcome into the invocation's log lines.
 
 use serde::Deserialize;

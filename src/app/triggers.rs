@@ -4,7 +4,7 @@
 //! idempotency key; admission decides.
 //!
 //! Each returns what it did as a typed outcome and logs it through
-//! `tracing`; the custom-handler adapter ([`super::functions`]) turns the
+//! `tracing`; the custom-handler adapter (`functions`) turns the
 //! outcome into the invocation's log lines.
 
 use chrono::Duration;
