@@ -296,3 +296,38 @@ pub async fn build_sweeper(app: &App) -> anyhow::Result<SweepOutcome> {
     }
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_read_as_the_log_lines_the_host_forwards() {
+        let quiet = SweepOutcome::default();
+        assert!(quiet.log_lines().is_empty());
+        let busy = SweepOutcome {
+            due: 3,
+            stepped: 2,
+            failed: 1,
+            retired: 4,
+            delivered: 5,
+        };
+        assert_eq!(
+            busy.log_lines(),
+            [
+                "build_sweeper: 4 template cleanup steps",
+                "build_sweeper: stepped 2 overdue builds (1 failed), delivered 5 events",
+            ]
+        );
+        let dead = DeadLettered {
+            queue: POLLS_QUEUE,
+            message_id: "m-1".into(),
+            reason: "buildId: no build b-1".into(),
+        };
+        assert_eq!(
+            PollOutcome::DeadLettered(dead).log_lines(),
+            ["build-polls: message m-1 dead-lettered: buildId: no build b-1"]
+        );
+        assert!(PollOutcome::Idle.log_lines().is_empty());
+    }
+}

@@ -534,3 +534,45 @@ async fn gallery_write(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_batch_replies_requested_and_held_and_logs_in_event_order() {
+        let outcome = EventsOutcome::Batch {
+            steps: vec![
+                EventStep::Ignored {
+                    event: "e-1".into(),
+                    event_type: "Other".into(),
+                },
+                EventStep::Requested {
+                    pipeline: "a".into(),
+                    version: "1.0.1".into(),
+                },
+                EventStep::Held {
+                    event: "e-2".into(),
+                    pipeline: "b".into(),
+                    version: "1.0.1".into(),
+                    reason: "older than 1.0.2".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            outcome.reply(),
+            json!({
+                "requested": [{"pipeline": "a", "version": "1.0.1"}],
+                "held": [{"pipeline": "b", "version": "1.0.1", "reason": "older than 1.0.2"}],
+            })
+        );
+        assert_eq!(
+            outcome.log_lines(),
+            [
+                "base_image_events: event e-1 of type Other ignored",
+                "base_image_events: event e-2: b not requested for 1.0.1: older than 1.0.2",
+                "base_image_events: 1 build requests",
+            ]
+        );
+    }
+}
