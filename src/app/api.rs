@@ -16,7 +16,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use super::wire::InvocationResult;
 use super::{admission, App};
 use crate::domain::build::Observation;
 use crate::domain::request::BuildRequest;
@@ -381,17 +380,15 @@ async fn base_image_event(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let mut out = InvocationResult::default();
     match super::triggers::base_image_events(
         &app,
         &body,
         header("aeg-event-type").as_deref(),
         header("content-type").as_deref(),
-        &mut out,
     )
     .await?
     {
-        Ok(reply) => Ok(Json(reply).into_response()),
+        Ok(outcome) => Ok(Json(outcome.reply()).into_response()),
         Err(reason) => Err(ApiError(StatusCode::BAD_REQUEST, reason)),
     }
 }

@@ -1,6 +1,9 @@
 //! The dispatch both hosts use: one invocation of one function, decoded
 //! from the custom-handler wire ([`super::wire`]) and handed to the module
-//! that implements it.
+//! that implements it. The adapter between the functions and the wire:
+//! each function returns a typed outcome (and logs it through `tracing`),
+//! and only here is it turned into the host's reply, its `ReturnValue` and
+//! the `Logs` lines the host forwards to Application Insights.
 
 use serde_json::Value;
 
@@ -32,6 +35,18 @@ pub async fn invoke(
     }
 }
 
+/// The Service Bus trigger metadata of a message invocation.
+fn delivery(inv: &Invocation) -> builds::Delivery {
+    let MessageMeta {
+        message_id,
+        delivery_count,
+    } = MessageMeta::from_metadata(&inv.metadata);
+    builds::Delivery {
+        message_id,
+        delivery_count,
+    }
+}
+
 async fn invoke_unbounded(
     app: &App,
     name: FunctionName,
@@ -48,11 +63,13 @@ async fn invoke_unbounded(
             {
                 out.log("patch_tuesday: timer is past due; catching up once");
             }
-            triggers::patch_tuesday(app, &mut out).await?;
+            out.logs
+                .extend(triggers::patch_tuesday(app).await?.log_lines());
         }
         FunctionName::BaseImageWatch => {
             trigger_value(&inv, name)?;
-            triggers::base_image_watch(app, &mut out).await?;
+            out.logs
+                .extend(triggers::base_image_watch(app).await?.log_lines());
         }
         FunctionName::BaseImageEvents => {
             let event = decode_value(trigger_value(&inv, name)?);
@@ -62,24 +79,31 @@ async fn invoke_unbounded(
             };
             let body =
                 serde_json::to_vec(&batch).map_err(|e| InvokeError::BadPayload(e.to_string()))?;
-            match triggers::base_image_events(app, &body, None, None, &mut out).await? {
-                Ok(reply) => out.return_value = reply,
+            match triggers::base_image_events(app, &body, None, None).await? {
+                Ok(outcome) => {
+                    out.logs.extend(outcome.log_lines());
+                    out.return_value = outcome.reply();
+                }
                 Err(reason) => return Err(InvokeError::BadPayload(reason)),
             }
         }
         FunctionName::BuildRequests => {
             let text = message_text(trigger_value(&inv, name)?);
-            let meta = MessageMeta::from_metadata(&inv.metadata);
-            out.return_value = builds::build_requests(app, &text, &meta, &mut out).await?;
+            let meta = delivery(&inv);
+            let outcome = builds::build_requests(app, &text, &meta).await?;
+            out.logs.extend(outcome.log_lines());
+            out.return_value = outcome.return_value()?;
         }
         FunctionName::BuildPolls => {
             let text = message_text(trigger_value(&inv, name)?);
-            let meta = MessageMeta::from_metadata(&inv.metadata);
-            builds::build_polls(app, &text, &meta, &mut out).await?;
+            let meta = delivery(&inv);
+            let outcome = builds::build_polls(app, &text, &meta).await?;
+            out.logs.extend(outcome.log_lines());
         }
         FunctionName::BuildSweeper => {
             trigger_value(&inv, name)?;
-            builds::build_sweeper(app, &mut out).await?;
+            out.logs
+                .extend(builds::build_sweeper(app).await?.log_lines());
         }
         FunctionName::Retention => {
             trigger_value(&inv, name)?;

@@ -7,7 +7,7 @@
 //! | role | modules |
 //! |---|---|
 //! | functions (one per `handlers/<function>`) | [`builds`] (`build_requests`, `build_polls`, `build_sweeper`), [`triggers`] (`patch_tuesday`, `base_image_watch`, `base_image_events`), [`retention_function`] (`retention`) |
-//! | dispatch and wire | [`functions`] (name → function, the invocation budget), [`wire`] (the custom-handler payloads) |
+//! | dispatch and wire | [`functions`] (name → function, the invocation budget, outcomes into the reply and its logs), [`wire`] (the custom-handler payloads) |
 //! | HTTP | [`api`] (the `/api` routes), [`dashboard`] |
 //! | shared services | [`driver`] (one step of a build), [`admission`], [`cleanup`] (retiring templates), [`retention_executor`] (plans and applies retention), [`events`] (CloudEvents out), [`render`] (the template AIB gets), [`pipelines`], [`lint`], [`gallery_ops`] |
 

@@ -2,12 +2,15 @@
 //! `base_image_watch` (polling sources on `latest`) and `base_image_events`
 //! (Event Grid / CloudEvents). Each only enqueues requests with an
 //! idempotency key; admission decides.
+//!
+//! Each returns what it did as a typed outcome and logs it through
+//! `tracing`; the custom-handler adapter (`functions`) turns the
+//! outcome into the invocation's log lines.
 
 use chrono::Duration;
 use serde_json::{json, Value};
 
 use super::admission::enqueue;
-use super::wire::InvocationResult;
 use super::App;
 use crate::domain::build::Trigger;
 use crate::domain::events_in::{self, Inbound, InboundEvent};
@@ -18,6 +21,175 @@ use crate::domain::source_watch::{self, Hint, Listed, Sighting, WatchMemory};
 use crate::domain::template::Source;
 use crate::ports::BaseVersion;
 use crate::store::port::PipelineMemory;
+
+/// What `patch_tuesday` did for one scheduled pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleStep {
+    /// The first run: the schedule is armed, nothing requested.
+    Armed { pipeline: String },
+    /// A build was requested for the cycle.
+    Requested { pipeline: String, cycle: String },
+}
+
+/// What one `patch_tuesday` run did, pipeline by pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleOutcome {
+    pub steps: Vec<ScheduleStep>,
+}
+
+impl ScheduleOutcome {
+    pub fn log_lines(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                ScheduleStep::Armed { pipeline } => format!("patch_tuesday: {pipeline} armed"),
+                ScheduleStep::Requested { pipeline, cycle } => {
+                    format!("patch_tuesday: {pipeline} cycle {cycle} requested")
+                }
+            })
+            .collect()
+    }
+}
+
+/// What `base_image_watch` did for one pipeline following its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchStep {
+    /// The source's versions could not be listed; the next tick tries again.
+    Unlisted {
+        pipeline: String,
+        source: String,
+        error: String,
+    },
+    /// The first look recorded the newest version as the baseline.
+    Baseline {
+        pipeline: String,
+        source: String,
+        version: String,
+    },
+    /// A build was requested for a newer version.
+    Requested { pipeline: String, version: String },
+}
+
+/// What one `base_image_watch` run did (pipelines with nothing new are left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchOutcome {
+    pub steps: Vec<WatchStep>,
+}
+
+impl WatchOutcome {
+    pub fn log_lines(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                WatchStep::Unlisted {
+                    pipeline,
+                    source,
+                    error,
+                } => format!(
+                    "base_image_watch: {pipeline}: cannot list versions of {source}: {error}"
+                ),
+                WatchStep::Baseline {
+                    pipeline,
+                    source,
+                    version,
+                } => format!("base_image_watch: {pipeline} baseline {source} at {version}"),
+                WatchStep::Requested { pipeline, version } => {
+                    format!("base_image_watch: {pipeline} requested for {version}")
+                }
+            })
+            .collect()
+    }
+}
+
+/// What `base_image_events` did with one inbound event, for one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventStep {
+    /// A build was requested.
+    Requested { pipeline: String, version: String },
+    /// Nothing was requested, and why.
+    Held {
+        event: String,
+        pipeline: String,
+        version: String,
+        reason: String,
+    },
+    /// The event is not one kiln acts on.
+    Ignored { event: String, event_type: String },
+}
+
+/// What `base_image_events` did with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventsOutcome {
+    /// A subscription validation handshake, answered with `response`.
+    Handshake { response: Value },
+    /// A batch of events, event by event.
+    Batch { steps: Vec<EventStep> },
+}
+
+impl EventsOutcome {
+    /// The reply to the sender: the handshake response, or the builds
+    /// requested and held.
+    pub fn reply(&self) -> Value {
+        match self {
+            EventsOutcome::Handshake { response } => response.clone(),
+            EventsOutcome::Batch { steps } => {
+                let mut requested = Vec::new();
+                let mut held = Vec::new();
+                for s in steps {
+                    match s {
+                        EventStep::Requested { pipeline, version } => {
+                            requested.push(json!({ "pipeline": pipeline, "version": version }))
+                        }
+                        EventStep::Held {
+                            pipeline,
+                            version,
+                            reason,
+                            ..
+                        } => held.push(
+                            json!({ "pipeline": pipeline, "version": version, "reason": reason }),
+                        ),
+                        EventStep::Ignored { .. } => {}
+                    }
+                }
+                json!({ "requested": requested, "held": held })
+            }
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        let steps = match self {
+            EventsOutcome::Handshake { .. } => {
+                return vec![
+                    "base_image_events: subscription validation handshake answered".to_string(),
+                ]
+            }
+            EventsOutcome::Batch { steps } => steps,
+        };
+        let mut lines: Vec<String> = steps
+            .iter()
+            .filter_map(|s| match s {
+                EventStep::Requested { .. } => None,
+                EventStep::Held {
+                    event,
+                    pipeline,
+                    version,
+                    reason,
+                } => Some(format!(
+                    "base_image_events: event {event}: {pipeline} not requested for {version}: {reason}"
+                )),
+                EventStep::Ignored { event, event_type } => Some(format!(
+                    "base_image_events: event {event} of type {event_type} ignored"
+                )),
+            })
+            .collect();
+        let requested = steps
+            .iter()
+            .filter(|s| matches!(s, EventStep::Requested { .. }))
+            .count();
+        lines.push(format!("base_image_events: {requested} build requests"));
+        lines
+    }
+}
 
 fn request(pipeline: &str, trigger: Trigger, reason: String, by: &str) -> BuildRequest {
     BuildRequest {
@@ -32,8 +204,9 @@ fn request(pipeline: &str, trigger: Trigger, reason: String, by: &str) -> BuildR
 /// Fires each scheduled pipeline at most once per cycle. The first run only
 /// arms the schedule; later runs look at everything since the last check,
 /// so a missed or past-due firing is caught up once (the latest occurrence).
-pub async fn patch_tuesday(app: &App, out: &mut InvocationResult) -> anyhow::Result<()> {
+pub async fn patch_tuesday(app: &App) -> anyhow::Result<ScheduleOutcome> {
     let now = app.clock.now();
+    let mut outcome = ScheduleOutcome::default();
     for p in app.pipelines.iter() {
         let Some(spec) = &p.kiln.triggers.schedule else {
             continue;
@@ -49,7 +222,10 @@ pub async fn patch_tuesday(app: &App, out: &mut InvocationResult) -> anyhow::Res
             app.store
                 .update_memory(&p.name, |m| m.schedule_checked_until = Some(now))
                 .await?;
-            out.log(format!("patch_tuesday: {} armed", p.name));
+            tracing::info!(pipeline = %p.name, "schedule armed");
+            outcome.steps.push(ScheduleStep::Armed {
+                pipeline: p.name.clone(),
+            });
             continue;
         };
         if let Some(occ) = schedule.latest_due(since, now) {
@@ -70,10 +246,11 @@ pub async fn patch_tuesday(app: &App, out: &mut InvocationResult) -> anyhow::Res
                 ),
             )
             .await?;
-            out.log(format!(
-                "patch_tuesday: {} cycle {} requested",
-                p.name, occ.cycle
-            ));
+            tracing::info!(pipeline = %p.name, cycle = %occ.cycle, "schedule cycle requested");
+            outcome.steps.push(ScheduleStep::Requested {
+                pipeline: p.name.clone(),
+                cycle: occ.cycle.clone(),
+            });
         }
         // Only after the request is durable: a crash before this line repeats
         // the request, which its key deduplicates.
@@ -85,13 +262,14 @@ pub async fn patch_tuesday(app: &App, out: &mut InvocationResult) -> anyhow::Res
             })
             .await?;
     }
-    Ok(())
+    Ok(outcome)
 }
 
 /// Polls the sources on `latest` and requests a build when a newer version
 /// has been seen for the debounce window. The first look records a baseline.
-pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::Result<()> {
+pub async fn base_image_watch(app: &App) -> anyhow::Result<WatchOutcome> {
     let now = app.clock.now();
+    let mut outcome = WatchOutcome::default();
     for p in app.pipelines.iter() {
         let source = &p.template.properties.source;
         if !source.floats() || !p.kiln.triggers.base_image.enabled {
@@ -100,11 +278,12 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
         let versions = match app.catalog.versions(source).await {
             Ok(v) => v,
             Err(e) => {
-                out.log(format!(
-                    "base_image_watch: {}: cannot list versions of {}: {e}",
-                    p.name,
-                    source.line()
-                ));
+                tracing::warn!(pipeline = %p.name, source = %source.line(), error = %e, "cannot list source versions");
+                outcome.steps.push(WatchStep::Unlisted {
+                    pipeline: p.name.clone(),
+                    source: source.line(),
+                    error: e.to_string(),
+                });
                 continue;
             }
         };
@@ -130,23 +309,27 @@ pub async fn base_image_watch(app: &App, out: &mut InvocationResult) -> anyhow::
             })
             .await?;
         match sighting {
-            Sighting::Baseline => out.log(format!(
-                "base_image_watch: {} baseline {} at {version}",
-                p.name,
-                source.line(),
-            )),
+            Sighting::Baseline => {
+                tracing::info!(pipeline = %p.name, source = %source.line(), version, "source baseline recorded");
+                outcome.steps.push(WatchStep::Baseline {
+                    pipeline: p.name.clone(),
+                    source: source.line(),
+                    version,
+                });
+            }
             Sighting::UpToDate { .. } | Sighting::Debouncing { .. } => {}
             Sighting::Build => {
                 let reason = format!("base image {} updated to {version}", source.line());
                 request_base_build(app, p, &version, reason, "kiln/base_image_watch").await?;
-                out.log(format!(
-                    "base_image_watch: {} requested for {version}",
-                    p.name
-                ));
+                tracing::info!(pipeline = %p.name, version, "base image build requested");
+                outcome.steps.push(WatchStep::Requested {
+                    pipeline: p.name.clone(),
+                    version,
+                });
             }
         }
     }
-    Ok(())
+    Ok(outcome)
 }
 
 fn listed(v: &BaseVersion) -> Listed<'_> {
@@ -217,21 +400,21 @@ pub async fn base_image_events(
     body: &[u8],
     aeg_event_type: Option<&str>,
     content_type: Option<&str>,
-    out: &mut InvocationResult,
-) -> anyhow::Result<Result<Value, String>> {
+) -> anyhow::Result<Result<EventsOutcome, String>> {
     let inbound = match events_in::parse(body, aeg_event_type, content_type) {
         Ok(i) => i,
         Err(reason) => return Ok(Err(reason)),
     };
     let events = match inbound {
         Inbound::Handshake { validation_code } => {
-            out.log("base_image_events: subscription validation handshake answered");
-            return Ok(Ok(events_in::handshake_response(&validation_code)));
+            tracing::info!("subscription validation handshake answered");
+            return Ok(Ok(EventsOutcome::Handshake {
+                response: events_in::handshake_response(&validation_code),
+            }));
         }
         Inbound::Events(events) => events,
     };
-    let mut requested = Vec::new();
-    let mut held = Vec::new();
+    let mut steps = Vec::new();
     for ev in events {
         match ev {
             InboundEvent::BaseImageUpdated { id, line, version } => {
@@ -240,7 +423,11 @@ pub async fn base_image_events(
                 for p in app.pipelines.iter().filter(|p| follows(p, &line)) {
                     let reason = format!("event {id}: {line} has version {version}");
                     request_base_build(app, p, &version, reason, "kiln/base_image_events").await?;
-                    requested.push(json!({ "pipeline": p.name, "version": version }));
+                    tracing::info!(event = %id, pipeline = %p.name, version, "base image build requested");
+                    steps.push(EventStep::Requested {
+                        pipeline: p.name.clone(),
+                        version: version.clone(),
+                    });
                 }
             }
             InboundEvent::GalleryVersionWritten {
@@ -251,32 +438,39 @@ pub async fn base_image_events(
                 for p in app.pipelines.iter().filter(|p| follows(p, &definition_id)) {
                     match gallery_write(app, p, &id, &definition_id, &version).await? {
                         WriteOutcome::Requested => {
-                            requested.push(json!({ "pipeline": p.name, "version": version }))
+                            tracing::info!(event = %id, pipeline = %p.name, version, "base image build requested");
+                            steps.push(EventStep::Requested {
+                                pipeline: p.name.clone(),
+                                version: version.clone(),
+                            });
                         }
                         WriteOutcome::Held(why) => {
-                            out.log(format!(
-                                "base_image_events: event {id}: {} not requested for {version}: {why}",
-                                p.name
-                            ));
-                            held.push(
-                                json!({ "pipeline": p.name, "version": version, "reason": why }),
-                            );
+                            tracing::info!(event = %id, pipeline = %p.name, version, reason = %why, "base image build not requested");
+                            steps.push(EventStep::Held {
+                                event: id.clone(),
+                                pipeline: p.name.clone(),
+                                version: version.clone(),
+                                reason: why,
+                            });
                         }
                     }
                 }
             }
             InboundEvent::Ignored { id, event_type } => {
-                out.log(format!(
-                    "base_image_events: event {id} of type {event_type} ignored"
-                ));
+                tracing::info!(event = %id, event_type = %event_type, "event ignored");
+                steps.push(EventStep::Ignored {
+                    event: id,
+                    event_type,
+                });
             }
         }
     }
-    out.log(format!(
-        "base_image_events: {} build requests",
-        requested.len()
-    ));
-    Ok(Ok(json!({ "requested": requested, "held": held })))
+    let requested = steps
+        .iter()
+        .filter(|s| matches!(s, EventStep::Requested { .. }))
+        .count();
+    tracing::info!(requested, "base image events handled");
+    Ok(Ok(EventsOutcome::Batch { steps }))
 }
 
 /// What a gallery write did for one pipeline.
@@ -339,4 +533,46 @@ async fn gallery_write(
             WriteOutcome::Requested
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_batch_replies_requested_and_held_and_logs_in_event_order() {
+        let outcome = EventsOutcome::Batch {
+            steps: vec![
+                EventStep::Ignored {
+                    event: "e-1".into(),
+                    event_type: "Other".into(),
+                },
+                EventStep::Requested {
+                    pipeline: "a".into(),
+                    version: "1.0.1".into(),
+                },
+                EventStep::Held {
+                    event: "e-2".into(),
+                    pipeline: "b".into(),
+                    version: "1.0.1".into(),
+                    reason: "older than 1.0.2".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            outcome.reply(),
+            json!({
+                "requested": [{"pipeline": "a", "version": "1.0.1"}],
+                "held": [{"pipeline": "b", "version": "1.0.1", "reason": "older than 1.0.2"}],
+            })
+        );
+        assert_eq!(
+            outcome.log_lines(),
+            [
+                "base_image_events: event e-1 of type Other ignored",
+                "base_image_events: event e-2: b not requested for 1.0.1: older than 1.0.2",
+                "base_image_events: 1 build requests",
+            ]
+        );
+    }
 }
