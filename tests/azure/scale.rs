@@ -446,13 +446,14 @@ fn queue_len(sim: &SimHandle, path: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_three_instances_build_exactly_once_under_one_cap() {
     // Patch Tuesday December 2026 is the 8th; the day after at 03:00 in
-    // Berlin is 02:00 UTC on the 9th. The sim starts 40 sim minutes before
-    // (8 s on the wall), so the timer's first firing (every quarter hour),
-    // which only arms the schedules, comes before it as long as the
-    // processes start within 5 s (they take about 1).
+    // Berlin is 02:00 UTC on the 9th. The sim starts two sim hours before
+    // (24 s on the wall), so one of the timer's firings before it (every
+    // quarter hour) arms the schedules, even on a loaded machine where the
+    // first firings outlast the host's function timeout (one wall second
+    // at this clock factor) while 200 pipelines are armed.
     let fires = Utc.with_ymd_and_hms(2026, 12, 9, 2, 0, 0).unwrap();
     let sim = Sim::start(SimOptions {
-        start: Some(fires - chrono::Duration::minutes(40)),
+        start: Some(fires - chrono::Duration::minutes(120)),
         ..SimOptions::new(FACTOR)
     })
     .await
