@@ -237,6 +237,14 @@ impl Factory {
     }
 }
 
+/// Loses every follow-up poll message queued so far (as a crashed host or
+/// a purged queue would); returns how many were lost.
+pub fn lose_polls(dir: &Path) -> usize {
+    db_of(dir)
+        .with(|c| c.execute("DELETE FROM queue_messages WHERE queue = 'build-polls'", []))
+        .unwrap()
+}
+
 /// A second connection to a test's database, for tests that reach under
 /// the host (lose messages, count them).
 pub fn db_of(dir: &Path) -> kiln::store::Db {
