@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::builds::{breaker_after, touch_state};
-use super::{int, is_conflict, long_text, opt_text, parse_ts, set_long_text, TableStore, RACES};
+use super::builds::{breaker_after, lost, touch_state};
+use super::{int, long_text, opt_text, parse_ts, ppk, set_long_text, TableStore, RACES};
 use crate::store::port::{BreakerChange, Outcome, PipelineMemory, PipelineRuntime, PipelineStore};
 use crate::store::table::{BatchOp, Entity};
 
@@ -37,19 +37,9 @@ impl PipelineStore for TableStore {
             let mut props = Entity::new("", "");
             set_long_text(&mut props, "Memory", &serde_json::to_string(&mem)?);
             let op = touch_state(pipeline, &state, Utc::now(), props);
-            let written = match op {
-                BatchOp::Merge { entity, if_match } => {
-                    self.client.merge(&self.table, &entity, if_match).await
-                }
-                BatchOp::Insert(entity) => self.client.insert(&self.table, &entity).await,
-                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => {
-                    unreachable!("touch_state merges or inserts")
-                }
-            };
-            match written {
-                Ok(_) => return Ok(()),
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
+            match self.write_state(pipeline, op).await? {
+                true => return Ok(()),
+                false => continue,
             }
         }
         anyhow::bail!("pipeline {pipeline}: its memory kept changing under the update; try again")
@@ -64,21 +54,26 @@ impl PipelineStore for TableStore {
         for _ in 0..RACES {
             let state = self.state_row(pipeline).await?;
             let (props, change) = breaker_after(&state, o, now)?;
-            let written = match touch_state(pipeline, &state, now, props) {
-                BatchOp::Merge { entity, if_match } => {
-                    self.client.merge(&self.table, &entity, if_match).await
-                }
-                BatchOp::Insert(entity) => self.client.insert(&self.table, &entity).await,
-                BatchOp::Replace { .. } | BatchOp::Upsert(_) | BatchOp::Delete { .. } => {
-                    unreachable!("touch_state merges or inserts")
-                }
-            };
-            match written {
-                Ok(_) => return Ok(change),
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
+            let op = touch_state(pipeline, &state, now, props);
+            match self.write_state(pipeline, op).await? {
+                true => return Ok(change),
+                false => continue,
             }
         }
         anyhow::bail!("pipeline {pipeline}: the breaker count kept changing; try again")
+    }
+}
+
+impl TableStore {
+    /// Writes the state row as `touch_state` decided (a merge over the row
+    /// as read, or the first insert); `false` when another writer changed
+    /// it first. One operation, sent as a batch of one so that both forms
+    /// fail the same way.
+    async fn write_state(&self, pipeline: &str, op: BatchOp) -> anyhow::Result<bool> {
+        match self.client.batch(&self.table, &ppk(pipeline), &[op]).await {
+            Ok(_) => Ok(true),
+            Err(e) if lost(&e).is_some() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
