@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/Microsoft.Compute";
+mod common;
+
 const BUILDS: usize = 20;
 
 fn kiln(dir: &Path, port: u16) -> Command {
@@ -18,10 +19,7 @@ fn kiln(dir: &Path, port: u16) -> Command {
     c.current_dir(dir)
         .env("KILN_DATA_DIR", dir.join("data"))
         .env("KILN_PIPELINES_DIR", dir.join("pipelines"))
-        .env(
-            "KILN_HANDLERS_DIR",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers"),
-        )
+        .env("KILN_HANDLERS_DIR", common::repo().join("handlers"))
         .env("KILN_HTTP_PORT", port.to_string())
         .env("KILN_MAX_ACTIVE_BUILDS", "8")
         // Every build has a slow step, so kills land mid-build.
@@ -60,12 +58,7 @@ fn start(dir: &Path, port: u16, n: usize) -> Child {
 }
 
 fn pipeline(i: usize) -> Value {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tiny.json"))
-            .unwrap();
-    let mut doc: Value = serde_json::from_str(&text).unwrap();
-    doc["properties"]["distribute"][0]["galleryImageId"] =
-        json!(format!("{SUB}/galleries/gal_crash/images/p{i:02}"));
+    let mut doc = common::tiny_in("gal_crash", &format!("p{i:02}"));
     doc["kiln"]["build"]["maxAttempts"] = json!(10);
     doc
 }

@@ -5,13 +5,11 @@
 //! Insights, the subscription-scope marketplace grant) where a reviewer
 //! would otherwise have to remember them.
 
-use std::path::Path;
-
 use kiln::domain::permissions::{requirements, Deployment, Principal};
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))

@@ -15,7 +15,9 @@ use kiln::ports::{Gallery, ImageBuilder, Inventory, RunState, RunStatus, Templat
 use kiln::providers::local::{classify, BaseFrom, Faults, KvmMode, LocalConfig, LocalProvider};
 use kiln::store::Db;
 
-const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/Microsoft.Compute";
+mod common;
+
+use common::SUB;
 
 fn provider(dir: &Path) -> LocalProvider {
     let db = Db::open(&dir.join("kiln.db")).unwrap();

@@ -29,9 +29,9 @@ const COMMON_TYPES: [&str; 2] = [
     "../../../../../../common-types/resource-management/v5/types.json#/definitions/",
 ];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 /// ARM's common types the spec refers to: `TrackedResource` and
 /// `ProxyResource` (both with `Resource`'s read-only fields), and

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::repo;
 
 /// Where a tool is on this machine (the test needs the real ones).
 fn which(tool: &str) -> PathBuf {

@@ -7,7 +7,7 @@ use axum::http::Request;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::harness::{repo, runtime, tiny, Options, SUB};
+use crate::harness::{bounded, repo, runtime, tiny, Options, SUB};
 
 async fn call(router: &axum::Router, method: &str, path: &str, body: Value) -> (u16, Value) {
     let req = Request::builder()
@@ -55,162 +55,186 @@ async fn router() -> (tempfile::TempDir, axum::Router, kiln::app::App) {
 
 #[tokio::test]
 async fn the_readiness_probe_gets_an_answer() {
-    let (_d, r, _) = router().await;
-    let (status, _) = call(&r, "GET", "/", Value::Null).await;
-    assert_eq!(status, 200);
+    bounded(async {
+        let (_d, r, _) = router().await;
+        let (status, _) = call(&r, "GET", "/", Value::Null).await;
+        assert_eq!(status, 200);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_timer_invocation_answers_outputs_logs_and_return_value() {
-    let (_d, r, _) = router().await;
-    let payload = json!({
-        "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": {"Last": "2026-11-27T09:59:30+00:00", "LastUpdated": "2026-11-27T09:59:30+00:00", "Next": "2026-11-27T10:00:00+00:00"}, "IsPastDue": false}},
-        "Metadata": {"sys": sys("base_image_watch")}
-    });
-    let (status, v) = call(&r, "POST", "/base_image_watch", payload).await;
-    assert_eq!(status, 200, "{v}");
-    assert!(v.get("Outputs").is_some() && v.get("ReturnValue").is_some());
-    let logs: Vec<&str> = v["Logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap())
-        .collect();
-    assert!(
-        logs.iter()
-            .any(|l| l.starts_with("base_image_watch: plain baseline")),
-        "{v}"
-    );
+    bounded(async {
+        let (_d, r, _) = router().await;
+        let payload = json!({
+            "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": {"Last": "2026-11-27T09:59:30+00:00", "LastUpdated": "2026-11-27T09:59:30+00:00", "Next": "2026-11-27T10:00:00+00:00"}, "IsPastDue": false}},
+            "Metadata": {"sys": sys("base_image_watch")}
+        });
+        let (status, v) = call(&r, "POST", "/base_image_watch", payload).await;
+        assert_eq!(status, 200, "{v}");
+        assert!(v.get("Outputs").is_some() && v.get("ReturnValue").is_some());
+        let logs: Vec<&str> = v["Logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert!(
+            logs.iter()
+                .any(|l| l.starts_with("base_image_watch: plain baseline")),
+            "{v}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_past_due_timer_with_no_schedule_status_is_accepted() {
-    let (_d, r, _) = router().await;
-    let payload = json!({"Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": true}}, "Metadata": {}});
-    let (status, v) = call(&r, "POST", "/patch_tuesday", payload).await;
-    assert_eq!(status, 200, "{v}");
-    assert!(
-        v["Logs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l.as_str().unwrap().contains("past due")),
-        "{v}"
-    );
+    bounded(async {
+        let (_d, r, _) = router().await;
+        let payload = json!({"Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": true}}, "Metadata": {}});
+        let (status, v) = call(&r, "POST", "/patch_tuesday", payload).await;
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            v["Logs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l.as_str().unwrap().contains("past due")),
+            "{v}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_service_bus_message_arrives_double_encoded_and_is_admitted_once() {
-    let (_d, r, app) = router().await;
-    let body = json!({"pipeline": "plain", "reason": "CVE-2026-0001", "requestedBy": "ci", "idempotencyKey": "pr-1"}).to_string();
-    let payload = |id: &str, count: u32| {
-        json!({
-            "Data": {"msg": serde_json::to_string(&body).unwrap()},
-            "Metadata": {
-                "MessageId": id, "DeliveryCount": count, "SequenceNumber": 7, "EnqueuedTimeUtc": "2026-11-27T10:00:00Z",
-                "ExpiresAtUtc": "2026-12-11T10:00:00Z", "ContentType": "application/json", "CorrelationId": null,
-                "UserProperties": {}, "sys": sys("build_requests")
-            }
-        })
-    };
-    let (status, v) = call(&r, "POST", "/build_requests", payload("m-1", 1)).await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["ReturnValue"]["outcome"], "created", "{v}");
-    let id = v["ReturnValue"]["build"].as_str().unwrap().to_string();
-    let (_, again) = call(&r, "POST", "/build_requests", payload("m-2", 2)).await;
-    assert_eq!(
-        again["ReturnValue"],
-        json!({"outcome": "existing", "build": id})
-    );
-    assert_eq!(app.store.list(&Default::default()).await.unwrap().len(), 1);
+    bounded(async {
+        let (_d, r, app) = router().await;
+        let body = json!({"pipeline": "plain", "reason": "CVE-2026-0001", "requestedBy": "ci", "idempotencyKey": "pr-1"}).to_string();
+        let payload = |id: &str, count: u32| {
+            json!({
+                "Data": {"msg": serde_json::to_string(&body).unwrap()},
+                "Metadata": {
+                    "MessageId": id, "DeliveryCount": count, "SequenceNumber": 7, "EnqueuedTimeUtc": "2026-11-27T10:00:00Z",
+                    "ExpiresAtUtc": "2026-12-11T10:00:00Z", "ContentType": "application/json", "CorrelationId": null,
+                    "UserProperties": {}, "sys": sys("build_requests")
+                }
+            })
+        };
+        let (status, v) = call(&r, "POST", "/build_requests", payload("m-1", 1)).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["ReturnValue"]["outcome"], "created", "{v}");
+        let id = v["ReturnValue"]["build"].as_str().unwrap().to_string();
+        let (_, again) = call(&r, "POST", "/build_requests", payload("m-2", 2)).await;
+        assert_eq!(
+            again["ReturnValue"],
+            json!({"outcome": "existing", "build": id})
+        );
+        assert_eq!(app.store.list(&Default::default()).await.unwrap().len(), 1);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_event_grid_invocation_reaches_the_pipelines_following_the_parent() {
-    let (_d, r, _) = router().await;
-    let mut event: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            repo().join("tests/fixtures/events/eventgrid-resource-write-gallery-version.json"),
+    bounded(async {
+        let (_d, r, _) = router().await;
+        let mut event: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                repo().join("tests/fixtures/events/eventgrid-resource-write-gallery-version.json"),
+            )
+            .unwrap(),
         )
-        .unwrap(),
-    )
-    .unwrap();
-    let version_id = format!("{SUB}/galleries/corpGallery/images/base/versions/1.4.0");
-    event[0]["subject"] = json!(version_id);
-    event[0]["data"]["resourceUri"] = json!(version_id);
-    let payload =
-        json!({"Data": {"event": event[0].clone()}, "Metadata": {"sys": sys("base_image_events")}});
-    let (status, v) = call(&r, "POST", "/base_image_events", payload).await;
-    assert_eq!(status, 200, "{v}");
-    // The write reached the pipeline following the parent; the event is only
-    // a hint, and the local gallery has no such version, so nothing is queued.
-    assert_eq!(v["ReturnValue"]["requested"], json!([]), "{v}");
-    assert_eq!(v["ReturnValue"]["held"][0]["pipeline"], "tiny", "{v}");
-    assert_eq!(v["ReturnValue"]["held"][0]["version"], "1.4.0", "{v}");
-    let queued = kiln::store::sqlite::queue::LocalQueue::new(crate::harness::db_of(_d.path()))
-        .depth("build-requests")
         .unwrap();
-    assert_eq!(queued, 0);
+        let version_id = format!("{SUB}/galleries/corpGallery/images/base/versions/1.4.0");
+        event[0]["subject"] = json!(version_id);
+        event[0]["data"]["resourceUri"] = json!(version_id);
+        let payload =
+            json!({"Data": {"event": event[0].clone()}, "Metadata": {"sys": sys("base_image_events")}});
+        let (status, v) = call(&r, "POST", "/base_image_events", payload).await;
+        assert_eq!(status, 200, "{v}");
+        // The write reached the pipeline following the parent; the event is only
+        // a hint, and the local gallery has no such version, so nothing is queued.
+        assert_eq!(v["ReturnValue"]["requested"], json!([]), "{v}");
+        assert_eq!(v["ReturnValue"]["held"][0]["pipeline"], "tiny", "{v}");
+        assert_eq!(v["ReturnValue"]["held"][0]["version"], "1.4.0", "{v}");
+        let queued = kiln::store::sqlite::queue::LocalQueue::new(crate::harness::db_of(_d.path()))
+            .depth("build-requests")
+            .unwrap();
+        assert_eq!(queued, 0);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_http_invocation_in_payload_mode_is_served_by_the_api_router() {
-    let (_d, r, _) = router().await;
-    let payload = json!({
-        "Data": {"req": {"Url": "http://localhost:7071/api/pipelines/plain", "Method": "GET", "Query": {},
-                          "Headers": {"Accept": ["application/json"]}, "Params": {"path": "pipelines/plain"}, "Body": ""}},
-        "Metadata": {}
-    });
-    let (status, v) = call(&r, "POST", "/api", payload).await;
-    assert_eq!(status, 200, "{v}");
-    let res = &v["Outputs"]["res"];
-    assert_eq!(res["statusCode"], "200");
-    let body: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
-    assert_eq!(body["name"], "plain");
+    bounded(async {
+        let (_d, r, _) = router().await;
+        let payload = json!({
+            "Data": {"req": {"Url": "http://localhost:7071/api/pipelines/plain", "Method": "GET", "Query": {},
+                              "Headers": {"Accept": ["application/json"]}, "Params": {"path": "pipelines/plain"}, "Body": ""}},
+            "Metadata": {}
+        });
+        let (status, v) = call(&r, "POST", "/api", payload).await;
+        assert_eq!(status, 200, "{v}");
+        let res = &v["Outputs"]["res"];
+        assert_eq!(res["statusCode"], "200");
+        let body: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["name"], "plain");
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn forwarded_http_requests_reach_the_api_on_their_original_path() {
-    let (_d, r, _) = router().await;
-    let (status, v) = call(&r, "GET", "/api/pipelines", Value::Null).await;
-    assert_eq!(status, 200);
-    assert_eq!(v.as_array().unwrap().len(), 2);
+    bounded(async {
+        let (_d, r, _) = router().await;
+        let (status, v) = call(&r, "GET", "/api/pipelines", Value::Null).await;
+        assert_eq!(status, 200);
+        assert_eq!(v.as_array().unwrap().len(), 2);
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn bad_invocations_get_specific_4xx_answers() {
-    let (_d, r, _) = router().await;
-    let (status, v) = call(
-        &r,
-        "POST",
-        "/build_pols",
-        json!({"Data": {}, "Metadata": {}}),
-    )
+    bounded(async {
+        let (_d, r, _) = router().await;
+        let (status, v) = call(
+            &r,
+            "POST",
+            "/build_pols",
+            json!({"Data": {}, "Metadata": {}}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert!(
+            v["Logs"][0]
+                .as_str()
+                .unwrap()
+                .contains("`build_pols` is not a kiln function"),
+            "{v}"
+        );
+        let (status, v) = call(&r, "POST", "/build_polls", json!("not an invocation")).await;
+        assert_eq!(status, 400);
+        assert!(
+            v["Logs"][0]
+                .as_str()
+                .unwrap()
+                .contains("not an invocation payload"),
+            "{v}"
+        );
+        let (status, v) = call(
+            &r,
+            "POST",
+            "/patch_tuesday",
+            json!({"Data": {"myTimer": {}}, "Metadata": {}}),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(v["Logs"][0].as_str().unwrap().contains("Data.timer"), "{v}");
+    })
     .await;
-    assert_eq!(status, 404);
-    assert!(
-        v["Logs"][0]
-            .as_str()
-            .unwrap()
-            .contains("`build_pols` is not a kiln function"),
-        "{v}"
-    );
-    let (status, v) = call(&r, "POST", "/build_polls", json!("not an invocation")).await;
-    assert_eq!(status, 400);
-    assert!(
-        v["Logs"][0]
-            .as_str()
-            .unwrap()
-            .contains("not an invocation payload"),
-        "{v}"
-    );
-    let (status, v) = call(
-        &r,
-        "POST",
-        "/patch_tuesday",
-        json!({"Data": {"myTimer": {}}, "Metadata": {}}),
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert!(v["Logs"][0].as_str().unwrap().contains("Data.timer"), "{v}");
 }

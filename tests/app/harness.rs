@@ -2,7 +2,7 @@
 //! timers, local provider) in the test process, on a loopback port, with a
 //! fresh data folder per test.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,19 +16,12 @@ use kiln::ports::{Clock, SystemClock};
 use kiln::providers::local::{BaseFrom, LocalProvider};
 use kiln::store::sqlite::queue::LocalQueue;
 
-pub const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/Microsoft.Compute";
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+pub use crate::common::{bounded, repo, SUB};
 
 /// The shipped tiny pipeline, renamed, publishing to its own image definition,
 /// with `kiln` settings merged in.
 pub fn tiny(name: &str, kiln: Value) -> (String, Value) {
-    let text = std::fs::read_to_string(repo().join("pipelines/tiny.json")).unwrap();
-    let mut doc: Value = serde_json::from_str(&text).unwrap();
-    doc["properties"]["distribute"][0]["galleryImageId"] =
-        json!(format!("{SUB}/galleries/gal_test/images/{name}"));
+    let mut doc = crate::common::tiny_in("gal_test", name);
     merge(&mut doc["kiln"], kiln);
     (name.to_string(), doc)
 }
@@ -226,6 +219,40 @@ impl Factory {
         }
     }
 
+    /// Waits until `check` yields a value, looking again after each event
+    /// the factory emits. Changes that emit no event (a queue drained) are
+    /// seen within [`RECHECK`]. Panics naming `what` after `limit`.
+    pub async fn until<T, Fut>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut() -> Fut,
+    ) -> T
+    where
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + limit;
+        // Subscribed before the first look, as in `wait_terminal`.
+        let mut events = self.events.subscribe();
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{what}: not within {limit:?}");
+            let _ = tokio::time::timeout(left.min(RECHECK), events.recv()).await;
+        }
+    }
+
+    /// Subscribes now to the factory's events; the wait then returns the
+    /// first event of `kind`, emitted from this call on.
+    pub fn expect_event(&self, kind: &str) -> EventWait {
+        EventWait {
+            events: self.events.subscribe(),
+            kind: kind.to_string(),
+        }
+    }
+
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(h) = self.host.take() {
@@ -234,6 +261,33 @@ impl Factory {
                 .unwrap()
                 .unwrap();
         }
+    }
+}
+
+/// How often [`Factory::until`] looks again when no event wakes it.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// An event awaited since [`Factory::expect_event`].
+pub struct EventWait {
+    events: tokio::sync::broadcast::Receiver<kiln::app::events::CloudEvent>,
+    kind: String,
+}
+
+impl EventWait {
+    pub async fn within(mut self, limit: Duration) -> kiln::app::events::CloudEvent {
+        let kind = self.kind.clone();
+        let wait = async {
+            loop {
+                match self.events.recv().await {
+                    Ok(ev) if ev.event_type == kind => return ev,
+                    Ok(_) => {}
+                    Err(e) => panic!("waiting for {kind}: the event stream {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} event within {limit:?}"))
     }
 }
 
@@ -249,4 +303,10 @@ pub fn lose_polls(dir: &Path) -> usize {
 /// the host (lose messages, count them).
 pub fn db_of(dir: &Path) -> kiln::store::Db {
     kiln::store::Db::open(&dir.join("data/kiln.db")).unwrap()
+}
+
+#[tokio::test]
+#[should_panic(expected = "did not finish within its limit of 20ms")]
+async fn a_test_that_hangs_fails_at_its_limit() {
+    crate::common::bounded_for(Duration::from_millis(20), std::future::pending()).await
 }

@@ -1,6 +1,9 @@
 //! App-level tests: the real router, queue consumers, timers and the local
 //! provider, driven the way the Functions host and users drive them.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod builds;
 mod events;
 mod handler;

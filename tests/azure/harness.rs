@@ -1,7 +1,6 @@
 //! The test world: the simulator, `kiln serve` pointed at it, and the
 //! simulated Functions host, with helpers that read like the scenarios.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,9 +13,7 @@ use kiln::sim::server::{Sim, SimHandle, SimOptions};
 /// How long any one scenario step may take on the wall clock.
 pub const STEP: Duration = Duration::from_secs(60);
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+pub use crate::common::{bounded, repo};
 
 /// The shipped tiny pipeline on the sim's subscription, with an Azure-sized
 /// build timeout (the sim plays a 30-minute AIB build).

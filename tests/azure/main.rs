@@ -6,6 +6,9 @@
 //! `scale` instead runs three `kiln serve` processes behind the host, at 300×,
 //! for about a minute.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod builds;
 mod cycles;
 mod harness;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use kiln::sim::faults::Outcome;
 use kiln::sim::server::SimOptions;
 
-use super::harness::{tiny, World};
+use super::harness::{bounded, tiny, World};
 
 /// A subscription the inventory is told to read besides the sim's own.
 const CONSUMERS: &str = "22222222-2222-2222-2222-222222222222";
@@ -132,135 +132,144 @@ async fn apply(w: &World) -> Value {
 
 #[tokio::test]
 async fn retention_keeps_what_consumers_run_deprecates_the_rest_then_deletes_it() {
-    let w = world().await;
+    bounded(async {
+        let w = world().await;
 
-    // First run: the surplus is deprecated, in place.
-    let run = apply(&w).await;
-    let v = w
-        .eventually("the deprecations to settle", || async {
+        // First run: the surplus is deprecated, in place.
+        let run = apply(&w).await;
+        let v = w
+            .eventually("the deprecations to settle", || async {
+                let v = versions(&w).await;
+                SURPLUS
+                    .iter()
+                    .all(|s| v[*s]["properties"]["provisioningState"] == "Succeeded")
+                    .then_some(v)
+            })
+            .await;
+        for s in SURPLUS {
+            let p = &v[s]["properties"]["publishingProfile"];
+            assert_eq!(p["excludeFromLatest"], true, "{s} deprecated: {run}");
+            assert!(
+                p["endOfLifeDate"].is_string(),
+                "{s} has an end of life: {p}"
+            );
+            assert!(
+                changes_to(&w, s).iter().all(|c| c.starts_with("PATCH")),
+                "{s} only patched in the first run"
+            );
+        }
+        for u in IN_USE {
+            let p = &v[u]["properties"]["publishingProfile"];
+            assert_eq!(p["excludeFromLatest"], false, "{u} kept: {run}");
+            assert!(p.get("endOfLifeDate").is_none(), "{u} kept: {p}");
+        }
+
+        // A later run, past their end of life: the deprecated versions go.
+        let run = apply(&w).await;
+        w.eventually("the deprecated versions to be deleted", || async {
             let v = versions(&w).await;
-            SURPLUS
-                .iter()
-                .all(|s| v[*s]["properties"]["provisioningState"] == "Succeeded")
-                .then_some(v)
+            SURPLUS.iter().all(|s| !v.contains_key(*s)).then_some(())
         })
         .await;
-    for s in SURPLUS {
-        let p = &v[s]["properties"]["publishingProfile"];
-        assert_eq!(p["excludeFromLatest"], true, "{s} deprecated: {run}");
-        assert!(
-            p["endOfLifeDate"].is_string(),
-            "{s} has an end of life: {p}"
-        );
-        assert!(
-            changes_to(&w, s).iter().all(|c| c.starts_with("PATCH")),
-            "{s} only patched in the first run"
-        );
-    }
-    for u in IN_USE {
-        let p = &v[u]["properties"]["publishingProfile"];
-        assert_eq!(p["excludeFromLatest"], false, "{u} kept: {run}");
-        assert!(p.get("endOfLifeDate").is_none(), "{u} kept: {p}");
-    }
+        let left: Vec<String> = versions(&w).await.into_keys().collect();
+        assert_eq!(left, IN_USE, "{run}");
+        for u in IN_USE {
+            assert!(changes_to(&w, u).is_empty(), "{u}: {:?}", changes_to(&w, u));
+        }
 
-    // A later run, past their end of life: the deprecated versions go.
-    let run = apply(&w).await;
-    w.eventually("the deprecated versions to be deleted", || async {
-        let v = versions(&w).await;
-        SURPLUS.iter().all(|s| !v.contains_key(*s)).then_some(())
-    })
-    .await;
-    let left: Vec<String> = versions(&w).await.into_keys().collect();
-    assert_eq!(left, IN_USE, "{run}");
-    for u in IN_USE {
-        assert!(changes_to(&w, u).is_empty(), "{u}: {:?}", changes_to(&w, u));
-    }
-
-    // The audit has each step, done, and nothing for what was kept.
-    let audit = audit(&w).await;
-    for (action, s) in SURPLUS
-        .iter()
-        .flat_map(|s| [("deprecate", *s), ("delete", *s)])
-    {
+        // The audit has each step, done, and nothing for what was kept.
+        let audit = audit(&w).await;
+        for (action, s) in SURPLUS
+            .iter()
+            .flat_map(|s| [("deprecate", *s), ("delete", *s)])
+        {
+            assert!(
+                audit
+                    .iter()
+                    .any(|e| e["version"] == s && e["action"] == action && e["status"] == "done"),
+                "{action} {s} audited as done: {audit:?}"
+            );
+        }
         assert!(
             audit
                 .iter()
-                .any(|e| e["version"] == s && e["action"] == action && e["status"] == "done"),
-            "{action} {s} audited as done: {audit:?}"
+                .all(|e| !IN_USE.contains(&e["version"].as_str().unwrap_or_default())),
+            "{audit:?}"
         );
-    }
-    assert!(
-        audit
-            .iter()
-            .all(|e| !IN_USE.contains(&e["version"].as_str().unwrap_or_default())),
-        "{audit:?}"
-    );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn retention_changes_nothing_when_a_listed_subscription_cannot_be_read() {
-    let w = world().await;
-    w.fault(json!({ "kind": "unreadableSubscription", "subscription": CONSUMERS }))
-        .await;
+    bounded(async {
+        let w = world().await;
+        w.fault(json!({ "kind": "unreadableSubscription", "subscription": CONSUMERS }))
+            .await;
 
-    let r = w.api_post("/api/retention/apply", json!({})).await;
-    assert_eq!(r.status(), 500, "the run aborts: {:?}", r.text().await);
-    // It stopped at the inventory: the unreadable subscription was asked
-    // about, and no version was touched.
-    let refused = w
-        .arm_requests(&format!("/subscriptions/{CONSUMERS}"))
-        .into_iter()
-        .any(|r| r.method == "GET" && matches!(r.outcome, Outcome::Status(403)));
-    assert!(refused, "{}", w.diagnose());
-    for v in SEEDED {
-        assert!(changes_to(&w, v).is_empty(), "{v}: {:?}", changes_to(&w, v));
-    }
-    let v = versions(&w).await;
-    for s in SEEDED {
-        assert_eq!(
-            v[s]["properties"]["publishingProfile"]["excludeFromLatest"], false,
-            "{s}"
+        let r = w.api_post("/api/retention/apply", json!({})).await;
+        assert_eq!(r.status(), 500, "the run aborts: {:?}", r.text().await);
+        // It stopped at the inventory: the unreadable subscription was asked
+        // about, and no version was touched.
+        let refused = w
+            .arm_requests(&format!("/subscriptions/{CONSUMERS}"))
+            .into_iter()
+            .any(|r| r.method == "GET" && matches!(r.outcome, Outcome::Status(403)));
+        assert!(refused, "{}", w.diagnose());
+        for v in SEEDED {
+            assert!(changes_to(&w, v).is_empty(), "{v}: {:?}", changes_to(&w, v));
+        }
+        let v = versions(&w).await;
+        for s in SEEDED {
+            assert_eq!(
+                v[s]["properties"]["publishingProfile"]["excludeFromLatest"], false,
+                "{s}"
+            );
+        }
+        assert!(
+            audit(&w).await.is_empty(),
+            "nothing planned, nothing audited"
         );
-    }
-    assert!(
-        audit(&w).await.is_empty(),
-        "nothing planned, nothing audited"
-    );
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn the_nightly_retention_timer_deprecates_the_surplus() {
-    // A quarter of an hour (sim) before the `retention` timer's 03:00.
-    let three = Utc.with_ymd_and_hms(2026, 12, 2, 3, 0, 0).unwrap();
-    let w = world_from(three - Duration::minutes(15)).await;
-    assert!(w.now() < three, "seeded only at {}", w.now());
-    assert!(audit(&w).await.is_empty(), "nothing before the timer");
-    let fired = w.timer_firings("retention", 1).await;
-    assert!(fired >= three);
-    let ok = w
-        .host
-        .invocations()
-        .iter()
-        .any(|i| i.function == "retention" && i.succeeded());
-    assert!(ok, "{}", w.diagnose());
-    let v = w
-        .eventually("the deprecations to settle", || async {
-            let v = versions(&w).await;
-            SURPLUS
-                .iter()
-                .all(|s| v[*s]["properties"]["provisioningState"] == "Succeeded")
-                .then_some(v)
-        })
-        .await;
-    for s in SURPLUS {
-        assert_eq!(
-            v[s]["properties"]["publishingProfile"]["excludeFromLatest"], true,
-            "{s}"
-        );
-    }
-    for u in IN_USE {
-        assert!(changes_to(&w, u).is_empty(), "{u}: {:?}", changes_to(&w, u));
-    }
-    let audit = audit(&w).await;
-    assert_eq!(audit.len(), SURPLUS.len(), "{audit:?}");
+    bounded(async {
+        // A quarter of an hour (sim) before the `retention` timer's 03:00.
+        let three = Utc.with_ymd_and_hms(2026, 12, 2, 3, 0, 0).unwrap();
+        let w = world_from(three - Duration::minutes(15)).await;
+        assert!(w.now() < three, "seeded only at {}", w.now());
+        assert!(audit(&w).await.is_empty(), "nothing before the timer");
+        let fired = w.timer_firings("retention", 1).await;
+        assert!(fired >= three);
+        let ok = w
+            .host
+            .invocations()
+            .iter()
+            .any(|i| i.function == "retention" && i.succeeded());
+        assert!(ok, "{}", w.diagnose());
+        let v = w
+            .eventually("the deprecations to settle", || async {
+                let v = versions(&w).await;
+                SURPLUS
+                    .iter()
+                    .all(|s| v[*s]["properties"]["provisioningState"] == "Succeeded")
+                    .then_some(v)
+            })
+            .await;
+        for s in SURPLUS {
+            assert_eq!(
+                v[s]["properties"]["publishingProfile"]["excludeFromLatest"], true,
+                "{s}"
+            );
+        }
+        for u in IN_USE {
+            assert!(changes_to(&w, u).is_empty(), "{u}: {:?}", changes_to(&w, u));
+        }
+        let audit = audit(&w).await;
+        assert_eq!(audit.len(), SURPLUS.len(), "{audit:?}");
+    })
+    .await;
 }

@@ -31,6 +31,7 @@ use kiln::sim::functions_host::{
 use kiln::sim::server::{Sim, SimHandle, SimOptions};
 
 use super::harness::{repo, tiny};
+use crate::common::bounded_for;
 use proxy::{through_proxy, CountingProxy};
 
 const INSTANCES: usize = 3;
@@ -445,484 +446,488 @@ fn queue_len(sim: &SimHandle, path: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_three_instances_build_exactly_once_under_one_cap() {
-    // Patch Tuesday December 2026 is the 8th; the day after at 03:00 in
-    // Berlin is 02:00 UTC on the 9th. The sim starts two sim hours before
-    // (24 s on the wall), so one of the timer's firings before it (every
-    // quarter hour) arms the schedules, even on a loaded machine where the
-    // first firings outlast the host's function timeout (one wall second
-    // at this clock factor) while 200 pipelines are armed.
-    let fires = Utc.with_ymd_and_hms(2026, 12, 9, 2, 0, 0).unwrap();
-    let sim = Sim::start(SimOptions {
-        start: Some(fires - chrono::Duration::minutes(120)),
-        ..SimOptions::new(FACTOR)
-    })
-    .await
-    .unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    seed_marketplace(&sim, &http).await;
-
-    let dir = tempfile::tempdir().unwrap();
-    let pipelines_dir = dir.path().join("pipelines");
-    std::fs::create_dir_all(&pipelines_dir).unwrap();
-    let subscription = sim.options().subscription_id.clone();
-    let names: Vec<String> = (0..PIPELINES).map(pipeline_name).collect();
-    for name in &names {
-        std::fs::write(
-            pipelines_dir.join(format!("{name}.json")),
-            scheduled_copy(&subscription, name).to_string(),
-        )
-        .unwrap();
-    }
-
-    // The settings `sim::factory` gives its in-process kiln serve.
-    let store = SharedStore::from_env(dir.path()).await;
-    let mut env = sim.kiln_env();
-    env.extend([
-        (
-            "KILN_EVENTS_KEY".to_string(),
-            "sim-scale-events-key".to_string(),
-        ),
-        (
-            "KILN_PIPELINES_DIR".into(),
-            pipelines_dir.display().to_string(),
-        ),
-        (
-            "KILN_HANDLERS_DIR".into(),
-            repo().join("handlers").display().to_string(),
-        ),
-        ("KILN_MAX_ACTIVE_BUILDS".into(), CAP.to_string()),
-        ("KILN_LOG".into(), "warn".into()),
-    ]);
-    let mut fleet = Fleet {
-        dir: dir.path().to_path_buf(),
-        env,
-        procs: Vec::new(),
-    };
-    // One after the other, as instances join a running app.
-    let first = fleet.spawn("0", &store);
-    fleet.ready(first).await;
-    for i in 1..INSTANCES {
-        let p = fleet.spawn(&i.to_string(), &store);
-        fleet.ready(p).await;
-    }
-    if let SharedStore::Table { proxy, .. } = &store {
-        assert!(
-            proxy.requests() > 0,
-            "KILN_STORE=table: the instances started without a request to Table Storage"
-        );
-    }
-    let urls: Vec<String> = fleet.procs.iter().map(|p| p.url.clone()).collect();
-    let host = FunctionsHost::start(
-        HostOptions::scaled(&sim, &urls, &repo().join("handlers"))
-            .host_json(&repo().join("host.json"))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let front = host.app_url().to_string();
-
-    let firings = |host: &HostHandle| -> Vec<kiln::sim::functions_host::InvocationRecord> {
-        host.invocations()
-            .into_iter()
-            .filter(|r| r.function == "patch_tuesday")
-            .collect()
-    };
-    let armed = wait_until(RUN, "the schedules to be armed", || async {
-        firings(&host).into_iter().find(|r| r.succeeded())
-    })
-    .await
-    .unwrap();
-    assert!(
-        armed.sim_ended < fires,
-        "the first firing at {} came too late to arm the schedules",
-        armed.sim_ended
-    );
-
-    // The cycle's occurrence: the host's timer fires on one instance, and
-    // two more firings of the same occurrence go straight to the other
-    // two, with the 50 duplicate manual requests alongside.
-    let clock = sim.clock();
-    wait_until(RUN, "the cycle's time", || async {
-        (kiln::ports::Clock::now(&clock) >= fires).then_some(())
-    })
-    .await
-    .unwrap();
-    let started = Instant::now();
-    let mut sends = tokio::task::JoinSet::new();
-    for instance in &urls[1..] {
-        let f = extra_firing(
-            http.clone(),
-            instance.clone(),
-            kiln::ports::Clock::now(&clock),
-            fires + chrono::Duration::minutes(15),
-        );
-        sends.spawn(async move { format!("extra firing {}", f.await) });
-    }
-    let manual: Vec<(String, String)> = (0..KEYS)
-        .map(|k| (pipeline_name(k * PIPELINES / KEYS), format!("dup-{k}")))
-        .collect();
-    for (pipeline, key) in &manual {
-        for send in 0..SENDS_PER_KEY {
-            sends.spawn(send_duplicate(
-                http.clone(),
-                front.clone(),
-                urls.clone(),
-                sim.service_bus_url(),
-                pipeline.clone(),
-                key.clone(),
-                send,
-            ));
-        }
-    }
-    let mut outcomes = BTreeMap::<String, usize>::new();
-    while let Some(r) = sends.join_next().await {
-        *outcomes.entry(r.unwrap()).or_default() += 1;
-    }
-    assert_eq!(outcomes["extra firing 200"], INSTANCES - 1, "{outcomes:?}");
-
-    // Halfway, instance 0 is SIGKILLed and replaced on a new port.
-    let half = wait_until(RUN, "half the builds to end", || async {
-        let builds = all_builds(&http, &front).await?;
-        let ended = builds
-            .iter()
-            .filter(|b| TERMINAL.contains(&state(b)))
-            .count();
-        (ended >= PIPELINES / 2).then_some(ended)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
-    let killed_url = urls[0].clone();
-    fleet.kill(first);
-    let killed_at = kiln::ports::Clock::now(&clock);
-    let replacement = fleet.spawn("0-replacement", &store);
-    fleet.ready(replacement).await;
-    let replacement_url = fleet.procs[replacement].url.clone();
-    host.replace_instance(0, &replacement_url).await.unwrap();
-
-    // The end: every request admitted (the requests queue is empty) and
-    // every build terminal.
-    let builds = wait_until(RUN, "every build to end", || async {
-        if queue_len(&sim, "build-requests") > 0 {
-            return None;
-        }
-        let builds = all_builds(&http, &front).await?;
-        let done = builds.len() >= PIPELINES && builds.iter().all(|b| TERMINAL.contains(&state(b)));
-        done.then_some(builds)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
-    let wall = started.elapsed();
-
-    // No message lost: the queues drain (a poll scheduled before its build
-    // moved on is dropped when it comes due), nothing was dead-lettered.
-    wait_until(
-        Duration::from_secs(30),
-        "the polls queue to drain",
-        || async { (queue_len(&sim, "build-polls") == 0).then_some(()) },
-    )
-    .await
-    .unwrap();
-    for q in [
-        "build-requests/$DeadLetterQueue",
-        "build-polls/$DeadLetterQueue",
-    ] {
-        assert_eq!(queue_len(&sim, q), 0, "{q}");
-    }
-    let dead = get_json(&http, &format!("{front}/api/deadletters"))
+    // The scenario takes about 80 s here; a hang fails it after ten minutes.
+    bounded_for(Duration::from_secs(600), async {
+        // Patch Tuesday December 2026 is the 8th; the day after at 03:00 in
+        // Berlin is 02:00 UTC on the 9th. The sim starts two sim hours before
+        // (24 s on the wall), so one of the timer's firings before it (every
+        // quarter hour) arms the schedules, even on a loaded machine where the
+        // first firings outlast the host's function timeout (one wall second
+        // at this clock factor) while 200 pipelines are armed.
+        let fires = Utc.with_ymd_and_hms(2026, 12, 9, 2, 0, 0).unwrap();
+        let sim = Sim::start(SimOptions {
+            start: Some(fires - chrono::Duration::minutes(120)),
+            ..SimOptions::new(FACTOR)
+        })
         .await
         .unwrap();
-    assert_eq!(dead, json!([]), "kiln dead-lettered requests");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        seed_marketplace(&sim, &http).await;
 
-    // Every build ends exactly once, and every request key has one build.
-    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut ended: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-    for b in &builds {
-        let id = b["id"].as_str().unwrap().to_string();
-        assert_eq!(state(b), "succeeded", "{b}");
-        let detail = get_json(&http, &format!("{front}/api/builds/{id}"))
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines_dir = dir.path().join("pipelines");
+        std::fs::create_dir_all(&pipelines_dir).unwrap();
+        let subscription = sim.options().subscription_id.clone();
+        let names: Vec<String> = (0..PIPELINES).map(pipeline_name).collect();
+        for name in &names {
+            std::fs::write(
+                pipelines_dir.join(format!("{name}.json")),
+                scheduled_copy(&subscription, name).to_string(),
+            )
+            .unwrap();
+        }
+
+        // The settings `sim::factory` gives its in-process kiln serve.
+        let store = SharedStore::from_env(dir.path()).await;
+        let mut env = sim.kiln_env();
+        env.extend([
+            (
+                "KILN_EVENTS_KEY".to_string(),
+                "sim-scale-events-key".to_string(),
+            ),
+            (
+                "KILN_PIPELINES_DIR".into(),
+                pipelines_dir.display().to_string(),
+            ),
+            (
+                "KILN_HANDLERS_DIR".into(),
+                repo().join("handlers").display().to_string(),
+            ),
+            ("KILN_MAX_ACTIVE_BUILDS".into(), CAP.to_string()),
+            ("KILN_LOG".into(), "warn".into()),
+        ]);
+        let mut fleet = Fleet {
+            dir: dir.path().to_path_buf(),
+            env,
+            procs: Vec::new(),
+        };
+        // One after the other, as instances join a running app.
+        let first = fleet.spawn("0", &store);
+        fleet.ready(first).await;
+        for i in 1..INSTANCES {
+            let p = fleet.spawn(&i.to_string(), &store);
+            fleet.ready(p).await;
+        }
+        if let SharedStore::Table { proxy, .. } = &store {
+            assert!(
+                proxy.requests() > 0,
+                "KILN_STORE=table: the instances started without a request to Table Storage"
+            );
+        }
+        let urls: Vec<String> = fleet.procs.iter().map(|p| p.url.clone()).collect();
+        let host = FunctionsHost::start(
+            HostOptions::scaled(&sim, &urls, &repo().join("handlers"))
+                .host_json(&repo().join("host.json"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let front = host.app_url().to_string();
+
+        let firings = |host: &HostHandle| -> Vec<kiln::sim::functions_host::InvocationRecord> {
+            host.invocations()
+                .into_iter()
+                .filter(|r| r.function == "patch_tuesday")
+                .collect()
+        };
+        let armed = wait_until(RUN, "the schedules to be armed", || async {
+            firings(&host).into_iter().find(|r| r.succeeded())
+        })
+        .await
+        .unwrap();
+        assert!(
+            armed.sim_ended < fires,
+            "the first firing at {} came too late to arm the schedules",
+            armed.sim_ended
+        );
+
+        // The cycle's occurrence: the host's timer fires on one instance, and
+        // two more firings of the same occurrence go straight to the other
+        // two, with the 50 duplicate manual requests alongside.
+        let clock = sim.clock();
+        wait_until(RUN, "the cycle's time", || async {
+            (kiln::ports::Clock::now(&clock) >= fires).then_some(())
+        })
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let mut sends = tokio::task::JoinSet::new();
+        for instance in &urls[1..] {
+            let f = extra_firing(
+                http.clone(),
+                instance.clone(),
+                kiln::ports::Clock::now(&clock),
+                fires + chrono::Duration::minutes(15),
+            );
+            sends.spawn(async move { format!("extra firing {}", f.await) });
+        }
+        let manual: Vec<(String, String)> = (0..KEYS)
+            .map(|k| (pipeline_name(k * PIPELINES / KEYS), format!("dup-{k}")))
+            .collect();
+        for (pipeline, key) in &manual {
+            for send in 0..SENDS_PER_KEY {
+                sends.spawn(send_duplicate(
+                    http.clone(),
+                    front.clone(),
+                    urls.clone(),
+                    sim.service_bus_url(),
+                    pipeline.clone(),
+                    key.clone(),
+                    send,
+                ));
+            }
+        }
+        let mut outcomes = BTreeMap::<String, usize>::new();
+        while let Some(r) = sends.join_next().await {
+            *outcomes.entry(r.unwrap()).or_default() += 1;
+        }
+        assert_eq!(outcomes["extra firing 200"], INSTANCES - 1, "{outcomes:?}");
+
+        // Halfway, instance 0 is SIGKILLed and replaced on a new port.
+        let half = wait_until(RUN, "half the builds to end", || async {
+            let builds = all_builds(&http, &front).await?;
+            let ended = builds
+                .iter()
+                .filter(|b| TERMINAL.contains(&state(b)))
+                .count();
+            (ended >= PIPELINES / 2).then_some(ended)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+        let killed_url = urls[0].clone();
+        fleet.kill(first);
+        let killed_at = kiln::ports::Clock::now(&clock);
+        let replacement = fleet.spawn("0-replacement", &store);
+        fleet.ready(replacement).await;
+        let replacement_url = fleet.procs[replacement].url.clone();
+        host.replace_instance(0, &replacement_url).await.unwrap();
+
+        // The end: every request admitted (the requests queue is empty) and
+        // every build terminal.
+        let builds = wait_until(RUN, "every build to end", || async {
+            if queue_len(&sim, "build-requests") > 0 {
+                return None;
+            }
+            let builds = all_builds(&http, &front).await?;
+            let done = builds.len() >= PIPELINES && builds.iter().all(|b| TERMINAL.contains(&state(b)));
+            done.then_some(builds)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", fleet.logs()));
+        let wall = started.elapsed();
+
+        // No message lost: the queues drain (a poll scheduled before its build
+        // moved on is dropped when it comes due), nothing was dead-lettered.
+        wait_until(
+            Duration::from_secs(30),
+            "the polls queue to drain",
+            || async { (queue_len(&sim, "build-polls") == 0).then_some(()) },
+        )
+        .await
+        .unwrap();
+        for q in [
+            "build-requests/$DeadLetterQueue",
+            "build-polls/$DeadLetterQueue",
+        ] {
+            assert_eq!(queue_len(&sim, q), 0, "{q}");
+        }
+        let dead = get_json(&http, &format!("{front}/api/deadletters"))
             .await
             .unwrap();
-        let timeline = detail["timeline"].as_array().unwrap();
-        let terminal: Vec<&Value> = timeline
-            .iter()
-            .filter(|h| TERMINAL.contains(&h["to"].as_str().unwrap()))
-            .collect();
-        assert_eq!(
-            terminal.len(),
-            1,
-            "build {id} ended {} times: {timeline:?}",
-            terminal.len()
-        );
-        ended.insert(id.clone(), at(&terminal[0]["at"]));
-        keys.entry(b["idempotencyKey"].as_str().unwrap().to_string())
-            .or_default()
-            .insert(id.clone());
-        for h in timeline {
-            let cause = h["cause"].as_str().unwrap_or("");
-            if let Some(key) = cause
-                .strip_prefix("request ")
-                .and_then(|c| c.strip_suffix(" coalesced into this build"))
-            {
-                keys.entry(key.to_string()).or_default().insert(id.clone());
-            }
-        }
-    }
-    let mut expected: BTreeSet<String> = names
-        .iter()
-        .map(|p| format!("schedule:{p}:2026-12"))
-        .collect();
-    expected.extend(manual.iter().map(|(p, k)| format!("manual:{p}:{k}")));
-    assert_eq!(
-        keys.keys().cloned().collect::<BTreeSet<_>>(),
-        expected,
-        "the request keys the builds answer"
-    );
-    for (key, ids) in &keys {
-        assert_eq!(ids.len(), 1, "request {key} has builds {ids:?}");
-    }
+        assert_eq!(dead, json!([]), "kiln dead-lettered requests");
 
-    // One terminal CloudEvent per build, over the instances' files.
-    let mut terminal_events: BTreeMap<String, usize> = BTreeMap::new();
-    for ev in fleet.events() {
-        let kind = ev["type"].as_str().unwrap_or("");
-        let is_terminal = TERMINAL
-            .iter()
-            .any(|t| kind == format!("dev.kiln.build.{t}"));
-        if is_terminal {
-            *terminal_events
-                .entry(ev["data"]["buildId"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
-    }
-    let once: BTreeMap<String, usize> = ended.keys().map(|id| (id.clone(), 1)).collect();
-    assert_eq!(terminal_events, once, "terminal events per build");
-
-    // No version published twice; each build's version published once, by it.
-    let publications = sim.arm().publications();
-    let mut published: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for p in &publications {
-        published
-            .entry(p.version_id.to_ascii_lowercase())
-            .or_default()
-            .push(p.template.clone());
-    }
-    for (version, by) in &published {
-        assert_eq!(by.len(), 1, "{version} published by {by:?}");
-    }
-    let gallery = format!(
-        "/subscriptions/{subscription}/resourcegroups/rg-images/providers/microsoft.compute/galleries/gal_lab/images"
-    );
-    for b in &builds {
-        let id = b["id"].as_str().unwrap();
-        let version = format!(
-            "{gallery}/{}/versions/{}",
-            b["pipeline"].as_str().unwrap(),
-            b["version"].as_str().unwrap()
-        );
-        let by = published
-            .get(&version)
-            .unwrap_or_else(|| panic!("build {id}'s {version} was never published"));
-        assert!(
-            by[0].starts_with(&format!("kiln-{id}-a")),
-            "{version}: {by:?}"
-        );
-    }
-    assert_eq!(
-        publications.len(),
-        builds.len(),
-        "one publication per build"
-    );
-
-    // The cap held across the instances. A build holds a slot from its
-    // claim to its terminal write; its first ARM request comes after the
-    // claim is durable and the observation that ended it before the
-    // terminal write, so [first ARM request, terminal entry] lies inside
-    // the time it held a slot: more of those at once than the cap would
-    // mean more builds held slots at once than the cap.
-    let requests = sim.requests();
-    assert_eq!(
-        requests.first().map(|r| r.seq),
-        Some(1),
-        "the request log overflowed"
-    );
-    let mut first_seen: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
-    for r in &requests {
-        if let Some(rest) = r.path.split("/imageTemplates/kiln-").nth(1) {
-            if let Some((id, _)) = rest.rsplit_once("-a") {
-                first_seen.entry(id.to_string()).or_insert(r.sim);
-            }
-        }
-    }
-    let intervals: Vec<(DateTime<Utc>, DateTime<Utc>)> = ended
-        .iter()
-        .map(|(id, end)| {
-            let start = first_seen
-                .get(id)
-                .unwrap_or_else(|| panic!("build {id} never reached ARM"));
-            (*start, *end)
-        })
-        .collect();
-    let most = max_overlap(&intervals);
-    assert!(
-        most <= CAP,
-        "{most} builds active at once, over the cap of {CAP}"
-    );
-
-    // The instances: all took invocations; what the kill cut was abandoned
-    // and delivered again.
-    let invocations = host.invocations();
-    let cut: Vec<_> = invocations
-        .iter()
-        .filter(|r| r.instance_url.as_deref() == Some(killed_url.as_str()) && !r.succeeded())
-        .collect();
-    for r in &cut {
-        if let InvocationTrigger::Queue { message_id, .. } = &r.trigger {
-            assert!(
-                invocations.iter().any(|o| matches!(&o.trigger,
-                    InvocationTrigger::Queue { message_id: m, settled: kiln::sim::functions_host::Settled::Completed, .. } if m == message_id)),
-                "message {message_id}, cut by the kill, was never completed"
-            );
-        }
-    }
-    let mut served = BTreeMap::<String, usize>::new();
-    for r in &invocations {
-        if let Some(u) = &r.instance_url {
-            *served.entry(u.clone()).or_default() += 1;
-        }
-    }
-    assert!(
-        fleet
-            .procs
-            .iter()
-            .all(|p| served.get(&p.url).is_some_and(|n| *n > 0)),
-        "an instance served nothing: {served:?}"
-    );
-    // Later firings in the cycle find every schedule checked (and request
-    // nothing the assertions above would have caught).
-    let later_firings = firings(&host)
-        .into_iter()
-        .filter(|r| r.sim_started >= fires + chrono::Duration::minutes(15))
-        .count();
-    assert!(
-        later_firings >= 1,
-        "the schedule timer fired once more in the cycle"
-    );
-
-    let arm: Vec<&str> = requests
-        .iter()
-        .map(|r| r.path.as_str())
-        .filter(|p| !p.starts_with("/servicebus") && !p.starts_with("/blob"))
-        .collect();
-    let on = |part: &str| arm.iter().filter(|p| p.contains(part)).count();
-    let (on_templates, operations, gallery) = (
-        on("/imageTemplates/"),
-        on("/operations/"),
-        on("/galleries/"),
-    );
-    let n = builds.len();
-
-    // Each definition's versions as the gallery lists them: each build's
-    // version there once.
-    let mut by_pipeline: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for b in &builds {
-        by_pipeline
-            .entry(b["pipeline"].as_str().unwrap())
-            .or_default()
-            .push(b["version"].as_str().unwrap());
-    }
-    for (pipeline, versions) in &by_pipeline {
-        let listed = get_bearer_json(
-            &http,
-            &format!(
-                "{}/subscriptions/{subscription}/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/gal_lab/images/{pipeline}/versions?api-version=2025-03-03",
-                sim.url()
-            ),
-        )
-        .await;
-        let names: Vec<&str> = listed["value"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["name"].as_str().unwrap())
-            .collect();
-        for v in versions {
+        // Every build ends exactly once, and every request key has one build.
+        let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut ended: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        for b in &builds {
+            let id = b["id"].as_str().unwrap().to_string();
+            assert_eq!(state(b), "succeeded", "{b}");
+            let detail = get_json(&http, &format!("{front}/api/builds/{id}"))
+                .await
+                .unwrap();
+            let timeline = detail["timeline"].as_array().unwrap();
+            let terminal: Vec<&Value> = timeline
+                .iter()
+                .filter(|h| TERMINAL.contains(&h["to"].as_str().unwrap()))
+                .collect();
             assert_eq!(
-                names.iter().filter(|n| *n == v).count(),
+                terminal.len(),
                 1,
-                "{pipeline} {v} in {names:?}"
+                "build {id} ended {} times: {timeline:?}",
+                terminal.len()
             );
-        }
-        assert_eq!(names.len(), versions.len(), "{pipeline}: {names:?}");
-    }
-
-    // Every attempt's template retired, the killed instance's included.
-    let templates: Vec<String> = builds
-        .iter()
-        .map(|b| {
-            format!(
-                "{}/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.VirtualMachineImages/imageTemplates/kiln-{}-a{}?api-version=2025-10-01",
-                sim.url(),
-                sim.options().resource_group,
-                b["id"].as_str().unwrap(),
-                b["attempt"]
-            )
-        })
-        .collect();
-    let left = std::sync::Mutex::new(templates);
-    wait_until(RUN, "every template to be retired", || async {
-        let pending = left.lock().unwrap().clone();
-        let mut still = Vec::new();
-        for url in pending {
-            let r = http.get(&url).bearer_auth("test").send().await;
-            if !r.is_ok_and(|r| r.status() == 404) {
-                still.push(url);
+            ended.insert(id.clone(), at(&terminal[0]["at"]));
+            keys.entry(b["idempotencyKey"].as_str().unwrap().to_string())
+                .or_default()
+                .insert(id.clone());
+            for h in timeline {
+                let cause = h["cause"].as_str().unwrap_or("");
+                if let Some(key) = cause
+                    .strip_prefix("request ")
+                    .and_then(|c| c.strip_suffix(" coalesced into this build"))
+                {
+                    keys.entry(key.to_string()).or_default().insert(id.clone());
+                }
             }
         }
-        let done = still.is_empty();
-        *left.lock().unwrap() = still;
-        done.then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}: {:?}", left.lock().unwrap()));
+        let mut expected: BTreeSet<String> = names
+            .iter()
+            .map(|p| format!("schedule:{p}:2026-12"))
+            .collect();
+        expected.extend(manual.iter().map(|(p, k)| format!("manual:{p}:{k}")));
+        assert_eq!(
+            keys.keys().cloned().collect::<BTreeSet<_>>(),
+            expected,
+            "the request keys the builds answer"
+        );
+        for (key, ids) in &keys {
+            assert_eq!(ids.len(), 1, "request {key} has builds {ids:?}");
+        }
 
-    // How the invocations went, per function.
-    let mut calls = BTreeMap::<&str, (usize, usize)>::new();
-    for r in &invocations {
-        let e = calls.entry(r.function.as_str()).or_default();
-        e.0 += 1;
-        e.1 += usize::from(!r.succeeded());
-    }
-    eprintln!(
-        "scale: {n} builds on {INSTANCES} instances (cap {CAP}, most active at once {most}) in {:.1} s: {:.1} builds per minute (wall)",
-        wall.as_secs_f64(),
-        n as f64 / wall.as_secs_f64() * 60.0
-    );
-    eprintln!(
-        "scale: ARM requests per build: {:.1} ({} in all: {on_templates} on templates, {operations} on operations, {gallery} on the gallery, {} other)",
-        arm.len() as f64 / n as f64,
-        arm.len(),
-        arm.len() - on_templates - operations - gallery
-    );
-    eprintln!(
-        "scale: store transactions per build: {}",
-        store.transactions_per_build(n)
-    );
-    let cycle_firing = firings(&host)
-        .into_iter()
-        .find(|r| r.sim_started >= fires)
-        .and_then(|r| r.status)
-        .map_or("no answer".to_string(), |s| s.to_string());
-    eprintln!(
-        "scale: the cycle's timer firing answered {cycle_firing}, with 2 more at once; duplicates {outcomes:?}; {} patch_tuesday firings after"
-        , later_firings
-    );
-    eprintln!(
-        "scale: instance 0 SIGKILLed at {killed_at} with {half} builds ended, {} invocations cut, replaced on a new port",
-        cut.len()
-    );
-    eprintln!("scale: invocations (all, failed) per function: {calls:?}; per instance: {served:?}");
-    host.stop().await;
+        // One terminal CloudEvent per build, over the instances' files.
+        let mut terminal_events: BTreeMap<String, usize> = BTreeMap::new();
+        for ev in fleet.events() {
+            let kind = ev["type"].as_str().unwrap_or("");
+            let is_terminal = TERMINAL
+                .iter()
+                .any(|t| kind == format!("dev.kiln.build.{t}"));
+            if is_terminal {
+                *terminal_events
+                    .entry(ev["data"]["buildId"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+        let once: BTreeMap<String, usize> = ended.keys().map(|id| (id.clone(), 1)).collect();
+        assert_eq!(terminal_events, once, "terminal events per build");
+
+        // No version published twice; each build's version published once, by it.
+        let publications = sim.arm().publications();
+        let mut published: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in &publications {
+            published
+                .entry(p.version_id.to_ascii_lowercase())
+                .or_default()
+                .push(p.template.clone());
+        }
+        for (version, by) in &published {
+            assert_eq!(by.len(), 1, "{version} published by {by:?}");
+        }
+        let gallery = format!(
+            "/subscriptions/{subscription}/resourcegroups/rg-images/providers/microsoft.compute/galleries/gal_lab/images"
+        );
+        for b in &builds {
+            let id = b["id"].as_str().unwrap();
+            let version = format!(
+                "{gallery}/{}/versions/{}",
+                b["pipeline"].as_str().unwrap(),
+                b["version"].as_str().unwrap()
+            );
+            let by = published
+                .get(&version)
+                .unwrap_or_else(|| panic!("build {id}'s {version} was never published"));
+            assert!(
+                by[0].starts_with(&format!("kiln-{id}-a")),
+                "{version}: {by:?}"
+            );
+        }
+        assert_eq!(
+            publications.len(),
+            builds.len(),
+            "one publication per build"
+        );
+
+        // The cap held across the instances. A build holds a slot from its
+        // claim to its terminal write; its first ARM request comes after the
+        // claim is durable and the observation that ended it before the
+        // terminal write, so [first ARM request, terminal entry] lies inside
+        // the time it held a slot: more of those at once than the cap would
+        // mean more builds held slots at once than the cap.
+        let requests = sim.requests();
+        assert_eq!(
+            requests.first().map(|r| r.seq),
+            Some(1),
+            "the request log overflowed"
+        );
+        let mut first_seen: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        for r in &requests {
+            if let Some(rest) = r.path.split("/imageTemplates/kiln-").nth(1) {
+                if let Some((id, _)) = rest.rsplit_once("-a") {
+                    first_seen.entry(id.to_string()).or_insert(r.sim);
+                }
+            }
+        }
+        let intervals: Vec<(DateTime<Utc>, DateTime<Utc>)> = ended
+            .iter()
+            .map(|(id, end)| {
+                let start = first_seen
+                    .get(id)
+                    .unwrap_or_else(|| panic!("build {id} never reached ARM"));
+                (*start, *end)
+            })
+            .collect();
+        let most = max_overlap(&intervals);
+        assert!(
+            most <= CAP,
+            "{most} builds active at once, over the cap of {CAP}"
+        );
+
+        // The instances: all took invocations; what the kill cut was abandoned
+        // and delivered again.
+        let invocations = host.invocations();
+        let cut: Vec<_> = invocations
+            .iter()
+            .filter(|r| r.instance_url.as_deref() == Some(killed_url.as_str()) && !r.succeeded())
+            .collect();
+        for r in &cut {
+            if let InvocationTrigger::Queue { message_id, .. } = &r.trigger {
+                assert!(
+                    invocations.iter().any(|o| matches!(&o.trigger,
+                        InvocationTrigger::Queue { message_id: m, settled: kiln::sim::functions_host::Settled::Completed, .. } if m == message_id)),
+                    "message {message_id}, cut by the kill, was never completed"
+                );
+            }
+        }
+        let mut served = BTreeMap::<String, usize>::new();
+        for r in &invocations {
+            if let Some(u) = &r.instance_url {
+                *served.entry(u.clone()).or_default() += 1;
+            }
+        }
+        assert!(
+            fleet
+                .procs
+                .iter()
+                .all(|p| served.get(&p.url).is_some_and(|n| *n > 0)),
+            "an instance served nothing: {served:?}"
+        );
+        // Later firings in the cycle find every schedule checked (and request
+        // nothing the assertions above would have caught).
+        let later_firings = firings(&host)
+            .into_iter()
+            .filter(|r| r.sim_started >= fires + chrono::Duration::minutes(15))
+            .count();
+        assert!(
+            later_firings >= 1,
+            "the schedule timer fired once more in the cycle"
+        );
+
+        let arm: Vec<&str> = requests
+            .iter()
+            .map(|r| r.path.as_str())
+            .filter(|p| !p.starts_with("/servicebus") && !p.starts_with("/blob"))
+            .collect();
+        let on = |part: &str| arm.iter().filter(|p| p.contains(part)).count();
+        let (on_templates, operations, gallery) = (
+            on("/imageTemplates/"),
+            on("/operations/"),
+            on("/galleries/"),
+        );
+        let n = builds.len();
+
+        // Each definition's versions as the gallery lists them: each build's
+        // version there once.
+        let mut by_pipeline: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for b in &builds {
+            by_pipeline
+                .entry(b["pipeline"].as_str().unwrap())
+                .or_default()
+                .push(b["version"].as_str().unwrap());
+        }
+        for (pipeline, versions) in &by_pipeline {
+            let listed = get_bearer_json(
+                &http,
+                &format!(
+                    "{}/subscriptions/{subscription}/resourceGroups/rg-images/providers/Microsoft.Compute/galleries/gal_lab/images/{pipeline}/versions?api-version=2025-03-03",
+                    sim.url()
+                ),
+            )
+            .await;
+            let names: Vec<&str> = listed["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap())
+                .collect();
+            for v in versions {
+                assert_eq!(
+                    names.iter().filter(|n| *n == v).count(),
+                    1,
+                    "{pipeline} {v} in {names:?}"
+                );
+            }
+            assert_eq!(names.len(), versions.len(), "{pipeline}: {names:?}");
+        }
+
+        // Every attempt's template retired, the killed instance's included.
+        let templates: Vec<String> = builds
+            .iter()
+            .map(|b| {
+                format!(
+                    "{}/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.VirtualMachineImages/imageTemplates/kiln-{}-a{}?api-version=2025-10-01",
+                    sim.url(),
+                    sim.options().resource_group,
+                    b["id"].as_str().unwrap(),
+                    b["attempt"]
+                )
+            })
+            .collect();
+        let left = std::sync::Mutex::new(templates);
+        wait_until(RUN, "every template to be retired", || async {
+            let pending = left.lock().unwrap().clone();
+            let mut still = Vec::new();
+            for url in pending {
+                let r = http.get(&url).bearer_auth("test").send().await;
+                if !r.is_ok_and(|r| r.status() == 404) {
+                    still.push(url);
+                }
+            }
+            let done = still.is_empty();
+            *left.lock().unwrap() = still;
+            done.then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}", left.lock().unwrap()));
+
+        // How the invocations went, per function.
+        let mut calls = BTreeMap::<&str, (usize, usize)>::new();
+        for r in &invocations {
+            let e = calls.entry(r.function.as_str()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(!r.succeeded());
+        }
+        eprintln!(
+            "scale: {n} builds on {INSTANCES} instances (cap {CAP}, most active at once {most}) in {:.1} s: {:.1} builds per minute (wall)",
+            wall.as_secs_f64(),
+            n as f64 / wall.as_secs_f64() * 60.0
+        );
+        eprintln!(
+            "scale: ARM requests per build: {:.1} ({} in all: {on_templates} on templates, {operations} on operations, {gallery} on the gallery, {} other)",
+            arm.len() as f64 / n as f64,
+            arm.len(),
+            arm.len() - on_templates - operations - gallery
+        );
+        eprintln!(
+            "scale: store transactions per build: {}",
+            store.transactions_per_build(n)
+        );
+        let cycle_firing = firings(&host)
+            .into_iter()
+            .find(|r| r.sim_started >= fires)
+            .and_then(|r| r.status)
+            .map_or("no answer".to_string(), |s| s.to_string());
+        eprintln!(
+            "scale: the cycle's timer firing answered {cycle_firing}, with 2 more at once; duplicates {outcomes:?}; {} patch_tuesday firings after"
+            , later_firings
+        );
+        eprintln!(
+            "scale: instance 0 SIGKILLed at {killed_at} with {half} builds ended, {} invocations cut, replaced on a new port",
+            cut.len()
+        );
+        eprintln!("scale: invocations (all, failed) per function: {calls:?}; per instance: {served:?}");
+        host.stop().await;
+    })
+    .await;
 }
