@@ -1,11 +1,11 @@
-//! The base catalog as `kiln base` uses it: importing, listing and
-//! deprecating base versions. The catalog itself (folders, resolution of a
-//! template's `source`) is in `catalog.rs`; the port view of it
-//! ([`BaseCatalog`](crate::ports::BaseCatalog)) is in `mod.rs`.
+//! The local base images as `kiln base` uses them: importing, listing and
+//! deprecating base versions. The images themselves (folders, resolution of a
+//! template's `source`) are in `bases.rs`; the port view of it
+//! ([`BaseCatalog`](crate::ports::BaseCatalog)) is in `other_ports.rs`.
 
 use anyhow::bail;
 
-use super::catalog::{self, BaseFrom, BaseImage};
+use super::bases::{self, BaseFrom, BaseImage};
 use super::{util, LocalProvider};
 
 impl LocalProvider {
@@ -17,7 +17,7 @@ impl LocalProvider {
         version: &str,
         from: BaseFrom,
     ) -> anyhow::Result<BaseImage> {
-        catalog::import(
+        bases::import(
             &self.inner.records,
             &self.inner.data_dir,
             urn,

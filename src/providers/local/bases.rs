@@ -1,4 +1,4 @@
-//! The local base-image catalog: root filesystems under marketplace-style
+//! The local base images: root filesystems under marketplace-style
 //! names (`publisher:offer:sku` + version), kept as folders under `bases/`,
 //! and the resolution of a template's `source` to something a build can copy.
 

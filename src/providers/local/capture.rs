@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 
-use super::catalog::ResolvedSource;
+use super::bases::ResolvedSource;
 use super::run::{Fail, Provenance, TemplateRun};
 use super::util::{cmp_versions, now, resolve_inside, sha256_file, tree_size, ts};
 

@@ -16,40 +16,37 @@
 //! `Provenance`, the host-tool runner) is in `run.rs`; putting files into the
 //! image (File customizer uploads, step scripts) is in `place.rs`.
 
-use std::path::Path;
 use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::time::Instant;
 
-use super::build_user::{self, BuildUser, StepUser};
+use super::bases::{self, SourceData};
+use super::build_user::{self, BuildUser};
 use super::capture::{self, Captured};
-use super::catalog::{self, SourceData};
-use super::fetch::{fetch, FetchError};
-use super::place::{place_file, upload};
 use super::records::LocalRunState;
-use super::run::{human, Fail, Finished, Provenance, TemplateRun};
-use super::sandbox::{run_process, Ended, ProcOutput, Sandbox};
-use super::util::{now, resolve_inside, sha256_hex, tail_lines};
+use super::run::{Fail, Finished, Provenance, TemplateRun};
+use super::sandbox::{run_process, Ended, Sandbox};
+use super::util::{now, resolve_inside, tail_lines};
 use super::{gallery, vm};
 use crate::domain::build::FailureCategory;
-use crate::domain::template::{Customizer, OnBuildError};
+use crate::domain::template::OnBuildError;
 use crate::ports::RunOutput;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     Customize,
     Validate,
 }
 
 impl Phase {
-    fn category(self) -> FailureCategory {
+    pub(super) fn category(self) -> FailureCategory {
         match self {
             Phase::Customize => FailureCategory::Customizer,
             Phase::Validate => FailureCategory::Validation,
         }
     }
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Phase::Customize => "customize",
             Phase::Validate => "validate",
@@ -158,7 +155,7 @@ impl TemplateRun {
 
         // ---- Building ----
         self.sub_state("Building")?;
-        let source = catalog::resolve(&self.p.records, &props.source)
+        let source = bases::resolve(&self.p.records, &props.source)
             .map_err(|e| Fail::internal(format!("source: {e:#}")))?;
         self.p
             .records
@@ -355,208 +352,6 @@ impl TemplateRun {
         Ok(())
     }
 
-    /// Uploads `script` to `inside` (under the image's `/tmp`) and runs it
-    /// in the sandbox as `user`, the way Packer's shell provisioner runs it
-    /// over SSH: `chmod +x`, then the user's login shell runs the file, which
-    /// the kernel starts by its `#!` line (a file without one is run by that
-    /// shell), under the step and build deadlines; then the file is removed,
-    /// as Packer removes it.
-    async fn sandboxed(
-        &self,
-        step: &str,
-        script: &Path,
-        inside: &str,
-        user: Option<&StepUser>,
-    ) -> Result<ProcOutput, Fail> {
-        let sb = Sandbox {
-            root: &self.root(),
-            network: self.opts.network,
-            user,
-            // What Packer sets for every script it runs.
-            env: vec![
-                ("PACKER_BUILDER_TYPE".into(), "azure-arm".into()),
-                ("PACKER_BUILD_NAME".into(), "azure-arm".into()),
-            ],
-        };
-        sb.preflight()
-            .map_err(|e| Fail::new(FailureCategory::Customizer, format!("step '{step}': {e}")))?;
-        let uploaded = upload(&self.root(), script, inside, user).map_err(|e| {
-            Fail::new(
-                FailureCategory::Customizer,
-                format!("step '{step}': cannot upload its script to {inside}: {e}"),
-            )
-        })?;
-        let shell = user.map_or("/bin/sh", |u| u.shell.as_str());
-        let (cmd, diag) = sb
-            .command(&[shell, "-c", inside])
-            .map_err(|e| Fail::internal(format!("step '{step}': {e}")))?;
-        let deadline = (Instant::now() + self.opts.step_timeout).min(self.deadline);
-        let out = run_process(
-            cmd,
-            &self.log,
-            &format!("[{step}] "),
-            deadline,
-            Some(&self.cancel),
-            false,
-        )
-        .await;
-        let _ = std::fs::remove_file(&uploaded);
-        let out = out.map_err(|e| {
-            let why = diag.explain().map(|d| format!("{d}: ")).unwrap_or_default();
-            // What the image lacks (a home, a login shell) is the template's
-            // problem to fix, as it would be on AIB.
-            Fail::new(
-                FailureCategory::Customizer,
-                format!("step '{step}': the sandbox could not start: {why}{e}"),
-            )
-        })?;
-        self.forget_mount_points();
-        if out.ended == Ended::Canceled {
-            return Err(Fail::Canceled);
-        }
-        Ok(out)
-    }
-
-    /// The sandbox creates an empty /etc/resolv.conf to bind onto when the
-    /// image has none; it is not the image's, so it goes.
-    fn forget_mount_points(&self) {
-        let p = self.root().join("etc/resolv.conf");
-        if let Ok(md) = std::fs::symlink_metadata(&p) {
-            if md.is_file() && md.len() == 0 {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-
-    fn step_failure(&self, phase: Phase, step: &str, out: &ProcOutput) -> Fail {
-        let last = tail_lines(&out.tail, 8);
-        match out.ended {
-            Ended::TimedOut if Instant::now() >= self.deadline => {
-                self.build_timeout_fail(&format!("step '{step}'"))
-            }
-            Ended::TimedOut => Fail::new(
-                FailureCategory::Timeout,
-                format!(
-                    "step '{step}' exceeded its {} limit (kiln.stepTimeoutMinutes): {last}",
-                    human(self.opts.step_timeout)
-                ),
-            ),
-            Ended::Exited(code) => Fail::new(
-                phase.category(),
-                format!("step '{step}' exited with {code}: {last}"),
-            ),
-            Ended::Canceled => Fail::Canceled,
-        }
-    }
-
-    /// One customizer or validator.
-    async fn step(
-        &self,
-        phase: Phase,
-        i: usize,
-        n: usize,
-        c: &Customizer,
-        user: Option<&StepUser>,
-    ) -> Result<serde_json::Value, Fail> {
-        let list = match phase {
-            Phase::Customize => "customize",
-            Phase::Validate => "inVMValidations",
-        };
-        let step = c
-            .name()
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("{list}[{i}]"));
-        self.log.line(&format!(
-            "==> [{} {}/{}] {} '{}'",
-            phase.label(),
-            i + 1,
-            n,
-            c.kind(),
-            step
-        ));
-        let cat = phase.category();
-        let fetch_fail = |uri: &str, e: FetchError| match e {
-            FetchError::Network(m) => {
-                Fail::new(FailureCategory::Network, format!("step '{step}': {m}"))
-            }
-            FetchError::Missing(m) => Fail::new(cat, format!("step '{step}': {m}")),
-            FetchError::Checksum { .. } => Fail::new(cat, format!("step '{step}': {e} for {uri}")),
-        };
-        let work = self.work().join(format!("{}-{i}", phase.label()));
-        match c {
-            Customizer::Shell {
-                inline,
-                script_uri,
-                sha256_checksum,
-                ..
-            } => {
-                let (sha, uri): (String, Option<&str>) = match (inline, script_uri) {
-                    (Some(lines), None) => {
-                        // Packer's shell provisioner: the lines joined into one
-                        // file that starts with its inline_shebang, `/bin/sh -e`
-                        // (AIB sets no other): the first failing line fails the step.
-                        let text = lines.join("\n") + "\n";
-                        std::fs::write(&work, format!("#!/bin/sh -e\n{text}"))?;
-                        (sha256_hex(text.as_bytes()), None)
-                    }
-                    (None, Some(uri)) => {
-                        let sha = fetch(&self.p.http, uri, &work, sha256_checksum.as_deref())
-                            .await
-                            .map_err(|e| fetch_fail(uri, e))?;
-                        (sha, Some(uri.as_str()))
-                    }
-                    _ => {
-                        return Err(Fail::new(
-                            cat,
-                            format!(
-                                "step '{step}': Shell needs exactly one of inline and scriptUri"
-                            ),
-                        ))
-                    }
-                };
-                // Packer uploads each script to /tmp/script_<n>.sh.
-                let inside = format!("/tmp/script_{}_{i}.sh", phase.label());
-                let out = self.sandboxed(&step, &work, &inside, user).await?;
-                if !out.success() {
-                    return Err(self.step_failure(phase, &step, &out));
-                }
-                Ok(
-                    serde_json::json!({"index": i, "name": step, "type": "Shell", "sha256": sha, "scriptUri": uri}),
-                )
-            }
-            Customizer::File {
-                source_uri,
-                destination,
-                sha256_checksum,
-                ..
-            } => {
-                let sha = fetch(&self.p.http, source_uri, &work, sha256_checksum.as_deref())
-                    .await
-                    .map_err(|e| fetch_fail(source_uri, e))?;
-                place_file(&self.root(), &work, destination, user).map_err(|e| {
-                    Fail::new(
-                        cat,
-                        format!("step '{step}': cannot place {destination}: {e}"),
-                    )
-                })?;
-                self.log.line(&format!(
-                    "[{step}] {source_uri} -> {destination} (sha256 {sha})"
-                ));
-                Ok(
-                    serde_json::json!({"index": i, "name": step, "type": "File", "sha256": sha, "sourceUri": source_uri, "destination": destination}),
-                )
-            }
-            other => Err(Fail::new(
-                cat,
-                format!(
-                    "step '{step}': {} is not supported by the local provider",
-                    other.kind()
-                ),
-            )),
-        }
-    }
-
     /// `dpkg-query -W` in the sandbox (no network), when the image has dpkg.
     async fn package_list(&self) -> Result<Option<String>, Fail> {
         let has_dpkg = resolve_inside(&self.root(), "/usr/bin/dpkg-query", false)
@@ -600,7 +395,7 @@ impl TemplateRun {
 
     async fn capture(
         &self,
-        source: &catalog::ResolvedSource,
+        source: &bases::ResolvedSource,
         prov: &Provenance,
         packages: Option<String>,
     ) -> Result<Captured, Fail> {

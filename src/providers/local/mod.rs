@@ -1,8 +1,8 @@
 //! The local provider: real golden images built on one machine.
 //!
 //! It implements the app's ports ([`ImageBuilder`], [`Gallery`],
-//! [`BaseCatalog`], [`Inventory`]) with base root filesystems from a local
-//! catalog, customizers run in a namespace sandbox as AIB's build user, generalization, capture
+//! [`BaseCatalog`], [`Inventory`]) with base root filesystems from local
+//! base images, customizers run in a namespace sandbox as AIB's build user, generalization, capture
 //! to ext4/qcow2, a local Compute Gallery with regional replicas, and a boot
 //! test under QEMU. It reports in AIB's vocabulary (`runState`,
 //! `runSubState`, `message`, run outputs), so the build state machine cannot
@@ -19,13 +19,17 @@
 //! logs/<template>.log                                the customization log
 //! ```
 //!
-//! This file is the provider type and its port implementations. Beside it:
+//! This file is the provider type, its configuration and its lifecycle
+//! (start-up sweep, tool check, waiting on a run). Beside it:
 //!
 //! ```text
+//! image_builder.rs  the `ImageBuilder` port (put, run, status, cancel, delete)
+//! other_ports.rs  the `Gallery`, `BaseCatalog` and `Inventory` ports
+//! steps.rs        one customization step in the sandbox
 //! tasks.rs        the registry of build tasks this process runs (cancel, wait, orphans)
 //! run.rs          one run's context       engine.rs   one build, start to end
 //! check.rs        what cannot be built    options.rs  per-build options from tags
-//! catalog.rs      base root filesystems   catalog_ops.rs  `kiln base` import/list/deprecate
+//! bases.rs        base root filesystems   base_ops.rs  `kiln base` import/list/deprecate
 //! fetch.rs        scriptUri/sourceUri     sandbox.rs / namespace.rs / build_user.rs  running steps
 //! place.rs        files into the image (File customizer, step scripts)
 //! generalize.rs   deprovisioning          capture.rs  ext4/qcow2 capture and provenance
@@ -36,22 +40,25 @@
 //! tests/          end-to-end tests by topic, fixtures in tests/mod.rs
 //! ```
 
+mod base_ops;
+mod bases;
 mod build_user;
 mod capture;
-mod catalog;
-mod catalog_ops;
 mod check;
 mod engine;
 mod faults;
 mod fetch;
 mod gallery;
 mod generalize;
+mod image_builder;
 mod namespace;
 mod options;
+mod other_ports;
 mod place;
 mod records;
 mod run;
 mod sandbox;
+mod steps;
 mod tasks;
 mod util;
 mod vm;
@@ -61,25 +68,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::build::FailureCategory;
-use crate::domain::gallery::{GalleryVersion, InUseSet};
-use crate::domain::pipeline::FieldError;
-use crate::domain::template::{GalleryImageRef, ImageTemplate, Source};
+use crate::domain::gallery::GalleryVersion;
+use crate::domain::template::GalleryImageRef;
 use crate::domain::version::ImageVersion;
-use crate::ports::{
-    BaseCatalog, BaseVersion, Deletion, Gallery, ImageBuilder, Inventory, ProviderError, RunOutput,
-    RunStart, RunState, RunStatus, RunSubState, TemplateStatus, VersionUpdate,
-};
+use crate::ports::{ImageBuilder, ProviderError, RunState, RunStatus, RunSubState, TemplateStatus};
 use crate::store::Db;
 use anyhow::{bail, Context};
-use async_trait::async_trait;
 
-pub use catalog::{BaseFrom, BaseImage};
+pub use bases::{BaseFrom, BaseImage};
 pub use faults::{FaultKind, FaultSpec, Faults};
 pub use vm::{BootReport, VmRecord};
 pub use vm_ops::RunDetails;
 
-use records::{LocalRunState, Records, RunRow};
+use records::{Records, RunRow};
 use tasks::Tasks;
 use util::{now, parse_ts};
 
@@ -366,7 +367,7 @@ impl LocalProvider {
         let row = match r.version.as_deref() {
             None => bail!("`{version_id}` names no version"),
             Some(v) if v.eq_ignore_ascii_case("latest") => {
-                catalog::latest_version(&self.inner.records, &def)?
+                bases::latest_version(&self.inner.records, &def)?
             }
             Some(v) => self
                 .inner
@@ -386,303 +387,6 @@ impl LocalProvider {
                 path,
             }
         }))
-    }
-}
-
-#[async_trait]
-impl ImageBuilder for LocalProvider {
-    async fn customization_log(
-        &self,
-        name: &str,
-        offset: u64,
-    ) -> Result<Option<Vec<u8>>, ProviderError> {
-        use std::io::{Read, Seek, SeekFrom};
-        let path = self.log_path(name);
-        let mut f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(perr(e)),
-        };
-        f.seek(SeekFrom::Start(offset)).map_err(perr)?;
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).map_err(perr)?;
-        Ok(Some(bytes))
-    }
-
-    async fn put_template(
-        &self,
-        name: &str,
-        body: &serde_json::Value,
-    ) -> Result<TemplateStatus, ProviderError> {
-        if !util::safe_component(name) || name.len() > 64 {
-            return Err(ProviderError::new(
-                FailureCategory::Policy,
-                format!("`{name}` is not an image template name (1-64 of A-Z a-z 0-9 - _ .)"),
-            ));
-        }
-        let t: ImageTemplate = serde_json::from_value(body.clone()).map_err(|e| {
-            ProviderError::new(
-                FailureCategory::Policy,
-                format!("not a valid image template: {e}"),
-            )
-        })?;
-        let errors = check::check(&t);
-        if !errors.is_empty() {
-            let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            return Err(ProviderError::new(FailureCategory::Policy, text.join("; ")));
-        }
-        let sha = util::sha256_hex(util::canonical_json(body).as_bytes());
-        let r = &self.inner.records;
-        if let Some((_, existing)) = r.template_get(name).map_err(perr)? {
-            if existing == sha {
-                return self.status(name).await;
-            }
-            if let Some(run) = r.run_get(name).map_err(perr)? {
-                let what = if run.is_active() {
-                    "is running"
-                } else {
-                    "has run"
-                };
-                return Err(ProviderError::internal(format!(
-                    "template {name} {what}: its body cannot change (delete it and create a new one)"
-                )));
-            }
-        }
-        r.template_put(name, &body.to_string(), &sha, now())
-            .map_err(perr)?;
-        // Local templates are ready as soon as they are written.
-        Ok(TemplateStatus::NotRun)
-    }
-
-    async fn run(&self, name: &str) -> Result<RunStart, ProviderError> {
-        let p = &self.inner;
-        let Some((body, sha)) = p.records.template_get(name).map_err(perr)? else {
-            return Err(ProviderError::internal(format!(
-                "template {name} does not exist"
-            )));
-        };
-        if p.records.run_get(name).map_err(perr)?.is_some() {
-            return Ok(RunStart::Started); // ran or running: no twin
-        }
-        let body: serde_json::Value = serde_json::from_str(&body).map_err(perr)?;
-        let template: ImageTemplate = serde_json::from_value(body.clone()).map_err(perr)?;
-        let Some((guard, cancel_rx)) = p.tasks.register(name).map_err(perr)? else {
-            return Ok(RunStart::Started);
-        };
-        let row = RunRow {
-            template: name.to_string(),
-            body_sha256: sha.clone(),
-            instance_id: p.instance_id.clone(),
-            pid: p.pid,
-            pid_start: p.pid_start.clone(),
-            run_state: LocalRunState::Running,
-            run_sub_state: Some("Queued".into()),
-            message: String::new(),
-            start_time: util::ts(now()),
-            end_time: None,
-            source_version: None,
-            staging: None,
-            manifest: None,
-        };
-        if !p.records.run_insert(&row).map_err(perr)? {
-            drop(guard);
-            return Ok(RunStart::Started);
-        }
-        let inner = p.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let guard = guard;
-            let cancel = sandbox::CancelWatch::new(cancel_rx, inner.records.clone(), name.clone());
-            let finished =
-                match run::TemplateRun::new(inner.clone(), &name, template, body, sha, cancel) {
-                    Ok(build) => build.execute().await,
-                    Err(e) => run::Finished {
-                        state: LocalRunState::Failed,
-                        message: format!("internal: cannot start the build: {e}"),
-                        kept_staging: None,
-                        cleanup: None,
-                    },
-                };
-            if let Err(e) = inner.records.run_finish(
-                &name,
-                &inner.instance_id,
-                finished.state,
-                &finished.message,
-                finished.kept_staging.as_deref(),
-                now(),
-            ) {
-                tracing::error!(template = %name, "cannot record the end of the run: {e:#}");
-            }
-            guard.status_written();
-            if let Some(dir) = finished.cleanup {
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-            }
-            drop(guard);
-        });
-        Ok(RunStart::Started)
-    }
-
-    async fn status(&self, name: &str) -> Result<TemplateStatus, ProviderError> {
-        let r = &self.inner.records;
-        if r.template_get(name).map_err(perr)?.is_none() {
-            return Ok(TemplateStatus::Missing);
-        }
-        let Some(run) = r.run_get(name).map_err(perr)? else {
-            return Ok(TemplateStatus::NotRun);
-        };
-        if run.is_active() {
-            self.mark_orphan_if_needed(&run).map_err(perr)?;
-            let run = r.run_get(name).map_err(perr)?.unwrap_or(run);
-            return Ok(TemplateStatus::Run(status_of(&run)));
-        }
-        Ok(TemplateStatus::Run(status_of(&run)))
-    }
-
-    async fn run_outputs(&self, name: &str) -> Result<Vec<RunOutput>, ProviderError> {
-        self.inner.records.outputs(name).map_err(perr)
-    }
-
-    async fn cancel(&self, name: &str) -> Result<(), ProviderError> {
-        let p = &self.inner;
-        let Some(run) = p.records.run_get(name).map_err(perr)? else {
-            return Ok(());
-        };
-        if !run.is_active() {
-            return Ok(());
-        }
-        let progress = p.tasks.cancel(name).map_err(perr)?;
-        p.records.run_set_canceling(name).map_err(perr)?;
-        match progress {
-            Some(mut progress) => {
-                // Wait for the task to kill its sandbox and clean up.
-                let _ = tokio::time::timeout(Duration::from_secs(120), progress.ended()).await;
-            }
-            None => {
-                if p.orphan_reason(&run).is_some() {
-                    // Nobody runs it: cancel it here.
-                    p.records
-                        .run_finish(
-                            name,
-                            &run.instance_id,
-                            LocalRunState::Canceled,
-                            "canceled: the run was canceled (its process had exited)",
-                            None,
-                            now(),
-                        )
-                        .map_err(perr)?;
-                    let _ = std::fs::remove_dir_all(p.data_dir.join("staging").join(name));
-                }
-                // Else another live process runs it and sees `Canceling` in the store.
-            }
-        }
-        Ok(())
-    }
-
-    async fn delete_template(&self, name: &str) -> Result<Deletion, ProviderError> {
-        if let Some(run) = self.inner.records.run_get(name).map_err(perr)? {
-            if run.is_active() {
-                self.cancel(name).await?;
-            }
-        }
-        self.inner
-            .records
-            .template_delete(name)
-            .map_err(perr)
-            .map(|()| Deletion::Gone)
-    }
-
-    fn check(&self, template: &ImageTemplate) -> Vec<FieldError> {
-        check::check(template)
-    }
-}
-
-#[async_trait]
-impl Gallery for LocalProvider {
-    async fn list_versions(&self, definition_id: &str) -> anyhow::Result<Vec<GalleryVersion>> {
-        Ok(self
-            .inner
-            .records
-            .versions(definition_id)?
-            .iter()
-            .map(|v| v.to_gallery_version())
-            .collect())
-    }
-
-    async fn update_version(
-        &self,
-        definition_id: &str,
-        version: ImageVersion,
-        update: &VersionUpdate,
-    ) -> anyhow::Result<()> {
-        if !self.inner.records.version_update(
-            definition_id,
-            version,
-            update.exclude_from_latest,
-            update.end_of_life,
-            update.tags.as_ref(),
-        )? {
-            bail!("gallery image version {definition_id}/versions/{version} does not exist");
-        }
-        Ok(())
-    }
-
-    async fn delete_version(
-        &self,
-        definition_id: &str,
-        version: ImageVersion,
-    ) -> anyhow::Result<()> {
-        gallery::delete_version(&self.inner.records, definition_id, version)
-    }
-}
-
-#[async_trait]
-impl BaseCatalog for LocalProvider {
-    async fn versions(&self, source: &Source) -> anyhow::Result<Vec<BaseVersion>> {
-        let r = &self.inner.records;
-        Ok(match source {
-            Source::PlatformImage { .. } => r
-                .bases(Some(&source.line()))?
-                .into_iter()
-                .map(|b| BaseVersion {
-                    version: b.version,
-                    deprecated: b.deprecated,
-                })
-                .collect(),
-            Source::SharedImageVersion { .. } => {
-                let t = now();
-                r.versions(&source.line())?
-                    .into_iter()
-                    .filter(|v| v.provisioning_state == "Succeeded")
-                    .map(|v| BaseVersion {
-                        version: v.version.to_string(),
-                        deprecated: v.exclude_from_latest
-                            || v.end_of_life
-                                .as_deref()
-                                .and_then(parse_ts)
-                                .is_some_and(|e| e <= t),
-                    })
-                    .collect()
-            }
-            Source::ManagedImage { image_id } => r
-                .managed_image_get(image_id)?
-                .map(|m| BaseVersion {
-                    version: m.created_at,
-                    deprecated: false,
-                })
-                .into_iter()
-                .collect(),
-        })
-    }
-}
-
-#[async_trait]
-impl Inventory for LocalProvider {
-    async fn in_use(&self) -> anyhow::Result<InUseSet> {
-        let mut set = InUseSet::default();
-        for (_, image, _) in self.inner.records.vms()? {
-            set.add_reference(&image);
-        }
-        Ok(set)
     }
 }
 

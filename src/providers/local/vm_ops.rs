@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use super::util::now;
 use super::vm::{self, BootReport, VmRecord};
-use super::{catalog, status_of, util, LocalProvider};
+use super::{bases, status_of, util, LocalProvider};
 use crate::domain::template::GalleryImageRef;
 use crate::domain::version::ImageVersion;
 use crate::ports::{ImageBuilder, RunStatus, TemplateStatus};
@@ -109,7 +109,7 @@ impl LocalProvider {
             }
             _ => {
                 let def = r.definition_id();
-                catalog::latest_version(&self.inner.records, &def)?
+                bases::latest_version(&self.inner.records, &def)?
                     .with_context(|| format!("gallery image {def} has no version to run"))?;
                 def
             }

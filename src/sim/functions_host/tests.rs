@@ -1,3 +1,7 @@
+//! Specifications of the simulated Functions host: how it invokes a custom
+//! handler (payloads, timers, queue deliveries and redelivery, HTTP
+//! forwarding and function keys) and how it fronts several instances.
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -312,7 +312,7 @@ impl TableStore {
                 .await?
                 .is_none()
             {
-                ops.push(BatchOp::Insert(super::records::cleanup_entity(r, t.now)));
+                ops.push(BatchOp::Insert(super::cleanup::cleanup_entity(r, t.now)));
             }
         }
         let mut change = None;

@@ -36,8 +36,8 @@
 //!
 //! Files: `builds.rs` (reads, transitions, claims), `admission.rs`,
 //! `slots.rs` (the global cap), `pipeline.rs` (breaker and memory),
-//! `records.rs` (cleanup queue, logs, outbox, audit, dead letters, timers,
-//! leases).
+//! `cleanup.rs` (cleanup queue, kept logs), `records.rs` (outbox, audit,
+//! dead letters, timers, leases).
 //!
 //! Revisions: the port's revision is the build's `RowVersion`; the ETag of
 //! the row at that revision is cached per build, so a write costs no read
@@ -45,6 +45,7 @@
 
 mod admission;
 mod builds;
+mod cleanup;
 mod pipeline;
 mod records;
 mod slots;

@@ -1,4 +1,4 @@
-//! Base root filesystems (`local_bases`): the catalog's rows.
+//! Base root filesystems (`local_bases`): the local base images' rows.
 
 use rusqlite::{params, OptionalExtension, Row};
 

@@ -1,4 +1,4 @@
-//! The base catalog: version ordering, pinned and missing versions, and
+//! The local base images: version ordering, pinned and missing versions, and
 //! tarball import.
 
 use super::*;

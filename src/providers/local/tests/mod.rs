@@ -12,13 +12,13 @@
 //! sandbox.rs    what a step can and cannot reach
 //! lifecycle.rs  time limits, cancel, orphans, twins, injected faults
 //! gallery.rs    publishing, updating and deleting gallery versions
-//! catalog.rs    the base catalog
+//! bases.rs      the local base images
 //! vms.rs        VMs and boot tests
 //! checks.rs     required tools and failure categories
 //! ```
 
+mod bases;
 mod building;
-mod catalog;
 mod checks;
 mod fetch;
 mod gallery;
@@ -32,6 +32,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::*;
+// The port types the tests drive the provider through (the provider's own
+// files import each only where they use it).
+use crate::domain::build::FailureCategory;
+use crate::domain::template::{ImageTemplate, Source};
+use crate::ports::{BaseCatalog, Gallery, Inventory, VersionUpdate};
 
 const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-images/providers/Microsoft.Compute";
 const URN: &str = "kiln:busybox:test";
