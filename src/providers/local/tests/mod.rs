@@ -13,11 +13,13 @@
 //! lifecycle.rs  time limits, cancel, orphans, twins, injected faults
 //! gallery.rs    publishing, updating and deleting gallery versions
 //! bases.rs      the local base images
+//! boundaries.rs what a step cannot read, inherit, signal, leave running or reach
 //! vms.rs        VMs and boot tests
 //! checks.rs     required tools and failure categories
 //! ```
 
 mod bases;
+mod boundaries;
 mod building;
 mod checks;
 mod fetch;
