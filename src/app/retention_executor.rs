@@ -36,7 +36,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::domain::retention::{
-    belongs_to, plan, Action, DefinitionStatus, Plan, RetentionPolicy, Skip,
+    belongs_to,
+    ownership::{merge_kept, split_foreign},
+    plan, Action, DefinitionStatus, Plan, RetentionPolicy, Skip,
 };
 use crate::domain::version::ImageVersion;
 use crate::ports::{Gallery, InUseSet, Inventory, VersionUpdate};
@@ -143,8 +145,16 @@ async fn plan_targets(
     let mut plans = Vec::with_capacity(targets.len());
     for (i, t) in targets.iter().enumerate() {
         let p = match shared(targets, i) {
-            Shared::No => plan_target(gallery, in_use, t, t.status, now).await,
-            Shared::First { status } => plan_target(gallery, in_use, t, status, now).await,
+            Shared::No => {
+                plan_target(gallery, in_use, t, &[t.pipeline.as_str()], t.status, now).await
+            }
+            Shared::First { status, owners } => {
+                let owners: Vec<&str> = owners
+                    .iter()
+                    .map(|&j| targets[j].pipeline.as_str())
+                    .collect();
+                plan_target(gallery, in_use, t, &owners, status, now).await
+            }
             Shared::Later { first } => Plan::skipped(
                 &t.definition_id,
                 Skip::PlannedWith {
@@ -167,6 +177,8 @@ enum Shared {
     /// them, with the most cautious of their statuses.
     First {
         status: DefinitionStatus,
+        /// The targets planned together: their pipelines own the versions.
+        owners: Vec<usize>,
     },
     Later {
         first: usize,
@@ -201,7 +213,10 @@ fn shared(targets: &[RetentionTarget], i: usize) -> Shared {
         .iter()
         .map(|&j| targets[j].status)
         .fold(DefinitionStatus::Idle, cautious);
-    Shared::First { status }
+    Shared::First {
+        status,
+        owners: same,
+    }
 }
 
 /// The status that holds retention back most: any build publishing, then
@@ -219,6 +234,7 @@ async fn plan_target(
     gallery: &dyn Gallery,
     in_use: &InUseSet,
     t: &RetentionTarget,
+    owners: &[&str],
     status: DefinitionStatus,
     now: DateTime<Utc>,
 ) -> Plan {
@@ -235,7 +251,10 @@ async fn plan_target(
                     "the gallery listed versions of another definition; retention ignores them"
                 );
             }
-            plan(&t.definition_id, &versions, &t.policy, in_use, status, now)
+            let (own, kept) = split_foreign(versions, owners, t.policy.foreign_versions);
+            let mut p = plan(&t.definition_id, &own, &t.policy, in_use, status, now);
+            merge_kept(&mut p.items, kept);
+            p
         }
         Err(e) => {
             let error = format!("{e:#}");

@@ -30,6 +30,9 @@
 //!
 //! # Which versions are candidates
 //!
+//! Only the planned pipelines' own versions (lineage tag `kiln.pipeline`)
+//! are planned by default; the executor keeps every other version before
+//! the rules run ([`ownership`]). Among those,
 //! Versions are ordered numerically (`1.0.10 > 1.0.9`), newest first. The
 //! first rule that applies decides:
 //!
@@ -95,6 +98,10 @@ pub struct RetentionPolicy {
     /// Plan and record, change nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Versions this pipeline did not publish are kept unless this says
+    /// `manage` (see [`ownership`]).
+    #[serde(default)]
+    pub foreign_versions: ForeignVersions,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -143,6 +150,7 @@ impl Default for RetentionPolicy {
             deprecate: Deprecate::default(),
             max_deletes_per_run: default_max_deletes(),
             dry_run: false,
+            foreign_versions: ForeignVersions::Keep,
         }
     }
 }
@@ -278,6 +286,12 @@ pub enum Reason {
     DeleteLimitReached {
         max_deletes_per_run: u32,
     },
+    /// Not published by kiln for the planned pipelines (set by the
+    /// executor, see [`ownership`]): `published_by` is the pipeline its
+    /// lineage tag names, if any.
+    NotOwned {
+        published_by: Option<String>,
+    },
 }
 
 struct When(DateTime<Utc>);
@@ -365,6 +379,13 @@ impl fmt::Display for Reason {
                 f,
                 "deprecated and grace period over, but the limit of {max_deletes_per_run} deletions per run is reached"
             ),
+            Reason::NotOwned { published_by } => {
+                match published_by {
+                    Some(p) => write!(f, "published by pipeline {p}, not this one")?,
+                    None => f.write_str("not published by kiln (no kiln.pipeline tag)")?,
+                }
+                f.write_str("; kept unless the policy says foreignVersions: manage")
+            }
         }
     }
 }
@@ -435,7 +456,9 @@ pub struct PlanInput<'a> {
     pub status: DefinitionStatus,
 }
 
+pub mod ownership;
 mod planner;
+pub use ownership::ForeignVersions;
 #[cfg(test)]
 use planner::PARALLEL_FROM;
 pub use planner::{plan, plan_many};

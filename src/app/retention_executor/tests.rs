@@ -26,7 +26,8 @@ fn version(definition: &str, v: &str, days_old: i64) -> GalleryVersion {
         exclude_from_latest: false,
         end_of_life: None,
         block_deletion_before_end_of_life: false,
-        tags: BTreeMap::new(),
+        // Published by kiln for the pipeline the targets below plan.
+        tags: BTreeMap::from([("kiln.pipeline".to_string(), "golden".to_string())]),
         replication: Vec::new(),
         provisioning_state: "Succeeded".into(),
     }
@@ -575,4 +576,99 @@ async fn the_audit_lists_newest_first_with_reason_and_policy_and_no_keeps() {
     assert_eq!(rows[0].policy["keepLatest"], 1);
     assert_eq!(rows[0].policy["pinTag"], "kiln.pin");
     assert_eq!(db.audit(1).await.unwrap(), rows[..1]);
+}
+
+/// A version kiln did not publish for the planned pipeline: untagged
+/// (imported by hand) or tagged with another pipeline.
+fn foreign(definition: &str, v: &str, days_old: i64, pipeline: Option<&str>) -> GalleryVersion {
+    let mut g = version(definition, v, days_old);
+    g.tags.clear();
+    if let Some(p) = pipeline {
+        g.tags.insert("kiln.pipeline".into(), p.into());
+    }
+    g
+}
+
+#[tokio::test]
+async fn versions_the_pipeline_did_not_publish_are_never_touched_unless_the_policy_manages_them() {
+    let versions = [
+        version(WIN, "1.0.5", 10),
+        foreign(WIN, "1.0.4", 80, None),
+        version(WIN, "1.0.3", 90),
+        foreign(WIN, "1.0.2", 90, Some("other")),
+        GalleryVersion {
+            tags: BTreeMap::new(),
+            ..expired(WIN, "1.0.1")
+        },
+        expired(WIN, "1.0.0"),
+    ];
+    let db = SqliteStore::new(Db::open_in_memory().unwrap());
+    let gallery = FakeGallery::with(versions.clone());
+    let targets = [target(WIN, keep_one())];
+    let plans = plan_all(&gallery, &nothing_in_use(), &targets, now())
+        .await
+        .unwrap();
+    let actions: Vec<(String, &str, String)> = plans[0]
+        .items
+        .iter()
+        .map(|i| {
+            (
+                i.version.to_string(),
+                i.action.as_str(),
+                i.reason.to_string(),
+            )
+        })
+        .collect();
+    let kept = "kept unless the policy says foreignVersions: manage";
+    assert_eq!(
+        actions,
+        [
+            ("1.0.5".to_string(), "keep", "current latest (newest version not excluded from latest)".to_string()),
+            ("1.0.4".to_string(), "keep", format!("not published by kiln (no kiln.pipeline tag); {kept}")),
+            // The newest of golden's own beyond keepLatest 1: surplus.
+            ("1.0.3".to_string(), "deprecate", "beyond the newest 1 versions and older than 7 days: exclude from latest, end of life 2026-06-08 12:00 UTC".to_string()),
+            ("1.0.2".to_string(), "keep", format!("published by pipeline other, not this one; {kept}")),
+            // Deprecated once and past its grace period, yet not golden's.
+            ("1.0.1".to_string(), "keep", format!("not published by kiln (no kiln.pipeline tag); {kept}")),
+            ("1.0.0".to_string(), "delete", "deprecated and grace period ended 2026-05-31 12:00 UTC".to_string()),
+        ]
+    );
+    apply(&db, &gallery, &nothing_in_use(), &targets, now(), false)
+        .await
+        .unwrap();
+    let sorted = |mut calls: Vec<String>| {
+        calls.sort();
+        calls
+    };
+    assert_eq!(
+        sorted(gallery.calls()),
+        [format!("delete {WIN} 1.0.0"), format!("update {WIN} 1.0.3")]
+    );
+
+    // Said explicitly, the policy plans them as its own.
+    let gallery = FakeGallery::with(versions);
+    let manage = RetentionPolicy {
+        foreign_versions: crate::domain::retention::ForeignVersions::Manage,
+        ..keep_one()
+    };
+    apply(
+        &db,
+        &gallery,
+        &nothing_in_use(),
+        &[target(WIN, manage)],
+        now(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sorted(gallery.calls()),
+        [
+            format!("delete {WIN} 1.0.0"),
+            format!("delete {WIN} 1.0.1"),
+            format!("update {WIN} 1.0.2"),
+            format!("update {WIN} 1.0.3"),
+            format!("update {WIN} 1.0.4"),
+        ]
+    );
 }

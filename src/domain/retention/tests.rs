@@ -708,6 +708,9 @@ mod properties {
                         deprecate: Deprecate { grace_days: grace },
                         max_deletes_per_run: max_deletes,
                         dry_run,
+                        // The planner plans what it is given; ownership is
+                        // the executor's filter (`ownership`'s tests).
+                        foreign_versions: ForeignVersions::Keep,
                     }
                 },
             )
