@@ -7,7 +7,7 @@
 //! | when builds start | [`schedule`] (Patch Tuesday, cron, blackouts), [`source_watch`] (a floating source's new version), [`events_in`] (base-image events) |
 //! | the gallery | [`version`] (`Major.Minor.Patch`), [`version_order`] (source versions), [`gallery`] (versions, lineage, in-use), [`retention`] (policy and planner) |
 //! | Azure's rules | [`permissions`] (the roles kiln and AIB need) |
-//! | storage | [`stored_time`] (the one stored time format) |
+//! | what kiln writes | [`stored_time`] (the one stored time format), [`redact`] (URIs without their credentials) |
 
 pub mod build;
 pub mod events_in;
@@ -17,6 +17,7 @@ pub mod gallery;
 pub mod lint;
 pub mod permissions;
 pub mod pipeline;
+pub mod redact;
 pub mod request;
 pub mod retention;
 pub mod run;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::util::sha256_file;
+use crate::domain::redact;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FetchError {
@@ -46,24 +47,24 @@ pub(crate) async fn fetch(
     expected_sha256: Option<&str>,
 ) -> Result<String, FetchError> {
     if uri.starts_with("https://") || uri.starts_with("http://") {
-        let resp = client
-            .get(uri)
-            .send()
-            .await
-            .map_err(|e| FetchError::Network(format!("cannot download {uri}: {e}")))?;
+        // Messages name the URI without its SAS token or password, and
+        // reqwest's errors are stripped of the URL they would quote.
+        let shown = redact::uri(uri);
+        let resp = client.get(uri).send().await.map_err(|e| {
+            FetchError::Network(format!("cannot download {shown}: {}", e.without_url()))
+        })?;
         let status = resp.status();
         if !status.is_success() {
-            let msg = format!("cannot download {uri}: HTTP {status}");
+            let msg = format!("cannot download {shown}: HTTP {status}");
             return Err(if status.is_server_error() || status.as_u16() == 429 {
                 FetchError::Network(msg)
             } else {
                 FetchError::Missing(msg)
             });
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| FetchError::Network(format!("cannot download {uri}: {e}")))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            FetchError::Network(format!("cannot download {shown}: {}", e.without_url()))
+        })?;
         std::fs::write(dest, &bytes)
             .map_err(|e| FetchError::Missing(format!("cannot write {}: {e}", dest.display())))?;
     } else {

@@ -15,6 +15,7 @@ use super::run::{human, Fail, TemplateRun};
 use super::sandbox::{run_process, Ended, ProcOutput, Sandbox};
 use super::util::{sha256_hex, tail_lines};
 use crate::domain::build::FailureCategory;
+use crate::domain::redact;
 use crate::domain::template::Customizer;
 
 use super::engine::Phase;
@@ -142,6 +143,7 @@ impl TemplateRun {
         ));
         let cat = phase.category();
         let fetch_fail = |uri: &str, e: FetchError| match e {
+            // (`uri` is the redacted form: see the callers.)
             FetchError::Network(m) => {
                 Fail::new(FailureCategory::Network, format!("step '{step}': {m}"))
             }
@@ -156,7 +158,7 @@ impl TemplateRun {
                 sha256_checksum,
                 ..
             } => {
-                let (sha, uri): (String, Option<&str>) = match (inline, script_uri) {
+                let (sha, uri): (String, Option<String>) = match (inline, script_uri) {
                     (Some(lines), None) => {
                         // Packer's shell provisioner: the lines joined into one
                         // file that starts with its inline_shebang, `/bin/sh -e`
@@ -168,8 +170,8 @@ impl TemplateRun {
                     (None, Some(uri)) => {
                         let sha = fetch(&self.p.http, uri, &work, sha256_checksum.as_deref())
                             .await
-                            .map_err(|e| fetch_fail(uri, e))?;
-                        (sha, Some(uri.as_str()))
+                            .map_err(|e| fetch_fail(&redact::uri(uri), e))?;
+                        (sha, Some(redact::uri(uri).into_owned()))
                     }
                     _ => {
                         return Err(Fail::new(
@@ -198,7 +200,9 @@ impl TemplateRun {
             } => {
                 let sha = fetch(&self.p.http, source_uri, &work, sha256_checksum.as_deref())
                     .await
-                    .map_err(|e| fetch_fail(source_uri, e))?;
+                    .map_err(|e| fetch_fail(&redact::uri(source_uri), e))?;
+                // The log and the provenance name the file, not its token.
+                let source_uri = redact::uri(source_uri);
                 place_file(&self.root(), &work, destination, user).map_err(|e| {
                     Fail::new(
                         cat,
