@@ -256,8 +256,10 @@ async fn cancel_stops_a_running_build_and_it_ends_canceled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_build_per_pipeline_runs_at_a_time_and_queued_requests_coalesce() {
     bounded(async {
+        // The first build is held long enough for the next two requests to
+        // be admitted while it runs, even on a loaded machine.
         let faults =
-            r#"[{"pipeline": "tiny", "kind": "slow", "seconds": 2, "times": 1}]"#.to_string();
+            r#"[{"pipeline": "tiny", "kind": "slow", "seconds": 8, "times": 1}]"#.to_string();
         let f = Factory::start(Options {
             env: vec![("KILN_LOCAL_FAULTS", faults)],
             ..Options::default()
