@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde_json::{json, Value};
 
-use kiln::app::events::{sign, SIGNATURE_HEADER};
+use kiln::app::events::{verify, Rejected, DEFAULT_TOLERANCE, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 use crate::harness::{tiny, Factory, Options};
 
@@ -86,7 +86,31 @@ async fn every_state_change_is_a_signed_cloudevent_on_the_webhook_and_in_the_fil
     }
     for (headers, body) in got.lock().unwrap().iter() {
         let sig = headers.get(SIGNATURE_HEADER).unwrap().to_str().unwrap();
-        assert_eq!(sig, sign("hook-secret", body.as_bytes()));
+        let ts = headers.get(TIMESTAMP_HEADER).unwrap().to_str().unwrap();
+        let now = chrono::Utc::now().timestamp();
+        assert_eq!(
+            verify(
+                "hook-secret",
+                sig,
+                ts,
+                body.as_bytes(),
+                now,
+                DEFAULT_TOLERANCE
+            ),
+            Ok(())
+        );
+        // The same delivery replayed after the window is refused.
+        assert!(matches!(
+            verify(
+                "hook-secret",
+                sig,
+                ts,
+                body.as_bytes(),
+                now + 301,
+                DEFAULT_TOLERANCE
+            ),
+            Err(Rejected::TooOld { .. })
+        ));
         let ev: Value = serde_json::from_str(body).unwrap();
         assert_eq!(ev["specversion"], "1.0");
         assert_eq!(ev["data"]["buildId"], json!(id));
