@@ -204,7 +204,7 @@ fn walk_object(map: &Map<String, Value>, path: &mut String, hits: &mut Vec<Secre
             continue;
         }
         if let Value::String(s) = x {
-            if password_key(k) && literal(s) {
+            if password_key(k) && literal(s) && !flag(s) {
                 hits.push(SecretHit {
                     path: shown(&child(path, k)),
                     kind: SecretKind::Password,
@@ -246,7 +246,26 @@ fn child(parent: &str, key: &str) -> String {
 /// string value is then the password itself.
 fn password_key(k: &str) -> bool {
     let k = k.to_ascii_lowercase();
-    (k.contains("password") || k == "passwd" || k == "pwd") && !k.contains("length")
+    // Settings about passwords (`disablePasswordAuthentication`,
+    // `passwordLength`) are not passwords.
+    let about = [
+        "authentication",
+        "length",
+        "policy",
+        "less",
+        "expir",
+        "change",
+    ];
+    (k.contains("password") || k == "passwd" || k == "pwd") && !about.iter().any(|a| k.contains(a))
+}
+
+/// A switch rather than a secret (`"true"` in a setting named after passwords).
+fn flag(v: &str) -> bool {
+    [
+        "true", "false", "yes", "no", "on", "off", "enabled", "disabled",
+    ]
+    .iter()
+    .any(|f| v.trim().eq_ignore_ascii_case(f))
 }
 
 /// A value that is written out, not taken from somewhere at run time.

@@ -188,6 +188,9 @@ fn references_and_prose_are_not_secrets() {
         let doc = json!({"properties": {"customize": [{"type": "Shell", "inline": [text]}]}});
         assert_eq!(scan(doc.as_object().unwrap(), None), vec![], "{text}");
     }
+    // Settings about passwords are not passwords.
+    let doc = json!({"properties": {"vmProfile": {"disablePasswordAuthentication": "true", "passwordLength": "16", "adminPassword": "false"}}});
+    assert_eq!(scan(doc.as_object().unwrap(), None), vec![]);
     // A base64 blob of the key's length with nothing key-like near it
     // (a checksum, an image hash) is not reported.
     let blob = format!("echo {} | base64 -d > /etc/motd", account_key());
