@@ -194,9 +194,21 @@ async fn consecutive_automatic_failures_pause_triggers_until_a_build_succeeds() 
         f.get("/api/pipelines/fragile").await["automaticTriggers"],
         "armed"
     );
-    let file = std::fs::read_to_string(f.dir.path().join("data/events.jsonl")).unwrap();
+    // The breaker's count is committed before its event is written, so the
+    // API can say `armed` a moment before the file has the line: wait for it.
+    let path = f.dir.path().join("data/events.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut file = String::new();
+    while std::time::Instant::now() < deadline {
+        file = std::fs::read_to_string(&path).unwrap();
+        if file.contains("dev.kiln.pipeline.resumed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
-        file.contains("dev.kiln.pipeline.paused") && file.contains("dev.kiln.pipeline.resumed")
+        file.contains("dev.kiln.pipeline.paused") && file.contains("dev.kiln.pipeline.resumed"),
+        "{file}"
     );
     f.stop().await;
 }
