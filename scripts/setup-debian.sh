@@ -11,7 +11,19 @@
 #
 #   scripts/setup-debian.sh           install what is missing, repair, check
 #   scripts/setup-debian.sh --check   only check; exit 1 naming what is missing
+#   scripts/setup-debian.sh --with-cargo-deny   also cargo-deny (CI's
+#                                     supply-chain check; a first install
+#                                     builds it, several minutes)
 set -euo pipefail
+
+# The cargo-deny that deny.toml is written for (`cargo deny --offline` and
+# the version 2 config need 0.16 or newer).
+cargo_deny_version=0.20.2
+with_cargo_deny=0
+if [ "${1:-}" = "--with-cargo-deny" ]; then
+  with_cargo_deny=1
+  shift
+fi
 
 # tool:Debian package:argument that makes it answer and exit 0.
 # qemu-system-x86_64 boots images (`kiln vm run`, the demo's marker check,
@@ -134,5 +146,16 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "kiln setup: cargo not found; install a Rust toolchain (rustup, Rust 1.88 or newer) first" >&2
   exit 1
+fi
+if ((with_cargo_deny)); then
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "kiln setup: installing cargo-deny $cargo_deny_version (builds from source)"
+    cargo install cargo-deny --locked --version "$cargo_deny_version"
+  fi
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "kiln setup: cargo deny does not run after its install (is ~/.cargo/bin on PATH?)" >&2
+    exit 1
+  fi
+  echo "kiln setup: $(cargo deny --version)"
 fi
 echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present ($(qemu-img --version | head -n 1); azurite-table $(azurite-table --version))"

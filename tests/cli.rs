@@ -586,3 +586,53 @@ fn client_commands_send_the_function_key_and_explain_a_401() {
     assert!(!String::from_utf8_lossy(&help.stdout).contains("the-key"));
     drop(rt);
 }
+
+/// A SAS URL in a Shell step: `kiln validate` fails naming file, path and
+/// kind, and so does every command that loads the pipeline, with the same
+/// line; neither prints the token.
+#[test]
+fn a_pipeline_with_a_sas_url_is_refused_without_printing_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tiny.json")).unwrap(),
+    )
+    .unwrap();
+    // Made here, not written in the repository.
+    let sig: String = (0..43)
+        .map(|i| char::from(b'A' + ((i * 7 + 3) % 26) as u8))
+        .collect();
+    let url = format!(
+        "https://acct.blob.core.windows.net/scripts/setup.sh?sv=2022-11-02&sp=r&se=2027-01-01&sig={sig}%3D"
+    );
+    doc["properties"]["customize"][0] =
+        serde_json::json!({"type": "Shell", "name": "fetch", "scriptUri": url});
+    let file = dir.path().join("leaky.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+
+    let out = kiln().arg("validate").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("sas-token"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.starts_with(&format!(
+            "{}: properties.customize[0].scriptUri: looks like a SAS token (kind `sas-token`)",
+            file.display()
+        )),
+        "{line}"
+    );
+    assert!(!err.contains(&sig[..8]), "{err}");
+
+    let out = kiln()
+        .arg("render")
+        .arg(&file)
+        .args(["--version", "1.0.0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(line), "{err}");
+    assert!(!err.contains(&sig[..8]), "{err}");
+}

@@ -179,3 +179,45 @@ impl PipelineSet {
         self.by_name.keys().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both faces load the folder through `load_dir` at start (`host::wiring`),
+    /// so a pipeline with a secret keeps the factory from starting, with the
+    /// line `kiln validate` prints.
+    #[test]
+    fn a_folder_with_a_secret_in_one_pipeline_does_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tiny.json");
+        std::fs::copy(&tiny, dir.path().join("tiny.json")).unwrap();
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&tiny).unwrap()).unwrap();
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        doc["properties"]["customize"][0]["inline"][1] =
+            serde_json::json!(format!("echo 'APP_PASSWORD={password}' >> /etc/app.env"));
+        std::fs::write(dir.path().join("leaky.json"), doc.to_string()).unwrap();
+
+        let errors = PipelineSet::load_dir(dir.path(), None).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let shown = errors[0].to_string();
+        let check = check_file(&dir.path().join("leaky.json"), None);
+        assert_eq!(
+            shown,
+            FileErrors {
+                file: check.file,
+                errors: check.errors
+            }
+            .to_string()
+        );
+        assert!(
+            shown.starts_with(&format!(
+                "{}: properties.customize[0].inline[1]: looks like a literal password (kind `password`)",
+                dir.path().join("leaky.json").display()
+            )),
+            "{shown}"
+        );
+        assert!(!shown.contains(&password[3..]), "{shown}");
+    }
+}

@@ -16,6 +16,7 @@
 //! pipeline/parse.rs   a file's text to a checked `Pipeline` (or every problem)
 //! pipeline/read.rs    reading each section and list element on its own
 //! pipeline/check.rs   the checks serde cannot express
+//! pipeline/secrets.rs credentials in the file, refused by path and kind
 //! pipeline/tests.rs   the tests, through `Pipeline::parse` and `Pipeline::read`
 //! ```
 
@@ -32,8 +33,10 @@ use super::template::{Distributor, GalleryImageRef, ImageTemplate};
 mod check;
 mod parse;
 mod read;
+pub mod secrets;
 
 pub use parse::{valid_pipeline_name, Parsed};
+pub use secrets::{AllowSecret, SecretKind};
 
 /// The key under which kiln's own settings live in a pipeline file.
 pub const KILN_KEY: &str = "kiln";
@@ -62,6 +65,9 @@ pub struct KilnSection {
     pub promotion: Promotion,
     #[serde(default)]
     pub build: BuildPolicy,
+    /// Deliberate exceptions to the secret scan (`secrets.rs`), each with its reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_secrets: Vec<AllowSecret>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -245,6 +251,7 @@ fn typed<T: serde::de::DeserializeOwned>(
         let path = match (prefix, inner.as_str()) {
             (p, ".") => p.to_string(),
             ("", i) => i.to_string(),
+            (p, i) if i.starts_with('[') => format!("{p}{i}"),
             (p, i) => format!("{p}.{i}"),
         };
         field(path, e.into_inner().to_string())

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde_json::{json, Value};
 
-use kiln::app::events::{sign, SIGNATURE_HEADER};
+use kiln::app::events::{verify, Rejected, DEFAULT_TOLERANCE, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 use crate::harness::{bounded, tiny, Factory, Options};
 
@@ -89,7 +89,31 @@ async fn every_state_change_is_a_signed_cloudevent_on_the_webhook_and_in_the_fil
         }
         for (headers, body) in got.lock().unwrap().iter() {
             let sig = headers.get(SIGNATURE_HEADER).unwrap().to_str().unwrap();
-            assert_eq!(sig, sign("hook-secret", body.as_bytes()));
+            let ts = headers.get(TIMESTAMP_HEADER).unwrap().to_str().unwrap();
+            let now = chrono::Utc::now().timestamp();
+            assert_eq!(
+                verify(
+                    "hook-secret",
+                    sig,
+                    ts,
+                    body.as_bytes(),
+                    now,
+                    DEFAULT_TOLERANCE
+                ),
+                Ok(())
+            );
+            // The same delivery replayed after the window is refused.
+            assert!(matches!(
+                verify(
+                    "hook-secret",
+                    sig,
+                    ts,
+                    body.as_bytes(),
+                    now + 301,
+                    DEFAULT_TOLERANCE
+                ),
+                Err(Rejected::TooOld { .. })
+            ));
             let ev: Value = serde_json::from_str(body).unwrap();
             assert_eq!(ev["specversion"], "1.0");
             assert_eq!(ev["data"]["buildId"], json!(id));
@@ -168,6 +192,8 @@ async fn consecutive_automatic_failures_pause_triggers_until_a_build_succeeds() 
             f.wait_terminal(&manual, Duration::from_secs(60)).await["state"],
             "succeeded"
         );
+        // The breaker's count is committed before its event is written, so the
+        // API can say `armed` a moment before the event: wait for the event.
         resumed.within(LIMIT).await;
         assert_eq!(
             f.get("/api/pipelines/fragile").await["automaticTriggers"],
@@ -175,7 +201,8 @@ async fn consecutive_automatic_failures_pause_triggers_until_a_build_succeeds() 
         );
         let file = std::fs::read_to_string(f.dir.path().join("data/events.jsonl")).unwrap();
         assert!(
-            file.contains("dev.kiln.pipeline.paused") && file.contains("dev.kiln.pipeline.resumed")
+            file.contains("dev.kiln.pipeline.paused") && file.contains("dev.kiln.pipeline.resumed"),
+            "{file}"
         );
         f.stop().await;
     })

@@ -3,6 +3,7 @@
 //! (`check.rs`), and every problem reported at once.
 
 use super::check::{check_kiln, check_template, misplaced_kiln_keys};
+use super::secrets::{self, AllowSecret};
 use super::{field, read, FieldError, KilnSection, Pipeline, KILN_KEY};
 use crate::domain::template::ImageTemplate;
 
@@ -74,6 +75,10 @@ impl Pipeline {
             Some(v) => reader.kiln(v),
         };
         errors.append(&mut reader.errors);
+        errors.extend(secrets::refuse(
+            &secrets::scan(obj, kiln_value.as_ref()),
+            &allowances(kiln.as_ref(), kiln_value.as_ref()),
+        ));
         errors.extend(check_template(&parts));
         if let Some(k) = &kiln {
             errors.extend(check_kiln(k));
@@ -93,5 +98,18 @@ impl Pipeline {
                 template: template.map(Box::new),
             },
         }
+    }
+}
+
+/// The allow list: the parsed section's, or, when another part of the
+/// section is wrong, whatever of the list reads on its own, so that an
+/// unrelated typo does not turn every allowed secret into an error too.
+fn allowances(kiln: Option<&KilnSection>, raw: Option<&serde_json::Value>) -> Vec<AllowSecret> {
+    match kiln {
+        Some(k) => k.allow_secrets.clone(),
+        None => raw
+            .and_then(|v| v.get(secrets::ALLOW_KEY))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default(),
     }
 }

@@ -68,7 +68,7 @@ pub(crate) fn unreachable(uri: &str) -> Option<String> {
         .query_pairs()
         .any(|(k, v)| k.eq_ignore_ascii_case("sig") && !v.is_empty());
     (blob && !signed).then(|| {
-        "an Azure Storage blob without a SAS token: AIB downloads it with the template's identity, which the local provider does not have (use a SAS URL or a local copy)".to_string()
+        "an Azure Storage blob without a SAS token: AIB downloads it with the template's identity, which the local provider does not have (use a local copy, or a SAS URL listed in kiln.allowSecrets)".to_string()
     })
 }
 
