@@ -15,7 +15,8 @@ set -euo pipefail
 
 # tool:Debian package:argument that makes it answer and exit 0.
 # qemu-system-x86_64 boots images (`kiln vm run`, the demo's marker check,
-# boot tests); shellcheck lints customizers in `kiln validate`.
+# boot tests); shellcheck lints customizers in `kiln validate`; chromium and
+# chromedriver run the dashboard's browser test (headless, through WebDriver).
 tools=(
   mkfs.ext4:e2fsprogs:-V
   debugfs:e2fsprogs:-V
@@ -24,6 +25,8 @@ tools=(
   busybox:busybox-static:true
   qemu-system-x86_64:qemu-system-x86:--version
   shellcheck:shellcheck:--version
+  chromium:chromium:--version
+  chromedriver:chromium-driver:--version
 )
 # Packages that kiln itself does not run: certificates for downloads, and
 # bubblewrap for the local_build benchmark's bare-tools baseline.
@@ -135,4 +138,4 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "kiln setup: cargo not found; install a Rust toolchain (rustup, Rust 1.88 or newer) first" >&2
   exit 1
 fi
-echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present ($(qemu-img --version | head -n 1); azurite-table $(azurite-table --version))"
+echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present ($(qemu-img --version | head -n 1); $(chromium --version 2>/dev/null); azurite-table $(azurite-table --version))"
