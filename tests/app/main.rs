@@ -1,7 +1,9 @@
 //! App-level tests: the real router, queue consumers, timers and the local
 //! provider, driven the way the Functions host and users drive them.
 
+mod browser;
 mod builds;
+mod dashboard;
 mod events;
 mod handler;
 mod harness;
