@@ -9,13 +9,18 @@ use serde_json::{json, Value};
 use crate::browser::{Browser, WAIT};
 use crate::harness::{tiny, Factory, Options};
 
-/// `tiny` with a Patch Tuesday schedule (so there is a next fire time),
-/// and `broken`, whose one step fails.
+/// `tiny` with a Patch Tuesday schedule (so there is a next fire time) and
+/// a step that takes a few seconds between two lines of output (so its log
+/// can be seen growing), and `broken`, whose one step fails.
 fn pipelines() -> Vec<(String, Value)> {
-    let scheduled = tiny(
+    let (name, mut scheduled) = tiny(
         "tiny",
         json!({ "triggers": { "schedule": { "patchTuesday": { "offsetDays": 1, "at": "03:00", "timeZone": "Europe/Berlin" } } } }),
     );
+    scheduled["properties"]["customize"] = json!([
+        { "type": "Shell", "name": "hello", "inline": ["echo 'hello from kiln' > /etc/kiln-hello", "echo step one done", "sleep 8", "echo step two done"] }
+    ]);
+    let scheduled = (name, scheduled);
     let (name, mut broken) = tiny("broken", json!({ "build": { "maxAttempts": 1 } }));
     broken["properties"]["customize"] = json!([
         { "type": "Shell", "name": "configure", "inline": ["echo configuring the image", "echo 'no such package: kiln-missing' >&2", "exit 3"] }
@@ -174,6 +179,43 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
         .await
         .unwrap();
     let id = requested_build(&b, Some(&broken)).await;
+
+    // Its page follows the log while the step runs.
+    c.find(Locator::Css("#status a#requested-build"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&b, "#build-log", "step one done").await;
+    let running = f.build_state(&id).await;
+    let log_state = c
+        .find(Locator::Id("log-state"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shown = c
+        .find(Locator::Id("build-log"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !shown.contains("step two done") && log_state.contains("following"),
+        "the page should show the log as it grows: {log_state}; {shown}"
+    );
+    assert!(
+        !matches!(
+            running["state"].as_str(),
+            Some("succeeded" | "failed" | "canceled")
+        ),
+        "the build ended before its page was read: {running:#}"
+    );
+    b.wait_for("#timeline li[data-state='queued']").await;
+    b.screenshot("build-following").await;
 
     // The list follows both to their end without a reload.
     c.find(Locator::Id("nav-builds"))

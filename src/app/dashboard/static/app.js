@@ -503,6 +503,8 @@
           el("tbody", {}, rows))));
   }
 
+  let gallerySignature = "";
+
   async function refreshGallery(still) {
     const soft = (p) => p.catch((e) => { if (e instanceof Unauthorized) throw e; return { failed: e.message }; });
     const [pipelines, gallery, plans, inUse] = await Promise.all([
@@ -513,6 +515,9 @@
     ]);
     const nexts = await Promise.all(pipelines.map(nextFire));
     if (!still()) return;
+    const signature = JSON.stringify([pipelines, gallery, plans, inUse, nexts]);
+    if (signature === gallerySignature) return;
+    gallerySignature = signature;
     fillPipelineChoice(pipelines.map((p) => p.name));
     const pipelineRows = pipelines.map((p, i) => pipelineRow(p, nexts[i]));
     if (!pipelineRows.length) pipelineRows.push(el("tr", {}, el("td", { colspan: PIPELINE_COLUMNS.length, text: "No pipelines deployed." })));
@@ -555,6 +560,7 @@
       $("build-failure").hidden = true;
     }
     buildsSignature = "";
+    gallerySignature = "";
     if (!initial) {
       // Move the reading position to the new view, as a page load would.
       const h = $("view-" + view.name).querySelector("h2");
