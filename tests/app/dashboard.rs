@@ -158,10 +158,11 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
         .send_keys("dashboard test: a failing step")
         .await
         .unwrap();
-    c.find(Locator::Id("build-submit"))
+    // Submitted from the keyboard: Enter in the reason field.
+    c.find(Locator::Id("build-reason"))
         .await
         .unwrap()
-        .click()
+        .send_keys("\u{E007}")
         .await
         .unwrap();
     let broken = requested_build(&b, None).await;
@@ -243,6 +244,7 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
             && row.contains("manual, by dashboard"),
         "{row}"
     );
+    audit(&b, "builds").await;
     let builds_png = b.screenshot("builds").await;
 
     // The failed build's page says why.
@@ -319,6 +321,7 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
         .await
         .unwrap();
     assert_eq!(shown.trim(), log.trim(), "the page shows the whole log");
+    audit(&b, "build").await;
     c.set_window_size(1280, 1300).await.unwrap();
     let timeline_png = b.screenshot("build-timeline").await;
 
@@ -370,6 +373,7 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
         pipeline.contains(next[0]["cycle"].as_str().unwrap()) && pipeline.contains("armed"),
         "{pipeline} vs {next}"
     );
+    audit(&b, "gallery").await;
     // Tall enough for the pipelines and both definitions.
     c.set_window_size(1280, 1500).await.unwrap();
     let gallery_png = b.screenshot("gallery").await;
@@ -398,6 +402,48 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
     }
     b.close().await;
     f.stop().await;
+}
+
+/// What the page must hold to be usable without sight of colour or a
+/// mouse: text contrast of at least 4.5:1 (WCAG AA) against the nearest
+/// opaque background, a label for every field, a name for every control.
+const AUDIT: &str = r#"
+const rgb = (s) => (s.match(/[\d.]+/g) || []).map(Number);
+const lum = (c) => {
+  const [r, g, b] = c.slice(0, 3).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const background = (e) => {
+  for (; e; e = e.parentElement) {
+    const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c;
+  }
+  return [255, 255, 255];
+};
+const shown = (e) => e.getClientRects().length > 0 && !e.closest("[hidden]");
+const lowContrast = [];
+for (const e of document.querySelectorAll("body *")) {
+  if (!shown(e) || ![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+  const a = lum(rgb(getComputedStyle(e).color)), b = lum(background(e));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < 4.5) lowContrast.push(`${e.tagName}.${e.className} ${ratio.toFixed(2)}: ${e.textContent.trim().slice(0, 40)}`);
+}
+const unlabelled = [...document.querySelectorAll("input, select, textarea")]
+  .filter((e) => shown(e) && !(e.labels && e.labels.length) && !e.getAttribute("aria-label")).map((e) => e.id || e.name);
+const nameless = [...document.querySelectorAll("button, a[href]")]
+  .filter((e) => shown(e) && !(e.getAttribute("aria-label") || e.textContent.trim())).map((e) => e.outerHTML.slice(0, 80));
+return { lowContrast, unlabelled, nameless };
+"#;
+
+async fn audit(b: &Browser, view: &str) {
+    let found = b.client.execute(AUDIT, vec![]).await.unwrap();
+    for (what, list) in found.as_object().unwrap() {
+        assert_eq!(
+            list.as_array().map(Vec::len),
+            Some(0),
+            "{view} view: {what}: {list}"
+        );
+    }
 }
 
 /// Fails when the page is wider than the window, naming what sticks out.

@@ -8,6 +8,7 @@
 
 mod builds;
 mod cycles;
+mod dashboard;
 mod harness;
 mod preflight;
 mod retention;
