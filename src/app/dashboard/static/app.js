@@ -204,7 +204,8 @@
   /** What the list says about a state beyond its name: why it failed or was canceled. */
   function stateDetail(st) {
     switch (st.state) {
-      case "failed": return `${st.category}: ${st.message}`;
+      // Messages often start with their category already.
+      case "failed": return st.message.startsWith(st.category + ":") ? st.message : `${st.category}: ${st.message}`;
       case "canceled": case "canceling": return st.reason;
       case "submitting": return st.not_before ? "retrying after " + fmtTime(st.not_before) : "";
       case "publishing": return st.replicating ? "waiting for replication" : "";
@@ -585,7 +586,7 @@
       if (view.name === "builds") await refreshBuilds(still);
       else if (view.name === "build") await refreshBuild(view.id, still);
       else await refreshGallery(still);
-      if (still()) fresh(`updated ${new Date().toLocaleTimeString()}`);
+      if (still()) fresh(`updated ${new Date().toISOString().slice(11, 19)} UTC`);
     } catch (e) {
       if (e instanceof Unauthorized) { fresh("waiting for an API key"); wait = null; }
       else fresh("cannot read the API: " + e.message);
