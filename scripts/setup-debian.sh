@@ -27,7 +27,8 @@ fi
 
 # tool:Debian package:argument that makes it answer and exit 0.
 # qemu-system-x86_64 boots images (`kiln vm run`, the demo's marker check,
-# boot tests); shellcheck lints customizers in `kiln validate`.
+# boot tests); shellcheck lints customizers in `kiln validate`; chromium and
+# chromedriver run the dashboard's browser test (headless, through WebDriver).
 tools=(
   mkfs.ext4:e2fsprogs:-V
   debugfs:e2fsprogs:-V
@@ -36,6 +37,8 @@ tools=(
   busybox:busybox-static:true
   qemu-system-x86_64:qemu-system-x86:--version
   shellcheck:shellcheck:--version
+  chromium:chromium:--version
+  chromedriver:chromium-driver:--version
 )
 # Packages that kiln itself does not run: certificates for downloads, and
 # bubblewrap for the local_build benchmark's bare-tools baseline.
@@ -158,4 +161,4 @@ if ((with_cargo_deny)); then
   fi
   echo "kiln setup: $(cargo deny --version)"
 fi
-echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present ($(qemu-img --version | head -n 1); azurite-table $(azurite-table --version))"
+echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present ($(qemu-img --version | head -n 1); $(chromium --version 2>/dev/null); azurite-table $(azurite-table --version))"

@@ -17,6 +17,16 @@ fn which(tool: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{tool} is not installed; run scripts/setup-debian.sh"))
 }
 
+/// The apt tools besides qemu-img (and the e2fsprogs ones, found in sbin).
+const OTHER_APT_TOOLS: [&str; 6] = [
+    "mmdebstrap",
+    "busybox",
+    "qemu-system-x86_64",
+    "shellcheck",
+    "chromium",
+    "chromedriver",
+];
+
 fn check_with_path(path: &Path) -> std::process::Output {
     Command::new("/bin/bash")
         .arg(repo().join("scripts/setup-debian.sh"))
@@ -42,7 +52,7 @@ fn the_setup_check_passes_when_every_tool_is_there() {
 #[test]
 fn the_setup_check_names_a_removed_tool_and_its_package() {
     let bin = tempfile::tempdir().unwrap();
-    for tool in ["mmdebstrap", "busybox", "qemu-system-x86_64", "shellcheck"] {
+    for tool in OTHER_APT_TOOLS {
         std::os::unix::fs::symlink(which(tool), bin.path().join(tool)).unwrap();
     }
     // mmdebstrap is a perl script: its interpreter is found by absolute path.
@@ -60,7 +70,7 @@ fn the_setup_check_names_a_removed_tool_and_its_package() {
 #[test]
 fn the_setup_check_runs_each_tool_not_just_finds_it() {
     let bin = tempfile::tempdir().unwrap();
-    for tool in ["mmdebstrap", "busybox", "qemu-system-x86_64", "shellcheck"] {
+    for tool in OTHER_APT_TOOLS {
         std::os::unix::fs::symlink(which(tool), bin.path().join(tool)).unwrap();
     }
     let broken = bin.path().join("qemu-img");
@@ -76,13 +86,7 @@ fn the_setup_check_runs_each_tool_not_just_finds_it() {
 #[test]
 fn the_setup_check_names_a_missing_npm_tool_and_its_package() {
     let bin = tempfile::tempdir().unwrap();
-    for tool in [
-        "mmdebstrap",
-        "busybox",
-        "qemu-system-x86_64",
-        "shellcheck",
-        "qemu-img",
-    ] {
+    for tool in OTHER_APT_TOOLS.into_iter().chain(["qemu-img"]) {
         std::os::unix::fs::symlink(which(tool), bin.path().join(tool)).unwrap();
     }
     let out = check_with_path(bin.path());
@@ -93,6 +97,27 @@ fn the_setup_check_names_a_missing_npm_tool_and_its_package() {
         "{err}"
     );
     assert_eq!(err.matches("(Debian package").count(), 0, "{err}");
+}
+
+/// The browser test's driver is a package of its own (chromium-driver).
+#[test]
+fn the_setup_check_names_a_missing_browser_driver_and_its_package() {
+    let bin = tempfile::tempdir().unwrap();
+    for tool in OTHER_APT_TOOLS
+        .into_iter()
+        .chain(["qemu-img"])
+        .filter(|t| *t != "chromedriver")
+    {
+        std::os::unix::fs::symlink(which(tool), bin.path().join(tool)).unwrap();
+    }
+    let out = check_with_path(bin.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("chromedriver (Debian package chromium-driver)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("(Debian package").count(), 1, "{err}");
 }
 
 #[test]

@@ -56,7 +56,6 @@ pub fn router(app: App) -> Router {
             "/api/health",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
-        .route("/api/dashboard", get(dashboard))
         .route("/api/pipelines", get(list_pipelines))
         .route("/api/pipelines/{name}", get(show_pipeline))
         .route("/api/pipelines/{name}/schedule", get(pipeline_schedule))
@@ -75,12 +74,8 @@ pub fn router(app: App) -> Router {
         .route("/api/retention/plan", get(retention_plan))
         .route("/api/retention/apply", post(retention_apply))
         .route("/api/retention/audit", get(retention_audit))
+        .merge(super::dashboard::router())
         .with_state(app)
-}
-
-async fn dashboard(State(app): State<App>) -> ApiResult {
-    let page = super::dashboard::render(&app).await?;
-    Ok(([("content-type", "text/html; charset=utf-8")], page).into_response())
 }
 
 async fn list_pipelines(State(app): State<App>) -> ApiResult {

@@ -107,7 +107,7 @@ impl LocalHost {
             }
         }
         tasks.spawn(deliver_events(self.app.clone(), shutdown.clone()));
-        let router = crate::host::serve::router(self.app.clone());
+        let router = crate::host::serve::local_router(self.app.clone());
         let mut http_shutdown = shutdown.clone();
         tasks.spawn(async move {
             let stop = async move {

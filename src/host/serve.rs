@@ -9,15 +9,24 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
 use crate::app::{api, invoke, App, FunctionName, Invocation, InvokeError};
 
 pub fn router(app: App) -> Router {
+    with_root(app, get(|| async { "kiln custom handler ready" }))
+}
+
+/// `kiln local`'s router: the same, with `/` leading people to the dashboard.
+pub fn local_router(app: App) -> Router {
+    with_root(app, get(crate::app::dashboard::redirect_to_entry))
+}
+
+fn with_root(app: App, root: MethodRouter<App>) -> Router {
     let functions = Router::new()
-        .route("/", get(|| async { "kiln custom handler ready" }))
+        .route("/", root)
         .route("/{function}", post(invoke_function))
         .with_state(app.clone());
     functions.merge(api::router(app))

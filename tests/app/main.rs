@@ -4,7 +4,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod browser;
 mod builds;
+mod dashboard;
 mod events;
 mod handler;
 mod harness;

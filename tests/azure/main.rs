@@ -11,6 +11,7 @@ mod common;
 
 mod builds;
 mod cycles;
+mod dashboard;
 mod harness;
 mod preflight;
 mod retention;
