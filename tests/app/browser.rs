@@ -136,6 +136,24 @@ impl Browser {
         }
     }
 
+    /// Clicks the element matching `css`, finding it again when the live
+    /// page redrew it between the find and the click (a stale element), up
+    /// to [`WAIT`].
+    pub async fn click(&self, css: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let e = self.wait_for(css).await;
+            match e.click().await {
+                Ok(()) => return,
+                // Redrawn or covered for a moment: look again.
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => panic!("cannot click `{css}` within {WAIT:?}: {err}"),
+            }
+        }
+    }
+
     async fn text_of(&self, css: &str) -> String {
         match self.client.find(Locator::Css(css)).await {
             Ok(e) => e.text().await.unwrap_or_default(),

@@ -186,12 +186,7 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
         let id = requested_build(&b, Some(&broken)).await;
 
         // Its page follows the log while the step runs.
-        c.find(Locator::Css("#status a#requested-build"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("#status a#requested-build").await;
         wait_text(&b, "#build-log", "step one done").await;
         let running = f.build_state(&id).await;
         let log_state = c
@@ -252,12 +247,7 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
         let builds_png = b.screenshot("builds").await;
 
         // The failed build's page says why.
-        c.find(Locator::Css(&format!("a[data-focus='b:{broken}']")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click(&format!("a[data-focus='b:{broken}']")).await;
         let failure = b
             .wait_for("#build-failure:not([hidden])")
             .await
@@ -274,18 +264,8 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
         wait_text(&b, "#build-log", "no such package: kiln-missing").await;
 
         // The successful build's page: a bar per state visited, and its log.
-        c.find(Locator::Css("a[href='#/builds']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        c.find(Locator::Css(&format!("a[data-focus='b:{id}']")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("a[href='#/builds']").await;
+        b.click(&format!("a[data-focus='b:{id}']")).await;
         b.wait_for("#timeline li[data-state='succeeded']").await;
         wait_text(&b, "#log-state", "complete").await;
         let api = f.build_state(&id).await;
