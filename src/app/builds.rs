@@ -153,6 +153,7 @@ async fn refuse(
             now: app.clock.now(),
         })
         .await?;
+    app.metrics.dead_lettered(queue);
     tracing::warn!(queue, message_id = %meta.message_id, reason, "message dead-lettered");
     Ok(DeadLettered {
         queue,

@@ -136,6 +136,9 @@ pub async fn advance(
                 tracing::warn!(build = %d.build.id, error = %e, "event not written to the events file");
             }
         }
+        if d.build.state.is_terminal() {
+            super::metrics::build_ended(app, &d.build, now).await;
+        }
         if let Some(change) = breaker {
             announce_breaker(app, &d.build, change, now).await;
         }

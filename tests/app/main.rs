@@ -5,5 +5,6 @@ mod builds;
 mod events;
 mod handler;
 mod harness;
+mod metrics;
 mod retention;
 mod triggers;
