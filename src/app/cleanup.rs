@@ -101,6 +101,7 @@ fn retry_at(now: DateTime<Utc>, attempts: u32) -> DateTime<Utc> {
 }
 
 /// Decides and performs one step of `job`.
+#[tracing::instrument(name = "build", skip_all, fields(build_id = %job.build_id, pipeline = %job.pipeline))]
 pub async fn step(app: &App, job: &CleanupJob) -> Step {
     let name = job.template.as_str();
     let status = match app.builder.status(name).await {
