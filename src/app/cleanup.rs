@@ -72,6 +72,8 @@ pub async fn step_now(app: &App, template: &str) {
     }
 }
 
+/// In the span of the job's build: every line names the build and its pipeline.
+#[tracing::instrument(name = "build", skip_all, fields(build_id = %job.build_id, pipeline = %job.pipeline))]
 async fn run_step(app: &App, job: &CleanupJob) {
     let step = step(app, job).await;
     let now = app.clock.now();
@@ -101,7 +103,6 @@ fn retry_at(now: DateTime<Utc>, attempts: u32) -> DateTime<Utc> {
 }
 
 /// Decides and performs one step of `job`.
-#[tracing::instrument(name = "build", skip_all, fields(build_id = %job.build_id, pipeline = %job.pipeline))]
 pub async fn step(app: &App, job: &CleanupJob) -> Step {
     let name = job.template.as_str();
     let status = match app.builder.status(name).await {
