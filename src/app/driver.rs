@@ -228,7 +228,11 @@ pub async fn admit_queued(app: &App) {
         }
     };
     for id in ids {
-        let still_queued = match Box::pin(advance(app, &id, None)).await {
+        // Each queued build in a span of its own, not under the build whose
+        // end woke it: a line names one build.
+        let step = tracing::info_span!(parent: None, "admit_queued")
+            .in_scope(|| Box::pin(advance(app, &id, None)));
+        let still_queued = match step.await {
             Ok(b) => b.is_some_and(|b| matches!(b.state, BuildState::Queued)),
             Err(e) => {
                 tracing::warn!(build = %id, error = %e, "cannot start queued build");
