@@ -4,20 +4,19 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use kiln::cli::Exit;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = kiln::cli::logging::init() {
+        eprintln!("kiln: {e}");
+        return Exit::Usage.into();
+    }
     match kiln::cli::run(kiln::cli::Cli::parse()).await {
-        Ok(code) => code,
+        Ok(code) => code.into(),
         Err(e) => {
             eprintln!("kiln: {e:#}");
-            ExitCode::FAILURE
+            Exit::Error.into()
         }
     }
 }

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+#[path = "cli/follow.rs"]
+mod follow;
+
 /// The binary, with a data folder of its own: `kiln validate` opens the
 /// local provider there, and tests running in parallel must not share one
 /// (a folder being created by another run makes the provider checks vanish).

@@ -74,6 +74,7 @@ pub fn router(app: App) -> Router {
         .route("/api/retention/plan", get(retention_plan))
         .route("/api/retention/apply", post(retention_apply))
         .route("/api/retention/audit", get(retention_audit))
+        .route("/api/metrics", get(super::metrics::scrape))
         .merge(super::dashboard::router())
         .with_state(app)
 }

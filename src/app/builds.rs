@@ -75,10 +75,11 @@ pub enum PollOutcome {
     /// The poll cannot be acted on and was dead-lettered.
     DeadLettered(DeadLettered),
     /// The build moved on since the poll was scheduled; the poll was dropped.
-    Stale { build_id: String },
+    Stale { build_id: String, pipeline: String },
     /// The build was stepped and is now in `state`.
     Stepped {
         build_id: String,
+        pipeline: String,
         state: &'static str,
     },
     /// There was nothing to step.
@@ -89,11 +90,17 @@ impl PollOutcome {
     pub fn log_lines(&self) -> Vec<String> {
         match self {
             PollOutcome::DeadLettered(d) => vec![d.log_line()],
-            PollOutcome::Stale { build_id } => {
-                vec![format!("build_polls: stale poll for {build_id} dropped")]
+            PollOutcome::Stale { build_id, pipeline } => {
+                vec![format!(
+                    "build_polls: stale poll for {build_id} ({pipeline}) dropped"
+                )]
             }
-            PollOutcome::Stepped { build_id, state } => {
-                vec![format!("build_polls: {build_id} is {state}")]
+            PollOutcome::Stepped {
+                build_id,
+                pipeline,
+                state,
+            } => {
+                vec![format!("build_polls: {build_id} ({pipeline}) is {state}")]
             }
             PollOutcome::Idle => Vec::new(),
         }
@@ -153,6 +160,7 @@ async fn refuse(
             now: app.clock.now(),
         })
         .await?;
+    app.metrics.dead_lettered(queue);
     tracing::warn!(queue, message_id = %meta.message_id, reason, "message dead-lettered");
     Ok(DeadLettered {
         queue,
@@ -207,7 +215,7 @@ pub async fn build_polls(app: &App, text: &str, meta: &Delivery) -> anyhow::Resu
             ));
         }
     };
-    let Some((_, current)) = app.store.get(&poll.build_id).await? else {
+    let Some((build, current)) = app.store.get(&poll.build_id).await? else {
         let reason = format!("buildId: no build {}", poll.build_id);
         return Ok(PollOutcome::DeadLettered(
             refuse(app, POLLS_QUEUE, text, meta, &reason).await?,
@@ -216,16 +224,18 @@ pub async fn build_polls(app: &App, text: &str, meta: &Delivery) -> anyhow::Resu
     // The build moved on since this poll was scheduled (the sweeper or a
     // cancel stepped it and scheduled its own poll): this chain ends here.
     if poll.row_version.is_some_and(|v| v != current) {
-        tracing::info!(build = %poll.build_id, "stale poll dropped");
+        tracing::info!(build = %poll.build_id, pipeline = %build.pipeline, "stale poll dropped");
         return Ok(PollOutcome::Stale {
             build_id: poll.build_id,
+            pipeline: build.pipeline,
         });
     }
     Ok(match driver::advance(app, &poll.build_id, None).await? {
         Some(b) => {
-            tracing::info!(build = %b.id, state = b.state.name(), "build polled");
+            tracing::info!(build = %b.id, pipeline = %b.pipeline, state = b.state.name(), "build polled");
             PollOutcome::Stepped {
                 build_id: b.id,
+                pipeline: b.pipeline,
                 state: b.state.name(),
             }
         }

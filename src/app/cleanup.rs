@@ -72,6 +72,8 @@ pub async fn step_now(app: &App, template: &str) {
     }
 }
 
+/// In the span of the job's build: every line names the build and its pipeline.
+#[tracing::instrument(name = "build", skip_all, fields(build_id = %job.build_id, pipeline = %job.pipeline))]
 async fn run_step(app: &App, job: &CleanupJob) {
     let step = step(app, job).await;
     let now = app.clock.now();

@@ -30,6 +30,10 @@ const MAX_RACES: usize = 8;
 
 /// Advances `build_id` one step. `given` replaces the provider observation
 /// (a cancel request, a submit failure). Returns the build as written.
+///
+/// Everything logged inside, down to the provider's calls and the local
+/// run it starts, is in the `build` span with the build's id and pipeline.
+#[tracing::instrument(name = "build", skip(app, given), fields(build_id = build_id, pipeline = tracing::field::Empty))]
 pub async fn advance(
     app: &App,
     build_id: &str,
@@ -45,6 +49,7 @@ pub async fn advance(
         let Some((build, row_version)) = app.store.get(build_id).await? else {
             anyhow::bail!("build {build_id} does not exist");
         };
+        tracing::Span::current().record("pipeline", build.pipeline.as_str());
         if build.state.is_terminal() {
             return Ok(Some(build));
         }
@@ -136,6 +141,17 @@ pub async fn advance(
                 tracing::warn!(build = %d.build.id, error = %e, "event not written to the events file");
             }
         }
+        if build.state.name() != d.build.state.name() {
+            tracing::info!(
+                from = build.state.name(),
+                to = d.build.state.name(),
+                cause = d.cause.as_deref().unwrap_or(""),
+                "build state changed"
+            );
+        }
+        if d.build.state.is_terminal() {
+            super::metrics::build_ended(app, &d.build, now).await;
+        }
         if let Some(change) = breaker {
             announce_breaker(app, &d.build, change, now).await;
         }
@@ -212,7 +228,11 @@ pub async fn admit_queued(app: &App) {
         }
     };
     for id in ids {
-        let still_queued = match Box::pin(advance(app, &id, None)).await {
+        // Each queued build in a span of its own, not under the build whose
+        // end woke it: a line names one build.
+        let step = tracing::info_span!(parent: None, "admit_queued")
+            .in_scope(|| Box::pin(advance(app, &id, None)));
+        let still_queued = match step.await {
             Ok(b) => b.is_some_and(|b| matches!(b.state, BuildState::Queued)),
             Err(e) => {
                 tracing::warn!(build = %id, error = %e, "cannot start queued build");

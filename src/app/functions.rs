@@ -118,8 +118,24 @@ async fn invoke_unbounded(
         }
         FunctionName::Api => {
             let req = trigger_value(&inv, name)?;
-            out.outputs
-                .insert("res".into(), super::api::invoke_payload(app, req).await?);
+            let res = super::api::invoke_payload(app, req).await?;
+            // Method and path only: a query string may carry a key (`?code=`).
+            let decoded = super::wire::decode_value(req);
+            let url = decoded.get("Url").and_then(Value::as_str).unwrap_or("/");
+            let path = match url.split_once("://") {
+                Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+                None => url,
+            };
+            let path = path.split('?').next().unwrap_or(path);
+            out.log(format!(
+                "api: {} {path} answered {}",
+                decoded
+                    .get("Method")
+                    .and_then(Value::as_str)
+                    .unwrap_or("GET"),
+                res["statusCode"].as_str().unwrap_or("?")
+            ));
+            out.outputs.insert("res".into(), res);
         }
     }
     Ok(out)

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | functions (one per `handlers/<function>`) | [`builds`] (`build_requests`, `build_polls`, `build_sweeper`), [`triggers`] (`patch_tuesday`, `base_image_watch`, `base_image_events`), [`retention_function`] (`retention`) |
 //! | dispatch and wire | [`functions`] (name → function, the invocation budget, outcomes into the reply and its logs), [`wire`] (the custom-handler payloads) |
-//! | HTTP | [`api`] (the `/api` routes), [`dashboard`] |
+//! | HTTP | [`api`] (the `/api` routes), [`dashboard`], [`metrics`] (`/api/metrics`, and what a build's end records) |
 //! | shared services | [`driver`] (one step of a build), [`admission`], [`cleanup`] (retiring templates), [`retention_executor`] (plans and applies retention), [`events`] (CloudEvents out), [`render`] (the template AIB gets), [`pipelines`], [`lint`], [`gallery_ops`] |
 
 pub mod admission;
@@ -21,6 +21,7 @@ pub mod events;
 pub mod functions;
 pub mod gallery_ops;
 pub mod lint;
+pub mod metrics;
 pub mod pipelines;
 pub mod render;
 pub mod retention_executor;
@@ -56,5 +57,7 @@ pub struct App {
     pub queue: Arc<dyn Queue>,
     pub clock: Arc<dyn Clock>,
     pub events: events::EventSink,
+    /// This instance's counters and histograms (`GET /api/metrics`).
+    pub metrics: crate::metrics::Metrics,
     pub tuning: Tuning,
 }

@@ -74,7 +74,7 @@ pub enum StepOutcome {
 
 impl StepOutcome {
     /// The spelling of the `retention_audit.status` column.
-    fn as_str(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             StepOutcome::DryRun => "dry-run",
             StepOutcome::Done => "done",

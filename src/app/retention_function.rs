@@ -84,7 +84,7 @@ pub async fn plan(app: &App) -> anyhow::Result<Vec<Plan>> {
 
 /// Applies the plan (each pipeline's `dryRun` still holds; `dry_run` forces it for all).
 pub async fn run(app: &App, dry_run: bool) -> anyhow::Result<RetentionRun> {
-    apply(
+    let run = apply(
         app.store.as_ref(),
         app.gallery.as_ref(),
         app.inventory.as_ref(),
@@ -92,5 +92,10 @@ pub async fn run(app: &App, dry_run: bool) -> anyhow::Result<RetentionRun> {
         app.clock.now(),
         dry_run,
     )
-    .await
+    .await?;
+    for step in &run.applied {
+        app.metrics
+            .retention_step(&step.pipeline, step.action.as_str(), step.outcome.as_str());
+    }
+    Ok(run)
 }

@@ -1,109 +1,17 @@
 //! Commands that run the factory or work on the local data folder.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Subcommand;
 
+use super::args::{BaseCmd, GalleryCmd, VmCmd};
+use super::exit::Exit;
 use crate::config::{gather_env, ProviderKind, Settings};
 use crate::host::wiring::{azure_app, local_provider, local_runtime, open_db};
 use crate::ports::{Gallery, ImageBuilder, SystemClock};
 use crate::providers::local::{BaseFrom, LocalProvider, ToolNeed};
-
-#[derive(Subcommand)]
-pub enum BaseCmd {
-    /// Import a base root filesystem under a marketplace-style name (publisher:offer:sku).
-    Import {
-        urn: String,
-        #[arg(long)]
-        version: String,
-        /// Debian suite to build with mmdebstrap (e.g. bookworm).
-        #[arg(long, conflicts_with_all = ["tar", "busybox"])]
-        debian: Option<String>,
-        /// Extra packages for --debian, comma-separated.
-        #[arg(long, value_delimiter = ',', requires = "debian")]
-        include: Vec<String>,
-        /// A root filesystem tarball.
-        #[arg(long, conflicts_with = "busybox")]
-        tar: Option<PathBuf>,
-        /// A tiny root from the host's busybox-static, for tests.
-        #[arg(long)]
-        busybox: bool,
-    },
-    /// Mark a base version deprecated (pipelines on it are warned).
-    Deprecate {
-        urn: String,
-        #[arg(long)]
-        version: String,
-    },
-    /// List base images.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum GalleryCmd {
-    /// List image definitions and their versions.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print a file from a published version's disk (read without mounting).
-    Cat { version_id: String, path: String },
-    /// Pin a version so retention keeps it (or unpin it), through the API.
-    Pin {
-        version_id: String,
-        /// Tag to set (default: the pipeline's `retention.pinTag`).
-        #[arg(long)]
-        tag: Option<String>,
-        #[arg(long)]
-        unpin: bool,
-        /// Why (the tag's value).
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        api: super::ApiOpt,
-    },
-    /// Include a version in `latest` after a staged rollout (or exclude it again), through the API.
-    Promote {
-        version_id: String,
-        #[arg(long)]
-        demote: bool,
-        #[command(flatten)]
-        api: super::ApiOpt,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum VmCmd {
-    /// Boot a published version under QEMU and run a check inside.
-    Run {
-        version_id: String,
-        #[arg(long, default_value = "cat /etc/os-release; uname -r")]
-        check: String,
-        #[arg(long, default_value_t = 300)]
-        timeout: u64,
-    },
-    /// Record a consumer of an image version (retention keeps it).
-    Create {
-        #[arg(long)]
-        image: String,
-        #[arg(long)]
-        name: String,
-    },
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    Delete {
-        name: String,
-    },
-}
 
 fn settings(local_settings: &Path) -> anyhow::Result<Settings> {
     Settings::from_env(&gather_env(Some(local_settings))?)
@@ -157,7 +65,7 @@ fn require_tools(needs: &[ToolNeed], what: &str) -> anyhow::Result<()> {
     )
 }
 
-pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Result<ExitCode> {
+pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Result<Exit> {
     let mut s = settings(local_settings)?;
     if let Some(p) = port {
         s.http_port = p;
@@ -191,7 +99,7 @@ pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Resu
     });
     runtime.into_host().run(listener, rx).await?;
     tracing::info!("kiln local stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
 /// One host per data folder: it owns the queue's message locks (and
@@ -217,7 +125,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     Ok(f)
 }
 
-pub async fn run_serve() -> anyhow::Result<ExitCode> {
+pub async fn run_serve() -> anyhow::Result<Exit> {
     let port: u16 = std::env::var("FUNCTIONS_CUSTOMHANDLER_PORT")
         .or_else(|_| std::env::var("FUNCTIONS_HTTPWORKER_PORT"))
         .context("FUNCTIONS_CUSTOMHANDLER_PORT: not set (the Functions host sets it)")?
@@ -234,7 +142,7 @@ pub async fn run_serve() -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(port, provider = ?app.settings.provider, "kiln custom handler listening");
     crate::host::serve::run(listener, app, shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
 /// `kiln sim`: the simulated Azure in the foreground until Ctrl-C.
@@ -243,7 +151,7 @@ pub async fn run_sim(
     clock_factor: u32,
     start: Option<&str>,
     factory_api_port: Option<u16>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     if clock_factor == 0 {
         bail!("--clock-factor: expected a whole number of at least 1, got 0");
     }
@@ -298,7 +206,7 @@ pub async fn run_sim(
         shutdown_signal().await;
         factory.host.stop().await;
         sim.stop().await;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Ok);
     }
     println!(
         "# kiln sim on {} at {clock_factor}x; for `kiln serve` (with your own KILN_EVENTS_KEY):",
@@ -310,10 +218,10 @@ pub async fn run_sim(
     }
     shutdown_signal().await;
     sim.stop().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
-pub async fn base(cmd: BaseCmd) -> anyhow::Result<ExitCode> {
+pub async fn base(cmd: BaseCmd) -> anyhow::Result<Exit> {
     let p = provider()?;
     match cmd {
         BaseCmd::Import {
@@ -354,10 +262,10 @@ pub async fn base(cmd: BaseCmd) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
-pub async fn gallery(cmd: GalleryCmd) -> anyhow::Result<ExitCode> {
+pub async fn gallery(cmd: GalleryCmd) -> anyhow::Result<Exit> {
     let (path, body, api) = match cmd {
         GalleryCmd::Pin {
             version_id,
@@ -386,7 +294,7 @@ pub async fn gallery(cmd: GalleryCmd) -> anyhow::Result<ExitCode> {
                 .await?
                 .with_context(|| format!("gallery image version {version_id} does not exist"))?;
             print!("{}", read_from_qcow2(&v.disk, &path)?);
-            return Ok(ExitCode::SUCCESS);
+            return Ok(Exit::Ok);
         }
     };
     let (_, v) = api.client()?.post(path, &body).await?;
@@ -397,10 +305,10 @@ pub async fn gallery(cmd: GalleryCmd) -> anyhow::Result<ExitCode> {
         v["excludeFromLatest"],
         v["tags"]
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
-async fn gallery_list(json: bool) -> anyhow::Result<ExitCode> {
+async fn gallery_list(json: bool) -> anyhow::Result<Exit> {
     let p = provider()?;
     let mut out = Vec::new();
     for def in p.gallery_images().await? {
@@ -410,7 +318,7 @@ async fn gallery_list(json: bool) -> anyhow::Result<ExitCode> {
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Ok);
     }
     for d in &out {
         println!("{}", d["definition"].as_str().unwrap_or(""));
@@ -438,7 +346,7 @@ async fn gallery_list(json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
 /// Reads one file out of a qcow2's ext4 filesystem: convert to raw, then debugfs.
@@ -468,7 +376,7 @@ pub fn read_from_qcow2(qcow2: &Path, path: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-pub async fn vm(cmd: VmCmd) -> anyhow::Result<ExitCode> {
+pub async fn vm(cmd: VmCmd) -> anyhow::Result<Exit> {
     let p = provider()?;
     match cmd {
         VmCmd::Run {
@@ -482,11 +390,7 @@ pub async fn vm(cmd: VmCmd) -> anyhow::Result<ExitCode> {
                 .await?;
             println!("accel: {}", r.accel);
             println!("{}", r.output);
-            return Ok(if r.passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            return Ok(Exit::ok_if(r.passed));
         }
         VmCmd::Create { image, name } => {
             let r = p.vm_create(&image, &name).await?;
@@ -509,5 +413,5 @@ pub async fn vm(cmd: VmCmd) -> anyhow::Result<ExitCode> {
             println!("deleted {name}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }

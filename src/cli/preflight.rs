@@ -7,7 +7,6 @@
 //! it is whoever `az login` signed in.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use crate::app::PipelineSet;
 use crate::config::gather_env;
@@ -30,7 +29,7 @@ pub struct Options {
     pub service_bus_id: Option<String>,
 }
 
-pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
+pub async fn run(opts: Options) -> anyhow::Result<super::exit::Exit> {
     let env = gather_env(Some(Path::new("local.settings.json")))?;
     let settings = AzureSettings::from_env(&env)?;
     let pipelines_dir = PathBuf::from(
@@ -72,11 +71,7 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
     for n in NOT_CHECKED {
         println!("not checked: {n}");
     }
-    Ok(if passes(&found) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(super::exit::Exit::ok_if(passes(&found)))
 }
 
 /// `infra/main.bicep` puts the namespace in kiln's resource group; the

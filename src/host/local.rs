@@ -313,5 +313,6 @@ async fn dead_letter(
             now,
         })
         .await?;
+    app.metrics.dead_lettered(&d.queue);
     queue.complete(d).map(|_| ())
 }

@@ -128,6 +128,7 @@ pub async fn local_runtime(
             settings.events_file.clone(),
             settings.webhook.clone(),
         ),
+        metrics: crate::metrics::Metrics::new(),
         tuning: Tuning::local(),
         settings: Arc::new(settings),
     };
@@ -149,7 +150,8 @@ pub async fn azure_app(
     env: &crate::config::Env,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<App> {
-    let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone())?;
+    let metrics = crate::metrics::Metrics::new();
+    let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone(), &metrics)?;
     let db = open_db(&settings)?;
     let store = open_store(&settings, env, &db).await?;
     let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
@@ -174,6 +176,7 @@ pub async fn azure_app(
             settings.events_file.clone(),
             settings.webhook.clone(),
         ),
+        metrics,
         tuning: Tuning::azure(),
         settings: Arc::new(settings),
     })

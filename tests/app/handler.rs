@@ -127,6 +127,11 @@ async fn a_service_bus_message_arrives_double_encoded_and_is_admitted_once() {
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["ReturnValue"]["outcome"], "created", "{v}");
         let id = v["ReturnValue"]["build"].as_str().unwrap().to_string();
+        let line = v["Logs"][0].as_str().unwrap();
+        assert!(
+            line.contains(&id) && line.contains("plain"),
+            "the log line names the build and its pipeline: {v}"
+        );
         let (_, again) = call(&r, "POST", "/build_requests", payload("m-2", 2)).await;
         assert_eq!(
             again["ReturnValue"],
@@ -173,7 +178,7 @@ async fn an_http_invocation_in_payload_mode_is_served_by_the_api_router() {
     bounded(async {
         let (_d, r, _) = router().await;
         let payload = json!({
-            "Data": {"req": {"Url": "http://localhost:7071/api/pipelines/plain", "Method": "GET", "Query": {},
+            "Data": {"req": {"Url": "http://localhost:7071/api/pipelines/plain?code=s3cret-key", "Method": "GET", "Query": {"code": "s3cret-key"},
                               "Headers": {"Accept": ["application/json"]}, "Params": {"path": "pipelines/plain"}, "Body": ""}},
             "Metadata": {}
         });
@@ -183,6 +188,12 @@ async fn an_http_invocation_in_payload_mode_is_served_by_the_api_router() {
         assert_eq!(res["statusCode"], "200");
         let body: Value = serde_json::from_str(res["body"].as_str().unwrap()).unwrap();
         assert_eq!(body["name"], "plain");
+        // The host forwards `Logs` to Application Insights: the call is there, its key is not.
+        assert_eq!(
+            v["Logs"],
+            json!(["api: GET /api/pipelines/plain answered 200"]),
+            "{v}"
+        );
     })
     .await;
 }

@@ -10,5 +10,6 @@ mod dashboard;
 mod events;
 mod handler;
 mod harness;
+mod metrics;
 mod retention;
 mod triggers;

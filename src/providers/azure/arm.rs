@@ -26,6 +26,7 @@ use tracing::Instrument;
 use super::error::ArmError;
 use super::identity::TokenSource;
 use crate::domain::failure::FailureCategory;
+use crate::metrics::Metrics;
 
 pub const MANAGEMENT_URL: &str = "https://management.azure.com";
 pub const MANAGEMENT_SCOPE: &str = "https://management.azure.com/.default";
@@ -172,6 +173,8 @@ struct Inner {
     opts: ArmOptions,
     tokens: Arc<dyn TokenSource>,
     pause: Arc<dyn Pause>,
+    /// Where each attempt's latency and status is counted, when the app has a registry.
+    metrics: Option<Metrics>,
 }
 
 impl ArmClient {
@@ -192,6 +195,22 @@ impl ArmClient {
                 opts,
                 tokens,
                 pause,
+                metrics: None,
+            }),
+        }
+    }
+
+    /// The same client, counting every attempt in `metrics`
+    /// (`kiln_provider_request_duration_seconds`, `kiln_provider_throttled_total`).
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        let i = &self.inner;
+        ArmClient {
+            inner: Arc::new(Inner {
+                http: i.http.clone(),
+                opts: i.opts.clone(),
+                tokens: i.tokens.clone(),
+                pause: i.pause.clone(),
+                metrics: Some(metrics.clone()),
             }),
         }
     }
@@ -217,6 +236,7 @@ impl ArmClient {
                 opts,
                 tokens: self.inner.tokens.clone(),
                 pause: self.inner.pause.clone(),
+                metrics: self.inner.metrics.clone(),
             }),
         }
     }
@@ -316,7 +336,12 @@ impl ArmClient {
             }
             .instrument(span)
             .await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let elapsed = started.elapsed();
+            let elapsed_ms = elapsed.as_millis() as u64;
+            if let Some(m) = &self.inner.metrics {
+                let status = outcome.as_ref().ok().map(|(status, _, _)| *status);
+                m.provider_call(o.service, method.as_str(), status, elapsed);
+            }
             let last = policy == RetryPolicy::NoRetry || attempt >= o.max_attempts;
             match outcome {
                 Ok((status, headers, body)) => {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use crate::config::Env;
+use crate::metrics::Metrics;
 use crate::ports::Clock;
 use arm::{ArmClient, ArmOptions};
 use gallery::AzureGallery;
@@ -177,7 +178,8 @@ pub struct AzureProviders {
 impl AzureProviders {
     /// Reads the settings and builds the adapters against Azure, with the
     /// configured credential.
-    pub fn from_env(env: &Env, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    /// Every Azure call is counted in `metrics`.
+    pub fn from_env(env: &Env, clock: Arc<dyn Clock>, metrics: &Metrics) -> anyhow::Result<Self> {
         let settings = AzureSettings::from_env(env)?;
         let http = reqwest::Client::builder()
             // ARM does not redirect; a redirect would be a surprise worth failing on.
@@ -202,13 +204,15 @@ impl AzureProviders {
             },
             tokens.clone(),
             pause.clone(),
-        );
+        )
+        .with_metrics(metrics);
         let bus = ArmClient::with_pause(
             http,
             service_bus::options(&settings.service_bus_url),
             tokens,
             pause,
-        );
+        )
+        .with_metrics(metrics);
         Ok(Self::with_clients(&settings, arm, bus, clock))
     }
 
@@ -387,9 +391,12 @@ mod tests {
     fn a_laptop_can_build_the_providers_with_its_cli_login() {
         let mut pairs = full();
         pairs.push(("KILN_AZURE_CREDENTIAL", "cli"));
-        assert!(
-            AzureProviders::from_env(&env(&pairs), Arc::new(crate::ports::SystemClock)).is_ok()
-        );
+        assert!(AzureProviders::from_env(
+            &env(&pairs),
+            Arc::new(crate::ports::SystemClock),
+            &Metrics::new()
+        )
+        .is_ok());
     }
 
     #[test]

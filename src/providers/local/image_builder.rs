@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tracing::Instrument;
 
 use super::records::{LocalRunState, RunRow};
 use super::util::now;
@@ -115,11 +116,19 @@ impl ImageBuilder for LocalProvider {
         }
         let inner = p.clone();
         let name = name.to_string();
-        tokio::spawn(async move {
-            let guard = guard;
-            let cancel = sandbox::CancelWatch::new(cancel_rx, inner.records.clone(), name.clone());
-            let finished =
-                match run::TemplateRun::new(inner.clone(), &name, template, body, sha, cancel) {
+        tokio::spawn(
+            async move {
+                let guard = guard;
+                let cancel =
+                    sandbox::CancelWatch::new(cancel_rx, inner.records.clone(), name.clone());
+                let finished = match run::TemplateRun::new(
+                    inner.clone(),
+                    &name,
+                    template,
+                    body,
+                    sha,
+                    cancel,
+                ) {
                     Ok(build) => build.execute().await,
                     Err(e) => run::Finished {
                         state: LocalRunState::Failed,
@@ -128,22 +137,25 @@ impl ImageBuilder for LocalProvider {
                         cleanup: None,
                     },
                 };
-            if let Err(e) = inner.records.run_finish(
-                &name,
-                &inner.instance_id,
-                finished.state,
-                &finished.message,
-                finished.kept_staging.as_deref(),
-                now(),
-            ) {
-                tracing::error!(template = %name, "cannot record the end of the run: {e:#}");
+                if let Err(e) = inner.records.run_finish(
+                    &name,
+                    &inner.instance_id,
+                    finished.state,
+                    &finished.message,
+                    finished.kept_staging.as_deref(),
+                    now(),
+                ) {
+                    tracing::error!(template = %name, "cannot record the end of the run: {e:#}");
+                }
+                guard.status_written();
+                if let Some(dir) = finished.cleanup {
+                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+                }
+                drop(guard);
             }
-            guard.status_written();
-            if let Some(dir) = finished.cleanup {
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-            }
-            drop(guard);
-        });
+            // The run's lines stay in the span of the build that started it.
+            .in_current_span(),
+        );
         Ok(RunStart::Started)
     }
 

@@ -61,9 +61,36 @@ async fn a_429_with_retry_after_is_retried_after_that_long() {
         .mount(&server)
         .await;
     let (c, pauses) = client(&server.uri());
+    let metrics = Metrics::new();
+    let c = c.with_metrics(&metrics);
     let v = c.get_json(&target()).await.unwrap().unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(pauses.taken(), vec![Duration::from_secs(7)]);
+    // Each attempt is timed under its status; the 429 also counts as throttling.
+    let text = metrics.encode(crate::metrics::Gauges {
+        active_builds: 0,
+        queued_builds: 0,
+    });
+    let count = |name: &str, labels: &[&str]| -> Option<f64> {
+        text.lines().find_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{')?;
+            (n == name && labels.iter().all(|x| rest.contains(x))).then(|| v.parse().unwrap())
+        })
+    };
+    let calls = "kiln_provider_request_duration_seconds_count";
+    for status in ["status=\"429\"", "status=\"200\""] {
+        assert_eq!(
+            count(calls, &["service=\"arm\"", "method=\"GET\"", status]),
+            Some(1.0),
+            "{status}: {text}"
+        );
+    }
+    assert_eq!(
+        count("kiln_provider_throttled_total", &["service=\"arm\""]),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
