@@ -254,7 +254,10 @@ fn typed<T: serde::de::DeserializeOwned>(
             (p, i) if i.starts_with('[') => format!("{p}{i}"),
             (p, i) => format!("{p}.{i}"),
         };
-        field(path, e.into_inner().to_string())
+        // serde quotes the value it refused; a secret in the wrong place
+        // must not reach the message.
+        let message = e.into_inner().to_string();
+        field(path, secrets::scrub(&message).into_owned())
     })
 }
 

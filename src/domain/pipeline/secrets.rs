@@ -268,13 +268,35 @@ fn flag(v: &str) -> bool {
     .any(|f| v.trim().eq_ignore_ascii_case(f))
 }
 
-/// A value that is written out, not taken from somewhere at run time.
+/// A value that is written out, not taken from somewhere at run time: not
+/// a variable (`$X`, `%X%`, `{x}`), a command's output (`$(…)`, `` `…` ``,
+/// PowerShell's `(Get-…)`) or a PowerShell cmdlet call (`Read-Host`,
+/// `ConvertTo-SecureString …`).
 fn literal(v: &str) -> bool {
     let v = v.trim_start_matches(['"', '\'']);
     !v.is_empty()
-        && !v.starts_with(['$', '%', '{', '<', '*'])
+        && !v.starts_with(['$', '%', '{', '<', '*', '(', '`'])
+        && !CMDLET.is_match(v)
         && !v.eq_ignore_ascii_case("null")
         && !v.eq_ignore_ascii_case("none")
+}
+
+/// `message` with every quoted or backquoted value that holds a secret
+/// replaced by its kind. serde's errors quote the value they refused
+/// (`invalid type: string "…", expected a sequence`), so an error about a
+/// secret in the wrong place would otherwise print the secret.
+pub fn scrub(message: &str) -> std::borrow::Cow<'_, str> {
+    QUOTED.replace_all(message, |c: &regex::Captures<'_>| {
+        let inner = c.get(1).or_else(|| c.get(2)).map_or("", |m| m.as_str());
+        match kinds_in(inner).first() {
+            Some(kind) => format!(
+                "a value holding {} (kind `{}`, not shown)",
+                kind.what(),
+                kind.name()
+            ),
+            None => c[0].to_string(),
+        }
+    })
 }
 
 /// The kinds of secret one string holds.
@@ -298,6 +320,9 @@ macro_rules! re {
 
 // Values are at least 16 characters of what the credential is made of, and
 // never start with `$` or `%`: `sig=$SIG` is a reference, not a leak.
+re!(QUOTED, r#""((?:[^"\\]|\\.)*)"|`([^`]*)`"#);
+// `Verb-Noun` at the start of a value: a PowerShell cmdlet computes it.
+re!(CMDLET, r"^[A-Z][A-Za-z]+-[A-Z][A-Za-z]+\b");
 re!(SAS_SIG, r"(?i)[?&;]sig=[A-Za-z0-9%+/=_-]{16,}");
 re!(SAS_PARAM, r"(?i)[?&;](sv|se)=[^&\s$]");
 re!(ACCOUNT_KEY, r"(?i)AccountKey=[A-Za-z0-9+/]{20,}={0,2}");

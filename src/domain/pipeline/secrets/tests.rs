@@ -183,6 +183,11 @@ fn references_and_prose_are_not_secrets() {
         "Endpoint=sb://ns.servicebus.windows.net/",
         "password=",
         "password_length=16",
+        // Computed at run time in PowerShell and in the shell.
+        "$password = ConvertTo-SecureString $env:ADMIN_PW -AsPlainText -Force",
+        "$adminPassword = (Get-AzKeyVaultSecret -VaultName kv -Name admin -AsPlainText)",
+        "$Password = Read-Host -AsSecureString",
+        "DB_PASSWORD=`cat /run/secrets/db`",
     ];
     for text in clean {
         let doc = json!({"properties": {"customize": [{"type": "Shell", "inline": [text]}]}});
@@ -347,4 +352,34 @@ fn an_unrelated_kiln_error_keeps_the_allowance() {
     let errs = Pipeline::parse("tiny", &tiny_with(step, kiln)).unwrap_err();
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["kiln.biuld"], "{errs:?}");
+}
+
+/// A secret in a field of the wrong type is reported by serde, which quotes
+/// the value it refused; the message says what kind of value it was instead.
+#[test]
+fn a_secret_in_a_mistyped_field_is_not_quoted_by_the_type_error() {
+    let url = format!(
+        "https://acct.blob.core.windows.net/s/setup.sh?{}",
+        sas_query()
+    );
+    // `inline` must be an array; a string is the classic mistake.
+    let step = json!({"type": "Shell", "inline": format!("curl -fsSL '{url}' | sh")});
+    let errs = Pipeline::parse("tiny", &tiny_with(step, json!({}))).unwrap_err();
+    let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("invalid type") && e.contains("(kind `sas-token`, not shown)")),
+        "{shown:?}"
+    );
+    let sig = sas_query();
+    let sig = sig.split("sig=").nth(1).unwrap();
+    for e in &shown {
+        assert!(!e.contains(&sig[..12]), "the signature in: {e}");
+    }
+    // A value without a secret is still quoted: the message stays useful.
+    assert_eq!(
+        scrub("invalid type: string \"abc\", expected a sequence"),
+        "invalid type: string \"abc\", expected a sequence"
+    );
 }
