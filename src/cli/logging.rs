@@ -44,7 +44,10 @@ pub fn init() -> Result<(), String> {
         Ok(s) => EnvFilter::try_new(&s)
             .map_err(|e| format!("KILN_LOG: `{s}` is not a log filter: {e}"))?,
         Err(_) => EnvFilter::new("info"),
-    };
+    }
+    // reqwest's debug lines quote whole URLs (a redirect's, with its SAS
+    // token): kiln's own lines name URIs redacted, reqwest's are capped.
+    .add_directive("reqwest=info".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

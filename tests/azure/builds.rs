@@ -303,3 +303,45 @@ async fn a_failed_customizer_keeps_its_log_and_abort_keeps_the_template() {
     })
     .await;
 }
+
+/// A SAS token the pipeline allows on purpose goes to AIB in the template
+/// (AIB needs it to fetch the file), but AIB's customization log and run
+/// messages quote it back: what kiln keeps, serves and reports is masked.
+#[tokio::test]
+async fn a_sas_token_reaches_aib_but_not_the_log_kiln_serves() {
+    bounded(async {
+        const SIG: &str = "c2FzLWF6dXJlLWNhbmFyeS04ZDJl";
+        let w = World::with_pipelines(|sub| {
+            let mut doc = tiny(sub);
+            let customize = doc["properties"]["customize"].as_array_mut().unwrap();
+            customize.push(json!({
+                "type": "File", "name": "agent-config",
+                "sourceUri": format!("https://acct.blob.core.windows.net/c/agent.conf?sv=2022-11-02&sr=b&sp=r&sig={SIG}"),
+                "destination": "/tmp/agent.conf"
+            }));
+            let index = customize.len() - 1;
+            doc["kiln"]["allowSecrets"] = json!([{
+                "path": format!("properties.customize[{index}].sourceUri"),
+                "kind": "sas-token",
+                "reason": "a private blob read with a read-only SAS"
+            }]);
+            vec![("tiny".into(), doc)]
+        })
+        .await;
+        let id = w.request_build("tiny", "sas-e2e").await;
+        w.until(&id, "succeeded").await;
+        // kiln's copy of AIB's log names the file with the values masked,
+        // byte for byte: AIB was given the whole signature.
+        let (status, log) = w.log(&id, 1).await;
+        assert_eq!(status, 200, "{log}");
+        let masked = format!(
+            "Uploading https://acct.blob.core.windows.net/c/agent.conf?sv=**********&sr=*&sp=*&sig={} => /tmp/agent.conf",
+            "*".repeat(SIG.len())
+        );
+        assert!(log.contains(&masked), "{log}");
+        assert!(!log.contains(SIG), "{log}");
+        let build = w.build(&id).await;
+        assert!(!build.to_string().contains(SIG), "{build}");
+    })
+    .await;
+}

@@ -25,6 +25,7 @@ use super::error::ArmError;
 use super::staging_log::StagingLogs;
 use crate::domain::failure::FailureCategory;
 use crate::domain::pipeline::FieldError;
+use crate::domain::redact;
 use crate::domain::run::provisioning_failure;
 use crate::domain::template::ImageTemplate;
 use crate::ports::{
@@ -278,7 +279,12 @@ impl ImageBuilder for AzureImageBuilder {
     ) -> Result<Option<Vec<u8>>, ProviderError> {
         match self.arm.get_json(&self.path(name, "")).await? {
             None => Ok(None),
-            Some(doc) => self.logs.read(name, &doc, offset).await,
+            // AIB's log names each customizer's URI, SAS included; what kiln
+            // keeps and serves is masked in place (offsets stay right).
+            Some(doc) => Ok(self.logs.read(name, &doc, offset).await?.map(|mut bytes| {
+                redact::mask_urls(&mut bytes);
+                bytes
+            })),
         }
     }
 
@@ -346,8 +352,9 @@ fn template_status(doc: &Value) -> TemplateStatus {
         "failed" => {
             return TemplateStatus::ProvisioningFailed {
                 code: text("/properties/provisioningError/provisioningErrorCode").to_string(),
-                message: text("/properties/provisioningError/message").to_string(),
-            }
+                // AIB quotes the customizer URIs it could not use, SAS and all.
+                message: redact::mask_urls_in(text("/properties/provisioningError/message")),
+            };
         }
         _ => {}
     }
@@ -363,7 +370,7 @@ fn template_status(doc: &Value) -> TemplateStatus {
         run_sub_state: text("runSubState")
             .filter(|s| !s.is_empty())
             .map(RunSubState::parse),
-        message: text("message").unwrap_or("").to_string(),
+        message: redact::mask_urls_in(text("message").unwrap_or("")),
         start_time: text("startTime").and_then(time),
         end_time: text("endTime").and_then(time),
     })
