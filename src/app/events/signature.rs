@@ -69,10 +69,17 @@ pub fn verify(
     now: i64,
     tolerance: std::time::Duration,
 ) -> Result<(), Rejected> {
+    // Canonical digits only: what is signed is the header's text, so
+    // `+1000` or `01000` (which parse to the same number) are refused, as
+    // the documented recipes refuse them.
+    let canonical = !timestamp.is_empty()
+        && timestamp.bytes().all(|b| b.is_ascii_digit())
+        && (timestamp == "0" || !timestamp.starts_with('0'));
     let ts: i64 = timestamp
-        .trim()
         .parse()
-        .map_err(|_| Rejected::BadTimestamp(timestamp.chars().take(32).collect()))?;
+        .ok()
+        .filter(|_| canonical)
+        .ok_or_else(|| Rejected::BadTimestamp(timestamp.chars().take(32).collect()))?;
     let given = signature
         .trim()
         .strip_prefix("sha256=")
@@ -182,10 +189,16 @@ mod tests {
     #[test]
     fn malformed_headers_are_named() {
         let sig = sign("k", 1_000, b"body");
-        assert!(matches!(
-            verify("k", &sig, "soon", b"body", 1_000, TOL),
-            Err(Rejected::BadTimestamp(_))
-        ));
+        // Not the header's canonical text, though some parse to 1000.
+        for ts in ["soon", "+1000", " 1000", "01000", "1000 ", ""] {
+            assert!(
+                matches!(
+                    verify("k", &sig, ts, b"body", 1_000, TOL),
+                    Err(Rejected::BadTimestamp(_))
+                ),
+                "{ts:?}"
+            );
+        }
         for bad in [
             "",
             "sha256=",
