@@ -240,7 +240,14 @@ impl Factory {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "{what}: not within {limit:?}");
-            let _ = tokio::time::timeout(left.min(RECHECK), events.recv()).await;
+            let wait = left.min(RECHECK);
+            // The factory stopped emitting: look again after the pause
+            // rather than spinning on the closed channel.
+            if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) =
+                tokio::time::timeout(wait, events.recv()).await
+            {
+                tokio::time::sleep(wait).await
+            }
         }
     }
 

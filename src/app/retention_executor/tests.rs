@@ -467,7 +467,17 @@ async fn versions_listed_under_another_definition_are_ignored() {
 #[tokio::test]
 async fn a_definition_two_pipelines_share_is_planned_once_or_not_at_all() {
     let db = SqliteStore::new(Db::open_in_memory().unwrap());
-    let gallery = FakeGallery::with([version(WIN, "1.0.1", 10), expired(WIN, "1.0.0")]);
+    // 0.9.0 is hotfix's own: the two pipelines planned together own the
+    // definition together, so it is planned like golden's versions.
+    let mut hotfix_version = expired(WIN, "0.9.0");
+    hotfix_version
+        .tags
+        .insert("kiln.pipeline".into(), "hotfix".into());
+    let gallery = FakeGallery::with([
+        version(WIN, "1.0.1", 10),
+        expired(WIN, "1.0.0"),
+        hotfix_version,
+    ]);
     let hotfix = RetentionTarget {
         pipeline: "hotfix".into(),
         definition_id: WIN.to_uppercase(),
@@ -479,7 +489,17 @@ async fn a_definition_two_pipelines_share_is_planned_once_or_not_at_all() {
     let plans = plan_all(&gallery, &nothing_in_use(), &same, now())
         .await
         .unwrap();
-    assert_eq!(plans[0].changes().count(), 1);
+    let changes: Vec<(String, &str)> = plans[0]
+        .changes()
+        .map(|i| (i.version.to_string(), i.action.as_str()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("1.0.0".to_string(), "delete"),
+            ("0.9.0".to_string(), "delete")
+        ]
+    );
     assert_eq!(
         plans[1].skipped,
         Some(Skip::PlannedWith {

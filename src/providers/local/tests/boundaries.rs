@@ -81,7 +81,8 @@ async fn a_step_cannot_read_another_build_s_staging_folder() {
         "holder",
         json!([shell(
             "hold",
-            &[&format!("echo {token} > /tmp/staged-secret"), "sleep 60"]
+            // Held until canceled below, so its staging outlives build B.
+            &[&format!("echo {token} > /tmp/staged-secret"), "sleep 600"]
         )]),
     );
     e.p.put_template("t-holder", &holder).await.unwrap();
@@ -102,6 +103,8 @@ async fn a_step_cannot_read_another_build_s_staging_folder() {
     assert_eq!(s.run_state, RunState::Succeeded, "{}", s.message);
     let log = std::fs::read_to_string(e.p.log_path("t-peeker")).unwrap();
     assert!(!log.contains(&token), "{log}");
+    // The file was there all along: B failed to read it, not to find it.
+    assert!(staged.is_file(), "build A's staging went away during B");
     e.p.cancel("t-holder").await.unwrap();
     wait(&e.p, "t-holder").await;
 }
