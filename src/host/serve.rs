@@ -64,8 +64,6 @@ pub async fn run(
     app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    let header_timeout = app.settings.http_read_timeout;
+    super::http::serve(listener, router(app), header_timeout, shutdown).await
 }
