@@ -107,7 +107,10 @@ impl LocalHost {
             }
         }
         tasks.spawn(deliver_events(self.app.clone(), shutdown.clone()));
-        let router = crate::host::serve::router(self.app.clone());
+        // The API only: the custom handler's `POST /{function}` routes are
+        // for a Functions host on loopback, and kiln local is its own host
+        // (left in, they would invoke functions past the API keys).
+        let router = crate::app::api::router(self.app.clone());
         let header_timeout = self.app.settings.http_read_timeout;
         let mut http_shutdown = shutdown.clone();
         tasks.spawn(async move {

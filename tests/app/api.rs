@@ -361,6 +361,17 @@ async fn with_keys_set_every_route_but_health_needs_one_of_them() {
         "{e}"
     );
     assert!(!e.to_string().contains("0123456789abcdeX"), "{e}");
+    // kiln local is its own Functions host: the custom handler's
+    // invocation routes are not served, key or not.
+    let r = f
+        .http
+        .post(url("/build_requests"))
+        .bearer_auth(old)
+        .json(&json!({"Data": {"msg": "{\"pipeline\":\"tiny\"}"}, "Metadata": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     // The events webhook takes the events key, not an API key.
     let r = f
         .http
