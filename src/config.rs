@@ -136,7 +136,7 @@ pub struct Settings {
     /// `KILN_HTTP_BIND`: the address `kiln local` listens on (loopback by default).
     pub http_bind: std::net::IpAddr,
     /// `KILN_HTTP_READ_TIMEOUT` (seconds): how long a client may take to
-    /// send a request's headers, and its body.
+    /// send a request's body, and (`kiln local`) its headers.
     pub http_read_timeout: std::time::Duration,
     pub api_access: ApiAccess,
     /// The local provider's fault hooks (tests only), as JSON.

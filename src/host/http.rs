@@ -4,7 +4,9 @@
 //! headers do not arrive in time. Each connection is its own task, so a
 //! slow client holds only its own connection, never a worker another
 //! client needs; the body's own timeout is the API router's
-//! ([`crate::app::api`]).
+//! ([`crate::app::api`]). hyper's header timer also runs while a
+//! keep-alive connection waits for its next request, so it closes idle
+//! connections too.
 
 use std::future::Future;
 use std::time::Duration;

@@ -58,12 +58,20 @@ async fn invoke_function(
     }
 }
 
+/// How long the custom handler waits for a request's headers. hyper's
+/// timer also runs on an idle keep-alive connection, so it is the idle
+/// timeout too: well above the Functions host's own (1-2 minutes), the host
+/// always drops an idle connection first and never sends on one kiln is
+/// closing. The host is the only client (on loopback); it buffers what
+/// callers send before it forwards, so a slow caller never reaches kiln,
+/// and the API's body timeout still holds.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Serves until `shutdown` resolves.
 pub async fn run(
     listener: tokio::net::TcpListener,
     app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let header_timeout = app.settings.http_read_timeout;
-    super::http::serve(listener, router(app), header_timeout, shutdown).await
+    super::http::serve(listener, router(app), HEADER_TIMEOUT, shutdown).await
 }
