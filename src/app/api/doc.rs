@@ -17,7 +17,7 @@ use super::{builds, gallery, ops, pipelines, retention};
     paths(
         ops::health, ops::dashboard, ops::dead_letters, ops::replay, ops::base_image_event,
         pipelines::list, pipelines::show, pipelines::schedule,
-        builds::list, builds::create, builds::show, builds::cancel, builds::retry, builds::log,
+        builds::list, builds::create, builds::show, builds::cancel, builds::retry, builds::log::log,
         gallery::list, gallery::pin, gallery::promote,
         retention::plan, retention::apply, retention::audit,
         openapi_json,

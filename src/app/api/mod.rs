@@ -52,7 +52,7 @@ pub fn router(app: App) -> Router {
         .route("/api/builds/{id}", get(builds::show))
         .route("/api/builds/{id}/cancel", post(builds::cancel))
         .route("/api/builds/{id}/retry", post(builds::retry))
-        .route("/api/builds/{id}/log", get(builds::log))
+        .route("/api/builds/{id}/log", get(builds::log::log))
         .route("/api/deadletters", get(ops::dead_letters))
         .route("/api/deadletters/{seq}/replay", post(ops::replay))
         .route(
