@@ -44,6 +44,10 @@ param existingSystemTopicName string = ''
 @secure()
 param eventsKey string
 
+@description('Keys of kiln\'s HTTP API (KILN_API_KEYS, comma-separated; two during a rotation), each at least 16 characters. Stored in the Key Vault; the app reads them through a Key Vault reference.')
+@secure()
+param apiKeys string
+
 @description('Optional outgoing webhook for kiln CloudEvents (KILN_WEBHOOK_URL / KILN_WEBHOOK_SECRET).')
 param webhookUrl string = ''
 @secure()
@@ -180,6 +184,12 @@ resource eventsKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   properties: { value: eventsKey }
 }
 
+resource apiKeysSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'kiln-api-keys'
+  properties: { value: apiKeys }
+}
+
 resource webhookSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(webhookUrl)) {
   parent: vault
   name: 'kiln-webhook-secret'
@@ -299,6 +309,7 @@ resource app 'Microsoft.Web/sites@2023-12-01' = {
         { name: 'ServiceBusConnection__fullyQualifiedNamespace', value: '${serviceBus.name}.servicebus.windows.net' }
         { name: 'KILN_PROVIDER', value: 'azure' }
         { name: 'KILN_EVENTS_KEY', value: '@Microsoft.KeyVault(SecretUri=${eventsKeySecret.properties.secretUri})' }
+        { name: 'KILN_API_KEYS', value: '@Microsoft.KeyVault(SecretUri=${apiKeysSecret.properties.secretUri})' }
         { name: 'KILN_MAX_ACTIVE_BUILDS', value: string(maxActiveBuilds) }
         // Build state: Table Storage on the app's storage account, reached
         // with the app's identity (Storage Table Data Contributor, below).

@@ -42,12 +42,19 @@ tools=(
 )
 # Packages that kiln itself does not run: certificates for downloads, and
 # bubblewrap for the local_build benchmark's bare-tools baseline.
-extra_packages=(ca-certificates bubblewrap)
+extra_packages=(ca-certificates bubblewrap python3-venv)
 # tool:npm package:argument, installed with `npm install -g`.
 # azurite-table is the Table Storage emulator the store's tests start.
 npm_tools=(
   azurite-table:azurite@3:--version
 )
+# schemathesis (PyPI) tests the HTTP API against its OpenAPI document.
+# Debian's python3 is externally managed: it goes in a venv of its own.
+venv=/opt/kiln-tools/venv
+schemathesis_spec='schemathesis>=4.3,<5'
+schemathesis_ok() {
+  "$venv/bin/schemathesis" --version 2>/dev/null | grep -q '^schemathesis, version 4\.'
+}
 
 # Prints "tool:package" for every tool that is missing or does not run.
 missing_tools() {
@@ -72,6 +79,7 @@ missing_npm_tools() {
 
 # Arguments: missing "tool:Debian package" entries; npm_missing holds the npm ones.
 npm_missing=()
+pypi_missing=()
 report_and_exit() {
   local entry
   echo "kiln setup: these tools are missing or do not run:" >&2
@@ -81,14 +89,18 @@ report_and_exit() {
   for entry in "${npm_missing[@]}"; do
     echo "  ${entry%%:*} (npm package ${entry#*:}: npm install -g ${entry#*:})" >&2
   done
+  for entry in "${pypi_missing[@]}"; do
+    echo "  $entry (PyPI package $schemathesis_spec, in a venv: run scripts/setup-debian.sh)" >&2
+  done
   exit 1
 }
 
 if [ "${1:-}" = "--check" ]; then
   mapfile -t missing < <(missing_tools)
   mapfile -t npm_missing < <(missing_npm_tools)
-  ((${#missing[@]} + ${#npm_missing[@]} == 0)) || report_and_exit "${missing[@]}"
-  echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present"
+  schemathesis_ok || pypi_missing=("$venv/bin/schemathesis")
+  ((${#missing[@]} + ${#npm_missing[@]} + ${#pypi_missing[@]} == 0)) || report_and_exit "${missing[@]}"
+  echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]} + 1)) tools present"
   exit 0
 fi
 
@@ -146,6 +158,17 @@ if ((${#npm_missing[@]})); then
   ((${#npm_missing[@]} == 0)) || report_and_exit
 fi
 
+if ! schemathesis_ok; then
+  echo "kiln setup: installing $schemathesis_spec in $venv"
+  # Debian's own python3 (python3-venv above), not whichever is first on PATH.
+  $sudo /usr/bin/python3 -m venv "$venv"
+  $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check "$schemathesis_spec"
+  if ! schemathesis_ok; then
+    echo "kiln setup: $venv/bin/schemathesis does not answer --version with 4.x after pip install" >&2
+    exit 1
+  fi
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "kiln setup: cargo not found; install a Rust toolchain (rustup, Rust 1.88 or newer) first" >&2
   exit 1
@@ -161,4 +184,4 @@ if ((with_cargo_deny)); then
   fi
   echo "kiln setup: $(cargo deny --version)"
 fi
-echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]})) tools present ($(qemu-img --version | head -n 1); $(chromium --version 2>/dev/null); azurite-table $(azurite-table --version))"
+echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]} + 1)) tools present ($(qemu-img --version | head -n 1); $(chromium --version 2>/dev/null); azurite-table $(azurite-table --version); $("$venv/bin/schemathesis" --version))"

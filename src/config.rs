@@ -59,6 +59,58 @@ pub enum TableAccess {
     Endpoint(String),
 }
 
+/// Who may call the HTTP API (every route but health and the events
+/// webhook, which has its own key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAccess {
+    /// `KILN_API_KEYS`: one of these keys, in `Authorization: Bearer` or
+    /// `x-kiln-key`. Two at once let a key be rotated without downtime.
+    Keys(Vec<Secret>),
+    /// No keys set: open (`kiln local` on loopback).
+    Open,
+    /// `KILN_API_AUTH=off`: open on purpose (something in front checks callers).
+    OpenByChoice,
+}
+
+/// Where the API listens, for the start-up check of [`Settings::check_api_access`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `kiln serve`, behind the Functions host.
+    FunctionsHost,
+    /// `kiln local` on `KILN_HTTP_BIND`.
+    Local(std::net::IpAddr),
+}
+
+/// Shortest API key accepted: a key a person can guess is no key.
+const MIN_API_KEY: usize = 16;
+
+fn api_access(env: &Env) -> anyhow::Result<ApiAccess> {
+    unresolved_reference(env, "KILN_API_KEYS")?;
+    let keys: Vec<Secret> = get(env, "KILN_API_KEYS")
+        .unwrap_or("")
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|k| !k.is_empty())
+        .map(Secret::new)
+        .collect();
+    if let Some(i) = keys.iter().position(|k| {
+        k.expose().len() < MIN_API_KEY || !k.expose().bytes().all(|b| b.is_ascii_graphic())
+    }) {
+        // The key itself is not echoed, only which one.
+        bail!("KILN_API_KEYS: key {} of {} is not a key: expected at least {MIN_API_KEY} visible ASCII characters per key, keys separated by commas", i + 1, keys.len());
+    }
+    match (get(env, "KILN_API_AUTH"), keys.is_empty()) {
+        (None | Some("keys"), false) => Ok(ApiAccess::Keys(keys)),
+        (None | Some("keys"), true) => Ok(ApiAccess::Open),
+        (Some("off"), true) => Ok(ApiAccess::OpenByChoice),
+        (Some("off"), false) => bail!(
+            "KILN_API_AUTH=off and KILN_API_KEYS: set one, not both (off leaves the API open)"
+        ),
+        (Some(other), _) => {
+            bail!("KILN_API_AUTH: expected `keys` (the default) or `off`, got `{other}`")
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub url: String,
@@ -81,6 +133,12 @@ pub struct Settings {
     pub events_file: Option<PathBuf>,
     /// Port of the local host's HTTP API.
     pub http_port: u16,
+    /// `KILN_HTTP_BIND`: the address `kiln local` listens on (loopback by default).
+    pub http_bind: std::net::IpAddr,
+    /// `KILN_HTTP_READ_TIMEOUT` (seconds): how long a client may take to
+    /// send a request's body, and (`kiln local`) its headers.
+    pub http_read_timeout: std::time::Duration,
+    pub api_access: ApiAccess,
     /// The local provider's fault hooks (tests only), as JSON.
     pub local_faults: Option<String>,
     /// `KILN_CLOCK`: a scaled clock shared with the Azure simulator; `None`
@@ -238,8 +296,18 @@ impl Settings {
                 .parse()
                 .with_context(|| format!("KILN_HTTP_PORT: expected a port number, got `{s}`"))?,
         };
+        let http_bind = match get(env, "KILN_HTTP_BIND") {
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+            Some(s) => s.parse().with_context(|| {
+                format!("KILN_HTTP_BIND: expected an IP address such as 127.0.0.1 or 0.0.0.0, got `{s}`")
+            })?,
+        };
+        let read_timeout = number("KILN_HTTP_READ_TIMEOUT", 10, 1)?;
         Ok(Settings {
             provider,
+            http_bind,
+            http_read_timeout: std::time::Duration::from_secs(u64::from(read_timeout)),
+            api_access: api_access(env)?,
             events_file: Some(
                 get(env, "KILN_EVENTS_FILE")
                     .map(PathBuf::from)
@@ -265,6 +333,22 @@ impl Settings {
             },
             store,
         })
+    }
+
+    /// Refuses an API that would be open where it must not be: `kiln serve`
+    /// needs keys unless `KILN_API_AUTH=off`; `kiln local` needs them when
+    /// it listens beyond loopback.
+    pub fn check_api_access(&self, listener: Listener) -> anyhow::Result<()> {
+        match (&self.api_access, listener) {
+            (ApiAccess::Keys(_) | ApiAccess::OpenByChoice, _) => Ok(()),
+            (ApiAccess::Open, Listener::Local(ip)) if ip.is_loopback() => Ok(()),
+            (ApiAccess::Open, Listener::Local(ip)) => bail!(
+                "KILN_API_KEYS: required when kiln local listens on {ip} (KILN_HTTP_BIND beyond loopback): set one or more keys of at least {MIN_API_KEY} characters, comma-separated"
+            ),
+            (ApiAccess::Open, Listener::FunctionsHost) => bail!(
+                "KILN_API_KEYS: required by kiln serve (every API route but health needs a key): set one or more keys of at least {MIN_API_KEY} characters, comma-separated, or KILN_API_AUTH=off if something in front of kiln checks every caller"
+            ),
+        }
     }
 
     /// The clock kiln runs on: `KILN_CLOCK`'s scaled clock, else the system's.
@@ -432,6 +516,63 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("KILN_WEBHOOK_SECRET"), "{e}");
+    }
+
+    #[test]
+    fn api_keys_are_read_checked_and_required_where_the_api_is_exposed() {
+        let k1 = "k1-0123456789abcdef";
+        let k2 = "k2-0123456789abcdef";
+        let s = Settings::from_env(&env(&[("KILN_API_KEYS", &format!("{k1}, {k2}"))])).unwrap();
+        assert_eq!(
+            s.api_access,
+            ApiAccess::Keys(vec![Secret::new(k1), Secret::new(k2)])
+        );
+        assert!(!format!("{s:?}").contains("0123456789abcdef"));
+        s.check_api_access(Listener::FunctionsHost).unwrap();
+        s.check_api_access(Listener::Local("0.0.0.0".parse().unwrap()))
+            .unwrap();
+
+        let open = Settings::from_env(&env(&[])).unwrap();
+        assert_eq!(open.api_access, ApiAccess::Open);
+        assert_eq!(open.http_bind.to_string(), "127.0.0.1");
+        open.check_api_access(Listener::Local(open.http_bind))
+            .unwrap();
+        let e = open
+            .check_api_access(Listener::FunctionsHost)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("KILN_API_KEYS: required by kiln serve"),
+            "{e}"
+        );
+        let e = open
+            .check_api_access(Listener::Local("0.0.0.0".parse().unwrap()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0.0.0.0"), "{e}");
+        let off = Settings::from_env(&env(&[("KILN_API_AUTH", "off")])).unwrap();
+        off.check_api_access(Listener::FunctionsHost).unwrap();
+
+        let one_bad = format!("{k1},tiny");
+        let refused = [
+            (vec![("KILN_API_KEYS", "short")], "key 1 of 1 is not a key"),
+            (vec![("KILN_API_KEYS", one_bad.as_str())], "key 2 of 2"),
+            (
+                vec![("KILN_API_AUTH", "off"), ("KILN_API_KEYS", k1)],
+                "set one, not both",
+            ),
+            (vec![("KILN_API_AUTH", "none")], "KILN_API_AUTH: expected"),
+            (vec![("KILN_HTTP_BIND", "everywhere")], "KILN_HTTP_BIND"),
+            (
+                vec![("KILN_HTTP_READ_TIMEOUT", "0")],
+                "KILN_HTTP_READ_TIMEOUT",
+            ),
+        ];
+        for (pairs, want) in refused {
+            let e = Settings::from_env(&env(&pairs)).unwrap_err().to_string();
+            assert!(e.contains(want), "{pairs:?}: {e}");
+            assert!(!e.contains("tiny") && !e.contains("short"), "{e}");
+        }
     }
 
     #[test]

@@ -504,6 +504,7 @@ fn kiln_serve_starts_from_the_package_root_by_its_defaults() {
         .env_remove("FUNCTIONS_APP_ROOT_PATH")
         .env_remove("KILN_PROVIDER")
         .env("KILN_DATA_DIR", dir.path().join("data"))
+        .env("KILN_API_KEYS", "cli-test-api-key-0123456789")
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -526,6 +527,39 @@ fn kiln_serve_starts_from_the_package_root_by_its_defaults() {
         up,
         "kiln serve did not start from the package root: {}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn kiln_serve_refuses_to_start_with_an_open_api_and_local_refuses_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = kiln()
+        .arg("serve")
+        .env_remove("KILN_API_KEYS")
+        .env_remove("KILN_API_AUTH")
+        .env_remove("KILN_PROVIDER")
+        .env("KILN_DATA_DIR", dir.path().join("data"))
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", "1")
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    let err = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        err.contains("KILN_API_KEYS: required by kiln serve"),
+        "{err}"
+    );
+    let local = kiln()
+        .args(["local", "--port", "1"])
+        .env_remove("KILN_API_KEYS")
+        .env("KILN_HTTP_BIND", "0.0.0.0")
+        .env("KILN_DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!local.status.success());
+    let err = String::from_utf8_lossy(&local.stderr);
+    assert!(
+        err.contains("KILN_API_KEYS: required when kiln local listens on 0.0.0.0"),
+        "{err}"
     );
 }
 

@@ -137,6 +137,7 @@ fn secrets_reach_the_app_as_key_vault_references_only() {
     let main = read("infra/main.bicep");
     for setting in [
         "KILN_EVENTS_KEY",
+        "KILN_API_KEYS",
         "KILN_WEBHOOK_SECRET",
         "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
     ] {
@@ -156,7 +157,7 @@ fn secrets_reach_the_app_as_key_vault_references_only() {
             !after.is_some_and(|c| c.is_ascii_alphanumeric())
         })
     };
-    for secret in ["eventsKey", "webhookSecret", "listKeys()"] {
+    for secret in ["eventsKey", "apiKeys", "webhookSecret", "listKeys()"] {
         for line in main.lines().filter(|l| mentions(l, secret)) {
             let t = line.trim_start();
             let allowed = t.starts_with("param ")

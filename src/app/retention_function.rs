@@ -18,8 +18,8 @@ async fn definition_status(app: &App, pipeline: &str) -> anyhow::Result<Definiti
         .store
         .list(&BuildFilter {
             pipeline: Some(pipeline.to_string()),
-            state: None,
             limit: Some(RECENT_BUILDS),
+            ..BuildFilter::default()
         })
         .await?;
     if recent

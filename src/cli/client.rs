@@ -5,6 +5,10 @@
 //! (`--function-key` / `KILN_FUNCTION_KEY`) goes in `x-functions-key` on
 //! every request, marked sensitive so that no debug output shows it; it is
 //! never put in an error. `kiln local` needs none.
+//!
+//! kiln's own API key (`KILN_API_KEY`, one of the server's `KILN_API_KEYS`)
+//! goes as `Authorization: Bearer`, under the same rules: marked
+//! sensitive, only over https or to loopback, never in an error.
 
 use std::time::Duration;
 
@@ -36,8 +40,34 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// A client sending `function_key`, and `KILN_API_KEY` from the environment.
     pub fn new(base: &str, function_key: Option<&Secret>) -> anyhow::Result<Self> {
+        let api_key = std::env::var("KILN_API_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .map(Secret::new);
+        Self::with_keys(base, function_key, api_key.as_ref())
+    }
+
+    pub fn with_keys(
+        base: &str,
+        function_key: Option<&Secret>,
+        api_key: Option<&Secret>,
+    ) -> anyhow::Result<Self> {
         let mut headers = HeaderMap::new();
+        if let Some(key) = api_key {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                    anyhow::anyhow!("KILN_API_KEY: expected an API key of visible ASCII characters")
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            if !secure_or_loopback(base) {
+                bail!(
+                    "--api {base}: an API key is only sent over https (or to a loopback address)"
+                );
+            }
+        }
         if let Some(key) = function_key {
             let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
                 anyhow::anyhow!(
@@ -64,11 +94,18 @@ impl ApiClient {
 
     async fn read(&self, resp: reqwest::Response) -> anyhow::Result<(u16, Value)> {
         let status = resp.status().as_u16();
-        if status == 401 {
-            bail!("{}", self.unauthorized());
-        }
         let text = resp.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status == 401 {
+            // kiln's own refusal says `unauthorized`; the Functions host's has no body.
+            if body.get("code").and_then(Value::as_str) == Some("unauthorized") {
+                bail!(
+                    "the kiln API at {} refused the call for its API key (HTTP 401): set KILN_API_KEY to one of the server's KILN_API_KEYS",
+                    self.base
+                );
+            }
+            bail!("{}", self.unauthorized());
+        }
         if status >= 400 {
             let msg = body
                 .get("error")
@@ -216,6 +253,33 @@ mod tests {
             .to_string();
         assert!(e.starts_with("KILN_FUNCTION_KEY"), "{e}");
         assert!(!e.contains("bad"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_api_key_goes_as_a_bearer_token_and_a_refusal_names_kiln_api_key() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(header("authorization", "Bearer api-key-0123456789"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(path("/api/builds"))
+            .respond_with(ResponseTemplate::new(401).set_body_json(
+                serde_json::json!({"code": "unauthorized", "error": "wrong API key"}),
+            ))
+            .with_priority(2)
+            .mount(&server)
+            .await;
+        let key = Secret::new("api-key-0123456789");
+        let c = ApiClient::with_keys(&server.uri(), None, Some(&key)).unwrap();
+        assert_eq!(c.get("/api/builds").await.unwrap(), serde_json::json!([]));
+        let wrong = Secret::new("api-key-wrong-000");
+        let c = ApiClient::with_keys(&server.uri(), None, Some(&wrong)).unwrap();
+        let e = c.get("/api/builds").await.unwrap_err().to_string();
+        assert!(e.contains("set KILN_API_KEY"), "{e}");
+        assert!(!e.contains("api-key-wrong"), "{e}");
+        assert!(ApiClient::with_keys("http://kiln.example.com", None, Some(&key)).is_err());
     }
 
     #[test]

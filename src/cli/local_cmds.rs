@@ -71,7 +71,8 @@ pub async fn run_local(port: Option<u16>, local_settings: &Path) -> anyhow::Resu
         s.http_port = p;
     }
     let _lock = lock_data_dir(&s.data_dir)?;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], s.http_port));
+    s.check_api_access(crate::config::Listener::Local(s.http_bind))?;
+    let addr = std::net::SocketAddr::from((s.http_bind, s.http_port));
     // Builds need the capture tools (checked before the pipelines are read
     // and linted); pipelines with a boot test need QEMU too.
     require_tools(&[ToolNeed::Build], "kiln local")?;
@@ -133,6 +134,7 @@ pub async fn run_serve() -> anyhow::Result<Exit> {
         .context("FUNCTIONS_CUSTOMHANDLER_PORT: expected a port number")?;
     let env = gather_env(Some(Path::new("local.settings.json")))?;
     let s = Settings::from_env(&env)?;
+    s.check_api_access(crate::config::Listener::FunctionsHost)?;
     // KILN_CLOCK (from `kiln sim`) puts kiln on the simulator's time.
     let clock = s.clock();
     let app = match s.provider {
@@ -172,6 +174,12 @@ pub async fn run_sim(
         // Its own store, so a local factory's data folder is left alone.
         env.entry("KILN_DATA_DIR".into())
             .or_insert_with(|| ".kiln-sim".into());
+        let api_key = env
+            .get("KILN_API_KEYS")
+            .and_then(|k| k.split(',').next())
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| format!("sim-{}", uuid::Uuid::new_v4().simple()));
         let local = Settings::from_env(&env)?;
         let host_json = local
             .handlers_dir
@@ -189,12 +197,15 @@ pub async fn run_sim(
                 api_port,
                 // The events endpoint needs a key: yours, or one nobody
                 // knows (set KILN_EVENTS_KEY to post events to it).
-                extra_env: vec![(
-                    "KILN_EVENTS_KEY".to_string(),
-                    env.get("KILN_EVENTS_KEY")
-                        .cloned()
-                        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
-                )],
+                extra_env: vec![
+                    (
+                        "KILN_EVENTS_KEY".to_string(),
+                        env.get("KILN_EVENTS_KEY")
+                            .cloned()
+                            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+                    ),
+                    ("KILN_API_KEYS".to_string(), api_key.clone()),
+                ],
             },
         )
         .await?;
@@ -203,6 +214,9 @@ pub async fn run_sim(
             factory.host.app_url(),
             factory.host.app_url()
         );
+        // The API needs a key, as `kiln serve` does: yours (KILN_API_KEYS)
+        // or this run's own, which only this simulator accepts.
+        println!("export KILN_API_KEY='{api_key}'");
         shutdown_signal().await;
         factory.host.stop().await;
         sim.stop().await;

@@ -108,15 +108,13 @@ impl LocalHost {
         }
         tasks.spawn(deliver_events(self.app.clone(), shutdown.clone()));
         let router = crate::host::serve::local_router(self.app.clone());
+        let header_timeout = self.app.settings.http_read_timeout;
         let mut http_shutdown = shutdown.clone();
         tasks.spawn(async move {
             let stop = async move {
                 let _ = http_shutdown.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop)
-                .await
-            {
+            if let Err(e) = super::http::serve(listener, router, header_timeout, stop).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });

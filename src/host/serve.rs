@@ -9,27 +9,29 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
 use crate::app::{api, invoke, App, FunctionName, Invocation, InvokeError};
 
 pub fn router(app: App) -> Router {
-    with_root(app, get(|| async { "kiln custom handler ready" }))
-}
-
-/// `kiln local`'s router: the same, with `/` leading people to the dashboard.
-pub fn local_router(app: App) -> Router {
-    with_root(app, get(crate::app::dashboard::redirect_to_entry))
-}
-
-fn with_root(app: App, root: MethodRouter<App>) -> Router {
     let functions = Router::new()
-        .route("/", root)
+        .route("/", get(|| async { "kiln custom handler ready" }))
         .route("/{function}", post(invoke_function))
         .with_state(app.clone());
     functions.merge(api::router(app))
+}
+
+/// `kiln local`'s router: the API only, with `/` leading people to the
+/// dashboard. The custom handler's `POST /{function}` routes are for a
+/// Functions host on loopback; `kiln local` is its own host, and left in
+/// they would invoke functions past the API keys.
+pub fn local_router(app: App) -> Router {
+    Router::new()
+        .route("/", get(crate::app::dashboard::redirect_to_entry))
+        .with_state(app.clone())
+        .merge(api::router(app))
 }
 
 async fn invoke_function(
@@ -67,14 +69,20 @@ async fn invoke_function(
     }
 }
 
+/// How long the custom handler waits for a request's headers. hyper's
+/// timer also runs on an idle keep-alive connection, so it is the idle
+/// timeout too: well above the Functions host's own (1-2 minutes), the host
+/// always drops an idle connection first and never sends on one kiln is
+/// closing. The host is the only client (on loopback); it buffers what
+/// callers send before it forwards, so a slow caller never reaches kiln,
+/// and the API's body timeout still holds.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Serves until `shutdown` resolves.
 pub async fn run(
     listener: tokio::net::TcpListener,
     app: App,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    super::http::serve(listener, router(app), HEADER_TIMEOUT, shutdown).await
 }

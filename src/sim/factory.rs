@@ -22,7 +22,7 @@ pub struct FactoryOptions {
     pub host_json: PathBuf,
     /// Port of the API (the simulated host's HTTP front); 0 picks one.
     pub api_port: u16,
-    /// Settings beyond the simulator's (`KILN_EVENTS_KEY`, …).
+    /// Settings beyond the simulator's (`KILN_EVENTS_KEY`, `KILN_API_KEYS`, …).
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -47,6 +47,8 @@ impl Factory {
         }
         env.extend(opts.extra_env.iter().cloned());
         let settings = Settings::from_env(&env)?;
+        // As `kiln serve` does: the API is not left open by accident.
+        settings.check_api_access(crate::config::Listener::FunctionsHost)?;
         let clock = settings.clock();
         let app = crate::host::wiring::azure_app(settings, &env, clock).await?;
         for p in app.pipelines.iter() {
@@ -59,8 +61,13 @@ impl Factory {
                 tracing::error!(error = %e, "kiln serve stopped");
             }
         });
+        let api_key = env
+            .get("KILN_API_KEYS")
+            .and_then(|k| k.split(',').next())
+            .map(|k| k.trim().to_string());
         let host = FunctionsHost::start(HostOptions {
             app_port: opts.api_port,
+            api_key,
             ..HostOptions::new(sim, &handler_url, &opts.handlers_dir).host_json(&opts.host_json)?
         })
         .await?;

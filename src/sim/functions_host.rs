@@ -82,6 +82,10 @@ pub struct HostOptions {
     /// The key `authLevel: function` HTTP functions require (`x-functions-key`
     /// header or `code` query), as the host checks it; `None` checks nothing.
     pub function_key: Option<String>,
+    /// kiln's own API key (`KILN_API_KEYS`), which the host's helpers
+    /// ([`HostHandle::wait_for_build`]) send as a bearer token; the host
+    /// forwards a caller's `Authorization` as it is.
+    pub api_key: Option<String>,
     /// Loopback port of the host's own HTTP front (`/api/...` forwarded to
     /// the handler, as the Functions host's URL); 0 picks a free one.
     pub app_port: u16,
@@ -110,6 +114,7 @@ impl HostOptions {
             receive_timeout_secs: 1,
             startup_timeout: Duration::from_secs(60),
             function_key: None,
+            api_key: None,
             app_port: 0,
         }
     }
@@ -496,20 +501,18 @@ impl HostHandle {
         let url = format!("{}/api/builds/{id}", self.app_url);
         let http = self.shared.http.clone();
         let key = self.shared.opts.function_key.clone().unwrap_or_default();
+        let api_key = self.shared.opts.api_key.clone();
         let last = Arc::new(Mutex::new(Value::Null));
         let seen = last.clone();
         let r = wait_until(deadline, &format!("build {id} to be {state}"), || {
             let (http, url, seen, key) = (http.clone(), url.clone(), seen.clone(), key.clone());
+            let api_key = api_key.clone();
             async move {
-                let doc: Value = http
-                    .get(&url)
-                    .header("x-functions-key", key)
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
+                let mut get = http.get(&url).header("x-functions-key", key);
+                if let Some(k) = api_key {
+                    get = get.bearer_auth(k);
+                }
+                let doc: Value = get.send().await.ok()?.json().await.ok()?;
                 *seen.lock().expect("seen mutex") = doc.clone();
                 let now = doc["state"].as_str().unwrap_or("").to_string();
                 if now == state {

@@ -587,6 +587,28 @@ pub async fn listings_filter_by_pipeline_and_state_newest_first(p: Pair) {
         ..Default::default()
     };
     assert!(p.b.list(&queued).await.unwrap().is_empty());
+    // Paging: the second page starts where the first ended.
+    let page = |offset| BuildFilter {
+        limit: Some(2),
+        offset,
+        ..Default::default()
+    };
+    assert_eq!(ids(p.b.list(&page(0)).await.unwrap()), vec!["b2", "b1"]);
+    assert_eq!(ids(p.b.list(&page(2)).await.unwrap()), vec!["b0"]);
+    assert!(p.b.list(&page(3)).await.unwrap().is_empty());
+    // The window: since is inclusive, until exclusive.
+    let window = BuildFilter {
+        since: Some(t0() + Duration::seconds(1)),
+        until: Some(t0() + Duration::seconds(2)),
+        ..Default::default()
+    };
+    assert_eq!(ids(p.b.list(&window).await.unwrap()), vec!["b1"]);
+    let since = BuildFilter {
+        pipeline: Some("p".into()),
+        since: Some(t0() + Duration::seconds(1)),
+        ..Default::default()
+    };
+    assert_eq!(ids(p.b.list(&since).await.unwrap()), vec!["b2"]);
 }
 
 pub async fn memory_updates_from_two_instances_are_both_kept(p: Pair) {
@@ -763,6 +785,48 @@ pub async fn dead_letters_keep_body_and_reason_newest_first(p: Pair) {
     assert_eq!(dl[0].reason, "not JSON");
     assert!(dl[0].seq > dl[1].seq);
     assert_eq!(p.a.dead_letters(1).await.unwrap().len(), 1);
+    assert_eq!(dl[0].replayed_at, None);
+}
+
+pub async fn a_dead_letter_is_marked_replayed_once(p: Pair) {
+    p.a.record_dead_letter(&NewDeadLetter {
+        queue: "build-requests",
+        message_id: "m-replay",
+        body: "{}",
+        reason: "MaxDeliveryCountExceeded",
+        delivery_count: 10,
+        now: t0(),
+    })
+    .await
+    .unwrap();
+    let seq = p.a.dead_letters(1).await.unwrap()[0].seq;
+    let at = t0() + Duration::seconds(5);
+    // Two instances replay at once: one marks it, the other is told.
+    let (ra, rb) = tokio::join!(p.a.mark_replayed(seq, at), p.b.mark_replayed(seq, at));
+    let marks = [ra.unwrap(), rb.unwrap()];
+    let marked: Vec<_> = marks
+        .iter()
+        .filter_map(|m| match m {
+            ReplayMark::Marked(d) => Some(d.clone()),
+            ReplayMark::Already(_) | ReplayMark::Missing => None,
+        })
+        .collect();
+    assert_eq!(marked.len(), 1, "{marks:?}");
+    assert_eq!(marked[0].message_id, "m-replay");
+    assert_eq!(marked[0].queue, "build-requests");
+    assert!(marks.contains(&ReplayMark::Already(at)), "{marks:?}");
+    assert_eq!(p.b.dead_letters(1).await.unwrap()[0].replayed_at, Some(at));
+    // A send that failed clears the mark: the next replay may try again.
+    p.b.unmark_replayed(seq).await.unwrap();
+    assert_eq!(p.a.dead_letters(1).await.unwrap()[0].replayed_at, None);
+    assert!(matches!(
+        p.a.mark_replayed(seq, at).await.unwrap(),
+        ReplayMark::Marked(_)
+    ));
+    assert_eq!(
+        p.a.mark_replayed(seq + 1_000_000, at).await.unwrap(),
+        ReplayMark::Missing
+    );
 }
 
 pub async fn a_lease_has_one_holder_until_it_expires(p: Pair) {
@@ -898,6 +962,7 @@ macro_rules! conformance_suite {
             a_claimed_event_is_hidden_from_other_deliverers_until_its_lease_ends,
             the_audit_lists_newest_first_with_outcomes,
             dead_letters_keep_body_and_reason_newest_first,
+            a_dead_letter_is_marked_replayed_once,
             a_lease_has_one_holder_until_it_expires,
             timer_memory_is_shared,
             long_texts_are_kept_whole,

@@ -65,11 +65,19 @@ pub enum BreakerChange {
     Closed,
 }
 
+/// Which builds a listing returns: newest first, `offset` of them skipped,
+/// at most `limit` (default 200).
 #[derive(Debug, Clone, Default)]
 pub struct BuildFilter {
     pub pipeline: Option<String>,
     pub state: Option<String>,
     pub limit: Option<usize>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+    /// Builds skipped before the first returned (paging).
+    pub offset: usize,
 }
 
 /// How a finished build counts for its pipeline's circuit breaker.
@@ -188,6 +196,18 @@ pub struct DeadLetter {
     pub reason: String,
     pub delivery_count: u32,
     pub dead_at: DateTime<Utc>,
+    /// When it was put back on its queue; `None` until then.
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of marking a dead letter replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayMark {
+    /// This caller marked it: it is the one to send the message again.
+    Marked(DeadLetter),
+    /// It was replayed before (at this time): nothing to send.
+    Already(DateTime<Utc>),
+    Missing,
 }
 
 /// A dead letter to record.
@@ -368,6 +388,11 @@ pub trait DeadLetterStore: Send + Sync {
     async fn record_dead_letter(&self, d: &NewDeadLetter<'_>) -> anyhow::Result<()>;
     /// Newest first.
     async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>>;
+    /// Marks dead letter `seq` replayed at `now`, once: of two callers, one
+    /// gets [`ReplayMark::Marked`] and the other [`ReplayMark::Already`].
+    async fn mark_replayed(&self, seq: i64, now: DateTime<Utc>) -> anyhow::Result<ReplayMark>;
+    /// Clears the mark again (the message could not be sent).
+    async fn unmark_replayed(&self, seq: i64) -> anyhow::Result<()>;
 }
 
 /// Timer memory and leases: what lets several hosts share the timers.

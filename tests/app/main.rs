@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod api;
 mod browser;
 mod builds;
 mod dashboard;
@@ -12,4 +13,5 @@ mod handler;
 mod harness;
 mod metrics;
 mod retention;
+mod schemathesis;
 mod triggers;

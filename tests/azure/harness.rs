@@ -26,6 +26,22 @@ pub fn tiny(subscription: &str) -> Value {
     doc
 }
 
+/// The API key this world's `kiln serve` takes (`KILN_API_KEYS`).
+pub const API_KEY: &str = "sim-e2e-api-key-0123456789";
+
+/// A client that sends [`API_KEY`] on every request, as the CLI does.
+pub fn keyed_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {API_KEY}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 pub struct World {
     pub sim: SimHandle,
     pub host: HostHandle,
@@ -70,10 +86,13 @@ impl World {
             .unwrap();
         }
         // The factory as `kiln sim --factory` runs it, on this world's files.
-        let mut env = vec![(
-            "KILN_EVENTS_KEY".to_string(),
-            "sim-e2e-events-key".to_string(),
-        )];
+        let mut env = vec![
+            (
+                "KILN_EVENTS_KEY".to_string(),
+                "sim-e2e-events-key".to_string(),
+            ),
+            ("KILN_API_KEYS".to_string(), API_KEY.to_string()),
+        ];
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let factory = Factory::start(
             &sim,
@@ -92,7 +111,7 @@ impl World {
         World {
             sim,
             host,
-            http: reqwest::Client::new(),
+            http: keyed_client(),
             _dir: dir,
         }
     }

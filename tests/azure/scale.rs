@@ -30,7 +30,7 @@ use kiln::sim::functions_host::{
 };
 use kiln::sim::server::{Sim, SimHandle, SimOptions};
 
-use super::harness::{repo, tiny};
+use super::harness::{repo, tiny, API_KEY};
 use crate::common::bounded_for;
 use proxy::{through_proxy, CountingProxy};
 
@@ -189,6 +189,7 @@ impl Fleet {
         cmd.envs(self.env.iter().cloned())
             .envs(store.env(&self.dir, name))
             .env("KILN_EVENTS_FILE", &events)
+            .env("KILN_API_KEYS", API_KEY)
             .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -461,8 +462,15 @@ async fn scale_three_instances_build_exactly_once_under_one_cap() {
         })
         .await
         .unwrap();
+        // kiln's API key on every request (the sim's own routes ignore it).
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {API_KEY}").parse().unwrap(),
+        );
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(headers)
             .build()
             .unwrap();
         seed_marketplace(&sim, &http).await;

@@ -81,18 +81,41 @@ fn kiln_sim_factory_builds_the_shipped_tiny_pipeline_through_the_cli() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
+    // Then the API key it made for this run, as an export line.
+    let mut export = String::new();
+    out.read_line(&mut export).unwrap();
+    let key = export
+        .trim()
+        .strip_prefix("export KILN_API_KEY=")
+        .map(|k| k.trim_matches('\'').to_string())
+        .unwrap_or_default();
     let api = format!("http://127.0.0.1:{port}");
+    let unkeyed = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["builds", "--api", &api])
+        .env_remove("KILN_API_KEY")
+        .output()
+        .unwrap();
     let built = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["build", "tiny", "--wait", "--api", &api])
+        .env("KILN_API_KEY", &key)
         .output()
         .unwrap();
     let shown = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["builds", "--api", &api])
+        .env("KILN_API_KEY", &key)
         .output()
         .unwrap();
     let _ = child.kill();
     let _ = child.wait();
     assert!(line.contains(&api), "{line}");
+    assert!(key.len() >= 16, "no API key printed: {export}");
+    // Without the key the API refuses, and the CLI says what to set.
+    assert!(!unkeyed.status.success());
+    let said = String::from_utf8_lossy(&unkeyed.stderr);
+    assert!(
+        said.contains("KILN_API_KEY") && !said.contains(&key),
+        "{said}"
+    );
     assert!(
         built.status.success(),
         "kiln build: {}\n{}",

@@ -192,12 +192,22 @@ impl BuildStore for SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT body FROM builds
                  WHERE (?1 IS NULL OR pipeline = ?1) AND (?2 IS NULL OR state = ?2)
-                 ORDER BY created_at DESC, id DESC LIMIT ?3",
+                   AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)
+                 ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?6",
             )?;
             let limit = f.limit.unwrap_or(200).min(10_000) as i64;
-            let rows = stmt.query_map(params![f.pipeline, f.state, limit], |r| {
-                r.get::<_, String>(0)
-            })?;
+            let offset = i64::try_from(f.offset).unwrap_or(i64::MAX);
+            let rows = stmt.query_map(
+                params![
+                    f.pipeline,
+                    f.state,
+                    limit,
+                    f.since.map(ts),
+                    f.until.map(ts),
+                    offset
+                ],
+                |r| r.get::<_, String>(0),
+            )?;
             rows.map(|r| r.and_then(parse_build)).collect()
         })
     }

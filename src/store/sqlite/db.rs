@@ -30,6 +30,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_shared_store",
         include_str!("../../../migrations/0004_shared_store.sql"),
     ),
+    (
+        "0005_dead_letter_replay",
+        include_str!("../../../migrations/0005_dead_letter_replay.sql"),
+    ),
 ];
 
 #[derive(Clone)]

@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension};
 use super::{insert_outbox, parse_ts, ts, SqliteStore};
 use crate::store::port::{
     AuditEntry, AuditRecord, AuditStore, DeadLetter, DeadLetterStore, NewDeadLetter, OutboxItem,
-    OutboxRow, OutboxStore, TimerStore,
+    OutboxRow, OutboxStore, ReplayMark, TimerStore,
 };
 
 #[async_trait]
@@ -147,6 +147,19 @@ impl AuditStore for SqliteStore {
     }
 }
 
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        seq: r.get(0)?,
+        queue: r.get(1)?,
+        message_id: r.get(2)?,
+        body: r.get(3)?,
+        reason: r.get(4)?,
+        delivery_count: r.get(5)?,
+        dead_at: parse_ts(&r.get::<_, String>(6)?),
+        replayed_at: r.get::<_, Option<String>>(7)?.map(|s| parse_ts(&s)),
+    })
+}
+
 #[async_trait]
 impl DeadLetterStore for SqliteStore {
     async fn record_dead_letter(&self, d: &NewDeadLetter<'_>) -> anyhow::Result<()> {
@@ -170,21 +183,52 @@ impl DeadLetterStore for SqliteStore {
     async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
         self.db.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT seq, queue, message_id, body, reason, delivery_count, dead_at
+                "SELECT seq, queue, message_id, body, reason, delivery_count, dead_at, replayed_at
                    FROM dead_letters ORDER BY seq DESC LIMIT ?1",
             )?;
-            let rows = stmt.query_map([limit as i64], |r| {
-                Ok(DeadLetter {
-                    seq: r.get(0)?,
-                    queue: r.get(1)?,
-                    message_id: r.get(2)?,
-                    body: r.get(3)?,
-                    reason: r.get(4)?,
-                    delivery_count: r.get(5)?,
-                    dead_at: parse_ts(&r.get::<_, String>(6)?),
-                })
-            })?;
+            let rows = stmt.query_map([limit as i64], dead_letter_row)?;
             rows.collect()
+        })
+    }
+
+    async fn mark_replayed(&self, seq: i64, now: DateTime<Utc>) -> anyhow::Result<ReplayMark> {
+        self.db.with(|c| {
+            let tx = c.transaction()?;
+            let row = tx
+                .query_row(
+                    "SELECT seq, queue, message_id, body, reason, delivery_count, dead_at, replayed_at
+                       FROM dead_letters WHERE seq = ?1",
+                    [seq],
+                    dead_letter_row,
+                )
+                .optional()?;
+            let mark = match row {
+                None => ReplayMark::Missing,
+                Some(DeadLetter {
+                    replayed_at: Some(at),
+                    ..
+                }) => ReplayMark::Already(at),
+                Some(mut d) => {
+                    tx.execute(
+                        "UPDATE dead_letters SET replayed_at = ?2 WHERE seq = ?1",
+                        params![seq, ts(now)],
+                    )?;
+                    d.replayed_at = Some(now);
+                    ReplayMark::Marked(d)
+                }
+            };
+            tx.commit()?;
+            Ok(mark)
+        })
+    }
+
+    async fn unmark_replayed(&self, seq: i64) -> anyhow::Result<()> {
+        self.db.with(|c| {
+            c.execute(
+                "UPDATE dead_letters SET replayed_at = NULL WHERE seq = ?1",
+                [seq],
+            )
+            .map(|_| ())
         })
     }
 }

@@ -431,11 +431,22 @@ impl BuildStore for TableStore {
         }
         let mut builds = Vec::new();
         for e in self.client.query(&self.table, &filter, None, None).await? {
-            builds.push(parse_row(e)?.build);
+            let b = parse_row(e)?.build;
+            // The time window is checked here: the row's creation time is
+            // inside its JSON body, not a property `$filter` can compare.
+            if f.since.is_some_and(|t| b.created_at < t)
+                || f.until.is_some_and(|t| b.created_at >= t)
+            {
+                continue;
+            }
+            builds.push(b);
         }
         builds.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        builds.truncate(f.limit.unwrap_or(200).min(10_000));
-        Ok(builds)
+        Ok(builds
+            .into_iter()
+            .skip(f.offset)
+            .take(f.limit.unwrap_or(200).min(10_000))
+            .collect())
     }
 
     async fn history(&self, id: &str) -> anyhow::Result<Vec<HistoryEntry>> {

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::store::port::{
     policy_json, AuditEntry, AuditRecord, AuditStore, DeadLetter, DeadLetterStore, NewDeadLetter,
-    OutboxItem, OutboxRow, OutboxStore, TimerStore,
+    OutboxItem, OutboxRow, OutboxStore, ReplayMark, TimerStore,
 };
 use crate::store::table::{Entity, Filter, IfMatch, TableError};
 
@@ -223,6 +223,19 @@ async fn newest(s: &TableStore, partition: &str, limit: usize) -> anyhow::Result
     Ok(out)
 }
 
+fn dead_letter_entity(e: &Entity) -> anyhow::Result<DeadLetter> {
+    Ok(DeadLetter {
+        seq: int(e, "Seq")?,
+        queue: text(e, "Queue")?,
+        message_id: text(e, "MessageId")?,
+        body: long_text(e, "Body")?,
+        reason: text(e, "Reason")?,
+        delivery_count: int(e, "DeliveryCount")? as u32,
+        dead_at: parse_ts(&text(e, "DeadAt")?),
+        replayed_at: opt_text(e, "ReplayedAt")?.map(|s| parse_ts(&s)),
+    })
+}
+
 #[async_trait]
 impl DeadLetterStore for TableStore {
     async fn record_dead_letter(&self, d: &NewDeadLetter<'_>) -> anyhow::Result<()> {
@@ -247,19 +260,54 @@ impl DeadLetterStore for TableStore {
 
     async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
         let rows = newest(self, DEAD, limit).await?;
-        rows.iter()
-            .map(|e| {
-                Ok(DeadLetter {
-                    seq: int(e, "Seq")?,
-                    queue: text(e, "Queue")?,
-                    message_id: text(e, "MessageId")?,
-                    body: long_text(e, "Body")?,
-                    reason: text(e, "Reason")?,
-                    delivery_count: int(e, "DeliveryCount")? as u32,
-                    dead_at: parse_ts(&text(e, "DeadAt")?),
-                })
-            })
-            .collect()
+        rows.iter().map(dead_letter_entity).collect()
+    }
+
+    async fn mark_replayed(&self, seq: i64, now: DateTime<Utc>) -> anyhow::Result<ReplayMark> {
+        let Some(mut e) = self
+            .client
+            .get(&self.table, DEAD, &newest_first(seq))
+            .await?
+        else {
+            return Ok(ReplayMark::Missing);
+        };
+        let mut d = dead_letter_entity(&e)?;
+        if let Some(at) = d.replayed_at {
+            return Ok(ReplayMark::Already(at));
+        }
+        let etag = e.etag.clone().map(IfMatch::Etag).unwrap_or(IfMatch::Any);
+        e.set("ReplayedAt", ts(now));
+        match self.client.replace(&self.table, &e, etag).await {
+            Ok(_) => {
+                d.replayed_at = Some(now);
+                Ok(ReplayMark::Marked(d))
+            }
+            // Another replay marked it between our read and write.
+            Err(err) if is_conflict(&err) => {
+                let at = match self
+                    .client
+                    .get(&self.table, DEAD, &newest_first(seq))
+                    .await?
+                {
+                    Some(e) => dead_letter_entity(&e)?.replayed_at.unwrap_or(now),
+                    None => now,
+                };
+                Ok(ReplayMark::Already(at))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn unmark_replayed(&self, seq: i64) -> anyhow::Result<()> {
+        if let Some(mut e) = self
+            .client
+            .get(&self.table, DEAD, &newest_first(seq))
+            .await?
+        {
+            e.set("ReplayedAt", "");
+            self.client.replace(&self.table, &e, IfMatch::Any).await?;
+        }
+        Ok(())
     }
 }
 
