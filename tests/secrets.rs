@@ -1,5 +1,6 @@
 //! No secret leaves: the real `kiln local` process runs a build with known
-//! secret values in its settings (the webhook secret, the events key) and a
+//! secret values in its settings (the webhook secret, the events key, an
+//! API key; a caller also presents a wrong key) and a
 //! SAS token in a File customizer's `sourceUri` (allowed on purpose, as a
 //! pipeline that fetches a private blob must), and none of them appears in
 //! what kiln writes or serves: its log output, the API's answers, the
@@ -26,12 +27,17 @@ use serde_json::{json, Value};
 const WEBHOOK_SECRET: &str = "whsec-canary-7f3a91c2e5";
 const EVENTS_KEY: &str = "evkey-canary-4b8d20f6a1";
 const SAS_SIG: &str = "c2FzLWNhbmFyeS05ZTFmMmQ3YjQ0";
+const API_KEY: &str = "apikey-canary-61d0c8e3f2b7";
+/// A wrong key a caller sends: refused, and not written down either.
+const WRONG_KEY: &str = "wrongkey-canary-5a4e93b1c7";
 
-fn secrets() -> [(&'static str, &'static str); 3] {
+fn secrets() -> [(&'static str, &'static str); 5] {
     [
         ("the webhook secret", WEBHOOK_SECRET),
         ("the events key", EVENTS_KEY),
         ("the SAS signature", SAS_SIG),
+        ("the API key", API_KEY),
+        ("a refused API key", WRONG_KEY),
     ]
 }
 
@@ -168,6 +174,7 @@ fn no_secret_appears_in_logs_api_answers_events_build_logs_the_dashboard_or_prov
             .env("KILN_WEBHOOK_URL", format!("{hook_url}/hook"))
             .env("KILN_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("KILN_EVENTS_KEY", EVENTS_KEY)
+            .env("KILN_API_KEYS", API_KEY)
             // As talkative as kiln gets.
             .env("KILN_LOG", "debug");
         c
@@ -195,8 +202,14 @@ fn no_secret_appears_in_logs_api_answers_events_build_logs_the_dashboard_or_prov
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {API_KEY}").parse().unwrap(),
+    );
     let http = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .unwrap();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -209,6 +222,13 @@ fn no_secret_appears_in_logs_api_answers_events_build_logs_the_dashboard_or_prov
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // A caller with a wrong key is refused (and logged, without it).
+        let refused = reqwest::blocking::Client::new()
+            .get(format!("{api}/api/builds"))
+            .header("x-kiln-key", WRONG_KEY)
+            .send()
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 401);
         let created: Value = http
             .post(format!("{api}/api/builds"))
             .json(&json!({"pipeline": "tiny", "requestedBy": "secrets test"}))
@@ -259,7 +279,6 @@ fn no_secret_appears_in_logs_api_answers_events_build_logs_the_dashboard_or_prov
             "/api/health".to_string(),
             "/api/pipelines".into(),
             "/api/pipelines/tiny".into(),
-            "/api/pipelines/tiny/schedule".into(),
             "/api/builds".into(),
             format!("/api/builds/{id}"),
             format!("/api/builds/{id}/log"),
@@ -271,8 +290,11 @@ fn no_secret_appears_in_logs_api_answers_events_build_logs_the_dashboard_or_prov
             "/api/ui/".into(),
             "/api/ui/in-use".into(),
             "/api/ui/assets/app.js".into(),
+            "/api/openapi.json".into(),
+            "/api/metrics".into(),
         ] {
             let r = http.get(format!("{api}{path}")).send().unwrap();
+            assert!(r.status().is_success(), "GET {path}: {}", r.status());
             answers.push((path, r.text().unwrap()));
         }
         let log = http
@@ -327,6 +349,10 @@ fn no_secret_appears_in_logs_api_answers_events_build_logs_the_dashboard_or_prov
     let output = std::fs::read_to_string(&log_path).unwrap();
     result.unwrap();
     assert!(output.contains("event"), "kiln logged its work: {output}");
+    assert!(
+        output.contains("API call refused: wrong API key"),
+        "{output}"
+    );
     for (what, value) in secrets() {
         assert!(!output.contains(value), "{what} is in kiln's log output");
     }
