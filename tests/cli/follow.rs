@@ -296,6 +296,9 @@ fn kiln_serve_logs_json_lines_naming_the_build_and_its_pipeline() {
         .kiln()
         .arg("serve")
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        // kiln serve refuses to start without API keys; this test calls a
+        // function route, which the Functions host guards instead.
+        .env("KILN_API_KEYS", "follow-test-key-0123456789")
         .env_remove("KILN_LOG_FORMAT")
         .stderr(Stdio::piped())
         .spawn()
