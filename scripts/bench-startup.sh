@@ -44,6 +44,8 @@ wait_http() {
 export KILN_LOG=warn
 export KILN_PIPELINES_DIR=$PWD/pipelines KILN_HANDLERS_DIR=$PWD/handlers
 export KILN_EVENTS_KEY=bench-only-key
+# `kiln serve` refuses to start without API keys (or KILN_API_AUTH=off).
+export KILN_API_KEYS=bench-only-api-key
 
 # The simulator, for `kiln serve` on the Azure provider; it prints the settings.
 "$kiln" sim --port 0 >"$work/sim.env" 2>"$work/sim.log" &
@@ -96,7 +98,7 @@ wait_http "http://127.0.0.1:$port/api/health"
 deadline=$((SECONDS + 60))
 prev=0
 while :; do
-    active=$(curl -fsS "http://127.0.0.1:$port/api/metrics" |
+    active=$(curl -fsS -H "x-kiln-key: $KILN_API_KEYS" "http://127.0.0.1:$port/api/metrics" |
         awk '/^kiln_builds_(active|queued) / { n += $2 } END { print n + 0 }')
     rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$local_pid/status")
     if [[ $active == 0 && $rss == "$prev" ]]; then

@@ -48,9 +48,16 @@ pub fn open_db(settings: &Settings) -> anyhow::Result<Db> {
 /// Table Storage, reached with the connection string's key or with the
 /// Entra ID credential `KILN_AZURE_CREDENTIAL` names (managed identity by
 /// default).
-pub async fn open_store(settings: &Settings, env: &Env, db: &Db) -> anyhow::Result<Arc<dyn Store>> {
+///
+/// `db` opens the database only when the store is that database: the Azure
+/// face on Table Storage never touches a file (nor pays its open at start).
+pub async fn open_store(
+    settings: &Settings,
+    env: &Env,
+    db: impl FnOnce() -> anyhow::Result<Db>,
+) -> anyhow::Result<Arc<dyn Store>> {
     match &settings.store {
-        StoreSettings::Sqlite => Ok(Arc::new(SqliteStore::new(db.clone()))),
+        StoreSettings::Sqlite => Ok(Arc::new(SqliteStore::new(db()?))),
         StoreSettings::Table { access, prefix } => {
             let client = TableStore::client(access, || {
                 let kind = match env.get("KILN_AZURE_CREDENTIAL").map(|s| s.trim()) {
@@ -107,7 +114,7 @@ pub async fn local_runtime(
         })?;
     refuse_lint_errors(&pipelines)?;
     let queue = LocalQueue::new(db.clone());
-    let store = open_store(&settings, env, &db).await?;
+    let store = open_store(&settings, env, || Ok(db.clone())).await?;
     let notify = Arc::new(Notify::new());
     let provider_arc = Arc::new(provider.clone());
     let app = App {
@@ -152,8 +159,7 @@ pub async fn azure_app(
 ) -> anyhow::Result<App> {
     let metrics = crate::metrics::Metrics::new();
     let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone(), &metrics)?;
-    let db = open_db(&settings)?;
-    let store = open_store(&settings, env, &db).await?;
+    let store = open_store(&settings, env, || open_db(&settings)).await?;
     let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
         .map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
