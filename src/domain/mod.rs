@@ -6,10 +6,12 @@
 //! | what a pipeline says | [`pipeline`] (the file: template plus `kiln`), [`template`] (the AIB template, typed), [`finding`] and [`lint`] (what `kiln validate` reports) |
 //! | when builds start | [`schedule`] (Patch Tuesday, cron, blackouts), [`source_watch`] (a floating source's new version), [`events_in`] (base-image events) |
 //! | the gallery | [`version`] (`Major.Minor.Patch`), [`version_order`] (source versions), [`gallery`] (versions, lineage, in-use), [`retention`] (policy and planner) |
+//! | what an image holds | [`evidence`] (SBOM, package diff, vulnerability gate, signed provenance) |
 //! | Azure's rules | [`permissions`] (the roles kiln and AIB need) |
 //! | what kiln writes | [`stored_time`] (the one stored time format), [`redact`] (URIs without their credentials) |
 
 pub mod build;
+pub mod evidence;
 pub mod events_in;
 pub mod failure;
 pub mod finding;
