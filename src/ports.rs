@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::build::FailureCategory;
+pub use crate::domain::evidence::facts::RunFacts;
 pub use crate::domain::gallery::{GalleryVersion, InUseSet, RegionReplication};
 use crate::domain::pipeline::FieldError;
 pub use crate::domain::run::{
@@ -74,6 +75,12 @@ pub trait ImageBuilder: Send + Sync {
         offset: u64,
     ) -> Result<Option<Vec<u8>>, ProviderError> {
         let _ = (name, offset);
+        Ok(None)
+    }
+    /// What the provider saw of a succeeded run's image, for its evidence
+    /// (SBOM, disks, inputs); `None` when this provider cannot tell.
+    async fn run_facts(&self, name: &str) -> Result<Option<RunFacts>, ProviderError> {
+        let _ = name;
         Ok(None)
     }
 }
@@ -156,6 +163,65 @@ pub struct OutgoingMessage {
 #[async_trait]
 pub trait Queue: Send + Sync {
     async fn send(&self, queue: &str, message: OutgoingMessage) -> anyhow::Result<()>;
+}
+
+/// One piece of a gallery version's evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvidenceFile {
+    /// The image's SBOM, SPDX 2.3 JSON.
+    Sbom,
+    /// The source image's SBOM before customizing, SPDX 2.3 JSON.
+    BaseSbom,
+    /// The signed in-toto statement, a DSSE envelope.
+    Provenance,
+    /// The vulnerability gate's last findings and verdict.
+    Findings,
+    /// What the build's completion event said: diff and gate in short.
+    Summary,
+}
+
+impl EvidenceFile {
+    pub const ALL: [EvidenceFile; 5] = [
+        EvidenceFile::Sbom,
+        EvidenceFile::BaseSbom,
+        EvidenceFile::Provenance,
+        EvidenceFile::Findings,
+        EvidenceFile::Summary,
+    ];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            EvidenceFile::Sbom => "sbom.spdx.json",
+            EvidenceFile::BaseSbom => "base.spdx.json",
+            EvidenceFile::Provenance => "provenance.dsse.json",
+            EvidenceFile::Findings => "findings.json",
+            EvidenceFile::Summary => "summary.json",
+        }
+    }
+}
+
+/// Where a gallery version's evidence is kept: beside the data folder
+/// locally, in a blob container in Azure (a gallery version has room for
+/// tags only). Writes replace whole files atomically.
+#[async_trait]
+pub trait EvidenceStore: Send + Sync {
+    async fn put(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+        file: EvidenceFile,
+        bytes: &[u8],
+    ) -> anyhow::Result<()>;
+    async fn get(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+        file: EvidenceFile,
+    ) -> anyhow::Result<Option<Vec<u8>>>;
+    /// The versions of a definition that have any evidence.
+    async fn versions(&self, definition_id: &str) -> anyhow::Result<Vec<ImageVersion>>;
+    /// Every definition with evidence, for the re-check after publish.
+    async fn definitions(&self) -> anyhow::Result<Vec<String>>;
 }
 
 /// Time, as a port, so the local host's tests can drive it across a month.

@@ -6,5 +6,7 @@
 //! | idea | module |
 //! |---|---|
 //! | the inventory, format-neutral | [`sbom`] |
+//! | what a provider saw of a run | [`facts`] |
 
+pub mod facts;
 pub mod sbom;

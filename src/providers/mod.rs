@@ -3,4 +3,5 @@
 //! Service Bus REST for queues).
 
 pub mod azure;
+pub mod evidence_files;
 pub mod local;
