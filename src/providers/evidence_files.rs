@@ -91,10 +91,7 @@ impl EvidenceStore for EvidenceFiles {
         if !id_file.exists() {
             write_atomic(&id_file, definition_id.as_bytes())?;
         }
-        write_atomic(
-            &dir.join(version.to_string()).join(file.file_name()),
-            bytes,
-        )
+        write_atomic(&dir.join(version.to_string()).join(file.file_name()), bytes)
     }
 
     async fn get(
@@ -161,8 +158,13 @@ mod tests {
         assert_eq!(ev.get(DEF, v1, EvidenceFile::Sbom).await.unwrap(), None);
         ev.put(DEF, v1, EvidenceFile::Sbom, b"one").await.unwrap();
         ev.put(DEF, v2, EvidenceFile::Sbom, b"two").await.unwrap();
-        ev.put(DEF, v2, EvidenceFile::Sbom, b"two again").await.unwrap();
-        assert_eq!(ev.get(DEF, v1, EvidenceFile::Sbom).await.unwrap().unwrap(), b"one");
+        ev.put(DEF, v2, EvidenceFile::Sbom, b"two again")
+            .await
+            .unwrap();
+        assert_eq!(
+            ev.get(DEF, v1, EvidenceFile::Sbom).await.unwrap().unwrap(),
+            b"one"
+        );
         assert_eq!(
             ev.get(DEF, v2, EvidenceFile::Sbom).await.unwrap().unwrap(),
             b"two again"
@@ -171,21 +173,22 @@ mod tests {
         assert_eq!(ev.versions(DEF).await.unwrap(), vec![v1, v2]);
         // Ids are case-insensitive: the same definition in other case is the same folder.
         assert_eq!(
-            ev.versions(&DEF.to_ascii_uppercase().replace("SUBSCRIPTIONS", "subscriptions"))
-                .await
-                .unwrap()
-                .len(),
+            ev.versions(
+                &DEF.to_ascii_uppercase()
+                    .replace("SUBSCRIPTIONS", "subscriptions")
+            )
+            .await
+            .unwrap()
+            .len(),
             2
         );
         assert_eq!(ev.definitions().await.unwrap(), vec![DEF.to_string()]);
         // Only whole files are left behind: no temporary file stays.
-        let names: Vec<String> = std::fs::read_dir(
-            dir.path()
-                .join("evidence/s/rg-images/gal/base/1.0.1"),
-        )
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path().join("evidence/s/rg-images/gal/base/1.0.1"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect();
         assert_eq!(names, vec!["sbom.spdx.json".to_string()]);
     }
 
@@ -194,10 +197,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ev = EvidenceFiles::new(dir.path());
         let e = ev
-            .put("/subscriptions/s/not-a-gallery", ImageVersion::new(1, 0, 0), EvidenceFile::Sbom, b"x")
+            .put(
+                "/subscriptions/s/not-a-gallery",
+                ImageVersion::new(1, 0, 0),
+                EvidenceFile::Sbom,
+                b"x",
+            )
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("not a gallery image definition id"), "{e}");
+        assert!(
+            e.to_string().contains("not a gallery image definition id"),
+            "{e}"
+        );
         let e = ev
             .get(
                 "/subscriptions/s/resourceGroups/../providers/Microsoft.Compute/galleries/g/images/i",

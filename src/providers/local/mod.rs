@@ -56,6 +56,7 @@ mod options;
 mod other_ports;
 mod place;
 mod records;
+mod reproducible;
 mod run;
 mod sandbox;
 mod steps;
