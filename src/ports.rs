@@ -224,6 +224,29 @@ pub trait EvidenceStore: Send + Sync {
     async fn definitions(&self) -> anyhow::Result<Vec<String>>;
 }
 
+/// What a feed refresh did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedRefresh {
+    /// No URL is configured: the feed is a file someone else keeps.
+    NotConfigured,
+    Refreshed { advisories: usize },
+    NotModified,
+    /// The old feed stays; the reason says why the new one did not come.
+    Failed(String),
+}
+
+/// A vulnerability feed in OSV's format.
+#[async_trait]
+pub trait VulnerabilityFeed: Send + Sync {
+    /// The feed as it is on disk now (loaded again only when it changed);
+    /// `None` when no feed is configured.
+    async fn current(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::domain::evidence::osv::Feed>>>;
+    /// Fetches a newer copy from its URL, when one is configured.
+    async fn refresh(&self) -> FeedRefresh;
+}
+
 /// Time, as a port, so the local host's tests can drive it across a month.
 pub trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
