@@ -6,5 +6,9 @@
 //! | idea | module |
 //! |---|---|
 //! | the inventory, format-neutral | [`sbom`] |
+//! | what a Debian image's files say (dpkg status, DEP-5 copyright, os-release) | [`dpkg`] |
+//! | the SBOM as SPDX 2.3 JSON, and back | [`spdx`] |
 
+pub mod dpkg;
 pub mod sbom;
+pub mod spdx;
