@@ -8,7 +8,9 @@
 //! | the inventory, format-neutral | [`sbom`] |
 //! | what a Debian image's files say (dpkg status, DEP-5 copyright, os-release) | [`dpkg`] |
 //! | the SBOM as SPDX 2.3 JSON, and back | [`spdx`] |
+//! | packages added, removed, upgraded, downgraded between two SBOMs | [`diff`] |
 
+pub mod diff;
 pub mod dpkg;
 pub mod sbom;
 pub mod spdx;
