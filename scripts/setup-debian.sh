@@ -55,6 +55,14 @@ schemathesis_spec='schemathesis>=4.3,<5'
 schemathesis_ok() {
   "$venv/bin/schemathesis" --version 2>/dev/null | grep -q '^schemathesis, version 4\.'
 }
+# spdx-tools (PyPI) validates the SPDX SBOMs kiln writes (tests/sbom.rs).
+# Its CLI has no --version (that option names an SPDX version): ask the
+# venv for the package's version and that the CLI starts.
+spdx_tools_spec='spdx-tools>=0.8,<0.9'
+spdx_tools_ok() {
+  "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("spdx-tools"))' 2>/dev/null | grep -q '^0\.8\.' &&
+    "$venv/bin/pyspdxtools" --help 2>/dev/null | grep -q 'validating SPDX documents'
+}
 
 # Prints "tool:package" for every tool that is missing or does not run.
 missing_tools() {
@@ -90,7 +98,7 @@ report_and_exit() {
     echo "  ${entry%%:*} (npm package ${entry#*:}: npm install -g ${entry#*:})" >&2
   done
   for entry in "${pypi_missing[@]}"; do
-    echo "  $entry (PyPI package $schemathesis_spec, in a venv: run scripts/setup-debian.sh)" >&2
+    echo "  $entry (in a venv: run scripts/setup-debian.sh)" >&2
   done
   exit 1
 }
@@ -98,9 +106,10 @@ report_and_exit() {
 if [ "${1:-}" = "--check" ]; then
   mapfile -t missing < <(missing_tools)
   mapfile -t npm_missing < <(missing_npm_tools)
-  schemathesis_ok || pypi_missing=("$venv/bin/schemathesis")
+  schemathesis_ok || pypi_missing+=("$venv/bin/schemathesis (PyPI package $schemathesis_spec)")
+  spdx_tools_ok || pypi_missing+=("$venv/bin/pyspdxtools (PyPI package $spdx_tools_spec)")
   ((${#missing[@]} + ${#npm_missing[@]} + ${#pypi_missing[@]} == 0)) || report_and_exit "${missing[@]}"
-  echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]} + 1)) tools present"
+  echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]} + 2)) tools present"
   exit 0
 fi
 
@@ -169,6 +178,16 @@ if ! schemathesis_ok; then
   fi
 fi
 
+if ! spdx_tools_ok; then
+  echo "kiln setup: installing $spdx_tools_spec in $venv"
+  [ -x "$venv/bin/pip" ] || $sudo /usr/bin/python3 -m venv "$venv"
+  $sudo "$venv/bin/pip" install --quiet --disable-pip-version-check "$spdx_tools_spec"
+  if ! spdx_tools_ok; then
+    echo "kiln setup: $venv/bin/pyspdxtools is not spdx-tools 0.8.x or does not start after pip install" >&2
+    exit 1
+  fi
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "kiln setup: cargo not found; install a Rust toolchain (rustup, Rust 1.88 or newer) first" >&2
   exit 1
@@ -184,4 +203,4 @@ if ((with_cargo_deny)); then
   fi
   echo "kiln setup: $(cargo deny --version)"
 fi
-echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]} + 1)) tools present ($(qemu-img --version | head -n 1); $(chromium --version 2>/dev/null); azurite-table $(azurite-table --version); $("$venv/bin/schemathesis" --version))"
+echo "kiln setup: all $((${#tools[@]} + ${#npm_tools[@]} + 2)) tools present ($(qemu-img --version | head -n 1); $(chromium --version 2>/dev/null); azurite-table $(azurite-table --version); $("$venv/bin/schemathesis" --version); spdx-tools $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("spdx-tools"))'))"

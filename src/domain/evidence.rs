@@ -7,6 +7,12 @@
 //! |---|---|
 //! | the inventory, format-neutral | [`sbom`] |
 //! | what a provider saw of a run | [`facts`] |
+//! | what a Debian image's files say (dpkg status, DEP-5 copyright, os-release) | [`dpkg`] |
+//! | the SBOM as SPDX 2.3 JSON, and back | [`spdx`] |
+//! | packages added, removed, upgraded, downgraded between two SBOMs | [`diff`] |
 
+pub mod diff;
+pub mod dpkg;
 pub mod facts;
 pub mod sbom;
+pub mod spdx;

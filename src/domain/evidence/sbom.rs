@@ -84,4 +84,132 @@ impl Sbom {
     pub fn package(&self, name: &str) -> Option<&Package> {
         self.packages.iter().find(|p| p.name == name)
     }
+
+    /// The package URL (purl spec, type `deb`):
+    /// `pkg:deb/debian/jq@1.6-2.1?arch=amd64&distro=debian-12`, qualifiers
+    /// in key order, the source as `upstream=` when its name or version
+    /// differs (`upstream=glibc`, `upstream=curl%407.88.1-10`). Without an
+    /// os-release the namespace is `debian`, dpkg's home, and there is no
+    /// `distro`.
+    pub fn purl(&self, p: &Package) -> String {
+        let namespace = self.os.as_ref().map_or("debian", |o| o.id.as_str());
+        let mut purl = format!(
+            "pkg:deb/{}/{}@{}?arch={}",
+            purl_encode(namespace),
+            purl_encode(&p.name),
+            purl_encode(&p.version),
+            purl_encode(&p.arch)
+        );
+        if let Some(os) = &self.os {
+            let distro = match &os.version_id {
+                Some(v) => format!("{}-{v}", os.id),
+                None => os.id.clone(),
+            };
+            purl.push_str("&distro=");
+            purl.push_str(&purl_encode(&distro));
+        }
+        if p.source != p.name || p.source_version != p.version {
+            let upstream = if p.source_version == p.version {
+                p.source.clone()
+            } else {
+                format!("{}@{}", p.source, p.source_version)
+            };
+            purl.push_str("&upstream=");
+            purl.push_str(&purl_encode(&upstream));
+        }
+        purl
+    }
+}
+
+/// Percent-encodes all but the purl spec's unreserved characters (and `:`,
+/// which Debian epochs use and the spec leaves as is): `+` is `%2B`.
+pub fn purl_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`purl_encode`]; `None` for a broken escape.
+pub fn purl_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkg(name: &str, version: &str, source: &str, source_version: &str) -> Package {
+        Package {
+            name: name.into(),
+            version: version.into(),
+            arch: "amd64".into(),
+            source: source.into(),
+            source_version: source_version.into(),
+            license: None,
+            manager: PackageManager::Dpkg,
+        }
+    }
+
+    fn sbom(os: Option<OsRelease>) -> Sbom {
+        Sbom {
+            subject: "s".into(),
+            os,
+            packages: vec![],
+            files: vec![],
+            created: DateTime::UNIX_EPOCH,
+            tool: "kiln 0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn purls_name_the_distro_and_a_differing_source() {
+        let s = sbom(Some(OsRelease {
+            id: "debian".into(),
+            version_id: Some("12".into()),
+            pretty_name: None,
+        }));
+        assert_eq!(
+            s.purl(&pkg("jq", "1.6-2.1", "jq", "1.6-2.1")),
+            "pkg:deb/debian/jq@1.6-2.1?arch=amd64&distro=debian-12"
+        );
+        assert_eq!(
+            s.purl(&pkg("libc6", "2.36-9+deb12u4", "glibc", "2.36-9+deb12u4")),
+            "pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12&upstream=glibc"
+        );
+        assert_eq!(
+            s.purl(&pkg("libcurl4", "7.88.1-10+b1", "curl", "7.88.1-10")),
+            "pkg:deb/debian/libcurl4@7.88.1-10%2Bb1?arch=amd64&distro=debian-12&upstream=curl%407.88.1-10"
+        );
+        assert_eq!(
+            sbom(None).purl(&pkg("attr", "1:2.4.47-2", "attr", "1:2.4.47-2")),
+            "pkg:deb/debian/attr@1:2.4.47-2?arch=amd64"
+        );
+    }
+
+    #[test]
+    fn purl_escapes_round_trip() {
+        for s in ["1:2.4+b1~rc", "glibc@2.36", "a b%c"] {
+            assert_eq!(purl_decode(&purl_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(purl_decode("%2"), None);
+    }
 }

@@ -51,6 +51,7 @@ mod fetch;
 mod gallery;
 mod generalize;
 mod image_builder;
+mod inventory;
 mod namespace;
 mod options;
 mod other_ports;
