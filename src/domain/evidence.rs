@@ -6,5 +6,9 @@
 //! | idea | module |
 //! |---|---|
 //! | the inventory, format-neutral | [`sbom`] |
+//! | OSV advisories and a feed of them | [`osv`] |
+//! | matching an SBOM against a feed; the gate's policy and verdict | [`gate`] |
 
+pub mod gate;
+pub mod osv;
 pub mod sbom;
