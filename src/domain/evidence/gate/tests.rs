@@ -611,3 +611,92 @@ fn the_verdict_lists_only_the_blocking_findings() {
         GateVerdict::Pass { findings: 0 }
     );
 }
+
+// --- the fixture feed (tests/fixtures/osv) --------------------------------------
+
+fn fixture_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv")
+}
+
+/// The seed lab's packages at bookworm's versions.
+fn seed_lab() -> Sbom {
+    image(
+        "debian",
+        "12",
+        vec![
+            pkg("curl", "7.88.1-10+deb12u15", "curl", "7.88.1-10+deb12u15"),
+            pkg(
+                "libcurl4",
+                "7.88.1-10+deb12u15",
+                "curl",
+                "7.88.1-10+deb12u15",
+            ),
+            pkg("jq", "1.6-2.1+deb12u1", "jq", "1.6-2.1+deb12u1"),
+            pkg("libjq1", "1.6-2.1+deb12u1", "jq", "1.6-2.1+deb12u1"),
+            pkg("unzip", "6.0-28", "unzip", "6.0-28"),
+            pkg("bash", "5.2.15-2+b8", "bash", "5.2.15-2"),
+        ],
+    )
+}
+
+#[test]
+fn the_fixture_feed_finds_curl_jq_and_unzip_in_a_bookworm_image_and_blocks_on_curl() {
+    let feed = crate::domain::evidence::osv::load(&fixture_dir()).unwrap();
+    assert_eq!((feed.len(), feed.withdrawn()), (5, 1));
+    let found = match_sbom(&seed_lab(), &feed);
+    assert_eq!(
+        ids(&found),
+        [
+            ("DEBIAN-CVE-2099-0001", "jq"),
+            ("DEBIAN-CVE-2099-0001", "libjq1"),
+            ("DEBIAN-CVE-2099-0003", "unzip"),
+            ("DSA-9901-1", "curl"),
+            ("DSA-9901-1", "libcurl4"),
+        ]
+    );
+    let severities: Vec<Severity> = found.iter().map(|f| f.severity).collect();
+    assert_eq!(
+        severities,
+        [
+            Severity::Medium,
+            Severity::Medium,
+            Severity::High,
+            Severity::High,
+            Severity::High
+        ]
+    );
+    match evaluate(&enforce(), &found, now()) {
+        GateVerdict::Fail { blocking } => assert_eq!(
+            ids(&blocking),
+            [("DSA-9901-1", "curl"), ("DSA-9901-1", "libcurl4")]
+        ),
+        GateVerdict::Pass { findings } => panic!("passed with {findings} findings"),
+    }
+}
+
+#[test]
+fn the_fixture_feed_zipped_is_the_same_feed() {
+    use std::io::Write;
+    let dir = crate::domain::evidence::osv::load(&fixture_dir()).unwrap();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut names: Vec<_> = std::fs::read_dir(fixture_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names.reverse();
+    for p in names
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+    {
+        w.start_file(
+            p.file_name().unwrap().to_str().unwrap(),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        w.write_all(&std::fs::read(p).unwrap()).unwrap();
+    }
+    let zipped = Feed::parse_file("all.zip", &w.finish().unwrap().into_inner()).unwrap();
+    assert_eq!(zipped.digest(), dir.digest());
+    assert_eq!(zipped.len(), dir.len());
+}
