@@ -10,9 +10,13 @@
 //! | what a Debian image's files say (dpkg status, DEP-5 copyright, os-release) | [`dpkg`] |
 //! | the SBOM as SPDX 2.3 JSON, and back | [`spdx`] |
 //! | packages added, removed, upgraded, downgraded between two SBOMs | [`diff`] |
+//! | OSV advisories and a feed of them | [`osv`] |
+//! | matching an SBOM against a feed; the gate's policy and verdict | [`gate`] |
 
 pub mod diff;
 pub mod dpkg;
 pub mod facts;
+pub mod gate;
+pub mod osv;
 pub mod sbom;
 pub mod spdx;
