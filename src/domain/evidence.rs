@@ -6,5 +6,11 @@
 //! | idea | module |
 //! |---|---|
 //! | the inventory, format-neutral | [`sbom`] |
+//! | what was built from what: in-toto Statement v1, SLSA provenance v1 | [`provenance`] |
+//! | the signed envelope (DSSE) and its verification | [`dsse`] |
+//! | public keys: Ed25519, ECDSA P-256; ids and PEM | [`keys`] |
 
+pub mod dsse;
+pub mod keys;
+pub mod provenance;
 pub mod sbom;

@@ -11,8 +11,8 @@
 //! | what kiln writes | [`stored_time`] (the one stored time format), [`redact`] (URIs without their credentials) |
 
 pub mod build;
-pub mod evidence;
 pub mod events_in;
+pub mod evidence;
 pub mod failure;
 pub mod finding;
 pub mod gallery;
