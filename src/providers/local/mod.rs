@@ -58,6 +58,7 @@ mod place;
 mod records;
 mod run;
 mod sandbox;
+pub mod signing;
 mod steps;
 mod tasks;
 mod util;
