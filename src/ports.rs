@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::build::FailureCategory;
 pub use crate::domain::evidence::facts::RunFacts;
+pub use crate::domain::evidence::dsse::PublicKey;
+use crate::domain::evidence::dsse::{pae, Envelope, IN_TOTO_PAYLOAD_TYPE};
+use crate::domain::evidence::provenance::Statement;
 pub use crate::domain::gallery::{GalleryVersion, InUseSet, RegionReplication};
 use crate::domain::pipeline::FieldError;
 pub use crate::domain::run::{
@@ -358,6 +361,49 @@ impl Clock for ScaledClock {
     fn now(&self) -> DateTime<Utc> {
         self.at(Utc::now())
     }
+}
+
+/// Signs provenance: the local key file, or a Key Vault key.
+#[async_trait]
+pub trait Signer: Send + Sync {
+    /// [`PublicKey::key_id`] of [`Signer::public_key`]: the DSSE `keyid`.
+    fn key_id(&self) -> &str;
+    fn public_key(&self) -> PublicKey;
+    /// The signature of `message` (the DSSE PAE): 64 bytes for Ed25519,
+    /// and r‖s for ECDSA P-256 over SHA-256 of `message`.
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ProviderError>;
+}
+
+/// The statement in a DSSE envelope signed by `signer`. The signature is
+/// checked against the signer's own public key before it is handed back,
+/// so a key that signs with something other than what it claims (a Key
+/// Vault key rotated under its id, a wrong algorithm) fails here and not
+/// at `kiln verify`.
+pub async fn sign_statement(
+    signer: &dyn Signer,
+    statement: &Statement,
+) -> Result<Envelope, ProviderError> {
+    let payload = serde_json::to_vec(statement).map_err(ProviderError::internal)?;
+    let message = pae(IN_TOTO_PAYLOAD_TYPE, &payload);
+    let signature = signer.sign(&message).await?;
+    signer
+        .public_key()
+        .verify(&message, &signature)
+        .map_err(|e| {
+            ProviderError::new(
+                FailureCategory::Internal,
+                format!(
+                    "the signature from key {} does not verify with its public key: {e}",
+                    signer.key_id()
+                ),
+            )
+        })?;
+    Ok(Envelope::new(
+        IN_TOTO_PAYLOAD_TYPE,
+        &payload,
+        signer.key_id(),
+        &signature,
+    ))
 }
 
 #[cfg(test)]

@@ -12,11 +12,17 @@
 //! | packages added, removed, upgraded, downgraded between two SBOMs | [`diff`] |
 //! | OSV advisories and a feed of them | [`osv`] |
 //! | matching an SBOM against a feed; the gate's policy and verdict | [`gate`] |
+//! | what was built from what: in-toto Statement v1, SLSA provenance v1 | [`provenance`] |
+//! | the signed envelope (DSSE) and its verification | [`dsse`] |
+//! | public keys: Ed25519, ECDSA P-256; ids and PEM | [`keys`] |
 
 pub mod diff;
 pub mod dpkg;
+pub mod dsse;
 pub mod facts;
 pub mod gate;
+pub mod keys;
 pub mod osv;
+pub mod provenance;
 pub mod sbom;
 pub mod spdx;

@@ -60,6 +60,7 @@ mod records;
 mod reproducible;
 mod run;
 mod sandbox;
+pub mod signing;
 mod steps;
 mod tasks;
 mod util;
