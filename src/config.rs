@@ -145,6 +145,10 @@ pub struct Settings {
     /// is the system clock.
     pub clock: Option<ScaledClock>,
     pub store: StoreSettings,
+    /// `KILN_OSV_FEED`: the vulnerability feed (an OSV file, folder or zip).
+    pub osv_feed: Option<PathBuf>,
+    /// `KILN_OSV_FEED_URL`: where the `evidence_recheck` timer refreshes it from.
+    pub osv_feed_url: Option<String>,
 }
 
 pub type Env = BTreeMap<String, String>;
@@ -308,6 +312,17 @@ impl Settings {
             http_bind,
             http_read_timeout: std::time::Duration::from_secs(u64::from(read_timeout)),
             api_access: api_access(env)?,
+            osv_feed: get(env, "KILN_OSV_FEED").map(PathBuf::from),
+            osv_feed_url: match get(env, "KILN_OSV_FEED_URL") {
+                None => None,
+                Some(u) if u.starts_with("https://") || u.starts_with("http://") || u.starts_with("file://") => {
+                    Some(u.to_string())
+                }
+                Some(u) => anyhow::bail!(
+                    "KILN_OSV_FEED_URL: expected an https://, http:// or file:// URL, got `{}`",
+                    crate::domain::redact::uri(u)
+                ),
+            },
             events_file: Some(
                 get(env, "KILN_EVENTS_FILE")
                     .map(PathBuf::from)

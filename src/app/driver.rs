@@ -67,11 +67,25 @@ pub async fn advance(
         };
         let d = transition(&build, &obs, now, &app.tuning);
         let next_poll = next_poll_at(&d.effects, &d.build, now);
+        // A run that just succeeded gets its evidence (SBOM, diff, gate,
+        // signed provenance) before it is recorded, so that the completion
+        // event carries the summary. Repeated after a lost write race or a
+        // crash, the step writes the same files again.
+        let evidence = if matches!(d.build.state, BuildState::Succeeded { .. })
+            && !matches!(build.state, BuildState::Succeeded { .. })
+        {
+            super::evidence::assess::assess(app, &d.build).await
+        } else {
+            None
+        };
         // The event and the breaker count commit with the transition.
-        let event = d
-            .cause
-            .as_ref()
-            .map(|cause| CloudEvent::build_changed(&d.build, cause, now));
+        let event = d.cause.as_ref().map(|cause| {
+            let mut ev = CloudEvent::build_changed(&d.build, cause, now);
+            if let (Some(summary), Some(data)) = (&evidence, ev.data.as_object_mut()) {
+                data.insert("evidence".into(), summary.clone());
+            }
+            ev
+        });
         let retire: Vec<Retire> = d
             .effects
             .iter()

@@ -116,6 +116,12 @@ async fn invoke_unbounded(
             ));
             out.return_value = serde_json::to_value(&run).map_err(anyhow::Error::from)?;
         }
+        FunctionName::EvidenceRecheck => {
+            trigger_value(&inv, name)?;
+            let outcome = super::evidence::recheck::recheck(app).await?;
+            out.logs.extend(outcome.log_lines());
+            out.return_value = serde_json::to_value(&outcome).map_err(anyhow::Error::from)?;
+        }
         FunctionName::Api => {
             let req = trigger_value(&inv, name)?;
             let res = super::api::invoke_payload(app, req).await?;

@@ -6,10 +6,10 @@
 //!
 //! | role | modules |
 //! |---|---|
-//! | functions (one per `handlers/<function>`) | [`builds`] (`build_requests`, `build_polls`, `build_sweeper`), [`triggers`] (`patch_tuesday`, `base_image_watch`, `base_image_events`), [`retention_function`] (`retention`) |
+//! | functions (one per `handlers/<function>`) | [`builds`] (`build_requests`, `build_polls`, `build_sweeper`), [`triggers`] (`patch_tuesday`, `base_image_watch`, `base_image_events`), [`retention_function`] (`retention`), [`evidence`] (`evidence_recheck`) |
 //! | dispatch and wire | [`functions`] (name → function, the invocation budget, outcomes into the reply and its logs), [`wire`] (the custom-handler payloads) |
 //! | HTTP | [`api`] (the `/api` routes), [`dashboard`], [`metrics`] (`/api/metrics`, and what a build's end records) |
-//! | shared services | [`driver`] (one step of a build), [`admission`], [`cleanup`] (retiring templates), [`retention_executor`] (plans and applies retention), [`events`] (CloudEvents out), [`render`] (the template AIB gets), [`pipelines`], [`lint`], [`gallery_ops`] |
+//! | shared services | [`driver`] (one step of a build), [`admission`], [`cleanup`] (retiring templates), [`retention_executor`] (plans and applies retention), [`events`] (CloudEvents out), [`evidence`] (SBOM, diff, gate and provenance of a published version), [`render`] (the template AIB gets), [`pipelines`], [`lint`], [`gallery_ops`] |
 
 pub mod admission;
 pub mod api;
@@ -18,6 +18,7 @@ pub mod cleanup;
 pub mod dashboard;
 pub mod driver;
 pub mod events;
+pub mod evidence;
 pub mod functions;
 pub mod gallery_ops;
 pub mod lint;
@@ -59,5 +60,7 @@ pub struct App {
     pub events: events::EventSink,
     /// This instance's counters and histograms (`GET /api/metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// SBOMs, the vulnerability gate and signed provenance of published versions.
+    pub evidence: evidence::Evidence,
     pub tuning: Tuning,
 }

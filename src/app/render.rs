@@ -9,7 +9,7 @@
 //! - each SharedImage distributor: `galleryImageId` gets `/versions/<v>`
 //!   (the version assigned at admission, so retries reuse it; AIB's own
 //!   `versioning` is removed since an explicit version replaces it),
-//!   `excludeFromLatest` from the promotion policy, lineage `artifactTags`.
+//!   `excludeFromLatest` from the promotion policy (or an enforced gate), lineage `artifactTags`.
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -164,7 +164,15 @@ pub fn render(pipeline: &Pipeline, build: &Build) -> Value {
                     );
                 }
                 obj.remove("versioning");
-                if pipeline.kiln.promotion.exclude_from_latest {
+                // An enforced vulnerability gate publishes the version held
+                // back from `latest`; the evidence step promotes it once the
+                // gate passes.
+                let gate_holds = pipeline
+                    .kiln
+                    .gate
+                    .as_ref()
+                    .is_some_and(|g| g.mode == crate::domain::evidence::gate::GateMode::Enforce);
+                if pipeline.kiln.promotion.exclude_from_latest || gate_holds {
                     obj.insert("excludeFromLatest".into(), Value::Bool(true));
                 }
             }

@@ -24,11 +24,12 @@ pub enum FunctionName {
     BuildPolls,
     BuildSweeper,
     Retention,
+    EvidenceRecheck,
     Api,
 }
 
 impl FunctionName {
-    pub const ALL: [FunctionName; 8] = [
+    pub const ALL: [FunctionName; 9] = [
         FunctionName::PatchTuesday,
         FunctionName::BaseImageWatch,
         FunctionName::BaseImageEvents,
@@ -36,6 +37,7 @@ impl FunctionName {
         FunctionName::BuildPolls,
         FunctionName::BuildSweeper,
         FunctionName::Retention,
+        FunctionName::EvidenceRecheck,
         FunctionName::Api,
     ];
 
@@ -48,6 +50,7 @@ impl FunctionName {
             FunctionName::BuildPolls => "build_polls",
             FunctionName::BuildSweeper => "build_sweeper",
             FunctionName::Retention => "retention",
+            FunctionName::EvidenceRecheck => "evidence_recheck",
             FunctionName::Api => "api",
         }
     }
@@ -58,7 +61,8 @@ impl FunctionName {
             FunctionName::PatchTuesday
             | FunctionName::BaseImageWatch
             | FunctionName::BuildSweeper
-            | FunctionName::Retention => TIMER_BINDING,
+            | FunctionName::Retention
+            | FunctionName::EvidenceRecheck => TIMER_BINDING,
             FunctionName::BuildRequests | FunctionName::BuildPolls => MESSAGE_BINDING,
             FunctionName::BaseImageEvents => EVENT_BINDING,
             FunctionName::Api => REQUEST_BINDING,

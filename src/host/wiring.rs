@@ -9,6 +9,11 @@ use tokio::sync::Notify;
 use super::function_json::{self, FunctionSpec};
 use super::local::{LocalHost, LocalQueuePort};
 use crate::app::events::EventSink;
+use crate::app::evidence::Evidence;
+use crate::domain::evidence::provenance::BuildPlatform;
+use crate::providers::evidence_files::EvidenceFiles;
+use crate::providers::local::signing::LocalSigner;
+use crate::providers::vuln_feed::FileFeed;
 use crate::app::{App, PipelineSet};
 use crate::config::{Env, ProviderKind, Settings, StoreSettings};
 use crate::domain::build::Tuning;
@@ -115,6 +120,7 @@ pub async fn local_runtime(
     refuse_lint_errors(&pipelines)?;
     let queue = LocalQueue::new(db.clone());
     let store = open_store(&settings, env, || Ok(db.clone())).await?;
+    let evidence = local_evidence(&settings, env, BuildPlatform::Local)?;
     let notify = Arc::new(Notify::new());
     let provider_arc = Arc::new(provider.clone());
     let app = App {
@@ -136,6 +142,7 @@ pub async fn local_runtime(
             settings.webhook.clone(),
         ),
         metrics: crate::metrics::Metrics::new(),
+        evidence,
         tuning: Tuning::local(),
         settings: Arc::new(settings),
     };
@@ -160,6 +167,7 @@ pub async fn azure_app(
     let metrics = crate::metrics::Metrics::new();
     let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone(), &metrics)?;
     let store = open_store(&settings, env, || open_db(&settings)).await?;
+    let evidence = local_evidence(&settings, env, BuildPlatform::Azure)?;
     let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
         .map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -183,8 +191,25 @@ pub async fn azure_app(
             settings.webhook.clone(),
         ),
         metrics,
+        evidence,
         tuning: Tuning::azure(),
         settings: Arc::new(settings),
+    })
+}
+
+/// Evidence kept in the data folder, provenance signed with the data
+/// folder's key (or `KILN_SIGNING_KEY`), the feed `KILN_OSV_FEED` names.
+pub fn local_evidence(settings: &Settings, env: &Env, platform: BuildPlatform) -> anyhow::Result<Evidence> {
+    Ok(Evidence {
+        store: Arc::new(EvidenceFiles::new(&settings.data_dir)),
+        signer: Arc::new(LocalSigner::from_env(env, &settings.data_dir)?),
+        trusted: vec![],
+        feed: Arc::new(FileFeed::from_settings(
+            settings.osv_feed.clone(),
+            settings.osv_feed_url.clone(),
+            &settings.data_dir,
+        )?),
+        platform,
     })
 }
 

@@ -6,3 +6,4 @@ pub mod azure;
 pub mod evidence_files;
 pub mod local;
 pub mod osv_feed;
+pub mod vuln_feed;

@@ -88,6 +88,7 @@ pub fn invocation(bytes: &[u8]) {
             | FunctionName::BaseImageWatch
             | FunctionName::BuildSweeper
             | FunctionName::Retention
+            | FunctionName::EvidenceRecheck
             | FunctionName::Api => {
                 let _ = kiln::app::wire::decode_value(value);
             }

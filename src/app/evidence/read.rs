@@ -147,7 +147,7 @@ pub async fn verify(
             return Ok(out);
         }
     };
-    out.signed_by = envelope.signatures.first().map(|s| s.keyid.clone());
+    out.signed_by = envelope.signatures.first().and_then(|s| s.keyid.clone());
     let mut files: Vec<(String, String)> = disks.to_vec();
     match store.get(def, v, EvidenceFile::Sbom).await? {
         Some(sbom) => files.push((

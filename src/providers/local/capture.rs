@@ -9,6 +9,9 @@ use tokio::process::Command;
 
 use super::bases::ResolvedSource;
 use super::reproducible;
+use super::inventory;
+use crate::domain::evidence::facts::{CustomizerFact, Digest, RunFacts};
+use crate::domain::evidence::sbom::PlacedFile;
 use super::run::{Fail, Provenance, TemplateRun};
 use super::util::{cmp_versions, now, resolve_inside, sha256_file, tree_size, ts};
 
@@ -111,13 +114,37 @@ pub(crate) async fn capture(
     b: &TemplateRun,
     source: &ResolvedSource,
     prov: &Provenance,
-    packages: Option<String>,
 ) -> Result<Captured, Fail> {
     let root = b.staging.join("root");
     let dir = b.staging.join("out");
     let img = dir.join("disk.img");
     let qcow2 = dir.join("disk.qcow2");
 
+    // The image's inventory, read from its package database before the
+    // times are clamped (reading changes access times).
+    let files: Vec<PlacedFile> = prov
+        .customizers
+        .iter()
+        .filter(|c| c["type"] == "File")
+        .filter_map(|c| {
+            Some(PlacedFile {
+                path: c["destination"].as_str()?.to_string(),
+                sha256: c["sha256"].as_str()?.to_string(),
+            })
+        })
+        .collect();
+    let r = root.clone();
+    let subject = b.name.clone();
+    let sbom = tokio::task::spawn_blocking(move || inventory::read_sbom(&r, &subject, files, now()))
+        .await
+        .map_err(Fail::internal)?
+        .map_err(|e| Fail::internal(format!("capture: the image's inventory: {e:#}")))?;
+    let packages: Option<String> = (!sbom.packages.is_empty()).then(|| {
+        sbom.packages
+            .iter()
+            .map(|p| format!("{}\t{}\n", p.name, p.version))
+            .collect()
+    });
     let r = root.clone();
     let content = tokio::task::spawn_blocking(move || tree_size(&r))
         .await
@@ -274,6 +301,39 @@ pub(crate) async fn capture(
     )?;
     b.p.records
         .run_set_manifest(&b.name, &b.p.instance_id, &manifest.to_string())?;
+    // What the app's evidence step reads (`run_facts`), kept outside the
+    // staging folder until the template is deleted.
+    let facts = RunFacts {
+        sbom,
+        base_sbom: prov.base_sbom.clone(),
+        disks: vec![Digest {
+            name: "disk.qcow2".into(),
+            sha256: qcow2_sha.clone(),
+        }],
+        template_sha256: b.body_sha256.clone(),
+        source: source.describe.to_string(),
+        source_exact: source.exact.clone(),
+        customizers: prov
+            .customizers
+            .iter()
+            .map(|c| CustomizerFact {
+                name: c["name"].as_str().unwrap_or("").to_string(),
+                kind: c["type"].as_str().unwrap_or("").to_string(),
+                sha256: c["sha256"].as_str().map(str::to_string),
+                uri: c["scriptUri"]
+                    .as_str()
+                    .or(c["sourceUri"].as_str())
+                    .map(str::to_string),
+                destination: c["destination"].as_str().map(str::to_string),
+            })
+            .collect(),
+        started: prov.started.unwrap_or_else(now),
+        finished: now(),
+    };
+    crate::providers::evidence_files::write_atomic(
+        &facts_path(&b.p.data_dir, &b.name),
+        &serde_json::to_vec(&facts).map_err(Fail::internal)?,
+    )?;
     b.log.line(&format!(
         "captured: disk.img sha256 {img_sha}, disk.qcow2 sha256 {qcow2_sha}"
     ));
@@ -284,6 +344,11 @@ pub(crate) async fn capture(
         kernel: kernel.map(|(p, _)| p),
         initrd,
     })
+}
+
+/// Where a template's run facts are kept.
+pub(crate) fn facts_path(data_dir: &Path, template: &str) -> PathBuf {
+    data_dir.join("facts").join(format!("{}.json", super::util::slug(template)))
 }
 
 #[cfg(test)]

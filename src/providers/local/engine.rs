@@ -16,7 +16,6 @@
 //! `Provenance`, the host-tool runner) is in `run.rs`; putting files into the
 //! image (File customizer uploads, step scripts) is in `place.rs`.
 
-use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::time::Instant;
@@ -26,8 +25,8 @@ use super::build_user::{self, BuildUser};
 use super::capture::{self, Captured};
 use super::records::LocalRunState;
 use super::run::{Fail, Finished, Provenance, TemplateRun};
-use super::sandbox::{run_process, Ended, Sandbox};
-use super::util::{now, resolve_inside, tail_lines};
+use super::sandbox::Ended;
+use super::util::{now, tail_lines};
 use super::{gallery, vm};
 use crate::domain::build::FailureCategory;
 use crate::domain::template::OnBuildError;
@@ -171,10 +170,27 @@ impl TemplateRun {
             std::fs::create_dir_all(&d)?;
         }
         self.materialize(&source.from).await?;
+        let mut prov = Provenance {
+            started: Some(now()),
+            ..Provenance::default()
+        };
+        // The base's inventory, for "what did this build change".
+        let root = self.root();
+        prov.base_sbom = match tokio::task::spawn_blocking(move || {
+            super::inventory::read_sbom(&root, "base", vec![], now())
+        })
+        .await
+        .map_err(Fail::internal)?
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.log.line(&format!("evidence: the source's inventory cannot be read: {e:#}"));
+                None
+            }
+        };
 
         // ---- Customizing ----
         self.sub_state("Customizing")?;
-        let mut prov = Provenance::default();
         let user = build_user::ensure(&self.root())
             .map_err(|e| Fail::internal(format!("cannot make the build user in the image: {e}")))?;
         match &user {
@@ -241,8 +257,7 @@ impl TemplateRun {
             "generalized: {} paths removed or emptied",
             prov.generalized.len()
         ));
-        let packages = self.package_list().await?;
-        let captured = self.capture(&source, &prov, packages).await?;
+        let captured = self.capture(&source, &prov).await?;
         if let Some(bt) = &self.opts.boot_test {
             if validation_failure.is_none() {
                 if let Err(f) = self.boot_test(&captured, bt).await {
@@ -352,54 +367,12 @@ impl TemplateRun {
         Ok(())
     }
 
-    /// `dpkg-query -W` in the sandbox (no network), when the image has dpkg.
-    async fn package_list(&self) -> Result<Option<String>, Fail> {
-        let has_dpkg = resolve_inside(&self.root(), "/usr/bin/dpkg-query", false)
-            .ok()
-            .and_then(|p| std::fs::symlink_metadata(p).ok())
-            .is_some_and(|m| m.is_file());
-        if !has_dpkg {
-            return Ok(None);
-        }
-        let sb = Sandbox {
-            root: &self.root(),
-            network: false,
-            user: None,
-            env: vec![],
-        };
-        sb.preflight().map_err(Fail::internal)?;
-        let (cmd, _diag) = sb
-            .command(&["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"])
-            .map_err(Fail::internal)?;
-        let deadline = (Instant::now() + Duration::from_secs(300)).min(self.deadline);
-        let out = run_process(
-            cmd,
-            &self.log,
-            "[packages] ",
-            deadline,
-            Some(&self.cancel),
-            true,
-        )
-        .await
-        .map_err(Fail::internal)?;
-        match out.ended {
-            Ended::Exited(0) => Ok(out.stdout),
-            Ended::Canceled => Err(Fail::Canceled),
-            Ended::TimedOut => Err(self.build_timeout_fail("the package list")),
-            Ended::Exited(c) => Err(Fail::internal(format!(
-                "dpkg-query exited with {c}: {}",
-                tail_lines(&out.tail, 4)
-            ))),
-        }
-    }
-
     async fn capture(
         &self,
         source: &bases::ResolvedSource,
         prov: &Provenance,
-        packages: Option<String>,
     ) -> Result<Captured, Fail> {
-        capture::capture(self, source, prov, packages).await
+        capture::capture(self, source, prov).await
     }
 
     async fn boot_test(

@@ -13,7 +13,9 @@ use super::{check, perr, run, sandbox, status_of, util, LocalProvider};
 use crate::domain::build::FailureCategory;
 use crate::domain::pipeline::FieldError;
 use crate::domain::template::ImageTemplate;
-use crate::ports::{Deletion, ImageBuilder, ProviderError, RunOutput, RunStart, TemplateStatus};
+use crate::ports::{
+    Deletion, ImageBuilder, ProviderError, RunFacts, RunOutput, RunStart, TemplateStatus,
+};
 
 #[async_trait]
 impl ImageBuilder for LocalProvider {
@@ -221,11 +223,27 @@ impl ImageBuilder for LocalProvider {
                 self.cancel(name).await?;
             }
         }
+        match std::fs::remove_file(super::capture::facts_path(&self.inner.data_dir, name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(perr(anyhow::anyhow!("cannot delete the run facts of {name}: {e}"))),
+        }
         self.inner
             .records
             .template_delete(name)
             .map_err(perr)
             .map(|()| Deletion::Gone)
+    }
+
+    async fn run_facts(&self, name: &str) -> Result<Option<RunFacts>, ProviderError> {
+        let path = super::capture::facts_path(&self.inner.data_dir, name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                ProviderError::internal(format!("{} is not run facts: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ProviderError::internal(format!("cannot read {}: {e}", path.display()))),
+        }
     }
 
     fn check(&self, template: &ImageTemplate) -> Vec<FieldError> {

@@ -35,8 +35,6 @@ const MAX_LINKS: usize = 40;
 /// The inventory of the image whose root file system is `root`. A root
 /// without a dpkg database (busybox, distroless) has no packages; a
 /// database that cannot be parsed is an error, not an empty list.
-// Capture calls it once the evidence step is wired in; until then only tests do.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn read_sbom(
     root: &Path,
     subject: &str,

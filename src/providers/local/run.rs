@@ -76,6 +76,9 @@ pub(crate) struct Provenance {
     pub validators: Vec<serde_json::Value>,
     pub faults: Vec<serde_json::Value>,
     pub generalized: Vec<String>,
+    /// The source's inventory, taken before any step ran.
+    pub base_sbom: Option<crate::domain::evidence::sbom::Sbom>,
+    pub started: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub(crate) struct TemplateRun {

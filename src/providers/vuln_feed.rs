@@ -1,0 +1,166 @@
+//! The vulnerability feed the gate reads: an OSV file, folder or zip on
+//! disk (`KILN_OSV_FEED`), kept up to date from a URL when one is given
+//! (`KILN_OSV_FEED_URL`, downloaded into the data folder by
+//! [`super::osv_feed`]). Loaded again only when the file changed, so a
+//! build's evidence step does not parse tens of megabytes each time.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use super::osv_feed::{FeedOptions, OsvFeedSource, Refresh};
+use crate::domain::evidence::osv::{self, Feed};
+use crate::ports::{FeedRefresh, VulnerabilityFeed};
+
+/// What identifies a loaded copy: the path's size and modification time
+/// (a folder's entries' too).
+type Stamp = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+pub struct FileFeed {
+    path: Option<PathBuf>,
+    url: Option<String>,
+    source: Option<OsvFeedSource>,
+    cache: Mutex<Option<(Stamp, Arc<Feed>)>>,
+}
+
+impl FileFeed {
+    /// `path`: where the feed is; with `url`, where it is downloaded to.
+    pub fn new(path: Option<PathBuf>, url: Option<String>) -> anyhow::Result<Self> {
+        let source = match &url {
+            Some(_) => Some(OsvFeedSource::new(FeedOptions::default())?),
+            None => None,
+        };
+        Ok(Self {
+            path,
+            url,
+            source,
+            cache: Mutex::new(None),
+        })
+    }
+
+    /// The feed settings: `KILN_OSV_FEED` (a path) and `KILN_OSV_FEED_URL`;
+    /// a URL without a path downloads to `<data dir>/osv/feed.zip` (or
+    /// `.json` when the URL names a JSON file).
+    pub fn from_settings(
+        path: Option<PathBuf>,
+        url: Option<String>,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let path = match (path, &url) {
+            (Some(p), _) => Some(p),
+            (None, Some(u)) => {
+                let name = if u.split('?').next().unwrap_or(u).ends_with(".json") {
+                    "feed.json"
+                } else {
+                    "feed.zip"
+                };
+                Some(data_dir.join("osv").join(name))
+            }
+            (None, None) => None,
+        };
+        Self::new(path, url)
+    }
+}
+
+fn stamp(path: &std::path::Path) -> std::io::Result<Stamp> {
+    let md = std::fs::metadata(path)?;
+    let mut out = vec![(path.to_path_buf(), md.len(), md.modified().ok())];
+    if md.is_dir() {
+        for e in std::fs::read_dir(path)?.flatten() {
+            if let Ok(m) = e.metadata() {
+                out.push((e.path(), m.len(), m.modified().ok()));
+            }
+        }
+        out.sort();
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl VulnerabilityFeed for FileFeed {
+    async fn current(&self) -> anyhow::Result<Option<Arc<Feed>>> {
+        let Some(path) = self.path.clone() else {
+            return Ok(None);
+        };
+        let now = match stamp(&path) {
+            Ok(s) => s,
+            // A URL's first download has not happened yet: no feed, not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.url.is_some() => {
+                return Ok(None)
+            }
+            Err(e) => anyhow::bail!("the vulnerability feed {}: {e}", path.display()),
+        };
+        if let Some((s, feed)) = self.cache.lock().expect("feed cache").as_ref() {
+            if *s == now {
+                return Ok(Some(feed.clone()));
+            }
+        }
+        let feed = Arc::new(
+            tokio::task::spawn_blocking(move || osv::load(&path))
+                .await
+                .map_err(|e| anyhow::anyhow!("loading the feed: {e}"))??,
+        );
+        *self.cache.lock().expect("feed cache") = Some((now, feed.clone()));
+        Ok(Some(feed))
+    }
+
+    async fn refresh(&self) -> FeedRefresh {
+        let (Some(url), Some(path), Some(source)) = (&self.url, &self.path, &self.source) else {
+            return FeedRefresh::NotConfigured;
+        };
+        match source.refresh(url, path).await {
+            Refresh::Refreshed { advisories } => FeedRefresh::Refreshed { advisories },
+            Refresh::NotModified => FeedRefresh::NotModified,
+            Refresh::Failed(why) => FeedRefresh::Failed(why),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn advisory(id: &str, modified: &str) -> String {
+        format!(
+            r#"{{"id":"{id}","modified":"{modified}","affected":[{{"package":{{"ecosystem":"Debian:12","name":"jq"}},"ranges":[{{"type":"ECOSYSTEM","events":[{{"introduced":"0"}},{{"fixed":"1.6-2.2"}}]}}]}}]}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn the_feed_is_loaded_again_only_when_its_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("feed.json");
+        std::fs::write(&file, format!("[{}]", advisory("KILN-TEST-1", "2026-11-01T00:00:00Z"))).unwrap();
+        let feed = FileFeed::new(Some(file.clone()), None).unwrap();
+        let a = feed.current().await.unwrap().unwrap();
+        let b = feed.current().await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "an unchanged file must not be parsed again");
+        assert_eq!(a.len(), 1);
+        std::fs::write(
+            &file,
+            format!(
+                "[{},{}]",
+                advisory("KILN-TEST-1", "2026-11-01T00:00:00Z"),
+                advisory("KILN-TEST-2", "2026-11-02T00:00:00Z")
+            ),
+        )
+        .unwrap();
+        let c = feed.current().await.unwrap().unwrap();
+        assert_eq!(c.len(), 2);
+        assert_ne!(a.digest(), c.digest());
+        assert_eq!(feed.refresh().await, FeedRefresh::NotConfigured);
+    }
+
+    #[tokio::test]
+    async fn no_path_is_no_feed_and_a_missing_path_is_an_error_that_names_it() {
+        assert!(FileFeed::new(None, None).unwrap().current().await.unwrap().is_none());
+        let e = FileFeed::new(Some("/nonexistent/osv".into()), None)
+            .unwrap()
+            .current()
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/osv"), "{e}");
+    }
+}
