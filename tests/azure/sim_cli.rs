@@ -22,7 +22,7 @@ fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut env = Env::new();
     let mut line = String::new();
-    while env.len() < 9 && out.read_line(&mut line).unwrap() > 0 {
+    while env.len() < 10 && out.read_line(&mut line).unwrap() > 0 {
         if let Some((k, v)) = line
             .trim()
             .strip_prefix("export ")
@@ -41,6 +41,13 @@ fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
     assert_eq!(
         env["KILN_AZURE_SERVICE_BUS_URL"],
         format!("{url}/servicebus")
+    );
+    // Provenance is signed by the sim's Key Vault key.
+    assert!(
+        env["KILN_SIGNING_KEY_VAULT_KEY"]
+            .starts_with(&format!("{url}/keyvault/keys/kiln-provenance/")),
+        "{}",
+        env["KILN_SIGNING_KEY_VAULT_KEY"]
     );
     let clock = kiln::ports::ScaledClock::parse_setting(&env["KILN_CLOCK"]).unwrap();
     assert_eq!(clock.factor, 600);

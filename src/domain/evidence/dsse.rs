@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn a_signed_statement_verifies_with_its_key_for_both_algorithms() {
         for (env, key) in signed_by_both() {
-            let statement = verify_envelope(&env, &[key.clone()]).unwrap();
+            let statement = verify_envelope(&env, std::slice::from_ref(&key)).unwrap();
             assert_eq!(statement, image_provenance(&input()), "{key:?}");
             assert_eq!(
                 env.signatures[0].keyid.as_deref(),

@@ -199,6 +199,19 @@ mod tests {
     }
 
     #[test]
+    fn a_high_s_ecdsa_signature_verifies_since_key_vault_does_not_normalize_s() {
+        use ed25519_dalek::Signer as _;
+        let k = p256_key();
+        let ec = p256_public(&k);
+        let sig: p256::ecdsa::Signature = k.sign(b"m");
+        let (r, s) = sig.split_scalars();
+        let mirrored = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
+        assert_ne!(mirrored, sig);
+        assert_eq!(ec.verify(b"m", &sig.to_bytes()), Ok(()));
+        assert_eq!(ec.verify(b"m", &mirrored.to_bytes()), Ok(()));
+    }
+
+    #[test]
     fn a_key_prints_as_its_id() {
         let ed = PublicKey::Ed25519(ed25519().verifying_key().to_bytes());
         assert_eq!(format!("{ed:?}"), format!("PublicKey({})", ed.key_id()));
