@@ -315,7 +315,11 @@ impl Settings {
             osv_feed: get(env, "KILN_OSV_FEED").map(PathBuf::from),
             osv_feed_url: match get(env, "KILN_OSV_FEED_URL") {
                 None => None,
-                Some(u) if u.starts_with("https://") || u.starts_with("http://") || u.starts_with("file://") => {
+                Some(u)
+                    if u.starts_with("https://")
+                        || u.starts_with("http://")
+                        || u.starts_with("file://") =>
+                {
                     Some(u.to_string())
                 }
                 Some(u) => anyhow::bail!(

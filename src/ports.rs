@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::build::FailureCategory;
-pub use crate::domain::evidence::facts::RunFacts;
 pub use crate::domain::evidence::dsse::PublicKey;
 use crate::domain::evidence::dsse::{pae, Envelope, IN_TOTO_PAYLOAD_TYPE};
+pub use crate::domain::evidence::facts::RunFacts;
 use crate::domain::evidence::provenance::Statement;
 pub use crate::domain::gallery::{GalleryVersion, InUseSet, RegionReplication};
 use crate::domain::pipeline::FieldError;
@@ -232,7 +232,9 @@ pub trait EvidenceStore: Send + Sync {
 pub enum FeedRefresh {
     /// No URL is configured: the feed is a file someone else keeps.
     NotConfigured,
-    Refreshed { advisories: usize },
+    Refreshed {
+        advisories: usize,
+    },
     NotModified,
     /// The old feed stays; the reason says why the new one did not come.
     Failed(String),

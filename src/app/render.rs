@@ -167,11 +167,10 @@ pub fn render(pipeline: &Pipeline, build: &Build) -> Value {
                 // An enforced vulnerability gate publishes the version held
                 // back from `latest`; the evidence step promotes it once the
                 // gate passes.
-                let gate_holds = pipeline
-                    .kiln
-                    .gate
-                    .as_ref()
-                    .is_some_and(|g| g.mode == crate::domain::evidence::gate::GateMode::Enforce);
+                let gate_holds =
+                    pipeline.kiln.gate.as_ref().is_some_and(|g| {
+                        g.mode == crate::domain::evidence::gate::GateMode::Enforce
+                    });
                 if pipeline.kiln.promotion.exclude_from_latest || gate_holds {
                     obj.insert("excludeFromLatest".into(), Value::Bool(true));
                 }

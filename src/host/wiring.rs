@@ -10,16 +10,16 @@ use super::function_json::{self, FunctionSpec};
 use super::local::{LocalHost, LocalQueuePort};
 use crate::app::events::EventSink;
 use crate::app::evidence::Evidence;
-use crate::domain::evidence::provenance::BuildPlatform;
-use crate::providers::evidence_files::EvidenceFiles;
-use crate::providers::local::signing::LocalSigner;
-use crate::providers::vuln_feed::FileFeed;
 use crate::app::{App, PipelineSet};
 use crate::config::{Env, ProviderKind, Settings, StoreSettings};
 use crate::domain::build::Tuning;
-use crate::ports::Clock;
+use crate::domain::evidence::provenance::BuildPlatform;
+use crate::ports::{Clock, Signer};
 use crate::providers::azure::identity::{token_source, CredentialKind};
+use crate::providers::evidence_files::EvidenceFiles;
+use crate::providers::local::signing::LocalSigner;
 use crate::providers::local::{Faults, KvmMode, LocalConfig, LocalProvider};
+use crate::providers::vuln_feed::FileFeed;
 use crate::store::sqlite::queue::LocalQueue;
 use crate::store::table_store::TableStore;
 use crate::store::{Db, SqliteStore, Store};
@@ -120,7 +120,7 @@ pub async fn local_runtime(
     refuse_lint_errors(&pipelines)?;
     let queue = LocalQueue::new(db.clone());
     let store = open_store(&settings, env, || Ok(db.clone())).await?;
-    let evidence = local_evidence(&settings, env, BuildPlatform::Local)?;
+    let evidence = local_evidence(&settings, env, BuildPlatform::Local, None)?;
     let notify = Arc::new(Notify::new());
     let provider_arc = Arc::new(provider.clone());
     let app = App {
@@ -167,7 +167,20 @@ pub async fn azure_app(
     let metrics = crate::metrics::Metrics::new();
     let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone(), &metrics)?;
     let store = open_store(&settings, env, || open_db(&settings)).await?;
-    let evidence = local_evidence(&settings, env, BuildPlatform::Azure)?;
+    // Provenance is signed in Key Vault when a key is named; otherwise with
+    // a key file in the data folder, which is fine for one machine and
+    // said at start, since on a Function App that folder is a file share.
+    let signer: Option<Arc<dyn Signer>> = match azure.signer().await? {
+        Some(signer) => Some(Arc::new(signer)),
+        None => {
+            tracing::warn!(
+                "provenance is signed with the key file in the data folder; set {} to sign with a Key Vault key",
+                crate::providers::azure::key_vault::KEY_SETTING
+            );
+            None
+        }
+    };
+    let evidence = local_evidence(&settings, env, BuildPlatform::Azure, signer)?;
     let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
         .map_err(|errors| {
             let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -197,12 +210,22 @@ pub async fn azure_app(
     })
 }
 
-/// Evidence kept in the data folder, provenance signed with the data
-/// folder's key (or `KILN_SIGNING_KEY`), the feed `KILN_OSV_FEED` names.
-pub fn local_evidence(settings: &Settings, env: &Env, platform: BuildPlatform) -> anyhow::Result<Evidence> {
+/// Evidence kept in the data folder, provenance signed by `signer` or else
+/// with the data folder's key (or `KILN_SIGNING_KEY`), the feed
+/// `KILN_OSV_FEED` names.
+pub fn local_evidence(
+    settings: &Settings,
+    env: &Env,
+    platform: BuildPlatform,
+    signer: Option<Arc<dyn Signer>>,
+) -> anyhow::Result<Evidence> {
+    let signer = match signer {
+        Some(s) => s,
+        None => Arc::new(LocalSigner::from_env(env, &settings.data_dir)?),
+    };
     Ok(Evidence {
         store: Arc::new(EvidenceFiles::new(&settings.data_dir)),
-        signer: Arc::new(LocalSigner::from_env(env, &settings.data_dir)?),
+        signer,
         trusted: vec![],
         feed: Arc::new(FileFeed::from_settings(
             settings.osv_feed.clone(),

@@ -132,11 +132,18 @@ mod tests {
     async fn the_feed_is_loaded_again_only_when_its_file_changes() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("feed.json");
-        std::fs::write(&file, format!("[{}]", advisory("KILN-TEST-1", "2026-11-01T00:00:00Z"))).unwrap();
+        std::fs::write(
+            &file,
+            format!("[{}]", advisory("KILN-TEST-1", "2026-11-01T00:00:00Z")),
+        )
+        .unwrap();
         let feed = FileFeed::new(Some(file.clone()), None).unwrap();
         let a = feed.current().await.unwrap().unwrap();
         let b = feed.current().await.unwrap().unwrap();
-        assert!(Arc::ptr_eq(&a, &b), "an unchanged file must not be parsed again");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "an unchanged file must not be parsed again"
+        );
         assert_eq!(a.len(), 1);
         std::fs::write(
             &file,
@@ -155,7 +162,12 @@ mod tests {
 
     #[tokio::test]
     async fn no_path_is_no_feed_and_a_missing_path_is_an_error_that_names_it() {
-        assert!(FileFeed::new(None, None).unwrap().current().await.unwrap().is_none());
+        assert!(FileFeed::new(None, None)
+            .unwrap()
+            .current()
+            .await
+            .unwrap()
+            .is_none());
         let e = FileFeed::new(Some("/nonexistent/osv".into()), None)
             .unwrap()
             .current()

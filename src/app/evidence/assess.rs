@@ -55,11 +55,15 @@ pub async fn assess(app: &App, b: &Build) -> Option<Value> {
     let facts = match app.builder.run_facts(&b.template_name()).await {
         Ok(Some(f)) => f,
         Ok(None) => {
-            return Some(json!({"status": "unavailable", "reason": "the provider reports no facts about the image"}))
+            return Some(
+                json!({"status": "unavailable", "reason": "the provider reports no facts about the image"}),
+            )
         }
         Err(e) => {
             tracing::warn!(build = %b.id, error = %e, "run facts unavailable; the version has no evidence");
-            return Some(json!({"status": "unavailable", "reason": format!("the provider's facts: {e}")}));
+            return Some(
+                json!({"status": "unavailable", "reason": format!("the provider's facts: {e}")}),
+            );
         }
     };
     let mut out = Vec::new();
@@ -90,12 +94,20 @@ async fn one_version(
     sbom.normalize();
     let sbom_bytes = spdx::to_spdx_bytes(&sbom);
     let sbom_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&sbom_bytes));
-    if let Err(e) = ev.store.put(def, version, EvidenceFile::Sbom, &sbom_bytes).await {
+    if let Err(e) = ev
+        .store
+        .put(def, version, EvidenceFile::Sbom, &sbom_bytes)
+        .await
+    {
         errors.push(format!("storing the SBOM: {e:#}"));
     }
     if let Some(base) = &facts.base_sbom {
         let bytes = spdx::to_spdx_bytes(base);
-        if let Err(e) = ev.store.put(def, version, EvidenceFile::BaseSbom, &bytes).await {
+        if let Err(e) = ev
+            .store
+            .put(def, version, EvidenceFile::BaseSbom, &bytes)
+            .await
+        {
             errors.push(format!("storing the base SBOM: {e:#}"));
         }
     }
@@ -141,7 +153,11 @@ async fn one_version(
     let statement = image_provenance(&provenance_input(app, b, facts, &sbom_sha));
     let provenance = match crate::ports::sign_statement(ev.signer.as_ref(), &statement).await {
         Ok(envelope) => match serde_json::to_vec_pretty(&envelope) {
-            Ok(bytes) => match ev.store.put(def, version, EvidenceFile::Provenance, &bytes).await {
+            Ok(bytes) => match ev
+                .store
+                .put(def, version, EvidenceFile::Provenance, &bytes)
+                .await
+            {
                 Ok(()) => json!({"signed": true, "keyId": ev.signer.key_id()}),
                 Err(e) => {
                     errors.push(format!("storing the provenance: {e:#}"));
@@ -176,7 +192,11 @@ async fn one_version(
         "errors": errors,
     });
     if let Ok(bytes) = serde_json::to_vec_pretty(&summary) {
-        if let Err(e) = ev.store.put(def, version, EvidenceFile::Summary, &bytes).await {
+        if let Err(e) = ev
+            .store
+            .put(def, version, EvidenceFile::Summary, &bytes)
+            .await
+        {
             tracing::warn!(build = %b.id, error = %e, "cannot store the evidence summary");
         }
     }
@@ -287,7 +307,12 @@ pub(crate) async fn run_gate(
             false,
             blocking
                 .iter()
-                .map(|f| format!("{} ({} {}, {:?})", f.id, f.package, f.installed_version, f.severity))
+                .map(|f| {
+                    format!(
+                        "{} ({} {}, {:?})",
+                        f.id, f.package, f.installed_version, f.severity
+                    )
+                })
                 .collect(),
         ),
     };

@@ -39,7 +39,10 @@ pub async fn json_file(
 ) -> anyhow::Result<Option<Value>> {
     match store.get(def, v, file).await? {
         Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
-            anyhow::anyhow!("{} of {def}/versions/{v} is not JSON: {e}", file.file_name())
+            anyhow::anyhow!(
+                "{} of {def}/versions/{v} is not JSON: {e}",
+                file.file_name()
+            )
         })?)),
         None => Ok(None),
     }
@@ -84,7 +87,11 @@ pub async fn diff_from_base(
 ) -> anyhow::Result<PackageDiff> {
     let base = sbom(store, def, v, EvidenceFile::BaseSbom)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("{def}/versions/{v} has no base SBOM (the provider did not see its source)"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{def}/versions/{v} has no base SBOM (the provider did not see its source)"
+            )
+        })?;
     let new = sbom(store, def, v, EvidenceFile::Sbom)
         .await?
         .ok_or_else(|| anyhow::anyhow!("{def}/versions/{v} has no SBOM"))?;
@@ -128,8 +135,9 @@ pub async fn verify(
         problems: vec![],
     };
     let Some(bytes) = store.get(def, v, EvidenceFile::Provenance).await? else {
-        out.problems
-            .push(format!("{id} has no provenance (built before kiln signed provenance, or not by kiln)"));
+        out.problems.push(format!(
+            "{id} has no provenance (built before kiln signed provenance, or not by kiln)"
+        ));
         return Ok(out);
     };
     let envelope: Envelope = match serde_json::from_slice(&bytes) {
@@ -156,16 +164,28 @@ pub async fn verify(
         )),
         None => out.problems.push(format!("{id} has no stored SBOM")),
     }
-    let pairs: Vec<(&str, &str)> = files.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
     match check_subjects(&statement, &pairs) {
         Ok(()) => {}
-        Err(mismatches) => out.problems.extend(mismatches.iter().map(|m| m.to_string())),
+        Err(mismatches) => out
+            .problems
+            .extend(mismatches.iter().map(|m| m.to_string())),
     }
     out.files = files
         .iter()
         .map(|(n, s)| {
             let bad = out.problems.iter().any(|p| p.starts_with(&format!("{n}:")));
-            (n.clone(), if bad { "differs".to_string() } else { format!("sha256 {s} matches") })
+            (
+                n.clone(),
+                if bad {
+                    "differs".to_string()
+                } else {
+                    format!("sha256 {s} matches")
+                },
+            )
         })
         .collect();
     Ok(out)

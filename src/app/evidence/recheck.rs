@@ -74,7 +74,8 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
     let in_use = match app.inventory.in_use().await {
         Ok(set) => Some(set),
         Err(e) => {
-            out.errors.push(format!("the in-use inventory is unavailable: {e:#}"));
+            out.errors
+                .push(format!("the in-use inventory is unavailable: {e:#}"));
             None
         }
     };
@@ -87,7 +88,8 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
             let versions = match app.gallery.list_versions(&def).await {
                 Ok(v) => v,
                 Err(e) => {
-                    out.errors.push(format!("{def}: cannot list its versions: {e:#}"));
+                    out.errors
+                        .push(format!("{def}: cannot list its versions: {e:#}"));
                     continue;
                 }
             };
@@ -107,7 +109,8 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
                     continue;
                 };
                 let same_feed = before["feedDigest"].as_str() == Some(digest.as_str());
-                let same_policy = serde_json::to_value(&policy).ok().as_ref() == Some(&before["policy"]);
+                let same_policy =
+                    serde_json::to_value(&policy).ok().as_ref() == Some(&before["policy"]);
                 let passed_before = before["verdict"]["verdict"].as_str() == Some("pass");
                 let (passed_now, blocking) = if same_feed && same_policy {
                     out.unchanged += 1;
@@ -123,12 +126,29 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
                     };
                     let mut errors = Vec::new();
                     let run = run_gate(app, &policy, &sbom, &def, version, now, &mut errors).await;
-                    out.errors.extend(errors.into_iter().map(|e| format!("{id}: {e}")));
+                    out.errors
+                        .extend(errors.into_iter().map(|e| format!("{id}: {e}")));
                     out.checked += 1;
-                    (run.passed, run.summary["blocking"].as_array().cloned().unwrap_or_default())
+                    (
+                        run.passed,
+                        run.summary["blocking"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default(),
+                    )
                 };
                 if passed_before && !passed_now {
-                    newly_failing(app, &policy, &gv, &id, blocking, in_use.as_ref(), now, &mut out).await;
+                    newly_failing(
+                        app,
+                        &policy,
+                        &gv,
+                        &id,
+                        blocking,
+                        in_use.as_ref(),
+                        now,
+                        &mut out,
+                    )
+                    .await;
                 } else if passed_now && policy.mode == GateMode::Enforce && gv.exclude_from_latest {
                     promote_held(app, p, &gv, &def, &id, &mut out).await;
                 }
@@ -185,7 +205,8 @@ async fn newly_failing(
         }),
     );
     if let Err(e) = app.events.publish(&ev).await {
-        out.errors.push(format!("{id}: cannot publish its event: {e:#}"));
+        out.errors
+            .push(format!("{id}: cannot publish its event: {e:#}"));
     }
 }
 
@@ -213,7 +234,8 @@ async fn promote_held(
                 json!({"version": id, "reason": "the vulnerability gate passes"}),
             );
             if let Err(e) = app.events.publish(&ev).await {
-                out.errors.push(format!("{id}: cannot publish its event: {e:#}"));
+                out.errors
+                    .push(format!("{id}: cannot publish its event: {e:#}"));
             }
         }
         Err(e) => out.errors.push(format!("{id}: cannot promote it: {e:#}")),
@@ -221,7 +243,12 @@ async fn promote_held(
 }
 
 async fn last_findings(app: &App, def: &str, v: ImageVersion) -> anyhow::Result<Option<Value>> {
-    match app.evidence.store.get(def, v, EvidenceFile::Findings).await? {
+    match app
+        .evidence
+        .store
+        .get(def, v, EvidenceFile::Findings)
+        .await?
+    {
         Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
         None => Ok(None),
     }

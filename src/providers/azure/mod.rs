@@ -185,6 +185,9 @@ pub struct AzureProviders {
     pub catalog: Arc<AzureCatalog>,
     pub inventory: Arc<AzureInventory>,
     pub queue: Arc<ServiceBusQueue>,
+    /// The Key Vault key that signs provenance, with the client for its
+    /// vault: connected (its public key read) by [`AzureProviders::signer`].
+    pub signing: Option<(ArmClient, key_vault::KeyVaultKey)>,
 }
 
 impl AzureProviders {
@@ -225,7 +228,26 @@ impl AzureProviders {
             pause,
         )
         .with_metrics(metrics);
-        Ok(Self::with_clients(&settings, arm, bus, clock))
+        let signing = settings
+            .signing_key
+            .clone()
+            .map(|k| (key_vault::client(&arm, &k), k));
+        let mut providers = Self::with_clients(&settings, arm, bus, clock);
+        providers.signing = signing;
+        Ok(providers)
+    }
+
+    /// The Key Vault signer, its public key read once at start; `None`
+    /// without `KILN_SIGNING_KEY_VAULT_KEY`.
+    pub async fn signer(&self) -> anyhow::Result<Option<key_vault::KeyVaultSigner>> {
+        match &self.signing {
+            Some((client, key)) => Ok(Some(
+                key_vault::KeyVaultSigner::connect(client.clone(), key.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", key_vault::KEY_SETTING))?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Builds the adapters on given clients (other endpoints, other tokens, tests).
@@ -255,6 +277,7 @@ impl AzureProviders {
                 settings.inventory_subscriptions.clone(),
             )),
             queue: Arc::new(ServiceBusQueue::new(bus, clock)),
+            signing: None,
         }
     }
 }

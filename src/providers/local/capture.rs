@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 use super::bases::ResolvedSource;
-use super::reproducible;
 use super::inventory;
-use crate::domain::evidence::facts::{CustomizerFact, Digest, RunFacts};
-use crate::domain::evidence::sbom::PlacedFile;
+use super::reproducible;
 use super::run::{Fail, Provenance, TemplateRun};
 use super::util::{cmp_versions, now, resolve_inside, sha256_file, tree_size, ts};
+use crate::domain::evidence::facts::{CustomizerFact, Digest, RunFacts};
+use crate::domain::evidence::sbom::PlacedFile;
 
 pub(crate) const FS_LABEL: &str = "kiln-root";
 const MIB: u64 = 1 << 20;
@@ -135,10 +135,11 @@ pub(crate) async fn capture(
         .collect();
     let r = root.clone();
     let subject = b.name.clone();
-    let sbom = tokio::task::spawn_blocking(move || inventory::read_sbom(&r, &subject, files, now()))
-        .await
-        .map_err(Fail::internal)?
-        .map_err(|e| Fail::internal(format!("capture: the image's inventory: {e:#}")))?;
+    let sbom =
+        tokio::task::spawn_blocking(move || inventory::read_sbom(&r, &subject, files, now()))
+            .await
+            .map_err(Fail::internal)?
+            .map_err(|e| Fail::internal(format!("capture: the image's inventory: {e:#}")))?;
     let packages: Option<String> = (!sbom.packages.is_empty()).then(|| {
         sbom.packages
             .iter()
@@ -348,7 +349,9 @@ pub(crate) async fn capture(
 
 /// Where a template's run facts are kept.
 pub(crate) fn facts_path(data_dir: &Path, template: &str) -> PathBuf {
-    data_dir.join("facts").join(format!("{}.json", super::util::slug(template)))
+    data_dir
+        .join("facts")
+        .join(format!("{}.json", super::util::slug(template)))
 }
 
 #[cfg(test)]

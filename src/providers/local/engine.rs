@@ -16,7 +16,6 @@
 //! `Provenance`, the host-tool runner) is in `run.rs`; putting files into the
 //! image (File customizer uploads, step scripts) is in `place.rs`.
 
-
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -184,7 +183,9 @@ impl TemplateRun {
         {
             Ok(s) => Some(s),
             Err(e) => {
-                self.log.line(&format!("evidence: the source's inventory cannot be read: {e:#}"));
+                self.log.line(&format!(
+                    "evidence: the source's inventory cannot be read: {e:#}"
+                ));
                 None
             }
         };

@@ -226,7 +226,11 @@ impl ImageBuilder for LocalProvider {
         match std::fs::remove_file(super::capture::facts_path(&self.inner.data_dir, name)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(perr(anyhow::anyhow!("cannot delete the run facts of {name}: {e}"))),
+            Err(e) => {
+                return Err(perr(anyhow::anyhow!(
+                    "cannot delete the run facts of {name}: {e}"
+                )))
+            }
         }
         self.inner
             .records
@@ -242,7 +246,10 @@ impl ImageBuilder for LocalProvider {
                 ProviderError::internal(format!("{} is not run facts: {e}", path.display()))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ProviderError::internal(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => Err(ProviderError::internal(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
         }
     }
 
