@@ -8,8 +8,10 @@
 //! | the inventory, format-neutral | [`sbom`] |
 //! | what a Debian image's files say (dpkg status, DEP-5 copyright, os-release) | [`dpkg`] |
 //! | the SBOM as SPDX 2.3 JSON, and back | [`spdx`] |
+//! | the SBOM as CycloneDX 1.5 JSON | [`cyclonedx`] |
 //! | packages added, removed, upgraded, downgraded between two SBOMs | [`diff`] |
 
+pub mod cyclonedx;
 pub mod diff;
 pub mod dpkg;
 pub mod sbom;
