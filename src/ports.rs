@@ -12,6 +12,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::build::FailureCategory;
+pub use crate::domain::evidence::facts::RunFacts;
+pub use crate::domain::evidence::dsse::PublicKey;
+use crate::domain::evidence::dsse::{pae, Envelope, IN_TOTO_PAYLOAD_TYPE};
+use crate::domain::evidence::provenance::Statement;
 pub use crate::domain::gallery::{GalleryVersion, InUseSet, RegionReplication};
 use crate::domain::pipeline::FieldError;
 pub use crate::domain::run::{
@@ -74,6 +78,12 @@ pub trait ImageBuilder: Send + Sync {
         offset: u64,
     ) -> Result<Option<Vec<u8>>, ProviderError> {
         let _ = (name, offset);
+        Ok(None)
+    }
+    /// What the provider saw of a succeeded run's image, for its evidence
+    /// (SBOM, disks, inputs); `None` when this provider cannot tell.
+    async fn run_facts(&self, name: &str) -> Result<Option<RunFacts>, ProviderError> {
+        let _ = name;
         Ok(None)
     }
 }
@@ -156,6 +166,88 @@ pub struct OutgoingMessage {
 #[async_trait]
 pub trait Queue: Send + Sync {
     async fn send(&self, queue: &str, message: OutgoingMessage) -> anyhow::Result<()>;
+}
+
+/// One piece of a gallery version's evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EvidenceFile {
+    /// The image's SBOM, SPDX 2.3 JSON.
+    Sbom,
+    /// The source image's SBOM before customizing, SPDX 2.3 JSON.
+    BaseSbom,
+    /// The signed in-toto statement, a DSSE envelope.
+    Provenance,
+    /// The vulnerability gate's last findings and verdict.
+    Findings,
+    /// What the build's completion event said: diff and gate in short.
+    Summary,
+}
+
+impl EvidenceFile {
+    pub const ALL: [EvidenceFile; 5] = [
+        EvidenceFile::Sbom,
+        EvidenceFile::BaseSbom,
+        EvidenceFile::Provenance,
+        EvidenceFile::Findings,
+        EvidenceFile::Summary,
+    ];
+
+    pub fn file_name(self) -> &'static str {
+        match self {
+            EvidenceFile::Sbom => "sbom.spdx.json",
+            EvidenceFile::BaseSbom => "base.spdx.json",
+            EvidenceFile::Provenance => "provenance.dsse.json",
+            EvidenceFile::Findings => "findings.json",
+            EvidenceFile::Summary => "summary.json",
+        }
+    }
+}
+
+/// Where a gallery version's evidence is kept: beside the data folder
+/// locally, in a blob container in Azure (a gallery version has room for
+/// tags only). Writes replace whole files atomically.
+#[async_trait]
+pub trait EvidenceStore: Send + Sync {
+    async fn put(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+        file: EvidenceFile,
+        bytes: &[u8],
+    ) -> anyhow::Result<()>;
+    async fn get(
+        &self,
+        definition_id: &str,
+        version: ImageVersion,
+        file: EvidenceFile,
+    ) -> anyhow::Result<Option<Vec<u8>>>;
+    /// The versions of a definition that have any evidence.
+    async fn versions(&self, definition_id: &str) -> anyhow::Result<Vec<ImageVersion>>;
+    /// Every definition with evidence, for the re-check after publish.
+    async fn definitions(&self) -> anyhow::Result<Vec<String>>;
+}
+
+/// What a feed refresh did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedRefresh {
+    /// No URL is configured: the feed is a file someone else keeps.
+    NotConfigured,
+    Refreshed { advisories: usize },
+    NotModified,
+    /// The old feed stays; the reason says why the new one did not come.
+    Failed(String),
+}
+
+/// A vulnerability feed in OSV's format.
+#[async_trait]
+pub trait VulnerabilityFeed: Send + Sync {
+    /// The feed as it is on disk now (loaded again only when it changed);
+    /// `None` when no feed is configured.
+    async fn current(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::domain::evidence::osv::Feed>>>;
+    /// Fetches a newer copy from its URL, when one is configured.
+    async fn refresh(&self) -> FeedRefresh;
 }
 
 /// Time, as a port, so the local host's tests can drive it across a month.
@@ -269,6 +361,49 @@ impl Clock for ScaledClock {
     fn now(&self) -> DateTime<Utc> {
         self.at(Utc::now())
     }
+}
+
+/// Signs provenance: the local key file, or a Key Vault key.
+#[async_trait]
+pub trait Signer: Send + Sync {
+    /// [`PublicKey::key_id`] of [`Signer::public_key`]: the DSSE `keyid`.
+    fn key_id(&self) -> &str;
+    fn public_key(&self) -> PublicKey;
+    /// The signature of `message` (the DSSE PAE): 64 bytes for Ed25519,
+    /// and r‖s for ECDSA P-256 over SHA-256 of `message`.
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ProviderError>;
+}
+
+/// The statement in a DSSE envelope signed by `signer`. The signature is
+/// checked against the signer's own public key before it is handed back,
+/// so a key that signs with something other than what it claims (a Key
+/// Vault key rotated under its id, a wrong algorithm) fails here and not
+/// at `kiln verify`.
+pub async fn sign_statement(
+    signer: &dyn Signer,
+    statement: &Statement,
+) -> Result<Envelope, ProviderError> {
+    let payload = serde_json::to_vec(statement).map_err(ProviderError::internal)?;
+    let message = pae(IN_TOTO_PAYLOAD_TYPE, &payload);
+    let signature = signer.sign(&message).await?;
+    signer
+        .public_key()
+        .verify(&message, &signature)
+        .map_err(|e| {
+            ProviderError::new(
+                FailureCategory::Internal,
+                format!(
+                    "the signature from key {} does not verify with its public key: {e}",
+                    signer.key_id()
+                ),
+            )
+        })?;
+    Ok(Envelope::new(
+        IN_TOTO_PAYLOAD_TYPE,
+        &payload,
+        signer.key_id(),
+        &signature,
+    ))
 }
 
 #[cfg(test)]

@@ -311,3 +311,68 @@ async fn a_bootable_debian_image_passes_its_boot_test_and_runs_as_a_vm() {
     assert!(!failed.passed);
     assert!(failed.output.contains("failing"));
 }
+
+/// Two builds of the same steps on the same base give byte-identical disks
+/// (clamped times, a UUID from the inputs, fixed change times); a step that
+/// writes the time makes them differ, as it must.
+#[tokio::test]
+async fn the_same_steps_on_the_same_base_give_the_same_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path());
+    p.import_base("kiln:busybox:repro", "2024.1.0", BaseFrom::Busybox)
+        .await
+        .unwrap();
+    let steps = json!([{"type": "Shell", "name": "fixed", "inline": [
+        "mkdir -p /opt/app && echo 'version 1' > /opt/app/VERSION",
+        "ln -s /opt/app/VERSION /etc/app-version"
+    ]}]);
+    let disks = |v: &Value| {
+        (
+            v["artifacts"]["disk.img"]["sha256"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            v["artifacts"]["disk.qcow2"]["sha256"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    let mut seen = Vec::new();
+    for (name, version, steps) in [
+        ("kiln-repro-a", "1.0.0", steps.clone()),
+        ("kiln-repro-b", "1.0.1", steps.clone()),
+        (
+            "kiln-repro-c",
+            "1.0.2",
+            json!([{"type": "Shell", "name": "fixed", "inline": [
+                "mkdir -p /opt/app && echo 'version 1' > /opt/app/VERSION",
+                "ln -s /opt/app/VERSION /etc/app-version",
+                "date +%s%N > /etc/built-at"
+            ]}]),
+        ),
+    ] {
+        let body = template(("kiln", "busybox", "repro"), "repro", version, steps);
+        let s = run_to_end(&p, name, &body, Duration::from_secs(120)).await;
+        assert_eq!(s.run_state, RunState::Succeeded, "{}", s.message);
+        let id = p.run_outputs(name).await.unwrap()[0]
+            .artifact_id
+            .clone()
+            .unwrap();
+        let m = p
+            .gallery_version(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .manifest
+            .unwrap();
+        seen.push(disks(&m));
+        // Builds a second apart: the clock must not reach the disk.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(seen[0], seen[1], "the same steps gave different disks");
+    assert_ne!(
+        seen[0].0, seen[2].0,
+        "a step writing the time must change the disk"
+    );
+}

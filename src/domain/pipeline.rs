@@ -3,7 +3,7 @@
 //! ```json
 //! { "location": "…", "identity": {…}, "tags": {…}, "properties": {…},
 //!   "kiln": { "triggers": {…}, "versioning": {…}, "retention": {…},
-//!             "promotion": {…}, "build": {…} } }
+//!             "promotion": {…}, "build": {…}, "gate": {…} } }
 //! ```
 //!
 //! A user pastes the template they already deploy and adds `kiln`. Unknown
@@ -25,6 +25,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::evidence::gate::GatePolicy;
 use super::retention::RetentionPolicy;
 // The schedule types live with the schedule; pipeline files name them here too.
 pub use super::schedule::{Blackout, PatchTuesdaySpec, ScheduleSpec};
@@ -68,6 +69,9 @@ pub struct KilnSection {
     /// Deliberate exceptions to the secret scan (`secrets.rs`), each with its reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_secrets: Vec<AllowSecret>,
+    /// The vulnerability gate on each new version; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GatePolicy>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -12,6 +12,7 @@
 //! |---|---|
 //! | [`arm`] | ARM surfaces: Image Builder, Compute Gallery, marketplace, Resource Graph, the staging storage and its `customization.log` |
 //! | [`bus`] | Service Bus REST: send with scheduled delivery, peek-lock receive |
+//! | [`key_vault`] | Key Vault keys: get a P-256 key, sign ES256 |
 //! | [`faults`] | scripted transport faults and the request log, as a layer over every route |
 //! | [`server`] | [`server::Sim`]: one listener for all of it, plus the `/_sim` control API |
 //! | [`functions_host`] | the Functions host: queue triggers by peek-lock, timers in sim time, Event Grid, HTTP forwarding |
@@ -21,4 +22,5 @@ pub mod bus;
 pub mod factory;
 pub mod faults;
 pub mod functions_host;
+pub mod key_vault;
 pub mod server;

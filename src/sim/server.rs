@@ -4,6 +4,7 @@
 //! |---|---|
 //! | ARM paths, `/blob/…`, `/_sim/arm/…` | [`super::arm::router`] |
 //! | `/servicebus/{queue}/…` | [`super::bus::routes`]: the namespace's base URL is `{url}/servicebus` |
+//! | `/keyvault/keys/…` | [`super::key_vault`]: the vault's base URL is `{url}/keyvault`, one P-256 key |
 //! | `/_sim/requests`, `/_sim/faults` | [`super::faults::control_router`] |
 //! | `/_sim/clock` | the sim's time and its `KILN_CLOCK` setting |
 //! | `/_sim/bus/{queue}` | the messages of a queue (or `{queue}/$DeadLetterQueue`) as they stand |
@@ -25,6 +26,7 @@ use serde_json::json;
 use super::arm::{self, ArmSimOptions, ArmWorld};
 use super::bus::{self, Bus, QueueConfig};
 use super::faults::{self, Connection, FaultRule, RecordedRequest, SimListener, Transport};
+use super::key_vault::{self, KeyVault, KEY_VAULT_PREFIX};
 use crate::ports::{Clock, ScaledClock};
 
 /// Where Service Bus lives under the sim's URL.
@@ -122,11 +124,13 @@ impl Sim {
         );
         let bus = Arc::new(Bus::new(clock, &queues));
         let transport = Transport::new(clock);
+        let vault = Arc::new(KeyVault::new(&format!("{url}{KEY_VAULT_PREFIX}")));
         let router = arm::router(world.clone())
             .nest(
                 SERVICE_BUS_PREFIX,
                 bus::routes::router(bus.clone(), &format!("{url}{SERVICE_BUS_PREFIX}")),
             )
+            .nest(KEY_VAULT_PREFIX, key_vault::router(vault.clone()))
             .merge(faults::control_router(transport.clone()))
             .merge(control_router(clock, bus.clone()))
             .layer(axum::middleware::from_fn_with_state(
@@ -154,6 +158,7 @@ impl Sim {
             bus,
             transport,
             arm: world,
+            vault,
             options,
             stop: Some(stop),
             task: Some(task),
@@ -189,6 +194,7 @@ pub struct SimHandle {
     bus: Arc<Bus>,
     transport: Arc<Transport>,
     arm: Arc<ArmWorld>,
+    vault: Arc<KeyVault>,
     options: SimOptions,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -217,6 +223,11 @@ impl SimHandle {
         &self.arm
     }
 
+    /// The simulated Key Vault and its one signing key.
+    pub fn key_vault(&self) -> &Arc<KeyVault> {
+        &self.vault
+    }
+
     pub fn options(&self) -> &SimOptions {
         &self.options
     }
@@ -243,6 +254,10 @@ impl SimHandle {
             ("KILN_AZURE_MANAGEMENT_URL", self.url.clone()),
             ("KILN_AZURE_SERVICE_BUS_URL", self.service_bus_url()),
             ("KILN_AZURE_CREDENTIAL", "sim".to_string()),
+            (
+                crate::providers::azure::key_vault::KEY_SETTING,
+                self.vault.key_id(),
+            ),
             ("KILN_CLOCK", self.clock.to_setting()),
             ("AZURE_SUBSCRIPTION_ID", o.subscription_id.clone()),
             ("KILN_AZURE_RESOURCE_GROUP", o.resource_group.clone()),

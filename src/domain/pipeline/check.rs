@@ -1,9 +1,11 @@
 //! The checks of a pipeline file that serde cannot express: the template's
 //! identity, staging resource group, customizers and distribution targets,
-//! a misplaced `kiln` section, and the `kiln` settings' ranges.
+//! a misplaced `kiln` section, the `kiln` settings' ranges, and the gate's
+//! accepted findings.
 
 use super::read;
 use super::{field, FieldError, KilnSection, KILN_KEY};
+use crate::domain::evidence::gate::GatePolicy;
 use crate::domain::template::{Customizer, Distributor, GalleryImageRef, Identity, IdentityType};
 
 /// Why a fixed `stagingResourceGroup` cannot work with kiln. Deriving one per
@@ -175,6 +177,41 @@ pub(super) fn check_kiln(k: &KilnSection) -> Vec<FieldError> {
     }
     if k.build.max_concurrent == 0 {
         errors.push(field("kiln.build.maxConcurrent", "expected at least 1"));
+    }
+    if let Some(gate) = &k.gate {
+        errors.extend(check_gate(gate));
+    }
+    errors
+}
+
+/// An accepted finding needs an advisory id and a reason a reviewer can
+/// read; serde sees only that the strings are there. (A malformed `until`
+/// is reported by its deserializer, with the path.)
+fn check_gate(gate: &GatePolicy) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, entry) in gate.ignore.iter().enumerate() {
+        let at = format!("kiln.gate.ignore[{i}]");
+        if entry.id.trim().is_empty() {
+            errors.push(field(
+                format!("{at}.id"),
+                "expected the advisory id or CVE id the entry accepts (`DSA-5587-1`, `CVE-2024-2398`)",
+            ));
+        } else if !seen.insert(entry.id.trim()) {
+            errors.push(field(
+                format!("{at}.id"),
+                format!(
+                    "`{}` is listed twice; keep one entry with one reason and date",
+                    entry.id
+                ),
+            ));
+        }
+        if entry.reason.trim().is_empty() {
+            errors.push(field(
+                format!("{at}.reason"),
+                "expected why the finding is accepted (a ticket, or why it does not apply to this image)",
+            ));
+        }
     }
     errors
 }

@@ -258,10 +258,11 @@ impl Reader {
                 "promotion" => set(&mut k.promotion, self.value(v, &at)),
                 "build" => set(&mut k.build, self.value(v, &at)),
                 "allowSecrets" => set(&mut k.allow_secrets, self.value(v, &at)),
+                "gate" => set(&mut k.gate, self.value(v, &at)),
                 // Unknown kiln keys are errors: a typo must not silently disable a safety setting.
                 other => self.errors.push(field(
                     at,
-                    format!("unknown field `{other}`, expected one of `description`, `triggers`, `versioning`, `retention`, `promotion`, `build`, `allowSecrets`"),
+                    format!("unknown field `{other}`, expected one of `description`, `triggers`, `versioning`, `retention`, `promotion`, `build`, `allowSecrets`, `gate`"),
                 )),
             }
         }

@@ -278,3 +278,74 @@ fn malformed_json_reports_line_and_column() {
     let errs = Pipeline::parse("tiny", "{\n  \"location\": ,\n}").unwrap_err();
     assert!(errs[0].path.starts_with("line 2"), "{}", errs[0].path);
 }
+
+fn with_gate(gate: &str) -> String {
+    TINY.replace(
+        r#""versioning""#,
+        &format!(r#""gate": {gate}, "versioning""#),
+    )
+}
+
+#[test]
+fn a_gate_is_read_with_its_defaults_and_absent_means_none() {
+    let p = Pipeline::parse(
+        "tiny",
+        &with_gate(r#"{"mode": "enforce", "maxSeverity": "high"}"#),
+    )
+    .unwrap();
+    let gate = p.kiln.gate.unwrap();
+    assert_eq!(gate.mode, crate::domain::evidence::gate::GateMode::Enforce);
+    assert_eq!(
+        gate.max_severity,
+        crate::domain::evidence::gate::Level::High
+    );
+    assert!(gate.require_fix);
+    assert!(Pipeline::parse("tiny", TINY).unwrap().kiln.gate.is_none());
+}
+
+#[test]
+fn gate_errors_name_the_field_and_what_was_expected() {
+    let cases = [
+        (r#"{"maxSeverity": "high"}"#, "kiln.gate", "mode"),
+        (
+            r#"{"mode": "enforce", "maxSeverty": "high"}"#,
+            "kiln.gate.maxSeverty",
+            "unknown field",
+        ),
+        (
+            r#"{"mode": "enforce", "maxSeverity": "severe"}"#,
+            "kiln.gate.maxSeverity",
+            "low",
+        ),
+        (
+            r#"{"mode": "enforce", "ignore": [{"id": "CVE-2099-0001"}]}"#,
+            "kiln.gate.ignore[0]",
+            "reason",
+        ),
+        (
+            r#"{"mode": "enforce", "ignore": [{"id": "CVE-2099-0001", "reason": "  "}]}"#,
+            "kiln.gate.ignore[0].reason",
+            "why",
+        ),
+        (
+            r#"{"mode": "enforce", "ignore": [{"id": "CVE-2099-0001", "reason": "r", "until": "31.01.2027"}]}"#,
+            "kiln.gate.ignore[0].until",
+            "YYYY-MM-DD",
+        ),
+        (
+            r#"{"mode": "enforce", "ignore": [{"id": "CVE-2099-0001", "reason": "r"}, {"id": "CVE-2099-0001", "reason": "s"}]}"#,
+            "kiln.gate.ignore[1].id",
+            "twice",
+        ),
+    ];
+    for (gate, path, says) in cases {
+        let errs = Pipeline::parse("tiny", &with_gate(gate)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{gate}: {errs:?}");
+        assert_eq!(errs[0].path, path, "{gate}: {errs:?}");
+        assert!(
+            errs[0].message.contains(says),
+            "{gate}: {}",
+            errs[0].message
+        );
+    }
+}

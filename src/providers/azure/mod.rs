@@ -8,12 +8,14 @@
 //! | [`marketplace`] | marketplace image versions 2024-11-01 (+ gallery for gallery sources) | [`BaseCatalog`](crate::ports::BaseCatalog) |
 //! | [`resource_graph`] | Resource Graph 2024-04-01 | [`Inventory`](crate::ports::Inventory) |
 //! | [`service_bus`] | Service Bus REST send | [`Queue`](crate::ports::Queue) |
+//! | [`key_vault`] | Key Vault keys 7.4: sign (ES256), get key | [`Signer`](crate::ports::Signer) |
 
 pub mod arm;
 pub mod error;
 pub mod gallery;
 pub mod identity;
 pub mod image_builder;
+pub mod key_vault;
 pub mod limits;
 pub mod marketplace;
 pub mod preflight;
@@ -58,6 +60,8 @@ pub struct AzureSettings {
     /// `KILN_AZURE_INVENTORY_SUBSCRIPTIONS`: comma-separated subscriptions in which
     /// consumers are looked for; absent means every subscription the identity can read.
     pub inventory_subscriptions: Vec<String>,
+    /// `KILN_SIGNING_KEY_VAULT_KEY`: the Key Vault key (id with version) that signs provenance.
+    pub signing_key: Option<key_vault::KeyVaultKey>,
 }
 
 fn get<'a>(env: &'a Env, key: &str) -> Option<&'a str> {
@@ -115,12 +119,22 @@ impl AzureSettings {
         };
         let management_url = url("KILN_AZURE_MANAGEMENT_URL", arm::MANAGEMENT_URL.to_string())?;
         let service_bus_url = url("KILN_AZURE_SERVICE_BUS_URL", format!("https://{namespace}"))?;
+        let signing_key = get(env, key_vault::KEY_SETTING)
+            .map(|k| {
+                key_vault::KeyVaultKey::parse(k)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", key_vault::KEY_SETTING))
+            })
+            .transpose()?;
+        let vault_url = signing_key.as_ref().map(|k| k.vault_url.clone());
+        let endpoints = [
+            ("KILN_AZURE_MANAGEMENT_URL", Some(&management_url)),
+            ("KILN_AZURE_SERVICE_BUS_URL", Some(&service_bus_url)),
+            (key_vault::KEY_SETTING, vault_url.as_ref()),
+        ];
+        let endpoints = endpoints.iter().filter_map(|(key, u)| u.map(|u| (*key, u)));
         if credential == CredentialKind::Sim {
             // The fixed token must never reach Azure, nor any other machine.
-            for (key, u) in [
-                ("KILN_AZURE_MANAGEMENT_URL", &management_url),
-                ("KILN_AZURE_SERVICE_BUS_URL", &service_bus_url),
-            ] {
+            for (key, u) in endpoints {
                 if !is_loopback_http(u) {
                     bail!("KILN_AZURE_CREDENTIAL: `sim` works only against the simulator; {key} must be http://127.0.0.1… or http://localhost…, got `{u}`");
                 }
@@ -131,10 +145,7 @@ impl AzureSettings {
             if get(env, "KILN_CLOCK").is_some() {
                 bail!("KILN_CLOCK: a scaled clock is for the simulator only (KILN_AZURE_CREDENTIAL=sim); unset it to run against Azure");
             }
-            for (key, u) in [
-                ("KILN_AZURE_MANAGEMENT_URL", &management_url),
-                ("KILN_AZURE_SERVICE_BUS_URL", &service_bus_url),
-            ] {
+            for (key, u) in endpoints {
                 if !(u.starts_with("https://") || is_loopback_http(u)) {
                     bail!(
                         "{key}: expected an https:// URL (plain http only on loopback), got `{u}`"
@@ -161,6 +172,7 @@ impl AzureSettings {
             management_url,
             service_bus_url,
             inventory_subscriptions,
+            signing_key,
         })
     }
 }
@@ -419,6 +431,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("KILN_AZURE_MANAGEMENT_URL"), "{e}");
+    }
+
+    #[test]
+    fn the_signing_key_is_a_key_vault_key_id_with_its_version() {
+        let key =
+            "https://kv-kiln.vault.azure.net/keys/kiln-provenance/0123456789abcdef0123456789abcdef";
+        let s = AzureSettings::from_env(&env(&full())).unwrap();
+        assert_eq!(s.signing_key, None);
+        let mut pairs = full();
+        pairs.push(("KILN_SIGNING_KEY_VAULT_KEY", key));
+        let s = AzureSettings::from_env(&env(&pairs)).unwrap();
+        assert_eq!(s.signing_key.unwrap().id(), key);
+        for bad in [
+            "kiln-provenance",
+            "https://kv-kiln.vault.azure.net/keys/kiln-provenance",
+            "http://kv-kiln.vault.azure.net/keys/kiln-provenance/0123",
+        ] {
+            let mut pairs = full();
+            pairs.push(("KILN_SIGNING_KEY_VAULT_KEY", bad));
+            let e = AzureSettings::from_env(&env(&pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("KILN_SIGNING_KEY_VAULT_KEY: ") && !e.contains('\n'),
+                "{bad}: {e}"
+            );
+        }
+        // With the sim's fixed token, the vault must be on this machine too.
+        let mut pairs = full();
+        pairs.push(("KILN_AZURE_CREDENTIAL", "sim"));
+        pairs.push(("KILN_AZURE_MANAGEMENT_URL", "http://127.0.0.1:4100"));
+        pairs.push((
+            "KILN_AZURE_SERVICE_BUS_URL",
+            "http://127.0.0.1:4100/servicebus",
+        ));
+        let mut on_sim = pairs.clone();
+        on_sim.push((
+            "KILN_SIGNING_KEY_VAULT_KEY",
+            "http://127.0.0.1:4100/keyvault/keys/kiln-provenance/abc123",
+        ));
+        let s = AzureSettings::from_env(&env(&on_sim)).unwrap();
+        assert_eq!(
+            s.signing_key.unwrap().vault_url,
+            "http://127.0.0.1:4100/keyvault"
+        );
+        pairs.push(("KILN_SIGNING_KEY_VAULT_KEY", key));
+        let e = AzureSettings::from_env(&env(&pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("KILN_AZURE_CREDENTIAL: `sim`")
+                && e.contains("KILN_SIGNING_KEY_VAULT_KEY"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -252,6 +252,9 @@ pub(crate) struct ResolvedSource {
     pub exact: String,
     /// For the manifest: type and name of the line.
     pub describe: serde_json::Value,
+    /// When that exact version was made (imported, published): the
+    /// reproducible build's `SOURCE_DATE_EPOCH` (see `reproducible.rs`).
+    pub made_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +312,7 @@ pub(crate) fn resolve(records: &Records, source: &Source) -> anyhow::Result<Reso
                 from: SourceData::Root(PathBuf::from(&row.path)),
                 exact: row.version.clone(),
                 describe: serde_json::json!({"type": "PlatformImage", "urn": urn, "version": version, "exactVersion": row.version}),
+                made_at: parse_ts(&row.imported_at),
             })
         }
         Source::SharedImageVersion {
@@ -338,6 +342,7 @@ pub(crate) fn resolve(records: &Records, source: &Source) -> anyhow::Result<Reso
                 from: SourceData::Disk(Path::new(&row.path).join("disk.qcow2")),
                 exact: row.id(),
                 describe: serde_json::json!({"type": "SharedImageVersion", "imageVersionId": image_version_id, "exactVersion": row.id()}),
+                made_at: row.published_at.as_deref().and_then(parse_ts),
             })
         }
         Source::ManagedImage { image_id } => {
@@ -348,6 +353,7 @@ pub(crate) fn resolve(records: &Records, source: &Source) -> anyhow::Result<Reso
                 from: SourceData::Disk(Path::new(&row.path).join("disk.qcow2")),
                 exact: row.id.clone(),
                 describe: serde_json::json!({"type": "ManagedImage", "imageId": image_id, "folder": slug(&row.id)}),
+                made_at: parse_ts(&row.created_at),
             })
         }
     }

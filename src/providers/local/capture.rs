@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::process::Command;
 
 use super::bases::ResolvedSource;
+use super::reproducible;
 use super::run::{Fail, Provenance, TemplateRun};
 use super::util::{cmp_versions, now, resolve_inside, sha256_file, tree_size, ts};
 
@@ -127,6 +128,17 @@ pub(crate) async fn capture(
         content.div_ceil(MIB),
         size / MIB
     ));
+    // Reproducible capture (see reproducible.rs): clamped times, a UUID
+    // and hash seed from the inputs, fixed superblock and change times.
+    let epoch = reproducible::source_date_epoch(source.made_at);
+    // From what went into the image, not the template body: that carries
+    // the build's id in its tags, different on every build.
+    let steps = serde_json::to_vec(&prov.customizers).map_err(Fail::internal)?;
+    let fs_uuid = reproducible::filesystem_uuid(&super::util::sha256_hex(&steps), &source.exact);
+    let r = root.clone();
+    let paths = tokio::task::spawn_blocking(move || reproducible::clamp_times(&r, epoch))
+        .await
+        .map_err(Fail::internal)??;
     let mut mkfs = Command::new("mkfs.ext4");
     mkfs.arg("-q")
         .arg("-F")
@@ -134,9 +146,55 @@ pub(crate) async fn capture(
         .arg(&root)
         .arg("-L")
         .arg(FS_LABEL)
+        .arg("-U")
+        .arg(&fs_uuid)
+        .arg("-E")
+        .arg(format!("hash_seed={fs_uuid}"))
         .arg(&img)
-        .arg(format!("{}M", size / MIB));
+        .arg(format!("{}M", size / MIB))
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string());
     b.tool("mkfs.ext4", mkfs).await?;
+    let (script, unquotable) = reproducible::ctime_script(&paths, epoch);
+    let script_file = dir.join("ctimes.debugfs");
+    std::fs::write(&script_file, script)?;
+    // debugfs echoes every command on stdout (thousands of lines, not for
+    // the build log) and reports a failed one on stderr with exit code 0.
+    let mut debugfs = Command::new("debugfs");
+    debugfs
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_file)
+        .arg(&img)
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout_at(b.deadline, debugfs.output())
+        .await
+        .map_err(|_| b.build_timeout_fail("setting change times"))?
+        .map_err(|e| Fail::internal(format!("cannot run debugfs: {e}")))?;
+    let _ = std::fs::remove_file(&script_file);
+    let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if !out.status.success() {
+        return Err(Fail::internal(format!(
+            "debugfs exited with {}: {}",
+            out.status,
+            complaints.join(" | ")
+        )));
+    }
+    if !unquotable.is_empty() || !complaints.is_empty() {
+        b.log.line(&format!(
+            "capture: {} paths keep their change time ({}), so the disk may not reproduce",
+            unquotable.len() + complaints.len(),
+            complaints
+                .first()
+                .map_or("debugfs cannot quote their names", String::as_str)
+        ));
+    }
     let mut convert = Command::new("qemu-img");
     convert
         .arg("convert")
@@ -196,7 +254,8 @@ pub(crate) async fn capture(
         "validators": prov.validators,
         "faultsInjected": prov.faults,
         "generalized": prov.generalized,
-        "filesystem": {"type": "ext4", "label": FS_LABEL, "sizeBytes": size, "contentBytes": content},
+        "filesystem": {"type": "ext4", "label": FS_LABEL, "uuid": fs_uuid, "sizeBytes": size, "contentBytes": content},
+        "sourceDateEpoch": epoch,
         "artifacts": {
             "disk.img": {"format": "raw", "sha256": img_sha, "sizeBytes": size},
             "disk.qcow2": {"format": "qcow2", "sha256": qcow2_sha, "sizeBytes": qcow2_size},

@@ -32,6 +32,10 @@ pub(crate) fn generalize(root: &Path) -> io::Result<Vec<String>> {
     )?;
     remove_matching(root, "/var/cache/apt/archives/partial", |_| true, &mut done)?;
     remove_matching(root, "/var/lib/apt/lists", |n| n != "lock", &mut done)?;
+    // ldconfig's cache of library inodes and change times: different on
+    // every build (a reproducible disk must not carry it); ldconfig
+    // rebuilds it when it next runs.
+    remove_file(root, "/var/cache/ldconfig/aux-cache", &mut done)?;
     // Logs: rotated ones go, live ones are emptied.
     clean_logs(root, "/var/log", &mut done)?;
     // Shell history of root and every user.
