@@ -105,7 +105,11 @@ pub async fn diff(from: &str, to: Option<&str>, json: bool) -> anyhow::Result<Ex
 
 /// The public keys `kiln verify` trusts: `--key` files, else the data
 /// folder's signing key's public half (`KILN_SIGNING_KEY`'s, when set).
-fn trusted_keys(keys: &[PathBuf], env: &crate::config::Env, data_dir: &Path) -> anyhow::Result<Vec<PublicKey>> {
+fn trusted_keys(
+    keys: &[PathBuf],
+    env: &crate::config::Env,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<PublicKey>> {
     let paths: Vec<PathBuf> = if keys.is_empty() {
         let private = env
             .get(KEY_SETTING)
@@ -119,8 +123,12 @@ fn trusted_keys(keys: &[PathBuf], env: &crate::config::Env, data_dir: &Path) -> 
     paths
         .iter()
         .map(|p| {
-            let pem = std::fs::read_to_string(p)
-                .with_context(|| format!("Cannot read the public key {} (pass one with --key)", p.display()))?;
+            let pem = std::fs::read_to_string(p).with_context(|| {
+                format!(
+                    "Cannot read the public key {} (pass one with --key)",
+                    p.display()
+                )
+            })?;
             PublicKey::from_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
         })
         .collect()
@@ -154,7 +162,14 @@ pub async fn verify(version_id: &str, keys: &[PathBuf], json: bool) -> anyhow::R
         for p in &report.problems {
             println!("FAILED: {p}");
         }
-        println!("{}", if report.ok() { "verified" } else { "NOT verified" });
+        println!(
+            "{}",
+            if report.ok() {
+                "verified"
+            } else {
+                "NOT verified"
+            }
+        );
     }
     Ok(if report.ok() { Exit::Ok } else { Exit::Error })
 }
@@ -162,7 +177,8 @@ pub async fn verify(version_id: &str, keys: &[PathBuf], json: bool) -> anyhow::R
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest;
     use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("Cannot read {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("Cannot read {}", path.display()))?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -39,9 +39,8 @@ fn param(q: &[(String, String)], name: &str) -> Option<String> {
 }
 
 fn version_param(q: &[(String, String)], name: &str) -> Result<(String, ImageVersion), ApiError> {
-    let v = param(q, name).ok_or_else(|| {
-        ApiError::parameter(name, "a gallery image version id", "")
-    })?;
+    let v = param(q, name)
+        .ok_or_else(|| ApiError::parameter(name, "a gallery image version id", ""))?;
     read::parse_version_id(&v).map_err(|e| {
         let mut err = ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
@@ -115,9 +114,15 @@ pub async fn diff(State(app): State<App>, Query(q): Query<Vec<(String, String)>>
         Some(_) => {
             let (from_def, from_v) = version_param(&q, "from")?;
             let label = format!("{from_def}/versions/{from_v}");
-            (label, read::diff_versions(store, (&from_def, from_v), (&to_def, to_v)).await)
+            (
+                label,
+                read::diff_versions(store, (&from_def, from_v), (&to_def, to_v)).await,
+            )
         }
-        None => ("base".to_string(), read::diff_from_base(store, &to_def, to_v).await),
+        None => (
+            "base".to_string(),
+            read::diff_from_base(store, &to_def, to_v).await,
+        ),
     };
     match result {
         Ok(d) => {
@@ -144,9 +149,19 @@ pub async fn diff(State(app): State<App>, Query(q): Query<Vec<(String, String)>>
         (status = 400, description = "`version` is not a version id (`invalid_parameter`)", body = ErrorBody),
         (status = 404, description = "No provenance for it (`evidence_not_found`)", body = ErrorBody),
     ))]
-pub async fn provenance(State(app): State<App>, Query(q): Query<Vec<(String, String)>>) -> ApiResult {
+pub async fn provenance(
+    State(app): State<App>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> ApiResult {
     let (def, v) = version_param(&q, "version")?;
-    match read::json_file(app.evidence.store.as_ref(), &def, v, EvidenceFile::Provenance).await? {
+    match read::json_file(
+        app.evidence.store.as_ref(),
+        &def,
+        v,
+        EvidenceFile::Provenance,
+    )
+    .await?
+    {
         Some(doc) => Ok(Json(doc).into_response()),
         None => Err(missing("provenance", &format!("{def}/versions/{v}"))),
     }
