@@ -238,6 +238,47 @@ async fn a_debian_base_gets_packages_from_the_mirror_inside_the_sandbox() {
         m["packages"]["count"].as_u64().unwrap() as usize,
         packages.lines().count()
     );
+    // Its SBOM, read from the captured root: jq with its version and
+    // license, and the base's SBOM before the step ran, without it.
+    let facts = p.run_facts("kiln-seed-a1").await.unwrap().unwrap();
+    let jq = facts.sbom.package("jq").expect("jq in the SBOM");
+    assert!(jq.version.starts_with("1.6-2.1"), "{jq:?}");
+    assert_eq!(
+        facts.sbom.os.as_ref().unwrap().version_id.as_deref(),
+        Some("12")
+    );
+    assert!(facts.base_sbom.as_ref().unwrap().package("jq").is_none());
+    let from_base =
+        kiln::domain::evidence::diff::diff(facts.base_sbom.as_ref().unwrap(), &facts.sbom);
+    assert!(
+        from_base.added.iter().any(|c| c.name == "jq"),
+        "{from_base}"
+    );
+
+    // A second build of the same steps that also installs one package:
+    // the diff between the two is exactly that package.
+    let body2 = template(
+        ("Debian", "debian-12", "12"),
+        "seed-lab",
+        "1.0.1",
+        json!([{"type": "Shell", "name": "seed-lab", "inline": [
+            "sudo apt-get update",
+            "sudo apt-get install -y --no-install-recommends jq tree"
+        ]}]),
+    );
+    let s = run_to_end(&p, "kiln-seed-a2", &body2, Duration::from_secs(300)).await;
+    assert_eq!(s.run_state, RunState::Succeeded, "{}", s.message);
+    let facts2 = p.run_facts("kiln-seed-a2").await.unwrap().unwrap();
+    let d = kiln::domain::evidence::diff::diff(&facts.sbom, &facts2.sbom);
+    assert_eq!(
+        d.added.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        vec!["tree"],
+        "{d}"
+    );
+    assert!(
+        d.removed.is_empty() && d.upgraded.is_empty() && d.downgraded.is_empty(),
+        "{d}"
+    );
 }
 
 /// A bootable Debian base (kernel + initramfs), a build with a boot test

@@ -220,6 +220,12 @@ async fn every_published_version_gets_an_sbom_a_diff_a_gate_verdict_and_signed_p
             find(&v_enforce)["tags"]["kiln.sbom.sha256"],
             sbom_sha.as_str()
         );
+        // The gallery listing (and so the dashboard) shows it in short:
+        // curl and libcurl4 block.
+        assert_eq!(
+            find(&v_enforce)["evidence"],
+            json!({"packages": 5, "sbomSha256": sbom_sha, "gate": {"mode": "enforce", "verdict": "fail", "blocking": 2}, "signed": true})
+        );
 
         let data = f.dir.path().join("data");
         // The SBOM lists the image's packages with their versions.

@@ -52,6 +52,11 @@ pub struct VersionView {
     /// What the next retention run will do to it; absent when retention
     /// skips the definition.
     pub next_retention: Option<PlanItemView>,
+    /// Its evidence in short (`/api/evidence?version=` has all of it):
+    /// `{packages, sbomSha256, gate: {mode, verdict, blocking}, signed}`;
+    /// absent when kiln kept none for it.
+    #[schema(value_type = Option<Object>)]
+    pub evidence: Option<Value>,
 }
 
 impl VersionView {
@@ -81,6 +86,7 @@ impl VersionView {
             latest,
             in_use: plan.is_some_and(|i| matches!(i.reason, Reason::InUse)),
             next_retention: plan.map(PlanItemView::from),
+            evidence: None,
         }
     }
 }
@@ -93,6 +99,33 @@ pub struct Definition {
     pub pipeline: String,
     /// Oldest first.
     pub versions: Vec<VersionView>,
+}
+
+/// The summary the evidence step stored, cut to what a listing shows; a
+/// file that cannot be read is left out of the listing, not an error.
+async fn evidence_in_short(
+    app: &App,
+    def: &str,
+    version: crate::domain::version::ImageVersion,
+) -> Option<Value> {
+    let s = crate::app::evidence::read::json_file(
+        app.evidence.store.as_ref(),
+        def,
+        version,
+        crate::ports::EvidenceFile::Summary,
+    )
+    .await
+    .ok()??;
+    Some(serde_json::json!({
+        "packages": s["sbom"]["packages"],
+        "sbomSha256": s["sbom"]["sha256"],
+        "gate": s["gate"].as_object().map(|g| serde_json::json!({
+            "mode": g.get("mode"),
+            "verdict": g.get("verdict"),
+            "blocking": g.get("blocking").and_then(Value::as_array).map_or(0, Vec::len),
+        })),
+        "signed": s["provenance"]["signed"],
+    }))
 }
 
 /// Every definition the pipelines publish to, with its versions.
@@ -118,13 +151,13 @@ pub async fn list(State(app): State<App>) -> ApiResult {
             let plan = plans
                 .iter()
                 .find(|pl| pl.definition_id.eq_ignore_ascii_case(&def));
-            let views = versions
-                .iter()
-                .map(|v| {
-                    let item = plan.and_then(|pl| pl.items.iter().find(|i| i.version == v.version));
-                    VersionView::new(v, Some(v.version) == latest, item)
-                })
-                .collect();
+            let mut views = Vec::with_capacity(versions.len());
+            for v in &versions {
+                let item = plan.and_then(|pl| pl.items.iter().find(|i| i.version == v.version));
+                let mut view = VersionView::new(v, Some(v.version) == latest, item);
+                view.evidence = evidence_in_short(&app, &def, v.version).await;
+                views.push(view);
+            }
             out.push(Definition {
                 definition: def,
                 pipeline: p.name.clone(),

@@ -460,16 +460,31 @@
     return out.length ? out.join("; ") : "none found";
   }
 
-  function lineageCell(tags) {
+  function evidenceItem(ev) {
+    if (!ev) return null;
+    const parts = [`${ev.packages} packages`];
+    if (ev.gate) {
+      parts.push(ev.gate.verdict === "pass" ? `gate (${ev.gate.mode}) passes`
+        : ev.gate.verdict === "fail" ? `gate (${ev.gate.mode}) fails: ${ev.gate.blocking} blocking`
+        : `gate (${ev.gate.mode}) ${ev.gate.verdict}`);
+    }
+    parts.push(ev.signed ? "provenance signed" : "provenance not signed");
+    return el("li", { class: "evidence", text: "evidence: " + parts.join(" · ") });
+  }
+
+  function lineageCell(tags, evidence) {
     const items = [];
     const t = tags || {};
+    const ev = evidenceItem(evidence);
+    if (ev) items.push(ev);
     if (t["kiln.build"]) items.push(el("li", {}, "build ", el("a", { href: "#/builds/" + enc(t["kiln.build"]), class: "mono", text: t["kiln.build"] })));
     if (t["kiln.source"]) items.push(el("li", {}, "from ", breakable(t["kiln.source"], "mono")));
     if (t["kiln.pipeline"]) items.push(el("li", { text: "pipeline " + t["kiln.pipeline"] }));
     if (t["kiln.sourceVersion"]) items.push(el("li", { text: "source version " + t["kiln.sourceVersion"] }));
     if (t["kiln.attempt"]) items.push(el("li", { text: "attempt " + t["kiln.attempt"] }));
     if (t["kiln.templateHash"]) items.push(el("li", {}, "template ", el("span", { class: "mono", text: shorten(t["kiln.templateHash"], 13) })));
-    const shown = ["kiln.build", "kiln.source", "kiln.sourceVersion", "kiln.pipeline", "kiln.attempt", "kiln.templateHash", "kiln.version", "kiln.network"];
+    const shown = ["kiln.build", "kiln.source", "kiln.sourceVersion", "kiln.pipeline", "kiln.attempt", "kiln.templateHash", "kiln.version", "kiln.network", "kiln.sbom.sha256"];
+    if (t["kiln.sbom.sha256"]) items.push(el("li", {}, "SBOM ", el("span", { class: "mono", text: shorten(t["kiln.sbom.sha256"], 13) })));
     for (const [k, v] of Object.entries(t)) {
       if (!shown.includes(k)) items.push(el("li", {}, el("span", { class: "mono", text: `${k}=${shorten(v, 40)}` })));
     }
@@ -488,7 +503,7 @@
       { node: v === latest ? badge("latest", "ok") : v.excludeFromLatest ? "excluded" : "–" },
       { node: fmtTime(v.endOfLife), cls: "num" },
       (v.replication || []).map((r) => `${r.region} ×${r.replicaCount} ${r.state}`).join(", ") || "–",
-      { node: lineageCell(v.tags) },
+      { node: lineageCell(v.tags, v.evidence) },
       consumersCell(def.definition, v, v === latest, inUse),
       { node: retentionCell(items.get(String(v.version)), skipped) },
     ], { "data-version": v.version }));
