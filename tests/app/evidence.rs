@@ -322,3 +322,106 @@ fn flip_one_byte(path: &Path) {
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(&[b[0] ^ 0x01]).unwrap();
 }
+
+/// After publish: a feed that gains a finding above the line makes the
+/// re-check report the version and, with `revoke`, exclude it from latest
+/// with an end of life; a held (`enforce`) version whose blocking advisory
+/// is withdrawn is promoted. Nothing changes when the feed did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recheck_revokes_a_version_that_newly_fails_and_promotes_one_that_now_passes() {
+    bounded(async {
+        let feed = tempfile::tempdir().unwrap();
+        let fixtures = repo().join("tests/fixtures/osv");
+        let copy = |name: &str| {
+            std::fs::copy(fixtures.join(name), feed.path().join(name)).unwrap();
+        };
+        // jq's medium finding only: within the policy.
+        copy("DEBIAN-CVE-2099-0001.json");
+        let env = vec![("KILN_OSV_FEED", feed.path().display().to_string())];
+        let policy = |mode: &str| json!({"mode": mode, "maxSeverity": "medium", "revoke": true});
+        let pipelines = vec![
+            lab("lab-revoke", None, policy("audit")),
+            lab("lab-held", None, policy("enforce")),
+        ];
+        let f = Factory::start(Options {
+            pipelines: pipelines.clone(),
+            env: env.clone(),
+            ..Options::default()
+        })
+        .await;
+        let bases = f.provider.list_bases().await.unwrap();
+        let tar = fake_debian(&bases[0].path, f.dir.path());
+        f.provider
+            .import_base(
+                &format!("{}:{}:{}", URN.0, URN.1, URN.2),
+                "12.0.1",
+                BaseFrom::Tar(tar),
+            )
+            .await
+            .unwrap();
+        let revoke = f.build("lab-revoke", None).await;
+        let revoke = version_of(&f.wait_terminal(&revoke, Duration::from_secs(120)).await);
+        // Held: curl's high finding is in the feed when it is built.
+        copy("DSA-9901-1.json");
+        let held = f.build("lab-held", None).await;
+        let held = version_of(&f.wait_terminal(&held, Duration::from_secs(120)).await);
+
+        // A second instance of the factory on the same data runs the timer.
+        let rt = super::harness::runtime(
+            f.dir.path(),
+            &Options {
+                pipelines,
+                env,
+                ..Options::default()
+            },
+        )
+        .await;
+        let gallery = |id: String| {
+            let p = f.provider.clone();
+            async move { p.gallery_version(&id).await.unwrap().unwrap().version }
+        };
+        assert!(!gallery(revoke.clone()).await.exclude_from_latest);
+        assert!(gallery(held.clone()).await.exclude_from_latest);
+
+        // The feed gained curl's finding since lab-revoke was published.
+        super::triggers::tick(&rt.app, kiln::app::wire::FunctionName::EvidenceRecheck).await;
+        let v = gallery(revoke.clone()).await;
+        assert!(v.exclude_from_latest, "revoked: excluded from latest");
+        assert!(v.end_of_life.is_some(), "revoked: given an end of life");
+        let events = std::fs::read_to_string(f.dir.path().join("data/events.jsonl")).unwrap();
+        let vulnerable: Vec<Value> = events
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["type"] == "dev.kiln.version.vulnerable")
+            .collect();
+        assert_eq!(vulnerable.len(), 1, "{vulnerable:#?}");
+        assert_eq!(vulnerable[0]["data"]["version"], revoke.as_str());
+        assert_eq!(vulnerable[0]["data"]["revoked"], true);
+        assert!(vulnerable[0]["data"]["blocking"]
+            .to_string()
+            .contains("DSA-9901-1"));
+        assert!(
+            gallery(held.clone()).await.exclude_from_latest,
+            "still blocked: still held"
+        );
+
+        // The same feed again: nothing changes, nothing is reported twice.
+        super::triggers::tick(&rt.app, kiln::app::wire::FunctionName::EvidenceRecheck).await;
+        let events = std::fs::read_to_string(f.dir.path().join("data/events.jsonl")).unwrap();
+        assert_eq!(events.matches("dev.kiln.version.vulnerable").count(), 1);
+
+        // curl's advisory is withdrawn from the feed: the held version passes now.
+        std::fs::remove_file(feed.path().join("DSA-9901-1.json")).unwrap();
+        super::triggers::tick(&rt.app, kiln::app::wire::FunctionName::EvidenceRecheck).await;
+        assert!(
+            !gallery(held.clone()).await.exclude_from_latest,
+            "promoted once the gate passes"
+        );
+        let events = std::fs::read_to_string(f.dir.path().join("data/events.jsonl")).unwrap();
+        assert!(events.contains("dev.kiln.version.promoted"), "{events}");
+        // A revoked version stays revoked: its end of life is not the gate's to undo.
+        assert!(gallery(revoke.clone()).await.exclude_from_latest);
+        f.stop().await;
+    })
+    .await
+}
