@@ -135,11 +135,17 @@ pub(crate) async fn capture(
         .collect();
     let r = root.clone();
     let subject = b.name.clone();
+    let started = std::time::Instant::now();
     let sbom =
         tokio::task::spawn_blocking(move || inventory::read_sbom(&r, &subject, files, now()))
             .await
             .map_err(Fail::internal)?
             .map_err(|e| Fail::internal(format!("capture: the image's inventory: {e:#}")))?;
+    b.log.line(&format!(
+        "evidence: inventory of {} packages in {} ms",
+        sbom.packages.len(),
+        started.elapsed().as_millis()
+    ));
     let packages: Option<String> = (!sbom.packages.is_empty()).then(|| {
         sbom.packages
             .iter()

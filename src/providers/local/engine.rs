@@ -175,13 +175,21 @@ impl TemplateRun {
         };
         // The base's inventory, for "what did this build change".
         let root = self.root();
+        let started = std::time::Instant::now();
         prov.base_sbom = match tokio::task::spawn_blocking(move || {
             super::inventory::read_sbom(&root, "base", vec![], now())
         })
         .await
         .map_err(Fail::internal)?
         {
-            Ok(s) => Some(s),
+            Ok(s) => {
+                self.log.line(&format!(
+                    "evidence: base inventory of {} packages in {} ms",
+                    s.packages.len(),
+                    started.elapsed().as_millis()
+                ));
+                Some(s)
+            }
             Err(e) => {
                 self.log.line(&format!(
                     "evidence: the source's inventory cannot be read: {e:#}"

@@ -155,6 +155,17 @@ pub struct PublishedVersion {
 /// reading of messages for every provider lives in the domain.
 pub use crate::domain::failure::classify;
 
+/// The inventory (SBOM) of the root file system at `root`, read the way a
+/// build reads its base and its image: dpkg's database, each package's
+/// copyright file, the os-release; no placed files. `subject` names it.
+/// Blocking. Public for `benches/evidence.rs`.
+pub fn inventory_of(
+    root: &Path,
+    subject: &str,
+) -> anyhow::Result<crate::domain::evidence::sbom::Sbom> {
+    inventory::read_sbom(root, subject, Vec::new(), now())
+}
+
 pub(crate) struct Inner {
     pub data_dir: PathBuf,
     pub records: Records,
