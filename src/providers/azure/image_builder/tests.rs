@@ -127,7 +127,12 @@ async fn a_new_template_is_created_tagged_with_its_hash_and_not_waited_for() {
         .unwrap();
     let sent: Value = serde_json::from_slice(&put.body).unwrap();
     assert_eq!(sent["tags"][BODY_HASH_TAG], json!(body_hash(&body())));
-    assert_eq!(sent["properties"], body()["properties"]);
+    // The pipeline's steps, then the inventory step with the nonce kiln
+    // drew; the sent hash covers what AIB got.
+    let nonce = sbom_step::nonce_in(&sent).expect("the kiln-sbom step");
+    let expected = sbom_step::with_step(&body(), &nonce);
+    assert_eq!(sent["properties"], expected["properties"]);
+    assert_eq!(sent["tags"][SENT_HASH_TAG], json!(body_hash(&expected)));
 }
 
 #[tokio::test]
