@@ -216,7 +216,7 @@ pub fn find_block(log: &str, nonce: &str) -> Result<Option<Block>, String> {
             ("dpkg", Some(o)) => o.dpkg.push_str(&token(arg)),
             ("end", Some(_)) => {
                 let o = open.take().expect("matched Some");
-                let sums: Vec<String> = arg.split_whitespace().map(|s| token(s)).collect();
+                let sums: Vec<String> = arg.split_whitespace().map(token).collect();
                 last = Some(close(&o, &sums, n + 1));
             }
             (other, _) => {

@@ -148,12 +148,9 @@ fn resolve_in_image(root: &Path, inner: &str) -> std::io::Result<String> {
             .iter()
             .fold(root.to_path_buf(), |p, c| p.join(c))
             .join(&part);
-        let md = match std::fs::symlink_metadata(&here) {
-            Ok(md) => md,
-            // The last part may be missing (the caller says "not there");
-            // a missing folder on the way means the same.
-            Err(e) => return Err(e),
-        };
+        // The last part may be missing (the caller says "not there");
+        // a missing folder on the way means the same.
+        let md = std::fs::symlink_metadata(&here)?;
         if md.file_type().is_symlink() {
             links += 1;
             if links > MAX_LINKS {

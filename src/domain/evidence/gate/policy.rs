@@ -119,7 +119,7 @@ fn date_out<S: Serializer>(d: &Option<NaiveDate>, s: S) -> Result<S::Ok, S::Erro
 
 impl GateIgnore {
     fn covers(&self, f: &Finding, now: DateTime<Utc>) -> bool {
-        let named = f.id == self.id || f.aliases.iter().any(|a| *a == self.id);
+        let named = f.id == self.id || f.aliases.contains(&self.id);
         let current = self.until.is_none_or(|last| now.date_naive() <= last);
         named && current
     }

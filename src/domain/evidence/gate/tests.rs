@@ -504,7 +504,7 @@ fn a_finding_above_max_severity_blocks() {
     let high = finding(Severity::High, Some("7.88.1-10+deb12u99"), Some(30));
     assert_eq!(enforce().decide(&high, now()), Decision::Blocks);
     assert_eq!(
-        evaluate(&enforce(), &[high.clone()], now()),
+        evaluate(&enforce(), std::slice::from_ref(&high), now()),
         GateVerdict::Fail {
             blocking: vec![high]
         }
@@ -563,7 +563,7 @@ fn an_ignore_with_a_reason_lets_the_finding_through_by_id_or_alias() {
             }
         );
         assert_eq!(
-            evaluate(&p, &[high.clone()], now()),
+            evaluate(&p, std::slice::from_ref(&high), now()),
             GateVerdict::Pass { findings: 1 }
         );
     }
