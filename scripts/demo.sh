@@ -108,6 +108,16 @@ if [ "$seed_lab" = 1 ]; then
   for t in curl jq unzip; do
     grep -q "/$t\$" <<<"$out" || { echo "the booted seed-lab image lacks $t" >&2; exit 1; }
   done
+  # Its evidence: the SBOM lists the tools with their versions, the diff
+  # from its base shows what the build added, the provenance verifies.
+  sbom=$($kiln sbom "$version_id")
+  for t in curl jq unzip; do
+    line=$(grep -P "^$t\t" <<<"$sbom") || { echo "the seed lab's SBOM lacks $t" >&2; exit 1; }
+    echo "sbom: $line"
+  done
+  echo "added over the base:"
+  $kiln diff "$version_id" | grep '^+ ' || { echo "the seed lab's diff from its base adds nothing" >&2; exit 1; }
+  $kiln verify "$version_id"
 fi
 $kiln gallery list
 if [ "$once" = 1 ]; then

@@ -173,6 +173,34 @@ pub(super) enum Command {
         #[command(subcommand)]
         command: BaseCmd,
     },
+    /// A published version's SBOM from the data folder: its packages as a
+    /// table, or the stored SPDX 2.3 document, or CycloneDX 1.5.
+    Sbom {
+        version_id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: SbomFormat,
+    },
+    /// Packages added, removed, upgraded and downgraded from FROM to TO (two
+    /// version ids), or from a version's base image to it (one id).
+    Diff {
+        /// The older version, or the only one (then: its base to it).
+        from: String,
+        /// The newer version.
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a published version's signed provenance: the signature (with
+    /// the data folder's public key, or --key), and that its disk and SBOM
+    /// are the ones signed. Exits 1 when anything differs.
+    Verify {
+        version_id: String,
+        /// A public key (SPKI PEM) to trust instead of the data folder's.
+        #[arg(long)]
+        key: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Gallery versions: list and read locally; pin and promote through the API.
     Gallery {
         #[command(subcommand)]
@@ -336,4 +364,14 @@ pub enum VmCmd {
     Delete {
         name: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SbomFormat {
+    /// One line per package: name, version, architecture, source, license.
+    Table,
+    /// The stored SPDX 2.3 JSON document, as it is.
+    Spdx,
+    /// CycloneDX 1.5 JSON, rendered from the stored SBOM.
+    Cyclonedx,
 }

@@ -7,11 +7,13 @@
 //! - `remote.rs`: commands through a running factory's HTTP API.
 //! - `watch.rs` and `progress.rs`: following a build, and how it is shown.
 //! - `local_cmds.rs`: running the factory (local, serve, sim) and the local data folder.
+//! - `evidence_cmds.rs`: a version's SBOM, diff and verification, from the data folder.
 //! - `client.rs`: the HTTP client of the API; `preflight.rs`, `package.rs`.
 //! - `logging.rs`: the log lines' format (JSON under the Functions host).
 
 mod args;
 mod client;
+mod evidence_cmds;
 mod exit;
 mod local_cmds;
 pub mod logging;
@@ -79,6 +81,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             RetentionCmd::Audit { json, api } => remote::retention_audit(&api, json).await,
         },
         Command::Base { command } => local_cmds::base(command).await,
+        Command::Sbom { version_id, format } => evidence_cmds::sbom(&version_id, format).await,
+        Command::Diff { from, to, json } => evidence_cmds::diff(&from, to.as_deref(), json).await,
+        Command::Verify {
+            version_id,
+            key,
+            json,
+        } => evidence_cmds::verify(&version_id, &key, json).await,
         Command::Gallery { command } => local_cmds::gallery(command).await,
         Command::Vm { command } => local_cmds::vm(command).await,
         Command::Package { binary, out, root } => offline::package_zip(&root, &binary, &out),

@@ -9,6 +9,7 @@
 //! | what a provider saw of a run | [`facts`] |
 //! | what a Debian image's files say (dpkg status, DEP-5 copyright, os-release) | [`dpkg`] |
 //! | the SBOM as SPDX 2.3 JSON, and back | [`spdx`] |
+//! | the SBOM as CycloneDX 1.5 JSON | [`cyclonedx`] |
 //! | packages added, removed, upgraded, downgraded between two SBOMs | [`diff`] |
 //! | OSV advisories and a feed of them | [`osv`] |
 //! | matching an SBOM against a feed; the gate's policy and verdict | [`gate`] |
@@ -16,6 +17,7 @@
 //! | the signed envelope (DSSE) and its verification | [`dsse`] |
 //! | public keys: Ed25519, ECDSA P-256; ids and PEM | [`keys`] |
 
+pub mod cyclonedx;
 pub mod diff;
 pub mod dpkg;
 pub mod dsse;

@@ -9,6 +9,7 @@ mod browser;
 mod builds;
 mod dashboard;
 mod events;
+mod evidence;
 mod handler;
 mod harness;
 mod metrics;

@@ -131,3 +131,11 @@ fn build_request_messages() {
     );
     fuzz(targets::build_request, seeds);
 }
+
+#[test]
+fn osv_feed_files() {
+    fuzz(
+        targets::osv_feed,
+        seeds("osv_feed", &["tests/fixtures/osv"], &[]),
+    );
+}

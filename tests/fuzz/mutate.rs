@@ -40,6 +40,8 @@ const TOKENS: &[&str] = &[
     "\"pipeline\"",
     "\"trigger\"",
     "\"allowSecrets\"",
+    "\"gate\"",
+    "\"ignore\"",
     "é",
     "\u{1F600}",
 ];
@@ -126,6 +128,9 @@ const KEYS: &[&str] = &[
     "scriptUri",
     "sourceUri",
     "allowSecrets",
+    "gate",
+    "ignore",
+    "until",
     "name",
     "version",
     "validate",

@@ -144,3 +144,55 @@ pub fn build_request(bytes: &[u8]) {
         assert_eq!(again, r);
     }
 }
+
+/// An OSV feed file as a download or a mirror could hand it over: parsed,
+/// then matched against a small Debian 12 image.
+///
+/// Properties: a feed that parses writes back out (its advisories as a JSON
+/// array) and reads to the same set (same length, same digest); matching
+/// never panics, whatever versions the records hold.
+pub fn osv_feed(bytes: &[u8]) {
+    use kiln::domain::evidence::gate::match_sbom;
+    use kiln::domain::evidence::osv::Feed;
+    use kiln::domain::evidence::sbom::{OsRelease, Package, PackageManager, Sbom};
+
+    let Ok(feed) = Feed::parse_file("fuzz.json", bytes) else {
+        return;
+    };
+    let digest = feed.digest();
+    assert_eq!(digest.len(), 64);
+    let written =
+        serde_json::to_vec(&feed.advisories().collect::<Vec<_>>()).expect("advisories serialize");
+    let again = Feed::parse_file("again.json", &written).expect("a feed written back out reads");
+    assert_eq!((again.len(), again.digest()), (feed.len(), digest));
+    let package = |name: &str, version: &str| Package {
+        name: name.into(),
+        version: version.into(),
+        arch: "amd64".into(),
+        source: name.into(),
+        source_version: version.into(),
+        license: None,
+        manager: PackageManager::Dpkg,
+    };
+    let image = Sbom {
+        subject: "fuzz".into(),
+        os: Some(OsRelease {
+            id: "debian".into(),
+            version_id: Some("12".into()),
+            pretty_name: None,
+        }),
+        packages: vec![
+            package("curl", "7.88.1-10+deb12u15"),
+            package("jq", "1.6-2.1+deb12u1"),
+        ],
+        files: vec![],
+        created: chrono::DateTime::UNIX_EPOCH,
+        tool: "fuzz".into(),
+    };
+    for f in match_sbom(&image, &feed) {
+        assert!(
+            feed.get(&f.id).is_some(),
+            "a finding for an advisory the feed lacks: {f:?}"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use utoipa::openapi::{RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{builds, gallery, ops, pipelines, retention};
+use super::{builds, evidence, gallery, ops, pipelines, retention};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use super::{builds, gallery, ops, pipelines, retention};
         pipelines::list, pipelines::show, pipelines::schedule,
         builds::list, builds::create, builds::show, builds::cancel, builds::retry, builds::log::log,
         gallery::list, gallery::pin, gallery::promote,
+        evidence::show, evidence::sbom, evidence::diff, evidence::provenance,
         retention::plan, retention::apply, retention::audit,
         openapi_json,
     ),

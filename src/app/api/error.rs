@@ -31,6 +31,8 @@ pub enum ErrorCode {
     ScheduleNotFound,
     /// A gallery definition or version (see `error`).
     GalleryNotFound,
+    /// A version without evidence (SBOM, findings, provenance) kiln kept.
+    EvidenceNotFound,
     /// No such route.
     NotFound,
     MethodNotAllowed,

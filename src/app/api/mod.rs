@@ -18,6 +18,7 @@ pub mod auth;
 pub mod builds;
 pub mod doc;
 pub mod error;
+pub mod evidence;
 pub mod gallery;
 pub mod limits;
 pub mod ops;
@@ -59,6 +60,10 @@ pub fn router(app: App) -> Router {
             post(ops::base_image_event).options(ops::event_options),
         )
         .route("/api/gallery", get(gallery::list))
+        .route("/api/evidence", get(evidence::show))
+        .route("/api/evidence/sbom", get(evidence::sbom))
+        .route("/api/evidence/diff", get(evidence::diff))
+        .route("/api/evidence/provenance", get(evidence::provenance))
         .route("/api/gallery/pin", post(gallery::pin))
         .route("/api/gallery/promote", post(gallery::promote))
         .route("/api/retention/plan", get(retention::plan))

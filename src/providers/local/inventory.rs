@@ -148,8 +148,8 @@ fn resolve_in_image(root: &Path, inner: &str) -> std::io::Result<String> {
             .iter()
             .fold(root.to_path_buf(), |p, c| p.join(c))
             .join(&part);
-        // The last part may be missing (the caller says "not there");
-        // a missing folder on the way means the same.
+        // A missing part (the file, or a folder on the way) is NotFound:
+        // the caller's "not there".
         let md = std::fs::symlink_metadata(&here)?;
         if md.file_type().is_symlink() {
             links += 1;
