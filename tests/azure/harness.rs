@@ -116,6 +116,20 @@ impl World {
         }
     }
 
+    /// `KILN_DATA_DIR` of this world's `kiln serve`.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// The CloudEvents `kiln serve` wrote so far (`<data dir>/events.jsonl`).
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.data_dir().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     pub fn subscription(&self) -> String {
         self.sim.options().subscription_id.clone()
     }

@@ -12,6 +12,7 @@ mod common;
 mod builds;
 mod cycles;
 mod dashboard;
+mod evidence;
 mod harness;
 mod preflight;
 mod retention;

@@ -22,7 +22,10 @@ use sha2::{Digest, Sha256};
 
 use super::arm::{ArmClient, ArmResponse, RetryPolicy};
 use super::error::ArmError;
+use super::run_facts::SENT_HASH_TAG;
+use super::sbom_step::{self, Block};
 use super::staging_log::StagingLogs;
+use crate::domain::evidence::facts::RunFacts;
 use crate::domain::failure::FailureCategory;
 use crate::domain::pipeline::FieldError;
 use crate::domain::redact;
@@ -110,13 +113,20 @@ impl ImageBuilder for AzureImageBuilder {
         if found.status != 404 {
             return self.adopt(name, &hash, found.ok()?);
         }
-        let mut tagged = body.clone();
+        // The inventory step, with a nonce drawn now and kept in the
+        // template (sbom_step.rs). A retried PUT resends these bytes; a
+        // template found later is adopted by the hash of `body`, so the
+        // nonce never has to be drawn twice alike.
+        let sent = sbom_step::with_step(body, &sbom_step::new_nonce());
+        let sent_hash = body_hash(&sent);
+        let mut tagged = sent;
         if let Some(obj) = tagged.as_object_mut() {
             let tags = obj
                 .entry("tags")
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Some(tags) = tags.as_object_mut() {
                 tags.insert(BODY_HASH_TAG.into(), Value::String(hash.clone()));
+                tags.insert(SENT_HASH_TAG.into(), Value::String(sent_hash));
             }
         }
         let r = self
@@ -285,6 +295,49 @@ impl ImageBuilder for AzureImageBuilder {
                 redact::mask_urls(&mut bytes);
                 bytes
             })),
+        }
+    }
+
+    /// The inventory the `kiln-sbom` step printed into the run's log, and
+    /// what the template says of its inputs (`run_facts.rs`). `None` for a
+    /// template without the step (Windows, or made before it) or a log
+    /// without its block; a damaged block is an error.
+    async fn run_facts(&self, name: &str) -> Result<Option<RunFacts>, ProviderError> {
+        let Some(doc) = self.arm.get_json(&self.path(name, "")).await? else {
+            return Ok(None);
+        };
+        let Some(nonce) = sbom_step::nonce_in(&doc) else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.logs.read(name, &doc, 0).await? else {
+            tracing::warn!(
+                template = name,
+                "no customization log: the image has no SBOM"
+            );
+            return Ok(None);
+        };
+        let bad = |e: String| {
+            ProviderError::internal(format!(
+                "the kiln-sbom block in image template {name}'s customization log: {e}"
+            ))
+        };
+        match sbom_step::find_block(&String::from_utf8_lossy(&bytes), &nonce).map_err(bad)? {
+            None => {
+                tracing::warn!(
+                    template = name,
+                    "the customization log has no kiln-sbom block: the image has no SBOM"
+                );
+                Ok(None)
+            }
+            Some(Block::Skipped { reason }) => {
+                tracing::info!(template = name, reason = %reason, "the kiln-sbom step printed no inventory");
+                Ok(None)
+            }
+            Some(Block::Inventory { os_release, dpkg }) => {
+                super::run_facts::facts(name, &doc, &os_release, &dpkg)
+                    .map(Some)
+                    .map_err(|e| ProviderError::internal(format!("image template {name}: {e}")))
+            }
         }
     }
 

@@ -20,6 +20,8 @@ pub mod limits;
 pub mod marketplace;
 pub mod preflight;
 pub mod resource_graph;
+pub mod run_facts;
+pub mod sbom_step;
 pub mod service_bus;
 pub mod staging_log;
 

@@ -1,7 +1,8 @@
 //! The `customization.log` of a run, as Packer in AIB's build container
 //! writes it: rendered from the run's plan at the request's now, so it only
 //! ever grows. A line per phase start, two per customizer (the provisioner
-//! starting, then what it runs, with the step's name), and for a failed run
+//! starting, then what it runs, with the step's name; the `kiln-sbom`
+//! step's inventory block after its lines, `inventory.rs`), and for a failed run
 //! the failing step's exit status. Shaped like Packer's output, not byte for
 //! byte.
 
@@ -64,6 +65,12 @@ pub(crate) fn render_log(t: &Template, run: &TemplateRun, now: DateTime<Utc>) ->
             ),
         ));
         lines.push((*at, format!("[azure-arm] ==> azure-arm: {what}")));
+        // What the step prints, as Packer relays a script's output.
+        if let Some(c) = customizer(t, i) {
+            for l in super::inventory::block(&t.body, c) {
+                lines.push((*at, format!("[azure-arm]     azure-arm: {l}")));
+            }
+        }
     }
     match &s.outcome {
         Outcome::Failed { step } => {

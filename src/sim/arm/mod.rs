@@ -43,6 +43,7 @@ mod customization_log;
 mod distribute;
 pub mod gallery;
 pub mod image_builder;
+mod inventory;
 pub mod marketplace;
 mod operations;
 pub mod resource_graph;

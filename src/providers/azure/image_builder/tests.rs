@@ -127,7 +127,12 @@ async fn a_new_template_is_created_tagged_with_its_hash_and_not_waited_for() {
         .unwrap();
     let sent: Value = serde_json::from_slice(&put.body).unwrap();
     assert_eq!(sent["tags"][BODY_HASH_TAG], json!(body_hash(&body())));
-    assert_eq!(sent["properties"], body()["properties"]);
+    // The pipeline's steps, then the inventory step with the nonce kiln
+    // drew; the sent hash covers what AIB got.
+    let nonce = sbom_step::nonce_in(&sent).expect("the kiln-sbom step");
+    let expected = sbom_step::with_step(&body(), &nonce);
+    assert_eq!(sent["properties"], expected["properties"]);
+    assert_eq!(sent["tags"][SENT_HASH_TAG], json!(body_hash(&expected)));
 }
 
 #[tokio::test]
@@ -427,4 +432,100 @@ fn the_body_hash_ignores_key_order() {
     let b = json!({"b": {"c": [1, {"e": 3, "d": 2}]}, "a": 1});
     assert_eq!(body_hash(&a), body_hash(&b));
     assert_ne!(body_hash(&a), body_hash(&json!({"a": 2})));
+}
+
+/// A run of the spec's template with kiln's step, and `log` as its customization.log.
+async fn serve_run_with_log(server: &MockServer, log: String) -> String {
+    let rg = "/subscriptions/s/resourceGroups/IT_myResourceGroup_myImageTemplate_0a1b";
+    let nonce = "0123456789abcdef0123456789abcdef".to_string();
+    let mut t = sbom_step::with_step(&with_last_run("Succeeded", "", ""), &nonce);
+    t["properties"]["exactStagingResourceGroup"] = json!(rg);
+    t["properties"]["lastRunStatus"]["endTime"] = json!("2019-08-21T01:09:40Z");
+    t["tags"][SENT_HASH_TAG] = json!("5e7");
+    serve_template(server, t).await;
+    Mock::given(method("GET"))
+        .and(path(format!("{rg}/providers/Microsoft.Storage/storageAccounts")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"value": [
+            {"name": "st", "properties": {"primaryEndpoints": {"blob": format!("{}/blob/st/", server.uri())}}}
+        ]})))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/blob/st/packerlogs"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(
+            "<EnumerationResults><Blobs><Blob><Name>ab/customization.log</Name></Blob></Blobs></EnumerationResults>",
+        ))
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/blob/st/packerlogs/ab/customization.log"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(log))
+        .mount(server)
+        .await;
+    nonce
+}
+
+fn log_of(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("[INFO] PACKER OUT     azure-arm: {l}\n"))
+        .collect()
+}
+
+#[tokio::test]
+async fn run_facts_read_the_steps_block_from_the_runs_log() {
+    let server = MockServer::start().await;
+    let nonce = "0123456789abcdef0123456789abcdef";
+    let dpkg = "ii \tjq\t1.6-2.1ubuntu3\tamd64\tjq\t1.6-2.1ubuntu3\n";
+    let log = log_of(&sbom_step::render(
+        nonce,
+        b"ID=ubuntu\nVERSION_ID=22.04\n",
+        dpkg.as_bytes(),
+    ));
+    serve_run_with_log(&server, log).await;
+    let f = builder(&server)
+        .run_facts("myImageTemplate")
+        .await
+        .unwrap()
+        .expect("facts");
+    assert_eq!(f.sbom.package("jq").unwrap().version, "1.6-2.1ubuntu3");
+    assert_eq!(f.template_sha256, "5e7");
+    assert_eq!(f.customizers.last().unwrap().name, sbom_step::STEP_NAME);
+}
+
+#[tokio::test]
+async fn a_damaged_block_is_an_error_naming_the_template_and_no_block_is_no_facts() {
+    let server = MockServer::start().await;
+    let nonce = "0123456789abcdef0123456789abcdef";
+    let mut lines = sbom_step::render(nonce, b"ID=ubuntu\n", b"ii \tjq\t1.6\tamd64\tjq\t1.6\n");
+    lines.remove(2);
+    serve_run_with_log(&server, log_of(&lines)).await;
+    let e = builder(&server)
+        .run_facts("myImageTemplate")
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("myImageTemplate") && e.message.contains("kiln-sbom"),
+        "{}",
+        e.message
+    );
+
+    let server = MockServer::start().await;
+    serve_run_with_log(
+        &server,
+        "[INFO] PACKER OUT Build 'azure-arm' finished.\n".into(),
+    )
+    .await;
+    assert_eq!(
+        builder(&server).run_facts("myImageTemplate").await.unwrap(),
+        None
+    );
+
+    // A template without the step (Windows, or made before it): no facts, no log read.
+    let server = MockServer::start().await;
+    serve_template(&server, with_last_run("Succeeded", "", "")).await;
+    assert_eq!(
+        builder(&server).run_facts("myImageTemplate").await.unwrap(),
+        None
+    );
 }
