@@ -4,7 +4,7 @@
 //! (<https://slsa.dev/spec/v1.0/provenance>). It ties the disk files and the
 //! SBOM (the subjects, by sha256) to the template that made them (name and
 //! sha256), the source image at its exact version and every customizer's
-//! sha256. Signing and verifying are in [`super::dsse`].
+//! sha256. Signing and verifying are in `dsse.rs`.
 //!
 //! The field names are the specs' own. Reading is lenient where the specs
 //! ask it to be (unknown fields are ignored: "Consumers MUST ignore
