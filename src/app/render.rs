@@ -190,6 +190,16 @@ pub fn render(pipeline: &Pipeline, build: &Build) -> Value {
             for (k, v) in &pipeline.kiln.promotion.tags {
                 set_tag(obj, "artifactTags", k, v);
             }
+            // Held by an enforced gate, unless the pipeline holds it itself:
+            // then only an operator promotes it.
+            let gate_enforced = pipeline
+                .kiln
+                .gate
+                .as_ref()
+                .is_some_and(|g| g.mode == crate::domain::evidence::gate::GateMode::Enforce);
+            if gate_enforced && !pipeline.kiln.promotion.exclude_from_latest {
+                set_tag(obj, "artifactTags", "kiln.gate", "held");
+            }
         }
     }
     doc

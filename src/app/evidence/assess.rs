@@ -137,17 +137,11 @@ async fn one_version(
         Some(policy) => Some(run_gate(app, policy, &sbom, def, version, now, &mut errors).await),
         None => None,
     };
-    let promote = match (&policy, &gate) {
-        (Some(p), Some(g)) => {
-            p.mode == GateMode::Enforce
-                && g.passed
-                && !app
-                    .pipelines
-                    .get(&b.pipeline)
-                    .is_some_and(|p| p.kiln.promotion.exclude_from_latest)
-        }
-        _ => false,
-    };
+    // Promotion: only under enforce, only when the gate passed; the
+    // version's own `kiln.gate` tag (render sets `held` when the gate holds
+    // it) decides, not the pipeline as loaded now, which may have changed
+    // since the template was rendered.
+    let promote = matches!((&policy, &gate), (Some(p), Some(g)) if p.mode == GateMode::Enforce && g.verdict == Verdict::Pass);
 
     // Provenance, signed.
     let statement = image_provenance(&provenance_input(app, b, facts, &sbom_sha));
@@ -176,10 +170,13 @@ async fn one_version(
     };
 
     // The lineage tag, and promotion when the enforced gate passed.
-    match tag_and_promote(app, def, version, &sbom_sha, promote).await {
-        Ok(()) => {}
-        Err(e) => errors.push(format!("tagging the version: {e:#}")),
-    }
+    let promoted = match tag_and_promote(app, def, version, &sbom_sha, promote).await {
+        Ok(promoted) => promoted,
+        Err(e) => {
+            errors.push(format!("tagging the version: {e:#}"));
+            false
+        }
+    };
 
     let summary = json!({
         "version": version_id,
@@ -187,7 +184,7 @@ async fn one_version(
         "sincePrevious": since_previous,
         "sinceBase": since_base,
         "gate": gate.as_ref().map(|g| &g.summary),
-        "promoted": promote,
+        "promoted": promoted,
         "provenance": provenance,
         "errors": errors,
     });
@@ -230,9 +227,19 @@ async fn previous_sbom(
     Ok(None)
 }
 
+/// What the gate said about one version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Pass,
+    Fail,
+    /// The gate could not run (no feed, an unreadable one, an image whose
+    /// release no feed describes): neither promotes nor revokes.
+    Unavailable,
+}
+
 /// What the gate found for one version.
 pub(crate) struct GateRun {
-    pub passed: bool,
+    pub verdict: Verdict,
     pub summary: Value,
 }
 
@@ -253,14 +260,14 @@ pub(crate) async fn run_gate(
         Ok(None) => {
             errors.push("gate: no vulnerability feed is configured (KILN_OSV_FEED)".into());
             return GateRun {
-                passed: false,
+                verdict: Verdict::Unavailable,
                 summary: json!({"mode": mode, "verdict": "unavailable", "reason": "no vulnerability feed is configured"}),
             };
         }
         Err(e) => {
             errors.push(format!("gate: the feed cannot be read: {e:#}"));
             return GateRun {
-                passed: false,
+                verdict: Verdict::Unavailable,
                 summary: json!({"mode": mode, "verdict": "unavailable", "reason": format!("the feed cannot be read: {e:#}")}),
             };
         }
@@ -270,7 +277,7 @@ pub(crate) async fn run_gate(
         Err(e) => {
             errors.push(format!("gate: {e}"));
             return GateRun {
-                passed: false,
+                verdict: Verdict::Unavailable,
                 summary: json!({"mode": mode, "verdict": "unavailable", "reason": e.to_string()}),
             };
         }
@@ -317,7 +324,7 @@ pub(crate) async fn run_gate(
         ),
     };
     GateRun {
-        passed,
+        verdict: if passed { Verdict::Pass } else { Verdict::Fail },
         summary: json!({
             "mode": mode,
             "verdict": if passed { "pass" } else { "fail" },
@@ -328,28 +335,38 @@ pub(crate) async fn run_gate(
     }
 }
 
-/// Adds the SBOM's digest to the version's tags and, when `promote`, takes
-/// the version into `latest`. The gallery replaces tags whole, so the
-/// current ones are read first.
+/// The tag that says the gate holds a version back (`held`, set by render
+/// under `enforce`) or let it go (`passed`): the re-check only ever
+/// promotes a version the gate itself held, never one an operator demoted.
+pub const GATE_TAG: &str = "kiln.gate";
+
+/// Adds the SBOM's digest to the version's tags and, when `promote` and the
+/// gate held this version, takes it into `latest` (tag `kiln.gate=passed`).
+/// The gallery replaces tags whole, so the current ones are read first.
+/// Returns whether it promoted.
 pub(crate) async fn tag_and_promote(
     app: &App,
     def: &str,
     version: ImageVersion,
     sbom_sha: &str,
     promote: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let current = app
         .gallery
         .version(def, version)
         .await?
         .ok_or_else(|| anyhow::anyhow!("{def}/versions/{version} is not in the gallery"))?;
+    let held = current.tags.get(GATE_TAG).map(String::as_str) == Some("held");
+    let promote = promote && held && current.exclude_from_latest && current.end_of_life.is_none();
     let tagged = current.tags.get(SBOM_TAG).map(String::as_str) == Some(sbom_sha);
-    let promoted = !promote || !current.exclude_from_latest;
-    if tagged && promoted {
-        return Ok(());
+    if tagged && !promote {
+        return Ok(false);
     }
     let mut tags = current.tags.clone();
     tags.insert(SBOM_TAG.to_string(), sbom_sha.to_string());
+    if promote {
+        tags.insert(GATE_TAG.to_string(), "passed".to_string());
+    }
     app.gallery
         .update_version(
             def,
@@ -360,7 +377,8 @@ pub(crate) async fn tag_and_promote(
                 tags: Some(tags),
             },
         )
-        .await
+        .await?;
+    Ok(promote)
 }
 
 fn provenance_input(app: &App, b: &Build, facts: &RunFacts, sbom_sha: &str) -> ProvenanceInput {

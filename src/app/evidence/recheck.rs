@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::super::events::CloudEvent;
 use super::super::App;
-use super::assess::{run_gate, tag_and_promote, SBOM_TAG};
+use super::assess::{run_gate, tag_and_promote, Verdict, SBOM_TAG};
 use crate::domain::evidence::gate::{GateMode, GatePolicy};
 use crate::domain::evidence::spdx;
 use crate::domain::version::ImageVersion;
@@ -69,7 +69,7 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
         out.feed = "none configured (KILN_OSV_FEED)".into();
         return Ok(out);
     };
-    let digest = feed.digest();
+
     let now = app.clock.now();
     let in_use = match app.inventory.in_use().await {
         Ok(set) => Some(set),
@@ -88,74 +88,84 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
             let versions = match app.gallery.list_versions(&def).await {
                 Ok(v) => v,
                 Err(e) => {
-                    out.errors
-                        .push(format!("{def}: cannot list its versions: {e:#}"));
+                    out.errors.push(format!("{def}: cannot list its versions: {e:#}"));
                     continue;
                 }
             };
-            for gv in versions {
+            // Only this pipeline's versions: another pipeline publishing to
+            // the same definition has its own policy.
+            for gv in versions
+                .into_iter()
+                .filter(|v| v.tags.get("kiln.pipeline").map(String::as_str) == Some(p.name.as_str()))
+            {
                 let version = gv.version;
                 let id = format!("{def}/versions/{version}");
-                let before = match last_findings(app, &def, version).await {
-                    Ok(f) => f,
+                let sbom = match stored_sbom(app, &def, version).await {
+                    Ok(Some(s)) => s,
+                    // Published before kiln kept evidence: nothing to match.
+                    Ok(None) => continue,
                     Err(e) => {
                         out.errors.push(format!("{id}: {e:#}"));
                         continue;
                     }
                 };
-                let Some(before) = before else {
-                    // No gate ran for it (published before the gate, or
-                    // the evidence step has not run yet): leave it be.
-                    continue;
+                let before = match app.evidence.store.get(&def, version, EvidenceFile::Findings).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        out.errors.push(format!("{id}: {e:#}"));
+                        continue;
+                    }
                 };
-                let same_feed = before["feedDigest"].as_str() == Some(digest.as_str());
-                let same_policy =
-                    serde_json::to_value(&policy).ok().as_ref() == Some(&before["policy"]);
-                let passed_before = before["verdict"]["verdict"].as_str() == Some("pass");
-                let (passed_now, blocking) = if same_feed && same_policy {
-                    out.unchanged += 1;
-                    (passed_before, vec![])
-                } else {
-                    let sbom = match stored_sbom(app, &def, version).await {
-                        Ok(Some(s)) => s,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            out.errors.push(format!("{id}: {e:#}"));
-                            continue;
+                let verdict_before = before
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                    .and_then(|f| f["verdict"]["verdict"].as_str().map(str::to_string));
+                // Matched again every time, not only when the feed changed:
+                // an ignore entry that ran out or a fix that grew old enough
+                // changes the verdict on the same feed.
+                let mut errors = Vec::new();
+                let run = run_gate(app, &policy, &sbom, &def, version, now, &mut errors).await;
+                out.errors.extend(errors.into_iter().map(|e| format!("{id}: {e}")));
+                out.checked += 1;
+                let blocking = run.summary["blocking"].as_array().cloned().unwrap_or_default();
+                let failed_before = verdict_before.as_deref() == Some("fail");
+                match (failed_before, run.verdict) {
+                    // The gate could not run: decide nothing on it.
+                    (_, Verdict::Unavailable) => out.unchanged += 1,
+                    (true, Verdict::Fail) => out.unchanged += 1,
+                    (false, Verdict::Fail) => {
+                        let acted = newly_failing(app, &policy, &gv, &id, blocking, in_use.as_ref(), now, &mut out).await;
+                        if !acted {
+                            // Not revoked or not reported: put the old findings
+                            // back, so the next run finds it newly failing again.
+                            restore(app, &def, version, before.as_deref(), &id, &mut out).await;
                         }
-                    };
-                    let mut errors = Vec::new();
-                    let run = run_gate(app, &policy, &sbom, &def, version, now, &mut errors).await;
-                    out.errors
-                        .extend(errors.into_iter().map(|e| format!("{id}: {e}")));
-                    out.checked += 1;
-                    (
-                        run.passed,
-                        run.summary["blocking"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default(),
-                    )
-                };
-                if passed_before && !passed_now {
-                    newly_failing(
-                        app,
-                        &policy,
-                        &gv,
-                        &id,
-                        blocking,
-                        in_use.as_ref(),
-                        now,
-                        &mut out,
-                    )
-                    .await;
-                } else if passed_now && policy.mode == GateMode::Enforce && gv.exclude_from_latest {
-                    promote_held(app, p, &gv, &def, &id, &mut out).await;
+                    }
+                    (_, Verdict::Pass) if policy.mode == GateMode::Enforce => {
+                        promote_held(app, &gv, &def, &id, &mut out).await
+                    }
+                    (_, Verdict::Pass) => out.unchanged += 1,
                 }
             }
         }
     }
     Ok(out)
+}
+
+async fn restore(
+    app: &App,
+    def: &str,
+    version: ImageVersion,
+    before: Option<&[u8]>,
+    id: &str,
+    out: &mut RecheckOutcome,
+) {
+    let Some(bytes) = before else {
+        return;
+    };
+    if let Err(e) = app.evidence.store.put(def, version, EvidenceFile::Findings, bytes).await {
+        out.errors.push(format!("{id}: cannot restore its findings: {e:#}"));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -168,8 +178,9 @@ async fn newly_failing(
     in_use: Option<&crate::ports::InUseSet>,
     now: chrono::DateTime<chrono::Utc>,
     out: &mut RecheckOutcome,
-) {
+) -> bool {
     out.newly_failing.push(id.to_string());
+    let mut done = true;
     let def = id.rsplit_once("/versions/").map_or(id, |(d, _)| d);
     let mut revoked = false;
     if policy.revoke && !gv.exclude_from_latest {
@@ -190,7 +201,10 @@ async fn newly_failing(
                 revoked = true;
                 out.revoked.push(id.to_string());
             }
-            Err(e) => out.errors.push(format!("{id}: cannot revoke it: {e:#}")),
+            Err(e) => {
+                done = false;
+                out.errors.push(format!("{id}: cannot revoke it: {e:#}"));
+            }
         }
     }
     let ev = CloudEvent::new(
@@ -205,27 +219,26 @@ async fn newly_failing(
         }),
     );
     if let Err(e) = app.events.publish(&ev).await {
-        out.errors
-            .push(format!("{id}: cannot publish its event: {e:#}"));
+        done = false;
+        out.errors.push(format!("{id}: cannot publish its event: {e:#}"));
     }
+    done
 }
 
+/// Promotes a version the gate held (`kiln.gate=held`) now that it passes;
+/// anything else excluded from latest (a demotion, the pipeline's own
+/// staged rollout, a revoked version) is not the gate's to undo.
 async fn promote_held(
     app: &App,
-    p: &crate::domain::pipeline::Pipeline,
     gv: &crate::ports::GalleryVersion,
     def: &str,
     id: &str,
     out: &mut RecheckOutcome,
 ) {
-    // A staged rollout the pipeline asks for, or a version revoked by an
-    // end of life, is not the gate's to undo.
-    if p.kiln.promotion.exclude_from_latest || gv.end_of_life.is_some() {
-        return;
-    }
     let sha = gv.tags.get(SBOM_TAG).cloned().unwrap_or_default();
     match tag_and_promote(app, def, gv.version, &sha, true).await {
-        Ok(()) => {
+        Ok(false) => out.unchanged += 1,
+        Ok(true) => {
             out.promoted.push(id.to_string());
             let ev = CloudEvent::new(
                 "dev.kiln.version.promoted".into(),
@@ -234,23 +247,10 @@ async fn promote_held(
                 json!({"version": id, "reason": "the vulnerability gate passes"}),
             );
             if let Err(e) = app.events.publish(&ev).await {
-                out.errors
-                    .push(format!("{id}: cannot publish its event: {e:#}"));
+                out.errors.push(format!("{id}: cannot publish its event: {e:#}"));
             }
         }
         Err(e) => out.errors.push(format!("{id}: cannot promote it: {e:#}")),
-    }
-}
-
-async fn last_findings(app: &App, def: &str, v: ImageVersion) -> anyhow::Result<Option<Value>> {
-    match app
-        .evidence
-        .store
-        .get(def, v, EvidenceFile::Findings)
-        .await?
-    {
-        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-        None => Ok(None),
     }
 }
 
