@@ -342,6 +342,11 @@ async fn the_recheck_revokes_a_version_that_newly_fails_and_promotes_one_that_no
         let pipelines = vec![
             lab("lab-revoke", None, policy("audit")),
             lab("lab-held", None, policy("enforce")),
+            lab(
+                "lab-pass",
+                None,
+                json!({"mode": "enforce", "maxSeverity": "critical"}),
+            ),
         ];
         let f = Factory::start(Options {
             pipelines: pipelines.clone(),
@@ -361,6 +366,9 @@ async fn the_recheck_revokes_a_version_that_newly_fails_and_promotes_one_that_no
             .unwrap();
         let revoke = f.build("lab-revoke", None).await;
         let revoke = version_of(&f.wait_terminal(&revoke, Duration::from_secs(120)).await);
+        // Enforced and passing at build time: promoted by the evidence step.
+        let pass = f.build("lab-pass", None).await;
+        let pass = version_of(&f.wait_terminal(&pass, Duration::from_secs(120)).await);
         // Held: curl's high finding is in the feed when it is built.
         copy("DSA-9901-1.json");
         let held = f.build("lab-held", None).await;
@@ -382,6 +390,18 @@ async fn the_recheck_revokes_a_version_that_newly_fails_and_promotes_one_that_no
         };
         assert!(!gallery(revoke.clone()).await.exclude_from_latest);
         assert!(gallery(held.clone()).await.exclude_from_latest);
+        let p = gallery(pass.clone()).await;
+        assert!(!p.exclude_from_latest, "passed the enforced gate: promoted");
+        assert_eq!(p.tags["kiln.gate"], "passed");
+        // An operator takes it out of latest again: no re-check may undo that.
+        let (status, v) = f
+            .post(
+                "/api/gallery/promote",
+                &json!({"versionId": pass, "demote": true}),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert!(gallery(pass.clone()).await.exclude_from_latest);
 
         // The feed gained curl's finding since lab-revoke was published.
         super::triggers::tick(&rt.app, kiln::app::wire::FunctionName::EvidenceRecheck).await;
@@ -419,8 +439,13 @@ async fn the_recheck_revokes_a_version_that_newly_fails_and_promotes_one_that_no
         );
         let events = std::fs::read_to_string(f.dir.path().join("data/events.jsonl")).unwrap();
         assert!(events.contains("dev.kiln.version.promoted"), "{events}");
-        // A revoked version stays revoked: its end of life is not the gate's to undo.
+        // A revoked version stays revoked, and a demoted one demoted: only
+        // what the gate held is the gate's to promote.
         assert!(gallery(revoke.clone()).await.exclude_from_latest);
+        assert!(
+            gallery(pass.clone()).await.exclude_from_latest,
+            "the operator's demotion stands"
+        );
         f.stop().await;
     })
     .await

@@ -88,16 +88,16 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
             let versions = match app.gallery.list_versions(&def).await {
                 Ok(v) => v,
                 Err(e) => {
-                    out.errors.push(format!("{def}: cannot list its versions: {e:#}"));
+                    out.errors
+                        .push(format!("{def}: cannot list its versions: {e:#}"));
                     continue;
                 }
             };
             // Only this pipeline's versions: another pipeline publishing to
             // the same definition has its own policy.
-            for gv in versions
-                .into_iter()
-                .filter(|v| v.tags.get("kiln.pipeline").map(String::as_str) == Some(p.name.as_str()))
-            {
+            for gv in versions.into_iter().filter(|v| {
+                v.tags.get("kiln.pipeline").map(String::as_str) == Some(p.name.as_str())
+            }) {
                 let version = gv.version;
                 let id = format!("{def}/versions/{version}");
                 let sbom = match stored_sbom(app, &def, version).await {
@@ -109,7 +109,12 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
                         continue;
                     }
                 };
-                let before = match app.evidence.store.get(&def, version, EvidenceFile::Findings).await {
+                let before = match app
+                    .evidence
+                    .store
+                    .get(&def, version, EvidenceFile::Findings)
+                    .await
+                {
                     Ok(b) => b,
                     Err(e) => {
                         out.errors.push(format!("{id}: {e:#}"));
@@ -125,16 +130,30 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
                 // changes the verdict on the same feed.
                 let mut errors = Vec::new();
                 let run = run_gate(app, &policy, &sbom, &def, version, now, &mut errors).await;
-                out.errors.extend(errors.into_iter().map(|e| format!("{id}: {e}")));
+                out.errors
+                    .extend(errors.into_iter().map(|e| format!("{id}: {e}")));
                 out.checked += 1;
-                let blocking = run.summary["blocking"].as_array().cloned().unwrap_or_default();
+                let blocking = run.summary["blocking"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 let failed_before = verdict_before.as_deref() == Some("fail");
                 match (failed_before, run.verdict) {
                     // The gate could not run: decide nothing on it.
                     (_, Verdict::Unavailable) => out.unchanged += 1,
                     (true, Verdict::Fail) => out.unchanged += 1,
                     (false, Verdict::Fail) => {
-                        let acted = newly_failing(app, &policy, &gv, &id, blocking, in_use.as_ref(), now, &mut out).await;
+                        let acted = newly_failing(
+                            app,
+                            &policy,
+                            &gv,
+                            &id,
+                            blocking,
+                            in_use.as_ref(),
+                            now,
+                            &mut out,
+                        )
+                        .await;
                         if !acted {
                             // Not revoked or not reported: put the old findings
                             // back, so the next run finds it newly failing again.
@@ -163,8 +182,14 @@ async fn restore(
     let Some(bytes) = before else {
         return;
     };
-    if let Err(e) = app.evidence.store.put(def, version, EvidenceFile::Findings, bytes).await {
-        out.errors.push(format!("{id}: cannot restore its findings: {e:#}"));
+    if let Err(e) = app
+        .evidence
+        .store
+        .put(def, version, EvidenceFile::Findings, bytes)
+        .await
+    {
+        out.errors
+            .push(format!("{id}: cannot restore its findings: {e:#}"));
     }
 }
 
@@ -220,7 +245,8 @@ async fn newly_failing(
     );
     if let Err(e) = app.events.publish(&ev).await {
         done = false;
-        out.errors.push(format!("{id}: cannot publish its event: {e:#}"));
+        out.errors
+            .push(format!("{id}: cannot publish its event: {e:#}"));
     }
     done
 }
@@ -247,7 +273,8 @@ async fn promote_held(
                 json!({"version": id, "reason": "the vulnerability gate passes"}),
             );
             if let Err(e) = app.events.publish(&ev).await {
-                out.errors.push(format!("{id}: cannot publish its event: {e:#}"));
+                out.errors
+                    .push(format!("{id}: cannot publish its event: {e:#}"));
             }
         }
         Err(e) => out.errors.push(format!("{id}: cannot promote it: {e:#}")),
