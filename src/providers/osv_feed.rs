@@ -145,7 +145,7 @@ impl OsvFeedSource {
             Err(e) => return Refresh::Failed(format!("feed from {shown}: {e}")),
         };
         let validators = Validators {
-            url: url.to_string(),
+            url: url_digest(url),
             etag,
             last_modified,
         };
@@ -173,7 +173,7 @@ impl OsvFeedSource {
     async fn download(&self, url: &str, shown: &str, target: &Path) -> Result<Answer, String> {
         // Validators only for the same URL, and only while the feed they describe is there.
         let validators = read_validators(target)
-            .filter(|v| v.url == url && target.is_file())
+            .filter(|v| v.url == url_digest(url) && target.is_file())
             .unwrap_or_default();
         let mut attempt = 1u32;
         loop {
@@ -297,9 +297,24 @@ fn replace_atomically(target: &Path, bytes: Vec<u8>) -> Result<usize, String> {
     let name = target.display().to_string();
     // The temporary file is removed when `tmp` drops on this error.
     let feed = Feed::parse_file(&name, &written).map_err(|e| format!("not replaced: {e}"))?;
+    // An empty feed parses, and would pass every held version at the next
+    // re-check: a download with no advisory is taken for a broken one.
+    if feed.is_empty() {
+        return Err("not replaced: the download holds no advisory".into());
+    }
     tmp.persist(target)
         .map_err(|e| format!("cannot rename over {}: {}", target.display(), e.error))?;
     Ok(feed.len())
+}
+
+/// What the validators file remembers of the URL: its sha256, so that a
+/// SAS token in the URL is never written to disk.
+fn url_digest(url: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(url.as_bytes()))
+    )
 }
 
 fn read_validators(target: &Path) -> Option<Validators> {

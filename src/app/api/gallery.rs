@@ -116,14 +116,36 @@ async fn evidence_in_short(
     )
     .await
     .ok()??;
+    // The gate's latest word is in findings.json (the re-check rewrites
+    // it); the summary has the one at publish time.
+    let findings = crate::app::evidence::read::json_file(
+        app.evidence.store.as_ref(),
+        def,
+        version,
+        crate::ports::EvidenceFile::Findings,
+    )
+    .await
+    .ok()
+    .flatten();
+    let gate = s["gate"].as_object().map(|g| {
+        let (verdict, blocking) = match &findings {
+            Some(f) => (
+                f["verdict"]["verdict"].clone(),
+                f["verdict"]["blocking"].as_array().map_or(0, Vec::len),
+            ),
+            None => (
+                g.get("verdict").cloned().unwrap_or(Value::Null),
+                g.get("blocking")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len),
+            ),
+        };
+        serde_json::json!({"mode": g.get("mode"), "verdict": verdict, "blocking": blocking})
+    });
     Some(serde_json::json!({
         "packages": s["sbom"]["packages"],
         "sbomSha256": s["sbom"]["sha256"],
-        "gate": s["gate"].as_object().map(|g| serde_json::json!({
-            "mode": g.get("mode"),
-            "verdict": g.get("verdict"),
-            "blocking": g.get("blocking").and_then(Value::as_array).map_or(0, Vec::len),
-        })),
+        "gate": gate,
         "signed": s["provenance"]["signed"],
     }))
 }

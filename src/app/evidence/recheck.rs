@@ -65,10 +65,10 @@ pub async fn recheck(app: &App) -> anyhow::Result<RecheckOutcome> {
         },
         ..RecheckOutcome::default()
     };
-    let Some(feed) = app.evidence.feed.current().await? else {
+    if app.evidence.feed.current().await?.is_none() {
         out.feed = "none configured (KILN_OSV_FEED)".into();
         return Ok(out);
-    };
+    }
 
     let now = app.clock.now();
     let in_use = match app.inventory.in_use().await {

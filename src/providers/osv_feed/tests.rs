@@ -105,6 +105,41 @@ async fn a_corrupt_body_keeps_the_old_feed() {
 }
 
 #[tokio::test]
+async fn an_empty_feed_does_not_replace_a_good_one_and_no_url_reaches_the_disk() {
+    let server = MockServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("feed.json");
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(advisory("DSA-1000-1")))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&server)
+        .await;
+    let url = format!("{}/all.json?sv=2024&sig=SECRETSIGNATUREVALUE", server.uri());
+    assert_eq!(
+        quick().refresh(&url, &target).await,
+        Refresh::Refreshed { advisories: 2 }
+    );
+    let before = std::fs::read(&target).unwrap();
+    let got = quick().refresh(&url, &target).await;
+    let Refresh::Failed(why) = got else {
+        panic!("{got:?}")
+    };
+    assert!(why.contains("holds no advisory"), "{why}");
+    assert_eq!(std::fs::read(&target).unwrap(), before);
+    for e in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+        assert!(
+            !text.contains("SECRETSIGNATUREVALUE"),
+            "a signature reached the disk: {text}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_503_is_retried_and_the_next_answer_counts() {
     let server = MockServer::start().await;
     let dir = tempfile::tempdir().unwrap();
