@@ -118,6 +118,16 @@ if [ "$seed_lab" = 1 ]; then
   echo "added over the base:"
   $kiln diff "$version_id" | grep '^+ ' || { echo "the seed lab's diff from its base adds nothing" >&2; exit 1; }
   $kiln verify "$version_id"
+  # Built again from the template kept with it, on the same base version:
+  # the same packages. Not the same disk, and it says so: the tutorial's
+  # step writes $(date) into /etc/aib-build-info.
+  rebuild=$($kiln verify "$version_id" --rebuild 2>&1) || true
+  grep -E '^(rebuild|reproduces|does NOT)' <<<"$rebuild" || true
+  grep -q '^rebuild: packages: the same' <<<"$rebuild" || {
+    echo "the seed lab's rebuild did not give the same packages:" >&2
+    echo "$rebuild" >&2
+    exit 1
+  }
 fi
 $kiln gallery list
 if [ "$once" = 1 ]; then

@@ -198,6 +198,15 @@ pub(super) enum Command {
         /// A public key (SPKI PEM) to trust instead of the data folder's.
         #[arg(long)]
         key: Vec<PathBuf>,
+        /// Also build the version again from the template kept with it, on
+        /// the same source version, and say whether it reproduces: the same
+        /// packages and a byte-identical disk (nothing is published; exits 1
+        /// when it does not reproduce).
+        #[arg(long)]
+        rebuild: bool,
+        /// How long the rebuild may take, in minutes.
+        #[arg(long, default_value_t = 60, requires = "rebuild")]
+        rebuild_timeout: u64,
         #[arg(long)]
         json: bool,
     },

@@ -12,9 +12,11 @@ use crate::app::evidence::read;
 use crate::config::{gather_env, Settings};
 use crate::domain::evidence::cyclonedx::to_cyclonedx_bytes;
 use crate::domain::evidence::dsse::PublicKey;
+use crate::domain::evidence::reproduce::{compare, Reproduction};
 use crate::host::wiring::{local_provider, open_db};
 use crate::ports::EvidenceFile;
 use crate::providers::evidence_files::EvidenceFiles;
+use crate::providers::local::sha256_file;
 use crate::providers::local::signing::{public_key_path, DEFAULT_KEY, KEY_SETTING};
 
 fn settings() -> anyhow::Result<(Settings, crate::config::Env)> {
@@ -134,7 +136,12 @@ fn trusted_keys(
         .collect()
 }
 
-pub async fn verify(version_id: &str, keys: &[PathBuf], json: bool) -> anyhow::Result<Exit> {
+pub async fn verify(
+    version_id: &str,
+    keys: &[PathBuf],
+    rebuild: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<Exit> {
     let (s, env) = settings()?;
     let store = EvidenceFiles::new(&s.data_dir);
     let (def, v) = parse(version_id)?;
@@ -146,11 +153,33 @@ pub async fn verify(version_id: &str, keys: &[PathBuf], json: bool) -> anyhow::R
         .await?
         .with_context(|| format!("{version_id} is not in the local gallery"))?;
     let disk = published.disk.clone();
-    let sha = tokio::task::spawn_blocking(move || sha256_of(&disk)).await??;
+    let sha = tokio::task::spawn_blocking(move || sha256_file(&disk))
+        .await?
+        .with_context(|| format!("Cannot read {}", published.disk.display()))?;
     let disks = vec![("disk.qcow2".to_string(), sha)];
     let report = read::verify(&store, &def, v, &trusted, &disks).await?;
+    // A rebuild is compared with what was signed, so only a verified
+    // version is rebuilt.
+    let reproduction = match (&rebuild, &report.statement) {
+        (Some(limit), Some(statement)) if report.ok() => {
+            if !json {
+                eprintln!("rebuilding {version_id} (nothing is published) …");
+            }
+            let facts = provider.rebuild(version_id, *limit).await?;
+            let stored = read::sbom(&store, &def, v, EvidenceFile::Sbom)
+                .await?
+                .with_context(|| format!("{version_id} has no stored SBOM"))?;
+            Some(compare(statement, &stored, &facts))
+        }
+        (Some(_) | None, _) => None,
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut out = serde_json::to_value(&report)?;
+        if let Some(r) = &reproduction {
+            out["rebuild"] = serde_json::to_value(r)?;
+            out["reproduces"] = r.reproduces().into();
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         match &report.signed_by {
             Some(k) => println!("signature: good ({k})"),
@@ -170,23 +199,53 @@ pub async fn verify(version_id: &str, keys: &[PathBuf], json: bool) -> anyhow::R
                 "NOT verified"
             }
         );
+        if let Some(r) = &reproduction {
+            print_reproduction(r);
+        } else if rebuild.is_some() {
+            println!("rebuild: not tried (the version did not verify)");
+        }
     }
-    Ok(if report.ok() { Exit::Ok } else { Exit::Error })
+    let reproduced = reproduction.as_ref().is_none_or(Reproduction::reproduces);
+    Ok(
+        if report.ok() && reproduced && (rebuild.is_none() || reproduction.is_some()) {
+            Exit::Ok
+        } else {
+            Exit::Error
+        },
+    )
 }
 
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("Cannot read {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+fn print_reproduction(r: &Reproduction) {
+    if r.same_packages() {
+        println!("rebuild: packages: the same {}", r.package_count);
+    } else {
+        println!("rebuild: packages differ from the published SBOM:");
+        print!("{}", r.packages);
     }
-    Ok(hex::encode(h.finalize()))
+    for d in &r.disks {
+        match &d.signed {
+            Some(s) if d.identical() => {
+                println!(
+                    "rebuild: {}: sha256 {s}, identical to the signed disk",
+                    d.name
+                )
+            }
+            Some(s) => println!(
+                "rebuild: {}: sha256 {}, the signed disk's is {s}",
+                d.name, d.rebuilt
+            ),
+            None => println!(
+                "rebuild: {}: sha256 {}, not a signed subject",
+                d.name, d.rebuilt
+            ),
+        }
+    }
+    println!(
+        "{}",
+        match (r.same_packages(), r.same_disks()) {
+            (true, true) => "reproduces",
+            (true, false) => "does NOT reproduce: the same packages, a different disk",
+            (false, true | false) => "does NOT reproduce",
+        }
+    );
 }

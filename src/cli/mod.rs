@@ -86,8 +86,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Verify {
             version_id,
             key,
+            rebuild,
+            rebuild_timeout,
             json,
-        } => evidence_cmds::verify(&version_id, &key, json).await,
+        } => {
+            let rebuild = rebuild.then(|| std::time::Duration::from_secs(rebuild_timeout * 60));
+            evidence_cmds::verify(&version_id, &key, rebuild, json).await
+        }
         Command::Gallery { command } => local_cmds::gallery(command).await,
         Command::Vm { command } => local_cmds::vm(command).await,
         Command::Package { binary, out, root } => offline::package_zip(&root, &binary, &out),

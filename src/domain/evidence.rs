@@ -15,6 +15,7 @@
 //! | matching an SBOM against a feed; the gate's policy and verdict | [`gate`] |
 //! | what was built from what: in-toto Statement v1, SLSA provenance v1 | [`provenance`] |
 //! | the signed envelope (DSSE) and its verification | [`dsse`] |
+//! | whether a rebuild reproduces the signed version | [`reproduce`] |
 //! | public keys: Ed25519, ECDSA P-256; ids and PEM | [`keys`] |
 
 pub mod cyclonedx;
@@ -26,5 +27,6 @@ pub mod gate;
 pub mod keys;
 pub mod osv;
 pub mod provenance;
+pub mod reproduce;
 pub mod sbom;
 pub mod spdx;

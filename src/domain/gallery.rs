@@ -54,6 +54,12 @@ pub struct InUseSet {
     /// of every definition of that name counts as in use (when unsure, protect).
     #[serde(default)]
     pub definition_names: BTreeSet<String>,
+    /// Who holds each of the keys above (a version id, definition id or
+    /// definition name, as stored there): VM, scale set and instance ids,
+    /// as the inventory named them. For reports (which VMs still run a
+    /// vulnerable version); retention decides by the sets alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consumers: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// One `imageReference` of a VM, a scale set model or a scale set
@@ -119,19 +125,45 @@ impl InUseSet {
     /// to `…/versions/latest` or to the definition alone pins the definition
     /// (its current latest is in use). Other ids are recorded as they are.
     pub fn add_reference(&mut self, image_reference_id: &str) {
+        self.reference(image_reference_id, None);
+    }
+
+    /// [`Self::add_reference`], remembering that `consumer` holds it.
+    pub fn add_reference_by(&mut self, consumer: &str, image_reference_id: &str) {
+        self.reference(image_reference_id, Some(consumer));
+    }
+
+    fn reference(&mut self, image_reference_id: &str, consumer: Option<&str>) {
         let id = image_reference_id
             .trim_end_matches('/')
             .to_ascii_lowercase();
-        match id.rsplit_once("/versions/") {
+        let key = match id.rsplit_once("/versions/") {
             Some((definition, "latest")) => {
                 self.definitions.insert(definition.to_string());
+                definition.to_string()
             }
             Some(_) => {
-                self.versions.insert(id);
+                self.versions.insert(id.clone());
+                id
             }
             None => {
-                self.definitions.insert(id);
+                self.definitions.insert(id.clone());
+                id
             }
+        };
+        self.held_by(key, consumer);
+    }
+
+    /// An unmapped shared or community reference's definition name.
+    fn name(&mut self, name: &str, consumer: Option<&str>) {
+        let name = name.to_ascii_lowercase();
+        self.definition_names.insert(name.clone());
+        self.held_by(name, consumer);
+    }
+
+    fn held_by(&mut self, key: String, consumer: Option<&str>) {
+        if let Some(c) = consumer.filter(|c| !c.is_empty()) {
+            self.consumers.entry(key).or_default().insert(c.to_string());
         }
     }
 
@@ -141,6 +173,25 @@ impl InUseSet {
     /// community id whose gallery is unknown counts its definition's name as
     /// in use everywhere, never as nothing.
     pub fn add_image_reference(&mut self, r: &ImageReference<'_>, names: &GalleryNames) {
+        self.image_reference(r, names, None);
+    }
+
+    /// [`Self::add_image_reference`], remembering that `consumer` holds it.
+    pub fn add_image_reference_by(
+        &mut self,
+        consumer: &str,
+        r: &ImageReference<'_>,
+        names: &GalleryNames,
+    ) {
+        self.image_reference(r, names, Some(consumer));
+    }
+
+    fn image_reference(
+        &mut self,
+        r: &ImageReference<'_>,
+        names: &GalleryNames,
+        consumer: Option<&str>,
+    ) {
         let exact = r
             .exact_version
             .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("latest"));
@@ -148,14 +199,14 @@ impl InUseSet {
             id.to_ascii_lowercase()
                 .contains("/providers/microsoft.compute/galleries/")
         }) {
-            self.add_reference(id);
+            self.reference(id, consumer);
             let id = id.trim_end_matches('/');
             let (definition, version) = match id.to_ascii_lowercase().rsplit_once("/versions/") {
                 Some((d, v)) => (d.len(), Some(v.to_string())),
                 None => (id.len(), None),
             };
             if let (true, Some(exact)) = (is_latest(version.as_deref()), exact) {
-                self.add_reference(&format!("{}/versions/{exact}", &id[..definition]));
+                self.reference(&format!("{}/versions/{exact}", &id[..definition]), consumer);
             }
         }
         let shared = [
@@ -177,24 +228,24 @@ impl InUseSet {
             let Some((gallery, definition, version)) = shared_parts(id, collection) else {
                 // Not a shape kiln knows: protect by the last name that could be a definition.
                 let name = id.trim_end_matches('/').rsplit('/').find(|p| !p.is_empty());
-                self.definition_names
-                    .extend(name.map(str::to_ascii_lowercase));
+                if let Some(name) = name {
+                    self.name(name, consumer);
+                }
                 continue;
             };
             let Some(gallery_id) = map.get(&gallery.to_ascii_lowercase()) else {
-                self.definition_names
-                    .insert(definition.to_ascii_lowercase());
+                self.name(definition, consumer);
                 continue;
             };
             let definition_id = format!("{gallery_id}/images/{definition}");
             match version {
                 Some(v) if !is_latest(Some(v)) => {
-                    self.add_reference(&format!("{definition_id}/versions/{v}"))
+                    self.reference(&format!("{definition_id}/versions/{v}"), consumer)
                 }
                 Some(_) | None => {
-                    self.add_reference(&definition_id);
+                    self.reference(&definition_id, consumer);
                     if let Some(exact) = exact {
-                        self.add_reference(&format!("{definition_id}/versions/{exact}"));
+                        self.reference(&format!("{definition_id}/versions/{exact}"), consumer);
                     }
                 }
             }
@@ -203,6 +254,26 @@ impl InUseSet {
 
     pub fn uses_version(&self, v: &GalleryVersion) -> bool {
         self.versions.contains(&v.id().to_ascii_lowercase()) || self.uses_by_name(&v.definition_id)
+    }
+
+    /// The consumers known to hold this exact version: by its id, or by an
+    /// unmapped reference to its definition's name. (A consumer of the
+    /// definition's latest holds whichever version that is; the inventory
+    /// resolves it through `exactVersion` where Azure reports one.)
+    pub fn consumers_of(&self, v: &GalleryVersion) -> BTreeSet<String> {
+        let name = v
+            .definition_id
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .map(str::to_ascii_lowercase);
+        [Some(v.id().to_ascii_lowercase()), name]
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.consumers.get(&k))
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     pub fn uses_latest_of(&self, definition_id: &str) -> bool {
@@ -343,5 +414,47 @@ mod tests {
         set.add_image_reference(&r, &names());
         set.add_image_reference(&ImageReference::default(), &names());
         assert_eq!(set, InUseSet::default());
+    }
+
+    #[test]
+    fn consumers_of_a_version_are_the_vms_and_scale_sets_that_hold_it() {
+        let mut set = InUseSet::default();
+        let ubuntu = format!("{GALLERY}/images/ubuntu");
+        set.add_reference_by("vm-pinned", &format!("{ubuntu}/versions/1.0.7"));
+        let on_latest = ImageReference {
+            id: Some(&format!("{ubuntu}/versions/latest")),
+            exact_version: Some("1.0.7"),
+            ..ImageReference::default()
+        };
+        set.add_image_reference_by("ss-web", &on_latest, &names());
+        let unmapped = ImageReference {
+            shared_gallery_image_id: Some(
+                "/SharedGalleries/elsewhere/Images/Ubuntu/Versions/9.9.9",
+            ),
+            ..ImageReference::default()
+        };
+        set.add_image_reference_by("vm-partner", &unmapped, &names());
+        set.add_reference_by("vm-other", &format!("{ubuntu}/versions/1.0.6"));
+
+        let held = |v: &str| set.consumers_of(&version(&ubuntu, v));
+        assert_eq!(
+            held("1.0.7"),
+            BTreeSet::from(["vm-pinned", "ss-web", "vm-partner"].map(String::from))
+        );
+        assert_eq!(
+            held("1.0.6"),
+            BTreeSet::from(["vm-other", "vm-partner"].map(String::from))
+        );
+        assert_eq!(held("1.0.5"), BTreeSet::from(["vm-partner".to_string()]));
+        // The sets retention reads are the same as without names.
+        let mut anonymous = InUseSet::default();
+        anonymous.add_reference(&format!("{ubuntu}/versions/1.0.7"));
+        anonymous.add_image_reference(&on_latest, &names());
+        anonymous.add_image_reference(&unmapped, &names());
+        anonymous.add_reference(&format!("{ubuntu}/versions/1.0.6"));
+        assert_eq!(anonymous.versions, set.versions);
+        assert_eq!(anonymous.definitions, set.definitions);
+        assert_eq!(anonymous.definition_names, set.definition_names);
+        assert!(anonymous.consumers.is_empty());
     }
 }

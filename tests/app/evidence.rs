@@ -262,6 +262,35 @@ async fn every_published_version_gets_an_sbom_a_diff_a_gate_verdict_and_signed_p
             out.contains("verified") && out.contains("signature: good"),
             "{out}"
         );
+        // Built again from the template kept with it, on the same base
+        // version: the same packages and a byte-identical disk, and nothing
+        // published or left behind.
+        let versions = |g: Value| -> Vec<(Value, Value)> {
+            g.as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|d| d["versions"].as_array().unwrap().iter())
+                .map(|v| (v["definitionId"].clone(), v["version"].clone()))
+                .collect()
+        };
+        let published_before = versions(f.get("/api/gallery").await);
+        let (ok, out) = kiln(&data, &["verify", &v_enforce, "--rebuild"]);
+        assert!(ok, "{out}");
+        assert!(out.contains("rebuild: packages: the same"), "{out}");
+        assert!(out.contains("identical to the signed disk"), "{out}");
+        assert!(out.lines().any(|l| l == "reproduces"), "{out}");
+        assert_eq!(versions(f.get("/api/gallery").await), published_before);
+        let vhd = data.join("vhd");
+        assert!(
+            !vhd.exists() || std::fs::read_dir(&vhd).unwrap().next().is_none(),
+            "the rebuild's scratch disk is removed"
+        );
+        let (ok, out) = kiln(&data, &["verify", &v_enforce, "--rebuild", "--json"]);
+        assert!(ok, "{out}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["reproduces"], true, "{report:#}");
+        assert_eq!(report["rebuild"]["disks"][0]["name"], "disk.qcow2");
+
         let disk = f
             .provider
             .gallery_version(&v_enforce)
@@ -273,6 +302,9 @@ async fn every_published_version_gets_an_sbom_a_diff_a_gate_verdict_and_signed_p
         let (ok, out) = kiln(&data, &["verify", &v_enforce]);
         assert!(!ok, "a changed disk must not verify: {out}");
         assert!(out.contains("disk.qcow2: sha256 is"), "{out}");
+        let (ok, out) = kiln(&data, &["verify", &v_enforce, "--rebuild"]);
+        assert!(!ok, "{out}");
+        assert!(out.contains("rebuild: not tried"), "{out}");
         // A stranger's key does not verify it either.
         let stranger = f.dir.path().join("stranger.pub.pem");
         std::fs::write(
@@ -403,6 +435,8 @@ async fn the_recheck_revokes_a_version_that_newly_fails_and_promotes_one_that_no
         assert_eq!(status, 200, "{v}");
         assert!(gallery(pass.clone()).await.exclude_from_latest);
 
+        // A VM still runs lab-revoke's version: the report names it.
+        f.provider.vm_create(&revoke, "web-1").await.unwrap();
         // The feed gained curl's finding since lab-revoke was published.
         super::triggers::tick(&rt.app, kiln::app::wire::FunctionName::EvidenceRecheck).await;
         let v = gallery(revoke.clone()).await;
@@ -417,6 +451,8 @@ async fn the_recheck_revokes_a_version_that_newly_fails_and_promotes_one_that_no
         assert_eq!(vulnerable.len(), 1, "{vulnerable:#?}");
         assert_eq!(vulnerable[0]["data"]["version"], revoke.as_str());
         assert_eq!(vulnerable[0]["data"]["revoked"], true);
+        assert_eq!(vulnerable[0]["data"]["inUse"], true);
+        assert_eq!(vulnerable[0]["data"]["consumers"], json!(["web-1"]));
         assert!(vulnerable[0]["data"]["blocking"]
             .to_string()
             .contains("DSA-9901-1"));

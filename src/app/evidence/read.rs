@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::evidence::diff::{diff, PackageDiff};
-use crate::domain::evidence::dsse::{verify_envelope, Envelope, PublicKey};
+use crate::domain::evidence::dsse::{verify_envelope_with_key, Envelope, PublicKey};
 use crate::domain::evidence::provenance::check_subjects;
 use crate::domain::evidence::sbom::Sbom;
 use crate::domain::evidence::spdx;
@@ -109,6 +109,9 @@ pub struct Verification {
     pub files: Vec<(String, String)>,
     /// Everything that failed; empty means verified.
     pub problems: Vec<String>,
+    /// The signed statement, when a trusted key verified it.
+    #[serde(skip)]
+    pub statement: Option<crate::domain::evidence::provenance::Statement>,
 }
 
 impl Verification {
@@ -133,6 +136,7 @@ pub async fn verify(
         signed_by: None,
         files: vec![],
         problems: vec![],
+        statement: None,
     };
     let Some(bytes) = store.get(def, v, EvidenceFile::Provenance).await? else {
         out.problems.push(format!(
@@ -148,14 +152,16 @@ pub async fn verify(
             return Ok(out);
         }
     };
-    let statement = match verify_envelope(&envelope, trusted) {
-        Ok(s) => s,
+    let statement = match verify_envelope_with_key(&envelope, trusted) {
+        Ok((s, key)) => {
+            out.signed_by = Some(key);
+            s
+        }
         Err(e) => {
             out.problems.push(format!("signature: {e}"));
             return Ok(out);
         }
     };
-    out.signed_by = envelope.signatures.first().and_then(|s| s.keyid.clone());
     let mut files: Vec<(String, String)> = disks.to_vec();
     match store.get(def, v, EvidenceFile::Sbom).await? {
         Some(sbom) => files.push((
@@ -174,6 +180,7 @@ pub async fn verify(
             .problems
             .extend(mismatches.iter().map(|m| m.to_string())),
     }
+    out.statement = Some(statement);
     out.files = files
         .iter()
         .map(|(n, s)| {

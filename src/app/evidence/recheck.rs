@@ -241,6 +241,8 @@ async fn newly_failing(
             "blocking": blocking,
             "revoked": revoked,
             "inUse": in_use.map(|s| s.uses_version(gv)),
+            // Who still runs it: VMs, scale sets and their instances.
+            "consumers": in_use.map(|s| s.consumers_of(gv)),
         }),
     );
     if let Err(e) = app.events.publish(&ev).await {

@@ -145,12 +145,29 @@ impl Envelope {
 /// one of the `trusted` keys (DSSE's (1, n) rule), its payload type is
 /// in-toto and its payload a SLSA v1 provenance statement.
 pub fn verify_envelope(env: &Envelope, trusted: &[PublicKey]) -> Result<Statement, VerifyError> {
+    verify_envelope_with_key(env, trusted).map(|(statement, _)| statement)
+}
+
+/// [`verify_envelope`], also saying which trusted key (its key id) verified
+/// it: not necessarily the first signature's.
+pub fn verify_envelope_with_key(
+    env: &Envelope,
+    trusted: &[PublicKey],
+) -> Result<(Statement, String), VerifyError> {
     let body = env.payload_bytes()?;
     let message = pae(&env.payload_type, &body);
     let mut bad = None;
-    let mut accepted = false;
+    let mut accepted = None;
     for (index, s) in env.signatures.iter().enumerate() {
-        let sig = decode_base64(&format!("signatures[{index}].sig"), &s.sig)?;
+        // A signature that does not decode is one that does not verify: a
+        // later one may still (the (1, n) rule), so it is noted, not fatal.
+        let sig = match decode_base64(&format!("signatures[{index}].sig"), &s.sig) {
+            Ok(sig) => sig,
+            Err(e) => {
+                bad.get_or_insert(e);
+                continue;
+            }
+        };
         // keyid narrows the keys tried; an unknown or absent one tries them all.
         let named: Vec<&PublicKey> = trusted
             .iter()
@@ -165,13 +182,13 @@ pub fn verify_envelope(env: &Envelope, trusted: &[PublicKey]) -> Result<Statemen
         for key in candidates {
             match key.verify(&message, &sig) {
                 Ok(()) => {
-                    accepted = true;
+                    accepted = Some(key.key_id());
                     break;
                 }
                 Err(e) => last_error = Some(e),
             }
         }
-        if accepted {
+        if accepted.is_some() {
             break;
         }
         if let (Some(key), None) = (named.first(), &bad) {
@@ -182,7 +199,7 @@ pub fn verify_envelope(env: &Envelope, trusted: &[PublicKey]) -> Result<Statemen
             });
         }
     }
-    if !accepted {
+    let Some(key_id) = accepted else {
         return Err(bad.unwrap_or_else(|| VerifyError::NoTrustedSignature {
             trusted: trusted.iter().map(PublicKey::key_id).collect(),
             keyids: env
@@ -191,13 +208,13 @@ pub fn verify_envelope(env: &Envelope, trusted: &[PublicKey]) -> Result<Statemen
                 .map(|s| s.keyid.clone().unwrap_or_else(|| "(no keyid)".into()))
                 .collect(),
         }));
-    }
+    };
     if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
         return Err(VerifyError::WrongPayloadType {
             found: env.payload_type.clone(),
         });
     }
-    env.statement()
+    Ok((env.statement()?, key_id))
 }
 
 #[cfg(test)]
@@ -384,6 +401,22 @@ mod tests {
             },
         );
         assert!(verify_envelope(&env, std::slice::from_ref(ed_key)).is_ok());
+        // A first signature that is not even base64 does not stop the search,
+        // and the key reported is the one that verified, not the first's.
+        env.signatures.insert(
+            0,
+            Signature {
+                keyid: Some("p256:someone-else".into()),
+                sig: "not base64 !".into(),
+            },
+        );
+        let (_, by) = verify_envelope_with_key(&env, std::slice::from_ref(ed_key)).unwrap();
+        assert_eq!(by, ed_key.key_id());
+        env.signatures.truncate(1);
+        assert!(matches!(
+            verify_envelope(&env, std::slice::from_ref(ed_key)),
+            Err(VerifyError::Undecodable { .. })
+        ));
         env.signatures.clear();
         assert!(matches!(
             verify_envelope(&env, std::slice::from_ref(ed_key)),

@@ -234,9 +234,11 @@ impl Inventory for AzureInventory {
                 .await
                 .with_context(|| format!("Cannot list the images used by {what}"))?;
             for row in &rows {
-                // A VM's reference, or a scale set model's (`model…`).
-                set.add_image_reference(&reference(row, VM_COLUMNS), &names);
-                set.add_image_reference(&reference(row, MODEL_COLUMNS), &names);
+                // A VM's reference, or a scale set model's (`model…`), held
+                // by the row's resource (for reports; retention reads the sets).
+                let by = row.get("id").and_then(Value::as_str).unwrap_or("");
+                set.add_image_reference_by(by, &reference(row, VM_COLUMNS), &names);
+                set.add_image_reference_by(by, &reference(row, MODEL_COLUMNS), &names);
             }
         }
         tracing::info!(

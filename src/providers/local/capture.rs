@@ -302,6 +302,11 @@ pub(crate) async fn capture(
         "tools": tools,
         "builtAt": ts(now()),
     });
+    // The exact body, kept with the version for `kiln verify --rebuild`.
+    std::fs::write(
+        dir.join(super::rebuild::TEMPLATE_FILE),
+        serde_json::to_vec_pretty(&b.body).map_err(Fail::internal)?,
+    )?;
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_vec_pretty(&manifest).map_err(Fail::internal)?,

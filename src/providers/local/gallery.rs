@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! gallery/<subscription>/<resource group>/<gallery>/<image>/<version>/
-//!     disk.qcow2  manifest.json  packages.txt  boot/{vmlinuz,initrd.img}
+//!     disk.qcow2  manifest.json  packages.txt  template.json  boot/{vmlinuz,initrd.img}
 //!     replicas/<region>/<n>.qcow2          hard links of disk.qcow2 (copies across filesystems)
 //! images/<managed image id as a folder name>/disk.qcow2 …
 //! vhd/<template>/<runOutputName>.vhd      (or the distributor's uri)
@@ -59,7 +59,11 @@ fn link_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
 fn place_artifact(c: &Captured, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     link_or_copy(&c.qcow2, &dir.join("disk.qcow2"))?;
-    for f in ["manifest.json", "packages.txt"] {
+    for f in [
+        "manifest.json",
+        "packages.txt",
+        super::rebuild::TEMPLATE_FILE,
+    ] {
         let src = c.dir.join(f);
         if src.exists() {
             std::fs::copy(&src, dir.join(f))?;

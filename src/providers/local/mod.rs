@@ -56,6 +56,7 @@ mod namespace;
 mod options;
 mod other_ports;
 mod place;
+mod rebuild;
 mod records;
 mod reproducible;
 mod run;
@@ -80,6 +81,7 @@ use anyhow::{bail, Context};
 
 pub use bases::{BaseFrom, BaseImage};
 pub use faults::{FaultKind, FaultSpec, Faults};
+pub(crate) use util::sha256_file;
 pub use vm::{BootReport, VmRecord};
 pub use vm_ops::RunDetails;
 

@@ -95,8 +95,8 @@ impl BaseCatalog for LocalProvider {
 impl Inventory for LocalProvider {
     async fn in_use(&self) -> anyhow::Result<InUseSet> {
         let mut set = InUseSet::default();
-        for (_, image, _) in self.inner.records.vms()? {
-            set.add_reference(&image);
+        for (vm, image, _) in self.inner.records.vms()? {
+            set.add_reference_by(&vm, &image);
         }
         Ok(set)
     }

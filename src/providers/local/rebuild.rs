@@ -1,0 +1,244 @@
+//! Building a published version again, for `kiln verify --rebuild`: the
+//! exact template body the version was built from (kept with it as
+//! `template.json`), pinned to the source version it resolved to, run once
+//! more with its output sent to a scratch VHD instead of the gallery. What
+//! the run saw (its SBOM and disk digests) is compared with the signed
+//! evidence by the caller; this module only runs it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use super::{util, LocalProvider};
+use crate::domain::evidence::facts::RunFacts;
+use crate::domain::run::{RunStart, RunState, TemplateStatus};
+use crate::ports::ImageBuilder;
+
+/// The body a version was built from, as the local provider received it.
+pub(crate) const TEMPLATE_FILE: &str = "template.json";
+
+/// How often the rebuild's status is read while it runs.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The template of a rebuild: `body` with its source pinned to `exact` and
+/// its outputs replaced by one VHD at `vhd`, so that nothing is published.
+pub(crate) fn rebuild_body(body: &Value, exact: &str, vhd: &Path) -> anyhow::Result<Value> {
+    let mut body = body.clone();
+    let props = body
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+        .context("template.json: expected an object at `properties`")?;
+    let source = props
+        .get_mut("source")
+        .and_then(Value::as_object_mut)
+        .context("template.json: expected an object at `properties.source`")?;
+    match source.get("type").and_then(Value::as_str) {
+        Some("PlatformImage") => {
+            source.insert("version".into(), json!(exact));
+        }
+        Some("SharedImageVersion") => {
+            source.insert("imageVersionId".into(), json!(exact));
+        }
+        Some("ManagedImage") => {}
+        other => bail!(
+            "template.json: `properties.source.type` is {other:?}, not a source kiln builds from"
+        ),
+    }
+    // Read-only fields AIB fills in; a body carrying them is refused.
+    source.remove("exactVersion");
+    props.insert(
+        "distribute".into(),
+        json!([{
+            "type": "VHD",
+            "runOutputName": "rebuild",
+            "uri": format!("file://{}", vhd.display()),
+        }]),
+    );
+    Ok(body)
+}
+
+impl LocalProvider {
+    /// Builds the published version `version_id` again from its
+    /// `template.json` and returns what that run saw. The template body
+    /// must be the one its manifest names (by sha256); the run's template,
+    /// staging and scratch disk are removed afterwards, whatever the outcome.
+    pub async fn rebuild(&self, version_id: &str, limit: Duration) -> anyhow::Result<RunFacts> {
+        let published = self
+            .gallery_version(version_id)
+            .await?
+            .with_context(|| format!("{version_id} is not in the local gallery"))?;
+        let manifest = published
+            .manifest
+            .as_ref()
+            .with_context(|| format!("{version_id} has no manifest.json"))?;
+        let path = published.path.join(TEMPLATE_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "Cannot read {} (versions published before kiln kept their template cannot be rebuilt)",
+                path.display()
+            )
+        })?;
+        let body: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+        let sha = util::sha256_hex(util::canonical_json(&body).as_bytes());
+        let recorded = manifest["templateSha256"].as_str().unwrap_or("");
+        if sha != recorded {
+            bail!(
+                "{}: sha256 is {sha}, the version's manifest says {recorded}: not the template it was built from",
+                path.display()
+            );
+        }
+        let exact = manifest["sourceExactVersion"]
+            .as_str()
+            .with_context(|| format!("{version_id}: manifest.json has no sourceExactVersion"))?;
+        // In the data folder, beside the published disks: a rebuild's VHD is
+        // as large as the image, more than /tmp may hold.
+        let vhd_dir = self.inner.data_dir.join("vhd");
+        let scratch = std::fs::create_dir_all(&vhd_dir)
+            .and_then(|()| {
+                tempfile::Builder::new()
+                    .prefix("rebuild-")
+                    .tempdir_in(&vhd_dir)
+            })
+            .with_context(|| format!("Cannot make a scratch folder in {}", vhd_dir.display()))?;
+        let rebuilt = rebuild_body(&body, exact, &scratch.path().join("disk.vhd"))?;
+        let name = format!(
+            "kiln-rebuild-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let result = tokio::select! {
+            r = self.run_once(&name, &rebuilt, limit) => r,
+            // Ctrl-C: the run is canceled and cleaned up like any other end.
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("the rebuild was interrupted")),
+        };
+        if result.is_err() {
+            self.stop(&name).await;
+        }
+        // Cleanup whatever happened: the template (its staging and facts).
+        if let Err(e) = self.delete_template(&name).await {
+            tracing::warn!(template = %name, error = %e, "cannot delete the rebuild's template");
+        }
+        result
+    }
+
+    /// Cancels a rebuild that is still running and waits (a minute at
+    /// most) for it to stop, so that its template can be deleted.
+    async fn stop(&self, name: &str) {
+        let _ = self.cancel(name).await;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            match self.status(name).await {
+                Ok(TemplateStatus::Run(s))
+                    if matches!(s.run_state, RunState::Running | RunState::Canceling) => {}
+                Ok(_) | Err(_) => return,
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn run_once(
+        &self,
+        name: &str,
+        body: &Value,
+        limit: Duration,
+    ) -> anyhow::Result<RunFacts> {
+        self.put_template(name, body)
+            .await
+            .map_err(|e| anyhow::anyhow!("the rebuild's template was refused: {e}"))?;
+        let started = Instant::now();
+        loop {
+            match self
+                .run(name)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot start the rebuild: {e}"))?
+            {
+                RunStart::Started | RunStart::Unconfirmed { .. } => break,
+                RunStart::NotReady if started.elapsed() < limit => tokio::time::sleep(POLL).await,
+                RunStart::NotReady => bail!(
+                    "the rebuild's template was not ready in {} s",
+                    limit.as_secs()
+                ),
+            }
+        }
+        let status = loop {
+            match self.status(name).await.map_err(anyhow::Error::msg)? {
+                TemplateStatus::Run(s)
+                    if !matches!(s.run_state, RunState::Running | RunState::Canceling) =>
+                {
+                    break s;
+                }
+                TemplateStatus::Run(_) | TemplateStatus::NotRun | TemplateStatus::Provisioning => {}
+                other @ (TemplateStatus::Missing
+                | TemplateStatus::Deleting
+                | TemplateStatus::ProvisioningFailed { .. }) => {
+                    bail!("the rebuild's template is {other:?}")
+                }
+            }
+            if started.elapsed() > limit {
+                bail!("the rebuild did not finish in {} s", limit.as_secs());
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        if status.run_state != RunState::Succeeded {
+            bail!(
+                "the rebuild ended {:?}: {}",
+                status.run_state,
+                status.message
+            );
+        }
+        self.run_facts(name)
+            .await
+            .map_err(anyhow::Error::msg)?
+            .context("the rebuild left no run facts")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuild_pins_the_source_and_publishes_nothing() {
+        let body = json!({
+            "location": "westeurope",
+            "tags": {"kiln.build": "20261208-020000-a1b2c3"},
+            "properties": {
+                "source": {"type": "PlatformImage", "publisher": "kiln", "offer": "debian",
+                           "sku": "12", "version": "latest", "exactVersion": "12.0.1"},
+                "customize": [{"type": "Shell", "name": "jq", "inline": ["apt-get install -y jq"]}],
+                "distribute": [{"type": "SharedImage", "runOutputName": "sig",
+                                "galleryImageId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d/versions/1.0.0"}]
+            }
+        });
+        let out = rebuild_body(&body, "12.0.1", Path::new("/data/vhd/rebuild-x/disk.vhd")).unwrap();
+        assert_eq!(
+            out["properties"]["source"],
+            json!({"type": "PlatformImage", "publisher": "kiln", "offer": "debian", "sku": "12", "version": "12.0.1"})
+        );
+        assert_eq!(
+            out["properties"]["distribute"],
+            json!([{"type": "VHD", "runOutputName": "rebuild", "uri": "file:///data/vhd/rebuild-x/disk.vhd"}])
+        );
+        // The steps are the same steps.
+        assert_eq!(
+            out["properties"]["customize"],
+            body["properties"]["customize"]
+        );
+
+        let mut shared = body.clone();
+        shared["properties"]["source"] = json!({"type": "SharedImageVersion",
+            "imageVersionId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/base/versions/latest"});
+        let exact = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/base/versions/2.1.0";
+        let out = rebuild_body(&shared, exact, Path::new("/x.vhd")).unwrap();
+        assert_eq!(out["properties"]["source"]["imageVersionId"], exact);
+
+        let mut odd = body;
+        odd["properties"]["source"] = json!({"type": "ISO"});
+        let e = rebuild_body(&odd, "1", Path::new("/x.vhd"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("properties.source.type"), "{e}");
+    }
+}
