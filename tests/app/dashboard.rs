@@ -346,6 +346,21 @@ async fn in_a_browser_the_dashboard_builds_follows_and_shows_the_gallery() {
             text.contains(&action) && text.contains("none found"),
             "{text}"
         );
+        // What the version changed, read from the evidence API when opened:
+        // the busybox image has no package database, so nothing changed.
+        version
+            .find(Locator::Css("details.changes summary"))
+            .await
+            .expect("a version with evidence discloses its changes")
+            .click()
+            .await
+            .unwrap();
+        wait_text(
+            &b,
+            "div.definition[data-definition$='/images/tiny'] tr[data-version='1.0.0'] div.changes",
+            "no package added, removed or changed",
+        )
+        .await;
         let pipeline = b
             .wait_for("#pipelines-body tr[data-pipeline='tiny']")
             .await

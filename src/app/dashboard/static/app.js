@@ -457,7 +457,43 @@
     if (inUse.versions.includes(id)) out.push("VMs or scale sets use this version");
     if (isLatest && inUse.definitions.includes(defId.toLowerCase())) out.push("used through references to latest");
     if ((inUse.definition_names || []).includes(name)) out.push("maybe: a shared or community gallery reference to a definition of this name");
+    // Who holds it, where the inventory named them (VMs, scale sets, instances).
+    const held = (k) => (inUse.consumers || {})[k] || [];
+    const who = [...new Set([...held(id), ...(isLatest ? held(defId.toLowerCase()) : []), ...held(name)])];
+    if (who.length) out.push("held by " + who.join(", "));
     return out.length ? out.join("; ") : "none found";
+  }
+
+  // What a version changed, fetched when its disclosure is first opened:
+  // since the previous version of the definition, or since its base.
+  function changesItem(defId, v, previous) {
+    const to = `${defId}/versions/${v.version}`;
+    const from = previous ? `${defId}/versions/${previous.version}` : null;
+    const body = el("div", { class: "changes", text: "loading…" });
+    const details = el("details", { class: "changes" },
+      el("summary", { text: from ? `what changed since ${previous.version}` : "what changed since the base" }), body);
+    let loaded = false;
+    details.addEventListener("toggle", async () => {
+      if (!details.open || loaded) return;
+      loaded = true;
+      try {
+        const q = `to=${enc(to)}` + (from ? `&from=${enc(from)}` : "");
+        const d = await getJson("/api/evidence/diff?" + q);
+        const lines = [
+          ...d.added.map((c) => `+ ${c.name} ${c.to}`),
+          ...d.removed.map((c) => `- ${c.name} ${c.from}`),
+          ...d.upgraded.map((c) => `↑ ${c.name} ${c.from} → ${c.to}`),
+          ...d.downgraded.map((c) => `↓ ${c.name} ${c.from} → ${c.to}`),
+        ];
+        body.replaceChildren(lines.length
+          ? el("ul", { class: "mono" }, lines.map((t) => el("li", { text: t })))
+          : el("p", { text: "no package added, removed or changed" }));
+      } catch (e) {
+        loaded = false;
+        body.replaceChildren(el("p", { class: "failure", text: "cannot read the diff: " + e.message }));
+      }
+    });
+    return el("li", {}, details);
   }
 
   function evidenceItem(ev) {
@@ -472,11 +508,12 @@
     return el("li", { class: "evidence", text: "evidence: " + parts.join(" · ") });
   }
 
-  function lineageCell(tags, evidence) {
+  function lineageCell(tags, evidence, changes) {
     const items = [];
     const t = tags || {};
     const ev = evidenceItem(evidence);
     if (ev) items.push(ev);
+    if (ev && changes) items.push(changes);
     if (t["kiln.build"]) items.push(el("li", {}, "build ", el("a", { href: "#/builds/" + enc(t["kiln.build"]), class: "mono", text: t["kiln.build"] })));
     if (t["kiln.source"]) items.push(el("li", {}, "from ", breakable(t["kiln.source"], "mono")));
     if (t["kiln.pipeline"]) items.push(el("li", { text: "pipeline " + t["kiln.pipeline"] }));
@@ -497,13 +534,13 @@
     const items = new Map(((plan && plan.items) || []).map((i) => [String(i.version), i]));
     const skipped = plan ? plan.skipped : null;
     const captionId = "def-caption-" + index;
-    const rows = versions.map((v) => row(VERSION_COLUMNS, [
+    const rows = versions.map((v, i) => row(VERSION_COLUMNS, [
       { node: v.version, cls: "num" },
       { node: fmtTime(v.published), cls: "num" },
       { node: v === latest ? badge("latest", "ok") : v.excludeFromLatest ? "excluded" : "–" },
       { node: fmtTime(v.endOfLife), cls: "num" },
       (v.replication || []).map((r) => `${r.region} ×${r.replicaCount} ${r.state}`).join(", ") || "–",
-      { node: lineageCell(v.tags, v.evidence) },
+      { node: lineageCell(v.tags, v.evidence, v.evidence && changesItem(def.definition, v, versions.slice(i + 1).find((p) => p.evidence))) },
       consumersCell(def.definition, v, v === latest, inUse),
       { node: retentionCell(items.get(String(v.version)), skipped) },
     ], { "data-version": v.version }));
