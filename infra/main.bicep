@@ -120,6 +120,21 @@ resource contentFiles 'Microsoft.Storage/storageAccounts/fileServices/shares@202
   name: contentShare
 }
 
+// Every version's evidence (SBOM, findings, signed provenance), shared by
+// all instances; the app's identity has Storage Blob Data Owner (below).
+resource blobs 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource evidenceContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobs
+  name: 'kiln-evidence'
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
 // ---------------------------------------------------------------- Service Bus
 
 resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
@@ -317,7 +332,11 @@ resource app 'Microsoft.Web/sites@2023-12-01' = {
         // locking does not hold, and several instances write at once.
         { name: 'KILN_STORE', value: 'table' }
         { name: 'KILN_TABLE_ENDPOINT', value: storage.properties.primaryEndpoints.table }
-        // Scratch only (each instance's own events file); nothing kiln must keep.
+        // Evidence in Blob Storage, reached with the app's identity: the
+        // data folder below is each instance's own.
+        { name: 'KILN_EVIDENCE_ENDPOINT', value: storage.properties.primaryEndpoints.blob }
+        { name: 'KILN_EVIDENCE_CONTAINER', value: evidenceContainer.name }
+        // Scratch only (each instance's own events file and feed copy); nothing kiln must keep.
         { name: 'KILN_DATA_DIR', value: '/tmp/kiln' }
         { name: 'KILN_PIPELINES_DIR', value: 'pipelines' }
         // KILN_HANDLERS_DIR is not set: kiln reads the function folders from

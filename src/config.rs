@@ -59,6 +59,24 @@ pub enum TableAccess {
     Endpoint(String),
 }
 
+/// Where evidence lives when not in the data folder: a Blob Storage
+/// container every instance shares (`KILN_EVIDENCE_ENDPOINT` or
+/// `KILN_EVIDENCE_CONNECTION`, and `KILN_EVIDENCE_CONTAINER`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceBlobSettings {
+    pub access: BlobAccess,
+    /// `KILN_EVIDENCE_CONTAINER`, default `kiln-evidence`.
+    pub container: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobAccess {
+    /// A Storage connection string (Shared Key; `UseDevelopmentStorage=true` for Azurite).
+    ConnectionString(Secret),
+    /// The blob endpoint, reached with Entra ID tokens (the app's managed identity).
+    Endpoint(String),
+}
+
 /// Who may call the HTTP API (every route but health and the events
 /// webhook, which has its own key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +167,8 @@ pub struct Settings {
     pub osv_feed: Option<PathBuf>,
     /// `KILN_OSV_FEED_URL`: where the `evidence_recheck` timer refreshes it from.
     pub osv_feed_url: Option<String>,
+    /// Evidence in Blob Storage; `None` keeps it in the data folder.
+    pub evidence_blobs: Option<EvidenceBlobSettings>,
 }
 
 pub type Env = BTreeMap<String, String>;
@@ -204,6 +224,42 @@ fn default_handlers_dir(cwd: &Path) -> PathBuf {
     } else {
         PathBuf::from(".")
     }
+}
+
+fn evidence_blob_settings(env: &Env) -> anyhow::Result<Option<EvidenceBlobSettings>> {
+    unresolved_reference(env, "KILN_EVIDENCE_CONNECTION")?;
+    let access = match (get(env, "KILN_EVIDENCE_CONNECTION"), get(env, "KILN_EVIDENCE_ENDPOINT")) {
+        (None, None) => {
+            if get(env, "KILN_EVIDENCE_CONTAINER").is_some() {
+                bail!("KILN_EVIDENCE_CONTAINER: set, but neither KILN_EVIDENCE_ENDPOINT nor KILN_EVIDENCE_CONNECTION says which storage account");
+            }
+            return Ok(None);
+        }
+        (Some(c), None) => BlobAccess::ConnectionString(Secret::new(c)),
+        (None, Some(e)) => {
+            let local = e.starts_with("http://127.0.0.1") || e.starts_with("http://localhost");
+            if !e.starts_with("https://") && !local {
+                bail!("KILN_EVIDENCE_ENDPOINT: expected an https:// URL such as https://ACCOUNT.blob.core.windows.net (plain http only on loopback), got `{e}`");
+            }
+            BlobAccess::Endpoint(e.trim_end_matches('/').to_string())
+        }
+        (Some(_), Some(_)) => bail!("KILN_EVIDENCE_CONNECTION and KILN_EVIDENCE_ENDPOINT: set one, not both (a connection string uses its key, an endpoint uses Entra ID)"),
+    };
+    let container = get(env, "KILN_EVIDENCE_CONTAINER").unwrap_or("kiln-evidence");
+    let valid = (3..=63).contains(&container.len())
+        && container
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !container.starts_with('-')
+        && !container.ends_with('-')
+        && !container.contains("--");
+    if !valid {
+        bail!("KILN_EVIDENCE_CONTAINER: expected a container name (3-63 of a-z 0-9 -, no leading, trailing or double -), got `{container}`");
+    }
+    Ok(Some(EvidenceBlobSettings {
+        access,
+        container: container.to_string(),
+    }))
 }
 
 fn store_settings(env: &Env) -> anyhow::Result<StoreSettings> {
@@ -312,6 +368,7 @@ impl Settings {
             http_bind,
             http_read_timeout: std::time::Duration::from_secs(u64::from(read_timeout)),
             api_access: api_access(env)?,
+            evidence_blobs: evidence_blob_settings(env)?,
             osv_feed: get(env, "KILN_OSV_FEED").map(PathBuf::from),
             osv_feed_url: match get(env, "KILN_OSV_FEED_URL") {
                 None => None,
@@ -388,6 +445,59 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn evidence_goes_to_blob_storage_only_when_an_account_is_named() {
+        assert_eq!(Settings::from_env(&env(&[])).unwrap().evidence_blobs, None);
+        let s = Settings::from_env(&env(&[(
+            "KILN_EVIDENCE_ENDPOINT",
+            "https://acct.blob.core.windows.net/",
+        )]))
+        .unwrap();
+        assert_eq!(
+            s.evidence_blobs,
+            Some(EvidenceBlobSettings {
+                access: BlobAccess::Endpoint("https://acct.blob.core.windows.net".into()),
+                container: "kiln-evidence".into(),
+            })
+        );
+        let s = Settings::from_env(&env(&[
+            ("KILN_EVIDENCE_CONNECTION", "UseDevelopmentStorage=true"),
+            ("KILN_EVIDENCE_CONTAINER", "images-evidence"),
+        ]))
+        .unwrap();
+        assert_eq!(s.evidence_blobs.unwrap().container, "images-evidence");
+        for (pairs, expected) in [
+            (
+                vec![(
+                    "KILN_EVIDENCE_ENDPOINT",
+                    "http://acct.blob.core.windows.net",
+                )],
+                "KILN_EVIDENCE_ENDPOINT: expected an https:// URL",
+            ),
+            (
+                vec![
+                    ("KILN_EVIDENCE_ENDPOINT", "https://a.blob.core.windows.net"),
+                    ("KILN_EVIDENCE_CONNECTION", "UseDevelopmentStorage=true"),
+                ],
+                "set one, not both",
+            ),
+            (
+                vec![("KILN_EVIDENCE_CONTAINER", "kiln-evidence")],
+                "neither KILN_EVIDENCE_ENDPOINT nor KILN_EVIDENCE_CONNECTION",
+            ),
+            (
+                vec![
+                    ("KILN_EVIDENCE_ENDPOINT", "https://a.blob.core.windows.net"),
+                    ("KILN_EVIDENCE_CONTAINER", "Kiln_Evidence"),
+                ],
+                "KILN_EVIDENCE_CONTAINER: expected a container name",
+            ),
+        ] {
+            let e = Settings::from_env(&env(&pairs)).unwrap_err().to_string();
+            assert!(e.contains(expected), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

@@ -11,16 +11,19 @@ use super::local::{LocalHost, LocalQueuePort};
 use crate::app::events::EventSink;
 use crate::app::evidence::Evidence;
 use crate::app::{App, PipelineSet};
-use crate::config::{Env, ProviderKind, Settings, StoreSettings};
+use crate::config::{BlobAccess, Env, ProviderKind, Settings, StoreSettings};
 use crate::domain::build::Tuning;
 use crate::domain::evidence::provenance::BuildPlatform;
-use crate::ports::{Clock, Signer};
-use crate::providers::azure::identity::{token_source, CredentialKind};
+use crate::ports::{Clock, EvidenceStore, Signer};
+use crate::providers::azure::blob::BlobClient;
+use crate::providers::azure::identity::{token_source, CredentialKind, TokenSource};
+use crate::providers::evidence_blobs::EvidenceBlobs;
 use crate::providers::evidence_files::EvidenceFiles;
 use crate::providers::local::signing::LocalSigner;
 use crate::providers::local::{Faults, KvmMode, LocalConfig, LocalProvider};
 use crate::providers::vuln_feed::FileFeed;
 use crate::store::sqlite::queue::LocalQueue;
+use crate::store::table::Credential;
 use crate::store::table_store::TableStore;
 use crate::store::{Db, SqliteStore, Store};
 
@@ -64,23 +67,50 @@ pub async fn open_store(
     match &settings.store {
         StoreSettings::Sqlite => Ok(Arc::new(SqliteStore::new(db()?))),
         StoreSettings::Table { access, prefix } => {
-            let client = TableStore::client(access, || {
-                let kind = match env.get("KILN_AZURE_CREDENTIAL").map(|s| s.trim()) {
-                    None | Some("") | Some("managed-identity") => CredentialKind::ManagedIdentity {
-                        client_id: env.get("AZURE_CLIENT_ID").cloned().filter(|s| !s.is_empty()),
-                    },
-                    Some("cli") => CredentialKind::AzureCli,
-                    Some(other) => anyhow::bail!(
-                        "KILN_AZURE_CREDENTIAL: Table Storage takes `managed-identity` or `cli`, got `{other}` (Azurite takes KILN_TABLE_CONNECTION)"
-                    ),
-                };
-                token_source(&kind, reqwest::Client::new())
-            })?;
+            let client = TableStore::client(access, || storage_tokens(env))?;
             let store = TableStore::open(client, prefix).await?;
             tracing::info!(table = %format!("{prefix}state"), "build state in Table Storage");
             Ok(Arc::new(store))
         }
     }
+}
+
+/// Entra ID tokens for Storage (tables, blobs): the managed identity, or
+/// the Azure CLI's login (`KILN_AZURE_CREDENTIAL=cli`).
+fn storage_tokens(env: &Env) -> anyhow::Result<Arc<dyn TokenSource>> {
+    let kind = match env.get("KILN_AZURE_CREDENTIAL").map(|s| s.trim()) {
+        None | Some("") | Some("managed-identity") => CredentialKind::ManagedIdentity {
+            client_id: env.get("AZURE_CLIENT_ID").cloned().filter(|s| !s.is_empty()),
+        },
+        Some("cli") => CredentialKind::AzureCli,
+        Some(other) => anyhow::bail!(
+            "KILN_AZURE_CREDENTIAL: Storage takes `managed-identity` or `cli`, got `{other}` (Azurite takes a connection string)"
+        ),
+    };
+    token_source(&kind, reqwest::Client::new())
+}
+
+/// Where evidence is kept: the Blob Storage container settings name, or
+/// the data folder.
+fn evidence_store(settings: &Settings, env: &Env) -> anyhow::Result<Arc<dyn EvidenceStore>> {
+    let Some(blobs) = &settings.evidence_blobs else {
+        return Ok(Arc::new(EvidenceFiles::new(&settings.data_dir)));
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let (endpoint, credential) = match &blobs.access {
+        BlobAccess::ConnectionString(cs) => {
+            let (endpoint, key) = crate::providers::azure::blob::parse_connection_string(cs)
+                .context("KILN_EVIDENCE_CONNECTION")?;
+            (endpoint, Credential::SharedKey(key))
+        }
+        BlobAccess::Endpoint(e) => (e.clone(), Credential::Bearer(storage_tokens(env)?)),
+    };
+    let client = BlobClient::new(&endpoint, &blobs.container, credential, http)
+        .context("KILN_EVIDENCE_CONTAINER")?;
+    tracing::info!(container = %blobs.container, "evidence in Blob Storage");
+    Ok(Arc::new(EvidenceBlobs::new(client)))
 }
 
 pub fn local_provider(settings: &Settings, db: Db) -> anyhow::Result<LocalProvider> {
@@ -180,6 +210,11 @@ pub async fn azure_app(
             None
         }
     };
+    if settings.evidence_blobs.is_none() && matches!(settings.store, StoreSettings::Table { .. }) {
+        tracing::warn!(
+            "evidence is kept in the data folder, which on a scaled-out Function App is each instance's own: set KILN_EVIDENCE_ENDPOINT (or KILN_EVIDENCE_CONNECTION) to keep it in Blob Storage"
+        );
+    }
     let evidence = local_evidence(&settings, env, BuildPlatform::Azure, signer)?;
     let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
         .map_err(|errors| {
@@ -210,7 +245,8 @@ pub async fn azure_app(
     })
 }
 
-/// Evidence kept in the data folder, provenance signed by `signer` or else
+/// Evidence kept in Blob Storage when settings name a container, else in
+/// the data folder; provenance signed by `signer` or else
 /// with the data folder's key (or `KILN_SIGNING_KEY`), the feed
 /// `KILN_OSV_FEED` names.
 pub fn local_evidence(
@@ -224,7 +260,7 @@ pub fn local_evidence(
         None => Arc::new(LocalSigner::from_env(env, &settings.data_dir)?),
     };
     Ok(Evidence {
-        store: Arc::new(EvidenceFiles::new(&settings.data_dir)),
+        store: evidence_store(settings, env)?,
         signer,
         trusted: vec![],
         feed: Arc::new(FileFeed::from_settings(

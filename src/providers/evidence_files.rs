@@ -20,7 +20,8 @@ use crate::domain::template::GalleryImageRef;
 use crate::domain::version::ImageVersion;
 use crate::ports::{EvidenceFile, EvidenceStore};
 
-const DEFINITION_FILE: &str = "definition.id";
+/// The definition's id as first written (the folder names are lowercased).
+pub(crate) const DEFINITION_FILE: &str = "definition.id";
 
 #[derive(Debug, Clone)]
 pub struct EvidenceFiles {
@@ -36,21 +37,29 @@ impl EvidenceFiles {
     }
 
     fn definition_dir(&self, definition_id: &str) -> anyhow::Result<PathBuf> {
-        let r = GalleryImageRef::parse(definition_id).with_context(|| {
-            format!("evidence: `{definition_id}` is not a gallery image definition id")
-        })?;
         let mut dir = self.root.clone();
-        for segment in [&r.subscription, &r.resource_group, &r.gallery, &r.image] {
-            let s = segment.to_ascii_lowercase();
-            // Segments come from an id kiln parsed; refuse anything that
-            // would climb out of the evidence folder all the same.
-            if s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) {
-                anyhow::bail!("evidence: `{definition_id}` has an unusable segment `{segment}`");
-            }
-            dir.push(s);
-        }
+        dir.extend(definition_segments(definition_id)?);
         Ok(dir)
     }
+}
+
+/// Where a definition's evidence goes, on disk and in Blob Storage alike:
+/// subscription, resource group, gallery and image, lowercased (ARM ids are
+/// case-insensitive).
+pub(crate) fn definition_segments(definition_id: &str) -> anyhow::Result<[String; 4]> {
+    let r = GalleryImageRef::parse(definition_id).with_context(|| {
+        format!("evidence: `{definition_id}` is not a gallery image definition id")
+    })?;
+    let segments = [&r.subscription, &r.resource_group, &r.gallery, &r.image]
+        .map(|segment| segment.to_ascii_lowercase());
+    for s in &segments {
+        // Segments come from an id kiln parsed; refuse anything that would
+        // climb out of the evidence folder (or blob prefix) all the same.
+        if s.is_empty() || s == "." || s == ".." || s.contains(['/', '\\', '\0']) {
+            anyhow::bail!("evidence: `{definition_id}` has an unusable segment `{s}`");
+        }
+    }
+    Ok(segments)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder.

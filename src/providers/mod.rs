@@ -3,6 +3,7 @@
 //! Service Bus REST for queues), and the OSV feed's download.
 
 pub mod azure;
+pub mod evidence_blobs;
 pub mod evidence_files;
 pub mod local;
 pub mod osv_feed;

@@ -23,7 +23,17 @@ pub struct FileFeed {
     url: Option<String>,
     source: Option<OsvFeedSource>,
     cache: Mutex<Option<(Stamp, Arc<Feed>)>>,
+    /// One download at a time from this process (two evidence steps at
+    /// once on a cold instance would both fetch the feed).
+    downloading: tokio::sync::Mutex<()>,
 }
+
+/// A downloaded copy older than this is refreshed before it is used. The
+/// `evidence_recheck` timer (every six hours) refreshes the copy of the
+/// instance it runs on; every other instance of a scaled-out app has its
+/// own data folder, so it fetches its first copy on first use and a newer
+/// one once its copy is this old (a conditional GET: usually a 304).
+const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 impl FileFeed {
     /// `path`: where the feed is; with `url`, where it is downloaded to.
@@ -37,7 +47,40 @@ impl FileFeed {
             url,
             source,
             cache: Mutex::new(None),
+            downloading: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// With a URL: downloads the feed when this instance has no copy or
+    /// only an old one. A failed download is logged and the copy on hand
+    /// (if any) is used; the gate then says which feed it judged by.
+    async fn ensure_fresh(&self) {
+        let (Some(_), Some(path)) = (&self.url, &self.path) else {
+            return;
+        };
+        let _one = self.downloading.lock().await;
+        let age = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a < MAX_AGE) {
+            return;
+        }
+        match self.refresh().await {
+            FeedRefresh::Refreshed { advisories } => {
+                tracing::info!(advisories, "vulnerability feed downloaded on first use")
+            }
+            FeedRefresh::NotModified => {
+                // Unchanged upstream: the copy is current again.
+                if let Ok(f) = std::fs::File::options().append(true).open(path) {
+                    let _ = f.set_modified(SystemTime::now());
+                }
+            }
+            FeedRefresh::Failed(why) => {
+                tracing::warn!(error = %why, "cannot refresh the vulnerability feed; using the copy on hand")
+            }
+            FeedRefresh::NotConfigured => {}
+        }
     }
 
     /// The feed settings: `KILN_OSV_FEED` (a path) and `KILN_OSV_FEED_URL`;
@@ -84,6 +127,7 @@ impl VulnerabilityFeed for FileFeed {
         let Some(path) = self.path.clone() else {
             return Ok(None);
         };
+        self.ensure_fresh().await;
         let now = match stamp(&path) {
             Ok(s) => s,
             // A URL's first download has not happened yet: no feed, not an error.
@@ -174,5 +218,27 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/osv"), "{e}");
+    }
+
+    /// An instance that never ran the refresh timer (another instance of a
+    /// scaled-out app did) fetches its own copy when the gate first needs it.
+    #[tokio::test]
+    async fn an_instance_without_a_copy_downloads_the_feed_on_first_use() {
+        let upstream = tempfile::tempdir().unwrap();
+        let source = upstream.path().join("all.json");
+        std::fs::write(
+            &source,
+            format!("[{}]", advisory("KILN-TEST-9", "2026-11-01T00:00:00Z")),
+        )
+        .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", source.display());
+        let feed = FileFeed::from_settings(None, Some(url), data.path()).unwrap();
+        let loaded = feed.current().await.unwrap().expect("downloaded on first use");
+        assert!(loaded.get("KILN-TEST-9").is_some());
+        assert!(data.path().join("osv/feed.json").exists());
+        // A source that has gone away leaves the copy on hand in use.
+        std::fs::remove_file(&source).unwrap();
+        assert!(feed.current().await.unwrap().is_some());
     }
 }

@@ -1,7 +1,8 @@
 //! Evidence through the Azure face: the `kiln-sbom` step kiln appends prints
 //! the image's packages into AIB's customization log (the simulator prints
 //! what the real step would), kiln reads them back into the version's SBOM
-//! and signs provenance with the Key Vault key.
+//! and signs provenance with the Key Vault key. The evidence is kept in
+//! Blob Storage (an Azurite the test starts), as a scaled-out app keeps it.
 
 use serde_json::json;
 
@@ -9,23 +10,33 @@ use kiln::domain::evidence::dsse::{verify_envelope, Envelope};
 use kiln::domain::evidence::spdx::from_spdx_json;
 use kiln::domain::version::ImageVersion;
 use kiln::ports::{EvidenceFile, EvidenceStore};
-use kiln::providers::evidence_files::EvidenceFiles;
+use kiln::providers::azure::blob::{parse_connection_string, BlobClient};
+use kiln::providers::evidence_blobs::EvidenceBlobs;
+use kiln::sim::server::SimOptions;
+use kiln::store::table::testing::Azurite;
+use kiln::store::table::Credential;
 
 use super::harness::{bounded, tiny, World};
 
 #[tokio::test]
 async fn an_azure_build_that_installs_jq_has_an_sbom_listing_it_and_signed_provenance() {
     bounded(async {
-        let w = World::with_pipelines(|sub| {
-            let mut doc = tiny(sub);
-            doc["properties"]["customize"].as_array_mut().unwrap().push(
-                json!({"type": "Shell", "name": "tools", "inline": [
-                    "sudo apt-get update",
-                    "sudo apt-get install -y jq"
-                ]}),
-            );
-            vec![("tiny".into(), doc)]
-        })
+        let azurite = Azurite::start_blob();
+        let connection = azurite.connection_string().expose().to_string();
+        let w = World::with_env(
+            SimOptions::new(600),
+            &[("KILN_EVIDENCE_CONNECTION", connection)],
+            |sub| {
+                let mut doc = tiny(sub);
+                doc["properties"]["customize"].as_array_mut().unwrap().push(
+                    json!({"type": "Shell", "name": "tools", "inline": [
+                        "sudo apt-get update",
+                        "sudo apt-get install -y jq"
+                    ]}),
+                );
+                vec![("tiny".into(), doc)]
+            },
+        )
         .await;
         let id = w.request_build("tiny", "sbom-e2e").await;
         let done = w.until(&id, "succeeded").await;
@@ -57,7 +68,19 @@ async fn an_azure_build_that_installs_jq_has_an_sbom_listing_it_and_signed_prove
             .as_str()
             .unwrap()
             .to_string();
-        let store = EvidenceFiles::new(&w.data_dir());
+        // In the container, where every instance reads it, and not in
+        // this instance's data folder.
+        assert!(!w.data_dir().join("evidence").exists());
+        let (endpoint, key) = parse_connection_string(&azurite.connection_string()).unwrap();
+        let store = EvidenceBlobs::new(
+            BlobClient::new(
+                &endpoint,
+                "kiln-evidence",
+                Credential::SharedKey(key),
+                reqwest::Client::new(),
+            )
+            .unwrap(),
+        );
         let bytes = store
             .get(&definition, version, EvidenceFile::Sbom)
             .await
@@ -69,6 +92,15 @@ async fn an_azure_build_that_installs_jq_has_an_sbom_listing_it_and_signed_prove
             Some("1.6-2.1ubuntu3")
         );
         assert!(sbom.package("curl").is_some(), "the base's packages too");
+        // The API reads it back from there.
+        let version_id = format!("{definition}/versions/{version}");
+        let served = w
+            .api_get(&format!("/api/evidence/sbom?version={version_id}"))
+            .await;
+        assert_eq!(
+            served,
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        );
         assert_eq!(sbom.os.as_ref().map(|o| o.id.as_str()), Some("ubuntu"));
 
         let envelope: Envelope = serde_json::from_slice(

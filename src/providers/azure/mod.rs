@@ -11,6 +11,7 @@
 //! | [`key_vault`] | Key Vault keys 7.4: sign (ES256), get key | [`Signer`](crate::ports::Signer) |
 
 pub mod arm;
+pub mod blob;
 pub mod error;
 pub mod gallery;
 pub mod identity;

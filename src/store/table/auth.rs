@@ -100,7 +100,9 @@ impl SharedKey {
         format!("SharedKey {}:{}", self.account, self.signature(&to_sign))
     }
 
-    fn signature(&self, string_to_sign: &str) -> String {
+    /// base64(HMAC-SHA256(key, string_to_sign)): the signature of any
+    /// storage service's string to sign (Blob builds its own).
+    pub(crate) fn signature(&self, string_to_sign: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key)
             .expect("HMAC-SHA256 takes a key of any length");
         mac.update(string_to_sign.as_bytes());

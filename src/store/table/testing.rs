@@ -1,4 +1,5 @@
-//! The test fixture: a private Azurite (Microsoft's local Table Storage)
+//! The test fixture: a private Azurite (Microsoft's local Table Storage, or
+//! its Blob Storage for the evidence store)
 //! per test, on a free port with its data in a temporary folder, stopped
 //! when dropped.
 //!
@@ -37,6 +38,8 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 pub struct Azurite {
     child: Child,
     port: u16,
+    /// `azurite-table` or `azurite-blob`: what this one serves.
+    service: Service,
     log: PathBuf,
     /// The self-signed certificate Azurite serves, when it serves https.
     tls_cert: Option<Vec<u8>>,
@@ -49,6 +52,13 @@ impl Azurite {
     /// connections. Plain http, Shared Key.
     pub fn start() -> Azurite {
         Self::launch(&program(), false)
+    }
+
+    /// `azurite-blob` (or `KILN_AZURITE_BLOB`), plain http, Shared Key:
+    /// Blob Storage for the evidence store's tests.
+    pub fn start_blob() -> Azurite {
+        let program = std::env::var("KILN_AZURITE_BLOB").unwrap_or_else(|_| "azurite-blob".into());
+        Self::launch_service(&program, false, Service::Blob)
     }
 
     /// As [`start`](Self::start), with this program. Panics, saying what to
@@ -66,6 +76,10 @@ impl Azurite {
     }
 
     fn launch(program: &str, oauth: bool) -> Azurite {
+        Self::launch_service(program, oauth, Service::Table)
+    }
+
+    fn launch_service(program: &str, oauth: bool, service: Service) -> Azurite {
         // Another process may take the port between our probe and Azurite's
         // bind; Azurite then exits, and another free port is tried.
         let mut last_failure = String::new();
@@ -81,7 +95,11 @@ impl Azurite {
                 .args(["--silent", "--disableTelemetry"])
                 .arg("--location")
                 .arg(data.path())
-                .args(["--tableHost", "127.0.0.1", "--tablePort", &port.to_string()])
+                .args(match service {
+                    Service::Table => ["--tableHost", "127.0.0.1", "--tablePort"],
+                    Service::Blob => ["--blobHost", "127.0.0.1", "--blobPort"],
+                })
+                .arg(port.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(log_err));
@@ -104,6 +122,7 @@ impl Azurite {
             let mut azurite = Azurite {
                 child,
                 port,
+                service,
                 log: log_path,
                 tls_cert,
                 _data: data,
@@ -123,7 +142,12 @@ impl Azurite {
     fn wait_until_listening(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let started = format!("successfully started on 127.0.0.1:{}", self.port);
+        // "Azurite Table service successfully started on 127.0.0.1:P",
+        // "Azurite Blob service successfully listens on http://127.0.0.1:P".
+        let started = match self.service {
+            Service::Table => format!("successfully started on 127.0.0.1:{}", self.port),
+            Service::Blob => format!("successfully listens on http://127.0.0.1:{}", self.port),
+        };
         loop {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             if log.contains(&started)
@@ -163,8 +187,12 @@ impl Azurite {
 
     /// A connection string for this instance, in the form a deployment would have.
     pub fn connection_string(&self) -> Secret {
+        let endpoint = match self.service {
+            Service::Table => "TableEndpoint",
+            Service::Blob => "BlobEndpoint",
+        };
         Secret::new(format!(
-            "AccountName={DEV_ACCOUNT};AccountKey={DEV_ACCOUNT_KEY};TableEndpoint={}",
+            "AccountName={DEV_ACCOUNT};AccountKey={DEV_ACCOUNT_KEY};{endpoint}={}",
             self.endpoint()
         ))
     }
@@ -215,6 +243,12 @@ pub fn unsigned_token(now: DateTime<Utc>, valid_for: chrono::Duration) -> String
             "exp": end.timestamp(),
         }))
     )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Table,
+    Blob,
 }
 
 fn program() -> String {
