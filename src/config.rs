@@ -226,6 +226,31 @@ fn default_handlers_dir(cwd: &Path) -> PathBuf {
     }
 }
 
+/// A Storage endpoint reached with Entra ID tokens: https, or plain http
+/// to a loopback host only (Azurite), since the token would travel in the
+/// clear; no query or fragment (a pasted SAS is not an endpoint).
+fn storage_endpoint(key: &str, value: &str, example: &str) -> anyhow::Result<String> {
+    let expected = || {
+        format!("{key}: expected an https:// URL such as {example} (plain http only on loopback), got `{}`", crate::domain::redact::uri(value))
+    };
+    let url = reqwest::Url::parse(value).map_err(|_| anyhow::anyhow!(expected()))?;
+    let host = url.host_str().unwrap_or("");
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    if !scheme_ok || host.is_empty() {
+        bail!(expected());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("{key}: an endpoint has no query or fragment (kiln authenticates with Entra ID, not a SAS), got `{}`", crate::domain::redact::uri(value));
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
 fn evidence_blob_settings(env: &Env) -> anyhow::Result<Option<EvidenceBlobSettings>> {
     unresolved_reference(env, "KILN_EVIDENCE_CONNECTION")?;
     let access = match (get(env, "KILN_EVIDENCE_CONNECTION"), get(env, "KILN_EVIDENCE_ENDPOINT")) {
@@ -236,13 +261,11 @@ fn evidence_blob_settings(env: &Env) -> anyhow::Result<Option<EvidenceBlobSettin
             return Ok(None);
         }
         (Some(c), None) => BlobAccess::ConnectionString(Secret::new(c)),
-        (None, Some(e)) => {
-            let local = e.starts_with("http://127.0.0.1") || e.starts_with("http://localhost");
-            if !e.starts_with("https://") && !local {
-                bail!("KILN_EVIDENCE_ENDPOINT: expected an https:// URL such as https://ACCOUNT.blob.core.windows.net (plain http only on loopback), got `{e}`");
-            }
-            BlobAccess::Endpoint(e.trim_end_matches('/').to_string())
-        }
+        (None, Some(e)) => BlobAccess::Endpoint(storage_endpoint(
+            "KILN_EVIDENCE_ENDPOINT",
+            e,
+            "https://ACCOUNT.blob.core.windows.net",
+        )?),
         (Some(_), Some(_)) => bail!("KILN_EVIDENCE_CONNECTION and KILN_EVIDENCE_ENDPOINT: set one, not both (a connection string uses its key, an endpoint uses Entra ID)"),
     };
     let container = get(env, "KILN_EVIDENCE_CONTAINER").unwrap_or("kiln-evidence");
@@ -276,13 +299,11 @@ fn store_settings(env: &Env) -> anyhow::Result<StoreSettings> {
             unresolved_reference(env, "KILN_TABLE_CONNECTION")?;
             let access = match (connection, endpoint) {
                 (Some(c), None) => TableAccess::ConnectionString(Secret::new(c)),
-                (None, Some(e)) => {
-                    let local = e.starts_with("http://127.0.0.1") || e.starts_with("http://localhost");
-                    if !e.starts_with("https://") && !local {
-                        bail!("KILN_TABLE_ENDPOINT: expected an https:// URL such as https://ACCOUNT.table.core.windows.net (plain http only on loopback), got `{e}`");
-                    }
-                    TableAccess::Endpoint(e.trim_end_matches('/').to_string())
-                }
+                (None, Some(e)) => TableAccess::Endpoint(storage_endpoint(
+                    "KILN_TABLE_ENDPOINT",
+                    e,
+                    "https://ACCOUNT.table.core.windows.net",
+                )?),
                 (Some(_), Some(_)) => bail!("KILN_TABLE_CONNECTION and KILN_TABLE_ENDPOINT: set one, not both (a connection string uses its key, an endpoint uses Entra ID)"),
                 (None, None) => bail!("KILN_STORE=table needs KILN_TABLE_ENDPOINT (managed identity) or KILN_TABLE_CONNECTION (a connection string; `UseDevelopmentStorage=true` for Azurite)"),
             };
@@ -468,6 +489,16 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.evidence_blobs.unwrap().container, "images-evidence");
+        for local in [
+            "http://127.0.0.1:10000/devstoreaccount1",
+            "http://localhost:10000/x",
+            "http://[::1]:10000/x",
+        ] {
+            assert!(
+                Settings::from_env(&env(&[("KILN_EVIDENCE_ENDPOINT", local)])).is_ok(),
+                "{local}"
+            );
+        }
         for (pairs, expected) in [
             (
                 vec![(
@@ -486,6 +517,20 @@ mod tests {
             (
                 vec![("KILN_EVIDENCE_CONTAINER", "kiln-evidence")],
                 "neither KILN_EVIDENCE_ENDPOINT nor KILN_EVIDENCE_CONNECTION",
+            ),
+            (
+                vec![(
+                    "KILN_EVIDENCE_ENDPOINT",
+                    "http://localhost.example.com:10000/acct",
+                )],
+                "plain http only on loopback",
+            ),
+            (
+                vec![(
+                    "KILN_EVIDENCE_ENDPOINT",
+                    "https://a.blob.core.windows.net/?sv=2022&sig=secret",
+                )],
+                "no query or fragment",
             ),
             (
                 vec![

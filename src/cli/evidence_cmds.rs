@@ -165,7 +165,7 @@ pub async fn verify(
             if !json {
                 eprintln!("rebuilding {version_id} (nothing is published) …");
             }
-            let facts = provider.rebuild(version_id, *limit).await?;
+            let facts = provider.rebuild(version_id, statement, *limit).await?;
             let stored = read::sbom(&store, &def, v, EvidenceFile::Sbom)
                 .await?
                 .with_context(|| format!("{version_id} has no stored SBOM"))?;

@@ -90,7 +90,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             rebuild_timeout,
             json,
         } => {
-            let rebuild = rebuild.then(|| std::time::Duration::from_secs(rebuild_timeout * 60));
+            let rebuild =
+                rebuild.then(|| std::time::Duration::from_secs(rebuild_timeout.saturating_mul(60)));
             evidence_cmds::verify(&version_id, &key, rebuild, json).await
         }
         Command::Gallery { command } => local_cmds::gallery(command).await,

@@ -256,24 +256,30 @@ impl InUseSet {
         self.versions.contains(&v.id().to_ascii_lowercase()) || self.uses_by_name(&v.definition_id)
     }
 
-    /// The consumers known to hold this exact version: by its id, or by an
-    /// unmapped reference to its definition's name. (A consumer of the
-    /// definition's latest holds whichever version that is; the inventory
-    /// resolves it through `exactVersion` where Azure reports one.)
+    /// The consumers known to run this exact version, by its id. (A
+    /// consumer of the definition's latest runs whichever version that is;
+    /// the inventory resolves it through `exactVersion` where Azure reports
+    /// one.)
     pub fn consumers_of(&self, v: &GalleryVersion) -> BTreeSet<String> {
+        self.consumers
+            .get(&v.id().to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Consumers that may run it: they reference a definition of its name
+    /// through a shared or community gallery kiln could not map, so
+    /// retention protects the version, but they may run any version of any
+    /// definition of that name.
+    pub fn maybe_consumers_of(&self, v: &GalleryVersion) -> BTreeSet<String> {
         let name = v
             .definition_id
             .trim_end_matches('/')
             .rsplit('/')
             .next()
-            .map(str::to_ascii_lowercase);
-        [Some(v.id().to_ascii_lowercase()), name]
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.consumers.get(&k))
-            .flatten()
-            .cloned()
-            .collect()
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        self.consumers.get(&name).cloned().unwrap_or_default()
     }
 
     pub fn uses_latest_of(&self, definition_id: &str) -> bool {
@@ -439,13 +445,18 @@ mod tests {
         let held = |v: &str| set.consumers_of(&version(&ubuntu, v));
         assert_eq!(
             held("1.0.7"),
-            BTreeSet::from(["vm-pinned", "ss-web", "vm-partner"].map(String::from))
+            BTreeSet::from(["vm-pinned", "ss-web"].map(String::from))
         );
-        assert_eq!(
-            held("1.0.6"),
-            BTreeSet::from(["vm-other", "vm-partner"].map(String::from))
-        );
-        assert_eq!(held("1.0.5"), BTreeSet::from(["vm-partner".to_string()]));
+        assert_eq!(held("1.0.6"), BTreeSet::from(["vm-other".to_string()]));
+        assert_eq!(held("1.0.5"), BTreeSet::new());
+        // The partner's reference names only a definition called ubuntu:
+        // it may run any of them, and is said to be a maybe.
+        for v in ["1.0.7", "1.0.5"] {
+            assert_eq!(
+                set.maybe_consumers_of(&version(&ubuntu, v)),
+                BTreeSet::from(["vm-partner".to_string()])
+            );
+        }
         // The sets retention reads are the same as without names.
         let mut anonymous = InUseSet::default();
         anonymous.add_reference(&format!("{ubuntu}/versions/1.0.7"));

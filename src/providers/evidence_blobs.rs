@@ -9,7 +9,7 @@
 //! ```
 //!
 //! A blob is replaced in one Put Blob, so a reader sees the old file or
-//! the new one. The container is created on the first write.
+//! the new one. The container is created before the first use.
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
@@ -30,6 +30,16 @@ impl EvidenceBlobs {
             client,
             container_made: OnceCell::new(),
         }
+    }
+
+    /// The container, made once per process before its first use: a new
+    /// store reads as empty, and a container that goes missing later is an
+    /// error, not an empty store.
+    async fn ready(&self) -> anyhow::Result<()> {
+        self.container_made
+            .get_or_try_init(|| self.client.ensure_container())
+            .await
+            .map(|_| ())
     }
 
     fn prefix(definition_id: &str) -> anyhow::Result<String> {
@@ -60,15 +70,15 @@ impl EvidenceStore for EvidenceBlobs {
         bytes: &[u8],
     ) -> anyhow::Result<()> {
         let prefix = Self::prefix(definition_id)?;
-        self.container_made
-            .get_or_try_init(|| self.client.ensure_container())
+        self.ready().await?;
+        // The id as first written, whoever writes first (If-None-Match: *).
+        self.client
+            .create(
+                &format!("{prefix}{DEFINITION_FILE}"),
+                "text/plain",
+                definition_id.as_bytes(),
+            )
             .await?;
-        let id_blob = format!("{prefix}{DEFINITION_FILE}");
-        if self.client.get(&id_blob).await?.is_none() {
-            self.client
-                .put(&id_blob, "text/plain", definition_id.as_bytes())
-                .await?;
-        }
         self.client
             .put(
                 &format!("{prefix}{version}/{}", file.file_name()),
@@ -85,6 +95,7 @@ impl EvidenceStore for EvidenceBlobs {
         file: EvidenceFile,
     ) -> anyhow::Result<Option<Vec<u8>>> {
         let prefix = Self::prefix(definition_id)?;
+        self.ready().await?;
         self.client
             .get(&format!("{prefix}{version}/{}", file.file_name()))
             .await
@@ -92,6 +103,7 @@ impl EvidenceStore for EvidenceBlobs {
 
     async fn versions(&self, definition_id: &str) -> anyhow::Result<Vec<ImageVersion>> {
         let prefix = Self::prefix(definition_id)?;
+        self.ready().await?;
         let listing = self.client.list(&prefix, Some("/")).await?;
         let mut out: Vec<ImageVersion> = listing
             .prefixes
@@ -103,6 +115,7 @@ impl EvidenceStore for EvidenceBlobs {
     }
 
     async fn definitions(&self) -> anyhow::Result<Vec<String>> {
+        self.ready().await?;
         let listing = self.client.list("", None).await?;
         let mut out = Vec::new();
         for name in listing

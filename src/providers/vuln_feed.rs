@@ -24,8 +24,9 @@ pub struct FileFeed {
     source: Option<OsvFeedSource>,
     cache: Mutex<Option<(Stamp, Arc<Feed>)>>,
     /// One download at a time from this process (two evidence steps at
-    /// once on a cold instance would both fetch the feed).
-    downloading: tokio::sync::Mutex<()>,
+    /// once on a cold instance would both fetch the feed), and when this
+    /// process may look again (see [`MAX_AGE`], [`RETRY_AFTER_FAILURE`]).
+    downloading: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// A downloaded copy older than this is refreshed before it is used. The
@@ -34,6 +35,10 @@ pub struct FileFeed {
 /// own data folder, so it fetches its first copy on first use and a newer
 /// one once its copy is this old (a conditional GET: usually a 304).
 const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+/// After a failed download, the gate goes on with the copy on hand (or
+/// none) and this process does not try again for this long: an unreachable
+/// feed must not make every build wait out the download's retries.
+const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl FileFeed {
     /// `path`: where the feed is; with `url`, where it is downloaded to.
@@ -47,42 +52,76 @@ impl FileFeed {
             url,
             source,
             cache: Mutex::new(None),
-            downloading: tokio::sync::Mutex::new(()),
+            downloading: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// With a URL: downloads the feed when this instance has no copy or
-    /// only an old one. A failed download is logged and the copy on hand
-    /// (if any) is used; the gate then says which feed it judged by.
+    /// With a URL: downloads the feed when this instance has no copy, or
+    /// has one older than [`MAX_AGE`] and has not looked since. A download
+    /// already under way in this process is not waited for when a copy is
+    /// on hand. A failed download is logged and the copy on hand (if any)
+    /// is used; the gate's findings name the feed they were judged by.
     async fn ensure_fresh(&self) {
         let (Some(_), Some(path)) = (&self.url, &self.path) else {
             return;
         };
-        let _one = self.downloading.lock().await;
-        let age = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok());
-        if age.is_some_and(|a| a < MAX_AGE) {
+        let copy_age = || {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| t.elapsed().unwrap_or_default())
+        };
+        if copy_age().is_some_and(|a| a < MAX_AGE) {
             return;
         }
-        match self.refresh().await {
-            FeedRefresh::Refreshed { advisories } => {
-                tracing::info!(advisories, "vulnerability feed downloaded on first use")
-            }
-            FeedRefresh::NotModified => {
-                // Unchanged upstream: the copy is current again.
-                if let Ok(f) = std::fs::File::options().append(true).open(path) {
-                    let _ = f.set_modified(SystemTime::now());
-                }
-            }
-            FeedRefresh::Failed(why) => {
-                tracing::warn!(error = %why, "cannot refresh the vulnerability feed; using the copy on hand")
-            }
+        let mut next = match (copy_age(), self.downloading.try_lock()) {
+            (_, Ok(guard)) => guard,
+            // Someone else is downloading: use the copy on hand.
+            (Some(_), Err(_)) => return,
+            // No copy yet: wait for theirs.
+            (None, Err(_)) => self.downloading.lock().await,
+        };
+        let now = std::time::Instant::now();
+        if next.is_some_and(|at| now < at) || copy_age().is_some_and(|a| a < MAX_AGE) {
+            return;
+        }
+        let had_copy = copy_age().is_some();
+        let outcome = self.download().await;
+        *next = Some(
+            now + match outcome {
+                FeedRefresh::Refreshed { .. } | FeedRefresh::NotModified => MAX_AGE,
+                FeedRefresh::Failed(_) | FeedRefresh::NotConfigured => RETRY_AFTER_FAILURE,
+            },
+        );
+        match outcome {
+            FeedRefresh::Refreshed { advisories } => tracing::info!(
+                advisories,
+                first = !had_copy,
+                "vulnerability feed downloaded for the gate"
+            ),
+            FeedRefresh::NotModified => {}
+            FeedRefresh::Failed(why) => tracing::warn!(
+                error = %why,
+                retry_in_s = RETRY_AFTER_FAILURE.as_secs(),
+                "cannot refresh the vulnerability feed; the gate uses the copy on hand"
+            ),
             FeedRefresh::NotConfigured => {}
         }
     }
 
+    async fn download(&self) -> FeedRefresh {
+        let (Some(url), Some(path), Some(source)) = (&self.url, &self.path, &self.source) else {
+            return FeedRefresh::NotConfigured;
+        };
+        match source.refresh(url, path).await {
+            Refresh::Refreshed { advisories } => FeedRefresh::Refreshed { advisories },
+            Refresh::NotModified => FeedRefresh::NotModified,
+            Refresh::Failed(why) => FeedRefresh::Failed(why),
+        }
+    }
+}
+
+impl FileFeed {
     /// The feed settings: `KILN_OSV_FEED` (a path) and `KILN_OSV_FEED_URL`;
     /// a URL without a path downloads to `<data dir>/osv/feed.zip` (or
     /// `.json` when the URL names a JSON file).
@@ -150,15 +189,20 @@ impl VulnerabilityFeed for FileFeed {
         Ok(Some(feed))
     }
 
+    /// The timer's refresh: always asks (a conditional GET), one download
+    /// at a time with the gate's own.
     async fn refresh(&self) -> FeedRefresh {
-        let (Some(url), Some(path), Some(source)) = (&self.url, &self.path, &self.source) else {
-            return FeedRefresh::NotConfigured;
-        };
-        match source.refresh(url, path).await {
-            Refresh::Refreshed { advisories } => FeedRefresh::Refreshed { advisories },
-            Refresh::NotModified => FeedRefresh::NotModified,
-            Refresh::Failed(why) => FeedRefresh::Failed(why),
-        }
+        let mut next = self.downloading.lock().await;
+        let outcome = self.download().await;
+        // The timer asks regardless; the gate's next look waits as after its own try.
+        *next = Some(
+            std::time::Instant::now()
+                + match outcome {
+                    FeedRefresh::Refreshed { .. } | FeedRefresh::NotModified => MAX_AGE,
+                    FeedRefresh::Failed(_) | FeedRefresh::NotConfigured => RETRY_AFTER_FAILURE,
+                },
+        );
+        outcome
     }
 }
 
@@ -234,11 +278,38 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let url = format!("file://{}", source.display());
         let feed = FileFeed::from_settings(None, Some(url), data.path()).unwrap();
-        let loaded = feed.current().await.unwrap().expect("downloaded on first use");
+        let loaded = feed
+            .current()
+            .await
+            .unwrap()
+            .expect("downloaded on first use");
         assert!(loaded.get("KILN-TEST-9").is_some());
         assert!(data.path().join("osv/feed.json").exists());
-        // A source that has gone away leaves the copy on hand in use.
+        // Six hours later, with the source gone: one failed try, then the
+        // copy on hand, and no second try within the quarter hour.
+        let copy = data.path().join("osv/feed.json");
+        let old = SystemTime::now() - std::time::Duration::from_secs(7 * 3600);
+        std::fs::File::options()
+            .append(true)
+            .open(&copy)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         std::fs::remove_file(&source).unwrap();
-        assert!(feed.current().await.unwrap().is_some());
+        let fresh = FileFeed::from_settings(
+            None,
+            Some(format!("file://{}", source.display())),
+            data.path(),
+        )
+        .unwrap();
+        let loaded = fresh.current().await.unwrap().expect("the copy on hand");
+        assert!(loaded.get("KILN-TEST-9").is_some());
+        let next = fresh
+            .downloading
+            .lock()
+            .await
+            .expect("the failed try is remembered");
+        assert!(next > std::time::Instant::now() + std::time::Duration::from_secs(14 * 60));
+        assert!(fresh.current().await.unwrap().is_some());
     }
 }

@@ -285,6 +285,20 @@ async fn every_published_version_gets_an_sbom_a_diff_a_gate_verdict_and_signed_p
             !vhd.exists() || std::fs::read_dir(&vhd).unwrap().next().is_none(),
             "the rebuild's scratch disk is removed"
         );
+        // Nor its template, staging, facts or log.
+        let leftovers: Vec<String> = walk(&data)
+            .into_iter()
+            .filter(|p| p.contains("kiln-rebuild-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // The template kept for it is kiln's user's alone (it may hold a SAS).
+        let published = f.provider.gallery_version(&v_enforce).await.unwrap().unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(published.path.join("template.json"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         let (ok, out) = kiln(&data, &["verify", &v_enforce, "--rebuild", "--json"]);
         assert!(ok, "{out}");
         let report: Value = serde_json::from_str(&out).unwrap();
@@ -338,6 +352,22 @@ fn image_of(def: &Value) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// Every path under `dir`, as text.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            }
+        }
+    }
+    out
 }
 
 fn flip_one_byte(path: &Path) {

@@ -894,6 +894,14 @@ async fn scale_three_instances_build_exactly_once_under_one_cap() {
             .iter()
             .filter(|r| r.instance_url.as_deref() == Some(killed_url.as_str()) && !r.succeeded())
             .collect();
+        // A lost terminal line is one the killed instance committed and had
+        // not written when it died: its invocation was cut.
+        assert!(
+            lost.len() <= cut.len(),
+            "{} terminal lines missing from the events files, but the kill cut only {} invocations: {lost:?}",
+            lost.len(),
+            cut.len()
+        );
         for r in &cut {
             if let InvocationTrigger::Queue { message_id, .. } = &r.trigger {
                 assert!(

@@ -241,8 +241,10 @@ async fn newly_failing(
             "blocking": blocking,
             "revoked": revoked,
             "inUse": in_use.map(|s| s.uses_version(gv)),
-            // Who still runs it: VMs, scale sets and their instances.
+            // Who still runs it: VMs, scale sets and their instances; and
+            // who may (a reference kiln could not map to one gallery).
             "consumers": in_use.map(|s| s.consumers_of(gv)),
+            "maybeConsumers": in_use.map(|s| s.maybe_consumers_of(gv)),
         }),
     );
     if let Err(e) = app.events.publish(&ev).await {

@@ -156,23 +156,29 @@ pub fn verify_envelope_with_key(
 ) -> Result<(Statement, String), VerifyError> {
     let body = env.payload_bytes()?;
     let message = pae(&env.payload_type, &body);
+    // Why nothing verified, most telling first: a trusted key's signature
+    // that does not verify, then one that does not even decode.
     let mut bad = None;
+    let mut undecodable = None;
     let mut accepted = None;
     for (index, s) in env.signatures.iter().enumerate() {
-        // A signature that does not decode is one that does not verify: a
-        // later one may still (the (1, n) rule), so it is noted, not fatal.
-        let sig = match decode_base64(&format!("signatures[{index}].sig"), &s.sig) {
-            Ok(sig) => sig,
-            Err(e) => {
-                bad.get_or_insert(e);
-                continue;
-            }
-        };
         // keyid narrows the keys tried; an unknown or absent one tries them all.
         let named: Vec<&PublicKey> = trusted
             .iter()
             .filter(|k| s.keyid.as_deref() == Some(k.key_id().as_str()))
             .collect();
+        // A signature that does not decode is one that does not verify: a
+        // later one may still (the (1, n) rule), so it is noted, not fatal,
+        // and only when it could have been a trusted key's.
+        let sig = match decode_base64(&format!("signatures[{index}].sig"), &s.sig) {
+            Ok(sig) => sig,
+            Err(e) => {
+                if s.keyid.is_none() || !named.is_empty() {
+                    undecodable.get_or_insert(e);
+                }
+                continue;
+            }
+        };
         let candidates: Vec<&PublicKey> = if named.is_empty() {
             trusted.iter().collect()
         } else {
@@ -200,14 +206,16 @@ pub fn verify_envelope_with_key(
         }
     }
     let Some(key_id) = accepted else {
-        return Err(bad.unwrap_or_else(|| VerifyError::NoTrustedSignature {
-            trusted: trusted.iter().map(PublicKey::key_id).collect(),
-            keyids: env
-                .signatures
-                .iter()
-                .map(|s| s.keyid.clone().unwrap_or_else(|| "(no keyid)".into()))
-                .collect(),
-        }));
+        return Err(bad
+            .or(undecodable)
+            .unwrap_or_else(|| VerifyError::NoTrustedSignature {
+                trusted: trusted.iter().map(PublicKey::key_id).collect(),
+                keyids: env
+                    .signatures
+                    .iter()
+                    .map(|s| s.keyid.clone().unwrap_or_else(|| "(no keyid)".into()))
+                    .collect(),
+            }));
     };
     if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
         return Err(VerifyError::WrongPayloadType {
@@ -413,9 +421,24 @@ mod tests {
         let (_, by) = verify_envelope_with_key(&env, std::slice::from_ref(ed_key)).unwrap();
         assert_eq!(by, ed_key.key_id());
         env.signatures.truncate(1);
+        // Alone, a stranger's undecodable signature is just not a trusted one…
+        assert!(matches!(
+            verify_envelope(&env, std::slice::from_ref(ed_key)),
+            Err(VerifyError::NoTrustedSignature { .. })
+        ));
+        // …and one with no keyid that does not decode is named as such.
+        env.signatures[0].keyid = None;
         assert!(matches!(
             verify_envelope(&env, std::slice::from_ref(ed_key)),
             Err(VerifyError::Undecodable { .. })
+        ));
+        // A trusted key's bad signature outranks an undecodable one before it.
+        let mut tampered = ed_env.clone();
+        tampered.payload = base64::engine::general_purpose::STANDARD.encode(b"{}");
+        tampered.signatures.insert(0, env.signatures[0].clone());
+        assert!(matches!(
+            verify_envelope(&tampered, std::slice::from_ref(ed_key)),
+            Err(VerifyError::BadSignature { .. })
         ));
         env.signatures.clear();
         assert!(matches!(

@@ -62,6 +62,25 @@ impl ResourceDescriptor {
     }
 }
 
+impl Statement {
+    /// The template's sha256 the statement signs (`externalParameters.template.sha256`).
+    pub fn template_sha256(&self) -> Option<&str> {
+        self.predicate.build_definition.external_parameters["template"]["sha256"].as_str()
+    }
+
+    /// The exact source version the statement signs (the `source`
+    /// dependency's `version` annotation).
+    pub fn source_version(&self) -> Option<&str> {
+        self.predicate
+            .build_definition
+            .resolved_dependencies
+            .iter()
+            .find(|d| d.name.as_deref() == Some("source"))
+            .and_then(|d| d.annotations.get("version"))
+            .and_then(Value::as_str)
+    }
+}
+
 /// The SLSA provenance v1 predicate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -452,6 +471,9 @@ pub(crate) mod tests {
 
     #[test]
     fn the_statement_carries_the_spec_field_names_and_every_fact_of_the_build() {
+        let statement = image_provenance(&input());
+        assert_eq!(statement.template_sha256(), Some("ab".repeat(32).as_str()));
+        assert_eq!(statement.source_version(), Some("2026.11.28"));
         let v = serde_json::to_value(image_provenance(&input())).unwrap();
         assert_eq!(v["_type"], "https://in-toto.io/Statement/v1");
         assert_eq!(v["predicateType"], "https://slsa.dev/provenance/v1");

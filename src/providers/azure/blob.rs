@@ -111,25 +111,62 @@ pub fn parse_connection_string(text: &Secret) -> anyhow::Result<(String, SharedK
     Ok((endpoint, key))
 }
 
+/// The standard headers kiln sends that Shared Key signs.
+struct Signed<'a> {
+    method: &'a Method,
+    content_length: usize,
+    content_type: &'a str,
+    /// `*` for a create-only put, else empty.
+    if_none_match: &'a str,
+}
+
+/// How a PUT of a blob treats one already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PutKind {
+    /// Not a blob put (container create, reads, lists).
+    None,
+    Replace,
+    /// `If-None-Match: *`: only if no blob has the name yet.
+    CreateOnly,
+}
+
+/// A response: its status, `x-ms-error-code` and body.
+struct Answer {
+    status: StatusCode,
+    code: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn failure(&self, op: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{op}: HTTP {} {}: {}",
+            self.status,
+            self.code.as_deref().unwrap_or(""),
+            String::from_utf8_lossy(&self.body)
+        )
+    }
+}
+
 /// The Blob service's string to sign for Shared Key.
 fn string_to_sign(
-    method: &Method,
-    content_length: usize,
-    content_type: &str,
+    h: &Signed<'_>,
     ms_headers: &[(&str, String)],
     account: &str,
     url: &Url,
 ) -> String {
-    let length = if content_length == 0 {
+    let length = if h.content_length == 0 {
         String::new()
     } else {
-        content_length.to_string()
+        h.content_length.to_string()
     };
-    // Content-Encoding, -Language, -Length, -MD5, -Type, Date, If-Modified-Since,
-    // If-Match, If-None-Match, If-Unmodified-Since, Range: kiln sends only two.
+    // Content-Encoding, -Language, -Length, -MD5, -Type, Date,
+    // If-Modified-Since, If-Match, If-None-Match, If-Unmodified-Since, Range.
     let mut s = format!(
-        "{}\n\n\n{length}\n\n{content_type}\n\n\n\n\n\n\n",
-        method.as_str()
+        "{}\n\n\n{length}\n\n{}\n\n\n\n{}\n\n\n",
+        h.method.as_str(),
+        h.content_type,
+        h.if_none_match
     );
     let mut headers: Vec<(String, &str)> = ms_headers
         .iter()
@@ -226,9 +263,9 @@ impl BlobClient {
         method: Method,
         url: Url,
         body: Option<(&str, &[u8])>,
-        blob_type: bool,
+        put: PutKind,
         op: &str,
-    ) -> anyhow::Result<(StatusCode, Vec<u8>)> {
+    ) -> anyhow::Result<Answer> {
         let mut attempt = 1u32;
         loop {
             let date = Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
@@ -236,16 +273,27 @@ impl BlobClient {
                 ("x-ms-date", date),
                 ("x-ms-version", API_VERSION.to_string()),
             ];
-            if blob_type {
-                ms.push(("x-ms-blob-type", "BlockBlob".to_string()));
-            }
+            let if_none_match = match put {
+                PutKind::None => "",
+                PutKind::Replace => {
+                    ms.push(("x-ms-blob-type", "BlockBlob".to_string()));
+                    ""
+                }
+                PutKind::CreateOnly => {
+                    ms.push(("x-ms-blob-type", "BlockBlob".to_string()));
+                    "*"
+                }
+            };
             let (content_type, bytes) = body.unwrap_or(("", &[]));
             let authorization = match &self.credential {
                 Credential::SharedKey(key) => {
                     let to_sign = string_to_sign(
-                        &method,
-                        bytes.len(),
-                        content_type,
+                        &Signed {
+                            method: &method,
+                            content_length: bytes.len(),
+                            content_type,
+                            if_none_match,
+                        },
                         &ms,
                         key.account(),
                         &url,
@@ -268,6 +316,9 @@ impl BlobClient {
             for (k, v) in &ms {
                 req = req.header(*k, v);
             }
+            if !if_none_match.is_empty() {
+                req = req.header("If-None-Match", if_none_match);
+            }
             if body.is_some() {
                 req = req
                     .header("Content-Type", content_type)
@@ -280,10 +331,15 @@ impl BlobClient {
                 Ok(r) => {
                     let status = r.status();
                     let retry_after = crate::store::table::http::retry_after(r.headers());
+                    let code = r
+                        .headers()
+                        .get("x-ms-error-code")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
                     let body = r.bytes().await.map(|b| b.to_vec());
                     match body {
-                        Ok(b) if !RetryPolicy::retryable_status(status.as_u16()) => {
-                            return Ok((status, b))
+                        Ok(body) if !RetryPolicy::retryable_status(status.as_u16()) => {
+                            return Ok(Answer { status, code, body })
                         }
                         Ok(b) => (
                             retry_after,
@@ -323,10 +379,12 @@ impl BlobClient {
     pub async fn ensure_container(&self) -> anyhow::Result<()> {
         let op = format!("create container {}", self.container);
         let url = self.url(None, &[("restype", "container")])?;
-        let (status, body) = self.send(Method::PUT, url, None, false, &op).await?;
-        match status {
+        let a = self
+            .send(Method::PUT, url, None, PutKind::None, &op)
+            .await?;
+        match a.status {
             StatusCode::CREATED | StatusCode::CONFLICT => Ok(()),
-            other => bail!("{op}: HTTP {other}: {}", String::from_utf8_lossy(&body)),
+            _ => Err(a.failure(&op)),
         }
     }
 
@@ -335,33 +393,70 @@ impl BlobClient {
     pub async fn put(&self, name: &str, content_type: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let op = format!("put blob {}/{name}", self.container);
         let url = self.url(Some(name), &[])?;
-        let (status, body) = self
-            .send(Method::PUT, url, Some((content_type, bytes)), true, &op)
+        let a = self
+            .send(
+                Method::PUT,
+                url,
+                Some((content_type, bytes)),
+                PutKind::Replace,
+                &op,
+            )
             .await?;
-        match status {
+        match a.status {
             StatusCode::CREATED => Ok(()),
-            other => bail!("{op}: HTTP {other}: {}", String::from_utf8_lossy(&body)),
+            _ => Err(a.failure(&op)),
         }
     }
 
-    /// A blob's bytes; `None` when the blob (or its container) does not exist.
+    /// Writes a block blob only if none has the name yet; true when this
+    /// call wrote it (another writer's, or a retried first attempt's, is kept).
+    pub async fn create(
+        &self,
+        name: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<bool> {
+        let op = format!("create blob {}/{name}", self.container);
+        let url = self.url(Some(name), &[])?;
+        let a = self
+            .send(
+                Method::PUT,
+                url,
+                Some((content_type, bytes)),
+                PutKind::CreateOnly,
+                &op,
+            )
+            .await?;
+        match a.status {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => Ok(false),
+            _ => Err(a.failure(&op)),
+        }
+    }
+
+    /// A blob's bytes; `None` when no blob has the name. A missing
+    /// container is an error: the store creates it before first use, so
+    /// its absence means a wrong container name or account.
     pub async fn get(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let op = format!("get blob {}/{name}", self.container);
         let url = self.url(Some(name), &[])?;
-        let (status, body) = self.send(Method::GET, url, None, false, &op).await?;
-        match status {
-            StatusCode::OK => Ok(Some(body)),
-            StatusCode::NOT_FOUND => Ok(None),
-            other => bail!("{op}: HTTP {other}: {}", String::from_utf8_lossy(&body)),
+        let a = self
+            .send(Method::GET, url, None, PutKind::None, &op)
+            .await?;
+        match (a.status, a.code.as_deref()) {
+            (StatusCode::OK, _) => Ok(Some(a.body)),
+            (StatusCode::NOT_FOUND, Some("BlobNotFound")) => Ok(None),
+            _ => Err(a.failure(&op)),
         }
     }
 
     /// Every blob under `prefix`, all pages; with a `delimiter`, what lies
-    /// deeper is folded into prefixes. A missing container lists nothing.
+    /// deeper is folded into prefixes.
     pub async fn list(&self, prefix: &str, delimiter: Option<&str>) -> anyhow::Result<Listing> {
         let op = format!("list blobs {}/{prefix}", self.container);
         let mut out = Listing::default();
         let mut marker: Option<String> = None;
+        let mut seen = std::collections::BTreeSet::new();
         loop {
             let mut query = vec![
                 ("restype", "container"),
@@ -375,17 +470,21 @@ impl BlobClient {
                 query.push(("marker", m.as_str()));
             }
             let url = self.url(None, &query)?;
-            let (status, body) = self.send(Method::GET, url, None, false, &op).await?;
-            match status {
-                StatusCode::OK => {}
-                StatusCode::NOT_FOUND => return Ok(out),
-                other => bail!("{op}: HTTP {other}: {}", String::from_utf8_lossy(&body)),
+            let a = self
+                .send(Method::GET, url, None, PutKind::None, &op)
+                .await?;
+            if a.status != StatusCode::OK {
+                return Err(a.failure(&op));
             }
             let (page, next) =
-                parse_listing(&String::from_utf8_lossy(&body)).with_context(|| op.clone())?;
+                parse_listing(&String::from_utf8_lossy(&a.body)).with_context(|| op.clone())?;
             out.blobs.extend(page.blobs);
             out.prefixes.extend(page.prefixes);
             match next {
+                // A marker that comes back would page forever.
+                Some(n) if !seen.insert(n.clone()) => {
+                    bail!("{op}: the service returned the marker {n} twice")
+                }
                 Some(n) => marker = Some(n),
                 None => return Ok(out),
             }
@@ -404,9 +503,12 @@ mod tests {
         )
         .unwrap();
         let s = string_to_sign(
-            &Method::GET,
-            0,
-            "",
+            &Signed {
+                method: &Method::GET,
+                content_length: 0,
+                content_type: "",
+                if_none_match: "",
+            },
             &[
                 ("x-ms-version", API_VERSION.to_string()),
                 ("x-ms-date", "Tue, 01 Dec 2026 10:00:00 GMT".to_string()),
@@ -423,15 +525,19 @@ mod tests {
              comp:list\nprefix:a/b\nrestype:container"
         );
         let put = string_to_sign(
-            &Method::PUT,
-            12,
-            "application/json",
+            &Signed {
+                method: &Method::PUT,
+                content_length: 12,
+                content_type: "application/json",
+                if_none_match: "*",
+            },
             &[("x-ms-blob-type", "BlockBlob".to_string())],
             "acct",
             &Url::parse("https://acct.blob.core.windows.net/c/x/y.json").unwrap(),
         );
         assert!(
-            put.starts_with("PUT\n\n\n12\n\napplication/json\n"),
+            // If-None-Match is the ninth standard line.
+            put.starts_with("PUT\n\n\n12\n\napplication/json\n\n\n\n*\n\n\n"),
             "{put:?}"
         );
         assert!(

@@ -303,9 +303,11 @@ pub(crate) async fn capture(
         "builtAt": ts(now()),
     });
     // The exact body, kept with the version for `kiln verify --rebuild`.
-    std::fs::write(
-        dir.join(super::rebuild::TEMPLATE_FILE),
-        serde_json::to_vec_pretty(&b.body).map_err(Fail::internal)?,
+    // Readable by kiln's user only: a body may carry a SAS in a scriptUri,
+    // which the manifest and the provenance redact.
+    super::rebuild::write_private(
+        &dir.join(super::rebuild::TEMPLATE_FILE),
+        &serde_json::to_vec_pretty(&b.body).map_err(Fail::internal)?,
     )?;
     std::fs::write(
         dir.join("manifest.json"),

@@ -13,14 +13,31 @@ use serde_json::{json, Value};
 
 use super::{util, LocalProvider};
 use crate::domain::evidence::facts::RunFacts;
+use crate::domain::evidence::provenance::Statement;
 use crate::domain::run::{RunStart, RunState, TemplateStatus};
 use crate::ports::ImageBuilder;
 
 /// The body a version was built from, as the local provider received it.
 pub(crate) const TEMPLATE_FILE: &str = "template.json";
 
+/// The rebuilds' template names: `kiln-rebuild-<12 hex>`.
+const REBUILD_PREFIX: &str = "kiln-rebuild-";
+
 /// How often the rebuild's status is read while it runs.
 const POLL: Duration = Duration::from_millis(250);
+
+/// Writes `bytes` to a new file at `path` that only its owner can read.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
 
 /// The template of a rebuild: `body` with its source pinned to `exact` and
 /// its outputs replaced by one VHD at `vhd`, so that nothing is published.
@@ -62,17 +79,21 @@ pub(crate) fn rebuild_body(body: &Value, exact: &str, vhd: &Path) -> anyhow::Res
 impl LocalProvider {
     /// Builds the published version `version_id` again from its
     /// `template.json` and returns what that run saw. The template body
-    /// must be the one its manifest names (by sha256); the run's template,
-    /// staging and scratch disk are removed afterwards, whatever the outcome.
-    pub async fn rebuild(&self, version_id: &str, limit: Duration) -> anyhow::Result<RunFacts> {
+    /// must be the one the verified statement `signed` names (by sha256),
+    /// and the source is pinned to the version it names: the version's own
+    /// files are not trusted for either. The run's template, log, staging
+    /// and scratch disk are removed afterwards, whatever the outcome.
+    pub async fn rebuild(
+        &self,
+        version_id: &str,
+        signed: &Statement,
+        limit: Duration,
+    ) -> anyhow::Result<RunFacts> {
+        self.sweep_rebuilds().await;
         let published = self
             .gallery_version(version_id)
             .await?
             .with_context(|| format!("{version_id} is not in the local gallery"))?;
-        let manifest = published
-            .manifest
-            .as_ref()
-            .with_context(|| format!("{version_id} has no manifest.json"))?;
         let path = published.path.join(TEMPLATE_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
@@ -83,16 +104,16 @@ impl LocalProvider {
         let body: Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
         let sha = util::sha256_hex(util::canonical_json(&body).as_bytes());
-        let recorded = manifest["templateSha256"].as_str().unwrap_or("");
-        if sha != recorded {
+        let recorded = signed.template_sha256().unwrap_or("");
+        if !sha.eq_ignore_ascii_case(recorded) {
             bail!(
-                "{}: sha256 is {sha}, the version's manifest says {recorded}: not the template it was built from",
+                "{}: sha256 is {sha}, the signed provenance says {recorded}: not the template it was built from",
                 path.display()
             );
         }
-        let exact = manifest["sourceExactVersion"]
-            .as_str()
-            .with_context(|| format!("{version_id}: manifest.json has no sourceExactVersion"))?;
+        let exact = signed.source_version().with_context(|| {
+            format!("{version_id}: the signed provenance names no source version")
+        })?;
         // In the data folder, beside the published disks: a rebuild's VHD is
         // as large as the image, more than /tmp may hold.
         let vhd_dir = self.inner.data_dir.join("vhd");
@@ -117,10 +138,58 @@ impl LocalProvider {
             self.stop(&name).await;
         }
         // Cleanup whatever happened: the template (its staging and facts).
-        if let Err(e) = self.delete_template(&name).await {
+        self.remove_rebuild(&name).await;
+        result
+    }
+
+    /// Deletes a rebuild's template (its staging and facts) and its log.
+    async fn remove_rebuild(&self, name: &str) {
+        if let Err(e) = self.delete_template(name).await {
             tracing::warn!(template = %name, error = %e, "cannot delete the rebuild's template");
         }
-        result
+        let _ = std::fs::remove_file(self.inner.log_path(name));
+    }
+
+    /// What an earlier rebuild left when its process was killed: its
+    /// template (when not running any more), its log and, when no other
+    /// rebuild runs, the scratch folders.
+    async fn sweep_rebuilds(&self) {
+        let names = match self.inner.records.template_names(REBUILD_PREFIX) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list templates for leftover rebuilds");
+                return;
+            }
+        };
+        let mut running = 0;
+        for name in &names {
+            match self.status(name).await {
+                Ok(TemplateStatus::Run(s))
+                    if matches!(s.run_state, RunState::Running | RunState::Canceling) =>
+                {
+                    running += 1
+                }
+                Ok(
+                    TemplateStatus::Run(_)
+                    | TemplateStatus::Missing
+                    | TemplateStatus::Provisioning
+                    | TemplateStatus::Deleting
+                    | TemplateStatus::ProvisioningFailed { .. }
+                    | TemplateStatus::NotRun,
+                )
+                | Err(_) => self.remove_rebuild(name).await,
+            }
+        }
+        if running > 0 {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(self.inner.data_dir.join("vhd")) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("rebuild-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
     }
 
     /// Cancels a rebuild that is still running and waits (a minute at
@@ -132,7 +201,15 @@ impl LocalProvider {
             match self.status(name).await {
                 Ok(TemplateStatus::Run(s))
                     if matches!(s.run_state, RunState::Running | RunState::Canceling) => {}
-                Ok(_) | Err(_) => return,
+                Ok(
+                    TemplateStatus::Run(_)
+                    | TemplateStatus::Missing
+                    | TemplateStatus::Provisioning
+                    | TemplateStatus::Deleting
+                    | TemplateStatus::ProvisioningFailed { .. }
+                    | TemplateStatus::NotRun,
+                )
+                | Err(_) => return,
             }
             tokio::time::sleep(POLL).await;
         }

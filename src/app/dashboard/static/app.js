@@ -459,8 +459,9 @@
     if ((inUse.definition_names || []).includes(name)) out.push("maybe: a shared or community gallery reference to a definition of this name");
     // Who holds it, where the inventory named them (VMs, scale sets, instances).
     const held = (k) => (inUse.consumers || {})[k] || [];
-    const who = [...new Set([...held(id), ...(isLatest ? held(defId.toLowerCase()) : []), ...held(name)])];
+    const who = [...new Set([...held(id), ...(isLatest ? held(defId.toLowerCase()) : [])])];
     if (who.length) out.push("held by " + who.join(", "));
+    if (held(name).length) out.push("maybe held by " + held(name).join(", "));
     return out.length ? out.join("; ") : "none found";
   }
 

@@ -152,6 +152,17 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<RunRow> {
 impl Records {
     // ---- templates ----
 
+    /// The names of the templates starting with `prefix`.
+    pub fn template_names(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        self.db.with(|c| {
+            let mut st = c.prepare(
+                "SELECT name FROM local_templates WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
+            )?;
+            let rows = st.query_map([prefix], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     pub fn template_get(&self, name: &str) -> anyhow::Result<Option<(String, String)>> {
         self.db.with(|c| {
             c.query_row(
