@@ -391,21 +391,9 @@ impl BlobClient {
     /// Writes a block blob in one call: readers see the old blob or the
     /// new one, never part of either.
     pub async fn put(&self, name: &str, content_type: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let op = format!("put blob {}/{name}", self.container);
-        let url = self.url(Some(name), &[])?;
-        let a = self
-            .send(
-                Method::PUT,
-                url,
-                Some((content_type, bytes)),
-                PutKind::Replace,
-                &op,
-            )
-            .await?;
-        match a.status {
-            StatusCode::CREATED => Ok(()),
-            _ => Err(a.failure(&op)),
-        }
+        self.put_blob(name, content_type, bytes, PutKind::Replace)
+            .await
+            .map(|_| ())
     }
 
     /// Writes a block blob only if none has the name yet; true when this
@@ -416,20 +404,27 @@ impl BlobClient {
         content_type: &str,
         bytes: &[u8],
     ) -> anyhow::Result<bool> {
-        let op = format!("create blob {}/{name}", self.container);
+        self.put_blob(name, content_type, bytes, PutKind::CreateOnly)
+            .await
+    }
+
+    async fn put_blob(
+        &self,
+        name: &str,
+        content_type: &str,
+        bytes: &[u8],
+        kind: PutKind,
+    ) -> anyhow::Result<bool> {
+        let op = format!("put blob {}/{name}", self.container);
         let url = self.url(Some(name), &[])?;
         let a = self
-            .send(
-                Method::PUT,
-                url,
-                Some((content_type, bytes)),
-                PutKind::CreateOnly,
-                &op,
-            )
+            .send(Method::PUT, url, Some((content_type, bytes)), kind, &op)
             .await?;
-        match a.status {
-            StatusCode::CREATED => Ok(true),
-            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => Ok(false),
+        match (a.status, kind) {
+            (StatusCode::CREATED, _) => Ok(true),
+            (StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED, PutKind::CreateOnly) => {
+                Ok(false)
+            }
             _ => Err(a.failure(&op)),
         }
     }

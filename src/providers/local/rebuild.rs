@@ -163,21 +163,10 @@ impl LocalProvider {
         };
         let mut running = 0;
         for name in &names {
-            match self.status(name).await {
-                Ok(TemplateStatus::Run(s))
-                    if matches!(s.run_state, RunState::Running | RunState::Canceling) =>
-                {
-                    running += 1
-                }
-                Ok(
-                    TemplateStatus::Run(_)
-                    | TemplateStatus::Missing
-                    | TemplateStatus::Provisioning
-                    | TemplateStatus::Deleting
-                    | TemplateStatus::ProvisioningFailed { .. }
-                    | TemplateStatus::NotRun,
-                )
-                | Err(_) => self.remove_rebuild(name).await,
+            if self.is_running(name).await {
+                running += 1;
+            } else {
+                self.remove_rebuild(name).await;
             }
         }
         if running > 0 {
@@ -192,25 +181,29 @@ impl LocalProvider {
         }
     }
 
+    /// Whether the template's run is going (running or canceling).
+    async fn is_running(&self, name: &str) -> bool {
+        match self.status(name).await {
+            Ok(TemplateStatus::Run(s)) => {
+                matches!(s.run_state, RunState::Running | RunState::Canceling)
+            }
+            Ok(
+                TemplateStatus::Missing
+                | TemplateStatus::Provisioning
+                | TemplateStatus::Deleting
+                | TemplateStatus::ProvisioningFailed { .. }
+                | TemplateStatus::NotRun,
+            )
+            | Err(_) => false,
+        }
+    }
+
     /// Cancels a rebuild that is still running and waits (a minute at
     /// most) for it to stop, so that its template can be deleted.
     async fn stop(&self, name: &str) {
         let _ = self.cancel(name).await;
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            match self.status(name).await {
-                Ok(TemplateStatus::Run(s))
-                    if matches!(s.run_state, RunState::Running | RunState::Canceling) => {}
-                Ok(
-                    TemplateStatus::Run(_)
-                    | TemplateStatus::Missing
-                    | TemplateStatus::Provisioning
-                    | TemplateStatus::Deleting
-                    | TemplateStatus::ProvisioningFailed { .. }
-                    | TemplateStatus::NotRun,
-                )
-                | Err(_) => return,
-            }
+        while started.elapsed() < Duration::from_secs(60) && self.is_running(name).await {
             tokio::time::sleep(POLL).await;
         }
     }
