@@ -21,7 +21,11 @@ type Stamp = Vec<(PathBuf, u64, Option<SystemTime>)>;
 pub struct FileFeed {
     path: Option<PathBuf>,
     url: Option<String>,
+    /// The timer's downloads: patient (several attempts, long timeouts).
     source: Option<OsvFeedSource>,
+    /// The gate's own: one attempt of at most [`GATE_DOWNLOAD_TIMEOUT`],
+    /// since a build's evidence step waits for it.
+    quick: Option<OsvFeedSource>,
     cache: Mutex<Option<(Stamp, Arc<Feed>)>>,
     /// One download at a time from this process (two evidence steps at
     /// once on a cold instance would both fetch the feed), and when this
@@ -39,18 +43,28 @@ const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 /// none) and this process does not try again for this long: an unreachable
 /// feed must not make every build wait out the download's retries.
 const RETRY_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// The gate's download: well inside a Functions invocation's budget.
+const GATE_DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 impl FileFeed {
     /// `path`: where the feed is; with `url`, where it is downloaded to.
     pub fn new(path: Option<PathBuf>, url: Option<String>) -> anyhow::Result<Self> {
-        let source = match &url {
-            Some(_) => Some(OsvFeedSource::new(FeedOptions::default())?),
-            None => None,
+        let (source, quick) = match &url {
+            Some(_) => (
+                Some(OsvFeedSource::new(FeedOptions::default())?),
+                Some(OsvFeedSource::new(FeedOptions {
+                    timeout: GATE_DOWNLOAD_TIMEOUT,
+                    max_attempts: 1,
+                    ..FeedOptions::default()
+                })?),
+            ),
+            None => (None, None),
         };
         Ok(Self {
             path,
             url,
             source,
+            quick,
             cache: Mutex::new(None),
             downloading: tokio::sync::Mutex::new(None),
         })
@@ -86,7 +100,7 @@ impl FileFeed {
             return;
         }
         let had_copy = copy_age().is_some();
-        let outcome = self.download().await;
+        let outcome = self.download(self.quick.as_ref()).await;
         *next = Some(
             now + match outcome {
                 FeedRefresh::Refreshed { .. } | FeedRefresh::NotModified => MAX_AGE,
@@ -109,8 +123,8 @@ impl FileFeed {
         }
     }
 
-    async fn download(&self) -> FeedRefresh {
-        let (Some(url), Some(path), Some(source)) = (&self.url, &self.path, &self.source) else {
+    async fn download(&self, source: Option<&OsvFeedSource>) -> FeedRefresh {
+        let (Some(url), Some(path), Some(source)) = (&self.url, &self.path, source) else {
             return FeedRefresh::NotConfigured;
         };
         match source.refresh(url, path).await {
@@ -193,7 +207,7 @@ impl VulnerabilityFeed for FileFeed {
     /// at a time with the gate's own.
     async fn refresh(&self) -> FeedRefresh {
         let mut next = self.downloading.lock().await;
-        let outcome = self.download().await;
+        let outcome = self.download(self.source.as_ref()).await;
         // The timer asks regardless; the gate's next look waits as after its own try.
         *next = Some(
             std::time::Instant::now()
@@ -310,6 +324,25 @@ mod tests {
             .await
             .expect("the failed try is remembered");
         assert!(next > std::time::Instant::now() + std::time::Duration::from_secs(14 * 60));
-        assert!(fresh.current().await.unwrap().is_some());
+        // The source is back with a new advisory: within the quarter hour
+        // the gate does not look, so it still judges by the copy on hand.
+        std::fs::write(
+            &source,
+            format!(
+                "[{},{}]",
+                advisory("KILN-TEST-9", "2026-11-01T00:00:00Z"),
+                advisory("KILN-TEST-10", "2026-11-02T00:00:00Z")
+            ),
+        )
+        .unwrap();
+        let again = fresh.current().await.unwrap().unwrap();
+        assert!(again.get("KILN-TEST-10").is_none(), "no second try yet");
+        // The timer's refresh always asks, and the gate then has it.
+        assert!(matches!(
+            fresh.refresh().await,
+            FeedRefresh::Refreshed { .. }
+        ));
+        let now = fresh.current().await.unwrap().unwrap();
+        assert!(now.get("KILN-TEST-10").is_some());
     }
 }

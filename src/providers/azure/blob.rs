@@ -420,12 +420,18 @@ impl BlobClient {
         let a = self
             .send(Method::PUT, url, Some((content_type, bytes)), kind, &op)
             .await?;
+        let exists = matches!(
+            a.code.as_deref(),
+            Some("BlobAlreadyExists" | "ConditionNotMet")
+        );
         match (a.status, kind) {
-            (StatusCode::CREATED, _) => Ok(true),
-            (StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED, PutKind::CreateOnly) => {
+            (StatusCode::CREATED, PutKind::Replace | PutKind::CreateOnly) => Ok(true),
+            (StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED, PutKind::CreateOnly)
+                if exists =>
+            {
                 Ok(false)
             }
-            _ => Err(a.failure(&op)),
+            (_, PutKind::None | PutKind::Replace | PutKind::CreateOnly) => Err(a.failure(&op)),
         }
     }
 

@@ -23,6 +23,10 @@ pub(crate) const TEMPLATE_FILE: &str = "template.json";
 /// The rebuilds' template names: `kiln-rebuild-<12 hex>`.
 const REBUILD_PREFIX: &str = "kiln-rebuild-";
 
+/// Leftovers of a rebuild this old are abandoned: no live rebuild leaves
+/// its ended template or scratch folder behind that long.
+const ABANDONED: Duration = Duration::from_secs(24 * 3600);
+
 /// How often the rebuild's status is read while it runs.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -150,9 +154,13 @@ impl LocalProvider {
         let _ = std::fs::remove_file(self.inner.log_path(name));
     }
 
-    /// What an earlier rebuild left when its process was killed: its
-    /// template (when not running any more), its log and, when no other
-    /// rebuild runs, the scratch folders.
+    /// What an earlier rebuild left when its process was killed. Another
+    /// `kiln verify --rebuild` may be running beside this one, so only
+    /// what is surely abandoned goes: a template whose run ended over
+    /// [`ABANDONED`] ago (a live rebuild deletes its own within seconds of
+    /// the end), and scratch folders older than that. (An orphaned run is
+    /// reported ended when its status is read, so a killed rebuild's
+    /// template goes a day later.)
     async fn sweep_rebuilds(&self) {
         let names = match self.inner.records.template_names(REBUILD_PREFIX) {
             Ok(n) => n,
@@ -161,20 +169,36 @@ impl LocalProvider {
                 return;
             }
         };
-        let mut running = 0;
+        let abandoned = chrono::Duration::from_std(ABANDONED).unwrap_or_default();
         for name in &names {
-            if self.is_running(name).await {
-                running += 1;
-            } else {
+            let ended_long_ago = match self.status(name).await {
+                Ok(TemplateStatus::Run(s)) => {
+                    !matches!(s.run_state, RunState::Running | RunState::Canceling)
+                        && s.end_time
+                            .is_some_and(|t| chrono::Utc::now() - t > abandoned)
+                }
+                Ok(
+                    TemplateStatus::Missing
+                    | TemplateStatus::Provisioning
+                    | TemplateStatus::Deleting
+                    | TemplateStatus::ProvisioningFailed { .. }
+                    | TemplateStatus::NotRun,
+                )
+                | Err(_) => false,
+            };
+            if ended_long_ago {
                 self.remove_rebuild(name).await;
             }
         }
-        if running > 0 {
-            return;
-        }
         if let Ok(entries) = std::fs::read_dir(self.inner.data_dir.join("vhd")) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("rebuild-") {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > ABANDONED);
+                if old && e.file_name().to_string_lossy().starts_with("rebuild-") {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
