@@ -368,9 +368,10 @@ impl Clock for ScaledClock {
 /// Signs provenance: the local key file, or a Key Vault key.
 #[async_trait]
 pub trait Signer: Send + Sync {
-    /// [`PublicKey::key_id`] of [`Signer::public_key`]: the DSSE `keyid`.
-    fn key_id(&self) -> &str;
-    fn public_key(&self) -> PublicKey;
+    /// The public half (its [`PublicKey::key_id`] is the DSSE `keyid`). A
+    /// Key Vault signer reads it on first use, so a vault that cannot be
+    /// reached at start leaves builds unsigned, not the factory down.
+    async fn public_key(&self) -> Result<PublicKey, ProviderError>;
     /// The signature of `message` (the DSSE PAE): 64 bytes for Ed25519,
     /// and r‖s for ECDSA P-256 over SHA-256 of `message`.
     async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ProviderError>;
@@ -387,23 +388,21 @@ pub async fn sign_statement(
 ) -> Result<Envelope, ProviderError> {
     let payload = serde_json::to_vec(statement).map_err(ProviderError::internal)?;
     let message = pae(IN_TOTO_PAYLOAD_TYPE, &payload);
+    let public = signer.public_key().await?;
     let signature = signer.sign(&message).await?;
-    signer
-        .public_key()
-        .verify(&message, &signature)
-        .map_err(|e| {
-            ProviderError::new(
-                FailureCategory::Internal,
-                format!(
-                    "the signature from key {} does not verify with its public key: {e}",
-                    signer.key_id()
-                ),
-            )
-        })?;
+    public.verify(&message, &signature).map_err(|e| {
+        ProviderError::new(
+            FailureCategory::Internal,
+            format!(
+                "the signature from key {} does not verify with its public key: {e}",
+                public.key_id()
+            ),
+        )
+    })?;
     Ok(Envelope::new(
         IN_TOTO_PAYLOAD_TYPE,
         &payload,
-        signer.key_id(),
+        &public.key_id(),
         &signature,
     ))
 }

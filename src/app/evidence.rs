@@ -35,9 +35,10 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    /// Every key a statement may be signed with.
-    pub fn trusted_keys(&self) -> Vec<PublicKey> {
-        let mut keys = vec![self.signer.public_key()];
+    /// Every key a statement may be signed with (the signer's own when it
+    /// can be read now).
+    pub async fn trusted_keys(&self) -> Vec<PublicKey> {
+        let mut keys: Vec<PublicKey> = self.signer.public_key().await.into_iter().collect();
         keys.extend(self.trusted.iter().cloned());
         keys
     }

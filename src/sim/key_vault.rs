@@ -258,12 +258,15 @@ mod tests {
         let signer = KeyVaultSigner::connect(key_vault::client(&arm(sim.url()), &key), key)
             .await
             .unwrap();
-        assert_eq!(signer.public_key(), sim.key_vault().public_key());
+        assert_eq!(
+            signer.public_key().await.unwrap(),
+            sim.key_vault().public_key()
+        );
         let statement = image_provenance(&input());
         let envelope = sign_statement(&signer, &statement).await.unwrap();
         // Verified with the key the signer fetched, and only with it.
         assert_eq!(
-            verify_envelope(&envelope, &[signer.public_key()]).unwrap(),
+            verify_envelope(&envelope, &[signer.public_key().await.unwrap()]).unwrap(),
             statement
         );
         let other = crate::sim::key_vault::KeyVault::new("http://127.0.0.1:1/keyvault");

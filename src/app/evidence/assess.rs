@@ -152,7 +152,9 @@ async fn one_version(
                 .put(def, version, EvidenceFile::Provenance, &bytes)
                 .await
             {
-                Ok(()) => json!({"signed": true, "keyId": ev.signer.key_id()}),
+                Ok(()) => {
+                    json!({"signed": true, "keyId": envelope.signatures.first().and_then(|s| s.keyid.clone())})
+                }
                 Err(e) => {
                     errors.push(format!("storing the provenance: {e:#}"));
                     json!({"signed": false})

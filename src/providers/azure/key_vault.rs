@@ -120,19 +120,19 @@ pub fn client(arm: &ArmClient, key: &KeyVaultKey) -> ArmClient {
     arm.rebased(&key.vault_url, SCOPE, "keyvault")
 }
 
-/// Signs with a Key Vault key (ES256).
+/// Signs with a Key Vault key (ES256). Its public half is read once, on
+/// first use (or at [`KeyVaultSigner::connect`]).
 pub struct KeyVaultSigner {
     client: ArmClient,
     key: KeyVaultKey,
-    public: PublicKey,
-    key_id: String,
+    public: tokio::sync::OnceCell<PublicKey>,
 }
 
 impl std::fmt::Debug for KeyVaultSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyVaultSigner")
             .field("key", &self.key.id())
-            .field("key_id", &self.key_id)
+            .field("key_id", &self.public.get().map(PublicKey::key_id))
             .finish_non_exhaustive()
     }
 }
@@ -149,24 +149,42 @@ impl KeyVaultSigner {
     /// Reads the key's public half; fails when the key is missing,
     /// disabled, not EC P-256, or may not sign.
     pub async fn connect(client: ArmClient, key: KeyVaultKey) -> Result<Self, ProviderError> {
-        let r = client
-            .send(Method::GET, &key.path(""), None, GET_KEY_POLICY)
-            .await
-            .map_err(|e| failure(&key, "reading the public key of", e))?;
-        let doc = answer(&key, "reading the public key of", r)?;
-        let public = public_key(&doc).map_err(|e| {
-            ProviderError::new(
-                FailureCategory::Validation,
-                format!("{KEY_SETTING}: the key {} {e}", key.id()),
-            )
-        })?;
-        tracing::info!(key = %key.id(), key_id = %public.key_id(), "provenance is signed by a Key Vault key");
-        Ok(Self {
-            key_id: public.key_id(),
-            public,
+        let signer = Self::lazy(client, key);
+        signer.resolve().await?;
+        Ok(signer)
+    }
+
+    /// A signer that reads the key on first use.
+    pub fn lazy(client: ArmClient, key: KeyVaultKey) -> Self {
+        Self {
             client,
             key,
-        })
+            public: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The key's public half, read from Key Vault the first time; an error
+    /// is not kept, so the next use asks again.
+    async fn resolve(&self) -> Result<&PublicKey, ProviderError> {
+        self.public
+            .get_or_try_init(|| async {
+                let key = &self.key;
+                let r = self
+                    .client
+                    .send(Method::GET, &key.path(""), None, GET_KEY_POLICY)
+                    .await
+                    .map_err(|e| failure(key, "reading the public key of", e))?;
+                let doc = answer(key, "reading the public key of", r)?;
+                let public = public_key(&doc).map_err(|e| {
+                    ProviderError::new(
+                        FailureCategory::Validation,
+                        format!("{KEY_SETTING}: the key {} {e}", key.id()),
+                    )
+                })?;
+                tracing::info!(key = %key.id(), key_id = %public.key_id(), "provenance is signed by a Key Vault key");
+                Ok(public)
+            })
+            .await
     }
 
     pub fn key(&self) -> &KeyVaultKey {
@@ -225,12 +243,8 @@ fn answer(key: &KeyVaultKey, doing: &str, r: ArmResponse) -> Result<Value, Provi
 
 #[async_trait]
 impl Signer for KeyVaultSigner {
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-
-    fn public_key(&self) -> PublicKey {
-        self.public.clone()
+    async fn public_key(&self) -> Result<PublicKey, ProviderError> {
+        self.resolve().await.cloned()
     }
 
     async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
@@ -361,7 +375,7 @@ mod tests {
             .unwrap();
         let expected = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
         assert_eq!(
-            signer.public_key(),
+            signer.public_key().await.unwrap(),
             PublicKey::EcdsaP256(
                 expected
                     .verifying_key()
@@ -370,12 +384,29 @@ mod tests {
                     .to_vec()
             )
         );
-        assert_eq!(signer.key_id(), signer.public_key().key_id());
         assert_eq!(signer.sign(message).await.unwrap(), vec![7u8; 64]);
         let requests = server.received_requests().await.unwrap();
         assert!(requests
             .iter()
             .all(|r| r.headers.get("authorization").is_some()));
+    }
+
+    /// A vault that cannot answer when kiln starts does not keep it down:
+    /// the key is read on first use, and a failed read is tried again.
+    #[tokio::test]
+    async fn a_lazy_signer_reads_the_key_when_it_first_signs_and_retries_a_failed_read() {
+        let server = MockServer::start().await;
+        let (arm, _) = testing::client(&server.uri());
+        let signer = KeyVaultSigner::lazy(client(&arm, &key(&server)), key(&server));
+        assert!(
+            server.received_requests().await.unwrap().is_empty(),
+            "nothing read at start"
+        );
+        let e = signer.public_key().await.unwrap_err();
+        assert!(e.message.contains("has no key"), "{e}");
+        mount_key(&server, jwk("EC", "P-256")).await;
+        let public = signer.public_key().await.expect("read again, now there");
+        assert!(matches!(public, PublicKey::EcdsaP256(_)));
     }
 
     #[tokio::test]

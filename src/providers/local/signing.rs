@@ -64,6 +64,15 @@ pub fn public_key_path(key: &Path) -> PathBuf {
 }
 
 impl LocalSigner {
+    /// [`PublicKey::key_id`] of the key: the DSSE `keyid` it signs with.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey::Ed25519(self.key.verifying_key().to_bytes())
+    }
+
     /// The key `KILN_SIGNING_KEY` names (it must exist: a mistyped path
     /// must not quietly start a new key nobody trusts), or the default key
     /// under `data_dir`, created when missing.
@@ -217,12 +226,8 @@ fn write_public_key(path: &Path, key: &PublicKey) -> anyhow::Result<()> {
 
 #[async_trait]
 impl Signer for LocalSigner {
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-
-    fn public_key(&self) -> PublicKey {
-        PublicKey::Ed25519(self.key.verifying_key().to_bytes())
+    async fn public_key(&self) -> Result<PublicKey, ProviderError> {
+        Ok(self.public())
     }
 
     async fn sign(&self, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
@@ -254,7 +259,7 @@ mod tests {
         let public = data.path().join("keys/provenance.ed25519.pub.pem");
         assert_eq!(signer.public_key_path(), public);
         let pem = fs::read_to_string(&public).unwrap();
-        assert_eq!(PublicKey::from_pem(&pem).unwrap(), signer.public_key());
+        assert_eq!(PublicKey::from_pem(&pem).unwrap(), signer.public());
         assert!(fs::read_to_string(&key)
             .unwrap()
             .starts_with("-----BEGIN PRIVATE KEY-----"));
