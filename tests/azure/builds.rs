@@ -230,13 +230,22 @@ async fn a_retry_after_a_failed_distribution_removes_the_version_it_left() {
             !deletes.is_empty(),
             "the leftover version was deleted first"
         );
-        let v = w
-            .tiny_versions()
-            .await
-            .into_iter()
-            .find(|v| v["name"] == version)
-            .expect("attempt 2 published the version");
-        assert_eq!(v["properties"]["provisioningState"], "Succeeded", "{v}");
+        // Attempt 2 published it, Succeeded: at once, or after the evidence
+        // step's tag update (a PATCH, `Updating` until its operation ends).
+        w.eventually("attempt 2's version to be Succeeded", || async {
+            let v = w
+                .tiny_versions()
+                .await
+                .into_iter()
+                .find(|v| v["name"] == version)
+                .expect("attempt 2 published the version");
+            match v["properties"]["provisioningState"].as_str() {
+                Some("Succeeded") => Some(()),
+                Some("Updating") => None,
+                other => panic!("attempt 2's version is {other:?}: {v}"),
+            }
+        })
+        .await;
     })
     .await;
 }
