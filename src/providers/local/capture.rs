@@ -302,13 +302,27 @@ pub(crate) async fn capture(
         "tools": tools,
         "builtAt": ts(now()),
     });
-    // The exact body, kept with the version for `kiln verify --rebuild`.
-    // Readable by kiln's user only: a body may carry a SAS in a scriptUri,
-    // which the manifest and the provenance redact.
-    super::rebuild::write_private(
-        &dir.join(super::rebuild::TEMPLATE_FILE),
-        &serde_json::to_vec_pretty(&b.body).map_err(Fail::internal)?,
-    )?;
+    // The exact body, kept with the version for `kiln verify --rebuild`,
+    // unless it carries a credential (a SAS in a scriptUri, a key): kiln
+    // keeps no secret in a file, and a redacted body would not be the one
+    // the provenance signs. Readable by kiln's user only all the same.
+    let secrets = b
+        .body
+        .as_object()
+        .map(|o| crate::domain::pipeline::secrets::scan(o, None))
+        .unwrap_or_default();
+    if secrets.is_empty() {
+        super::rebuild::write_private(
+            &dir.join(super::rebuild::TEMPLATE_FILE),
+            &serde_json::to_vec_pretty(&b.body).map_err(Fail::internal)?,
+        )?;
+    } else {
+        let at: Vec<&str> = secrets.iter().map(|h| h.path.as_str()).collect();
+        b.log.line(&format!(
+            "template.json not kept: the template carries credentials ({}), so this version cannot be rebuilt by `kiln verify --rebuild`",
+            at.join(", ")
+        ));
+    }
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_vec_pretty(&manifest).map_err(Fail::internal)?,

@@ -101,7 +101,7 @@ impl LocalProvider {
         let path = published.path.join(TEMPLATE_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "Cannot read {} (versions published before kiln kept their template cannot be rebuilt)",
+                "Cannot read {} (kiln keeps no template that carries credentials, such as a SAS in a scriptUri, nor had it kept templates before this version: such versions cannot be rebuilt)",
                 path.display()
             )
         })?;
