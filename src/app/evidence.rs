@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use crate::domain::evidence::dsse::PublicKey;
 use crate::domain::evidence::provenance::BuildPlatform;
 use crate::ports::{EvidenceStore, Signer, VulnerabilityFeed};
 
@@ -28,18 +27,6 @@ pub struct Evidence {
     pub store: Arc<dyn EvidenceStore>,
     /// Signs provenance: the local key file, or a Key Vault key in Azure.
     pub signer: Arc<dyn Signer>,
-    /// Keys `kiln verify` trusts besides the signer's own (rotated keys).
-    pub trusted: Vec<PublicKey>,
     pub feed: Arc<dyn VulnerabilityFeed>,
     pub platform: BuildPlatform,
-}
-
-impl Evidence {
-    /// Every key a statement may be signed with (the signer's own when it
-    /// can be read now).
-    pub async fn trusted_keys(&self) -> Vec<PublicKey> {
-        let mut keys: Vec<PublicKey> = self.signer.public_key().await.into_iter().collect();
-        keys.extend(self.trusted.iter().cloned());
-        keys
-    }
 }

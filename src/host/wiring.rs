@@ -262,7 +262,6 @@ pub fn local_evidence(
     Ok(Evidence {
         store: evidence_store(settings, env)?,
         signer,
-        trusted: vec![],
         feed: Arc::new(FileFeed::from_settings(
             settings.osv_feed.clone(),
             settings.osv_feed_url.clone(),

@@ -178,12 +178,13 @@ impl fmt::Display for PackageDiff {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::evidence::sbom::PackageManager;
     use chrono::DateTime;
 
-    fn sbom(pkgs: &[(&str, &str, &str)]) -> Sbom {
+    /// An SBOM of `(name, arch, version)` packages, each its own source.
+    pub(crate) fn sbom(pkgs: &[(&str, &str, &str)]) -> Sbom {
         let mut s = Sbom {
             subject: "s".into(),
             os: None,

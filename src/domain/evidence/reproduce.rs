@@ -85,30 +85,11 @@ mod tests {
     use super::*;
     use crate::domain::evidence::facts::Digest;
     use crate::domain::evidence::provenance::{image_provenance, tests::input};
-    use crate::domain::evidence::sbom::{Package, PackageManager};
 
     fn sbom_of(pkgs: &[(&str, &str)]) -> Sbom {
-        let mut s = Sbom {
-            subject: "s".into(),
-            os: None,
-            packages: pkgs
-                .iter()
-                .map(|(name, version)| Package {
-                    name: name.to_string(),
-                    version: version.to_string(),
-                    arch: "amd64".into(),
-                    source: name.to_string(),
-                    source_version: version.to_string(),
-                    license: None,
-                    manager: PackageManager::Dpkg,
-                })
-                .collect(),
-            files: vec![],
-            created: DateTime::UNIX_EPOCH,
-            tool: "kiln".into(),
-        };
-        s.normalize();
-        s
+        let with_arch: Vec<(&str, &str, &str)> =
+            pkgs.iter().map(|(n, v)| (*n, "amd64", *v)).collect();
+        crate::domain::evidence::diff::tests::sbom(&with_arch)
     }
 
     fn facts(sbom: Sbom, disk_sha: &str) -> RunFacts {

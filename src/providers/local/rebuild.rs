@@ -6,7 +6,7 @@
 //! evidence by the caller; this module only runs it.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -26,9 +26,6 @@ const REBUILD_PREFIX: &str = "kiln-rebuild-";
 /// Leftovers of a rebuild this old are abandoned: no live rebuild leaves
 /// its ended template or scratch folder behind that long.
 const ABANDONED: Duration = Duration::from_secs(24 * 3600);
-
-/// How often the rebuild's status is read while it runs.
-const POLL: Duration = Duration::from_millis(250);
 
 /// Writes `bytes` to a new file at `path` that only its owner can read.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -205,31 +202,12 @@ impl LocalProvider {
         }
     }
 
-    /// Whether the template's run is going (running or canceling).
-    async fn is_running(&self, name: &str) -> bool {
-        match self.status(name).await {
-            Ok(TemplateStatus::Run(s)) => {
-                matches!(s.run_state, RunState::Running | RunState::Canceling)
-            }
-            Ok(
-                TemplateStatus::Missing
-                | TemplateStatus::Provisioning
-                | TemplateStatus::Deleting
-                | TemplateStatus::ProvisioningFailed { .. }
-                | TemplateStatus::NotRun,
-            )
-            | Err(_) => false,
-        }
-    }
-
     /// Cancels a rebuild that is still running and waits (a minute at
     /// most) for it to stop, so that its template can be deleted.
     async fn stop(&self, name: &str) {
         let _ = self.cancel(name).await;
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) && self.is_running(name).await {
-            tokio::time::sleep(POLL).await;
-        }
+        // Ended, or still going after a minute: either way the caller deletes.
+        let _ = self.wait_run(name, Duration::from_secs(60)).await;
     }
 
     async fn run_once(
@@ -241,40 +219,16 @@ impl LocalProvider {
         self.put_template(name, body)
             .await
             .map_err(|e| anyhow::anyhow!("the rebuild's template was refused: {e}"))?;
-        let started = Instant::now();
-        loop {
-            match self
-                .run(name)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot start the rebuild: {e}"))?
-            {
-                RunStart::Started | RunStart::Unconfirmed { .. } => break,
-                RunStart::NotReady if started.elapsed() < limit => tokio::time::sleep(POLL).await,
-                RunStart::NotReady => bail!(
-                    "the rebuild's template was not ready in {} s",
-                    limit.as_secs()
-                ),
-            }
+        // The local provider creates a template at once, so it is ready to run.
+        match self
+            .run(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the rebuild: {e}"))?
+        {
+            RunStart::Started | RunStart::Unconfirmed { .. } => {}
+            RunStart::NotReady => bail!("the rebuild's template is not ready to run"),
         }
-        let status = loop {
-            match self.status(name).await.map_err(anyhow::Error::msg)? {
-                TemplateStatus::Run(s)
-                    if !matches!(s.run_state, RunState::Running | RunState::Canceling) =>
-                {
-                    break s;
-                }
-                TemplateStatus::Run(_) | TemplateStatus::NotRun | TemplateStatus::Provisioning => {}
-                other @ (TemplateStatus::Missing
-                | TemplateStatus::Deleting
-                | TemplateStatus::ProvisioningFailed { .. }) => {
-                    bail!("the rebuild's template is {other:?}")
-                }
-            }
-            if started.elapsed() > limit {
-                bail!("the rebuild did not finish in {} s", limit.as_secs());
-            }
-            tokio::time::sleep(POLL).await;
-        };
+        let status = self.wait_run(name, limit).await?;
         if status.run_state != RunState::Succeeded {
             bail!(
                 "the rebuild ended {:?}: {}",
