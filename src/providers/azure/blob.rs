@@ -23,7 +23,9 @@ use chrono::Utc;
 use reqwest::{Method, StatusCode, Url};
 
 use crate::config::Secret;
-use crate::store::table::auth::{Credential, SharedKey, DEV_ACCOUNT, DEV_ACCOUNT_KEY};
+use crate::store::table::auth::{
+    ConnectionStringError, Credential, Fields, SharedKey, DEV_ACCOUNT, DEV_ACCOUNT_KEY,
+};
 use crate::store::table::{RetryPolicy, STORAGE_SCOPE};
 
 /// The REST version: one Azure and Azurite 3.35 both accept.
@@ -67,34 +69,14 @@ pub struct Listing {
 /// or `{DefaultEndpointsProtocol}://{AccountName}.blob.{EndpointSuffix}`;
 /// `UseDevelopmentStorage=true` is Azurite's account on its default port.
 pub fn parse_connection_string(text: &Secret) -> anyhow::Result<(String, SharedKey)> {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for (i, segment) in text.expose().split(';').enumerate() {
-        let segment = segment.trim();
-        if segment.is_empty() {
-            continue;
-        }
-        let Some((name, value)) = segment.split_once('=') else {
-            bail!(
-                "storage connection string: segment {} is not Name=Value",
-                i + 1
-            );
-        };
-        fields.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let get = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let fields = Fields::parse(text.expose())?;
+    let get = |name: &str| fields.get(name);
     if get("usedevelopmentstorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         let key = SharedKey::new(DEV_ACCOUNT, &Secret::new(DEV_ACCOUNT_KEY))?;
         return Ok((DEV_BLOB_ENDPOINT.to_string(), key));
     }
-    let account =
-        get("accountname").context("storage connection string: AccountName is missing")?;
-    let key = get("accountkey").context("storage connection string: AccountKey is missing")?;
+    let account = get("accountname").ok_or(ConnectionStringError::Missing("AccountName"))?;
+    let key = get("accountkey").ok_or(ConnectionStringError::Missing("AccountKey"))?;
     let endpoint = match get("blobendpoint") {
         Some(e) if e.starts_with("https://") || e.starts_with("http://") => {
             e.trim_end_matches('/').to_string()
@@ -106,9 +88,7 @@ pub fn parse_connection_string(text: &Secret) -> anyhow::Result<(String, SharedK
             get("endpointsuffix").unwrap_or("core.windows.net")
         ),
     };
-    let key = SharedKey::new(account, &Secret::new(key))
-        .map_err(|e| anyhow::anyhow!("storage connection string: {e}"))?;
-    Ok((endpoint, key))
+    Ok((endpoint, SharedKey::new(account, &Secret::new(key))?))
 }
 
 /// The standard headers kiln sends that Shared Key signs.

@@ -166,6 +166,36 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// The `Name=Value;…` fields of a storage connection string (names
+/// case-insensitive, values may contain `=`), for each service's parser.
+pub(crate) struct Fields<'a>(Vec<(String, &'a str)>);
+
+impl<'a> Fields<'a> {
+    pub(crate) fn parse(text: &'a str) -> Result<Self, ConnectionStringError> {
+        let mut fields = Vec::new();
+        for (i, segment) in text.split(';').enumerate() {
+            let segment = segment.trim();
+            if segment.is_empty() {
+                continue;
+            }
+            let (name, value) = segment
+                .split_once('=')
+                .ok_or(ConnectionStringError::Malformed { position: i + 1 })?;
+            fields.push((name.trim().to_ascii_lowercase(), value.trim()));
+        }
+        Ok(Self(fields))
+    }
+
+    /// A field's non-empty value; `name` in lowercase.
+    pub(crate) fn get(&self, name: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .filter(|v| !v.is_empty())
+    }
+}
+
 /// A parsed storage connection string: where the table endpoint is, and the key.
 #[derive(Debug, Clone)]
 pub struct ConnectionString {
@@ -181,24 +211,8 @@ impl ConnectionString {
     /// is `TableEndpoint` or `{DefaultEndpointsProtocol}://{AccountName}.table.{EndpointSuffix}`
     /// (https and `core.windows.net` when absent).
     pub fn parse(text: &Secret) -> Result<Self, ConnectionStringError> {
-        let mut fields: Vec<(String, &str)> = Vec::new();
-        for (i, segment) in text.expose().split(';').enumerate() {
-            let segment = segment.trim();
-            if segment.is_empty() {
-                continue;
-            }
-            let (name, value) = segment
-                .split_once('=')
-                .ok_or(ConnectionStringError::Malformed { position: i + 1 })?;
-            fields.push((name.trim().to_ascii_lowercase(), value.trim()));
-        }
-        let get = |name: &str| {
-            fields
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| *v)
-                .filter(|v| !v.is_empty())
-        };
+        let fields = Fields::parse(text.expose())?;
+        let get = |name: &str| fields.get(name);
         if let Some(dev) = get("usedevelopmentstorage") {
             if !dev.eq_ignore_ascii_case("true") {
                 return Err(ConnectionStringError::Invalid {
