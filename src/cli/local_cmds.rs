@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use super::args::{BaseCmd, GalleryCmd, VmCmd};
 use super::exit::Exit;
 use crate::config::{gather_env, ProviderKind, Settings};
-use crate::host::wiring::{azure_app, local_provider, local_runtime, open_db};
+use crate::host::wiring::{azure_app, local_provider, local_runtime, open_db, NetworkChecks};
 use crate::ports::{Gallery, ImageBuilder, SystemClock};
 use crate::providers::local::{BaseFrom, LocalProvider, ToolNeed};
 
@@ -137,13 +137,33 @@ pub async fn run_serve() -> anyhow::Result<Exit> {
     s.check_api_access(crate::config::Listener::FunctionsHost)?;
     // KILN_CLOCK (from `kiln sim`) puts kiln on the simulator's time.
     let clock = s.clock();
-    let app = match s.provider {
+    let (app, checks) = match s.provider {
         ProviderKind::Azure => azure_app(s, &env, clock).await?,
-        ProviderKind::Local => local_runtime(s, &env, clock).await?.app,
+        ProviderKind::Local => (
+            local_runtime(s, &env, clock).await?.app,
+            NetworkChecks::none(),
+        ),
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(port, provider = ?app.settings.provider, "kiln custom handler listening");
-    crate::host::serve::run(listener, app, shutdown_signal()).await?;
+    // The network checks run while the handler answers; one that fails
+    // stops it as a wrong setting stops the start (the host then logs the
+    // error and starts kiln again).
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            _ = stopped => {}
+        }
+    };
+    let server = tokio::spawn(crate::host::serve::run(listener, app, shutdown));
+    if let Err(e) = checks.run().await {
+        let _ = stop.send(());
+        server.await??;
+        return Err(e);
+    }
+    server.await??;
+    drop(stop);
     Ok(Exit::Ok)
 }
 

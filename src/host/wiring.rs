@@ -17,6 +17,7 @@ use crate::domain::evidence::provenance::BuildPlatform;
 use crate::ports::{Clock, EvidenceStore, Signer};
 use crate::providers::azure::blob::BlobClient;
 use crate::providers::azure::identity::{token_source, CredentialKind, TokenSource};
+use crate::providers::azure::key_vault::KeyVaultSigner;
 use crate::providers::evidence_blobs::EvidenceBlobs;
 use crate::providers::evidence_files::EvidenceFiles;
 use crate::providers::local::signing::LocalSigner;
@@ -193,15 +194,16 @@ pub async fn azure_app(
     settings: Settings,
     env: &crate::config::Env,
     clock: Arc<dyn Clock>,
-) -> anyhow::Result<App> {
+) -> anyhow::Result<(App, NetworkChecks)> {
     let metrics = crate::metrics::Metrics::new();
     let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone(), &metrics)?;
     let store = open_store(&settings, env, || open_db(&settings)).await?;
     // Provenance is signed in Key Vault when a key is named; otherwise with
     // a key file in the data folder, which is fine for one machine and
     // said at start, since on a Function App that folder is a file share.
-    let signer: Option<Arc<dyn Signer>> = match azure.signer().await? {
-        Some(signer) => Some(Arc::new(signer)),
+    let key_vault = azure.signer().map(Arc::new);
+    let signer: Option<Arc<dyn Signer>> = match &key_vault {
+        Some(signer) => Some(signer.clone()),
         None => {
             tracing::warn!(
                 "provenance is signed with the key file in the data folder; set {} to sign with a Key Vault key",
@@ -224,7 +226,7 @@ pub async fn azure_app(
                 lines.join("\n")
             )
         })?;
-    Ok(App {
+    let app = App {
         pipelines: Arc::new(pipelines),
         store: store.clone(),
         builder: azure.builder,
@@ -242,7 +244,43 @@ pub async fn azure_app(
         evidence,
         tuning: Tuning::azure(),
         settings: Arc::new(settings),
-    })
+    };
+    Ok((app, NetworkChecks { key_vault }))
+}
+
+/// The start-up checks that need the network, run once the handler
+/// listens: a managed-identity token and a Key Vault call take tens of
+/// milliseconds in Azure, and the Functions host sends nothing until the
+/// handler first answers. A setting they find wrong still stops kiln,
+/// only after it has begun to answer.
+#[must_use = "the checks do nothing until run"]
+pub struct NetworkChecks {
+    key_vault: Option<Arc<KeyVaultSigner>>,
+}
+
+impl NetworkChecks {
+    /// No checks (the local provider's app).
+    pub fn none() -> Self {
+        Self { key_vault: None }
+    }
+
+    /// `Err` for a signing key that cannot sign (missing, disabled, not EC
+    /// P-256, no `sign` operation, no access); a vault that cannot be
+    /// reached now is logged, and the key read when a build first signs.
+    pub async fn run(self) -> anyhow::Result<()> {
+        if let Some(signer) = self.key_vault {
+            signer.check().await.map_err(|e| {
+                let setting = crate::providers::azure::key_vault::KEY_SETTING;
+                let message = e.to_string();
+                if message.starts_with(setting) {
+                    anyhow::anyhow!(message)
+                } else {
+                    anyhow::anyhow!("{setting}: {message}")
+                }
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Evidence kept in Blob Storage when settings name a container, else in

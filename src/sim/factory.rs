@@ -50,7 +50,8 @@ impl Factory {
         // As `kiln serve` does: the API is not left open by accident.
         settings.check_api_access(crate::config::Listener::FunctionsHost)?;
         let clock = settings.clock();
-        let app = crate::host::wiring::azure_app(settings, &env, clock).await?;
+        let (app, checks) = crate::host::wiring::azure_app(settings, &env, clock).await?;
+        checks.run().await?;
         for p in app.pipelines.iter() {
             seed_source(sim, &p.template).await?;
         }

@@ -4,17 +4,12 @@ use serde_json::Value;
 
 use kiln::config::{Env, Settings};
 
-#[test]
-fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
+/// Starts `kiln sim` and reads the settings it prints.
+fn start_sim(args: &[&str]) -> (std::process::Child, Env) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "sim",
-            "--clock-factor",
-            "600",
-            "--start",
-            "2026-12-08T17:00:00Z",
-        ])
+        .arg("sim")
+        .args(args)
         .env("KILN_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -32,6 +27,13 @@ fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
         }
         line.clear();
     }
+    (child, env)
+}
+
+#[test]
+fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
+    let (mut child, mut env) =
+        start_sim(&["--clock-factor", "600", "--start", "2026-12-08T17:00:00Z"]);
     let url = env["KILN_AZURE_MANAGEMENT_URL"].clone();
     let answer = reqwest::blocking::get(format!("{url}/_sim/clock"));
     let _ = child.kill();
@@ -59,6 +61,54 @@ fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
     assert!(kiln::providers::azure::AzureSettings::from_env(&env).is_ok());
     let answer: Value = answer.unwrap().json().unwrap();
     assert_eq!(answer["setting"], env["KILN_CLOCK"].as_str());
+}
+
+/// `kiln serve` reads its Key Vault key once it answers the host (so the
+/// network call does not delay the first answer), and a key that cannot
+/// sign still stops it, with the setting and the reason.
+#[test]
+fn kiln_serve_stops_on_a_signing_key_key_vault_does_not_have() {
+    let (mut sim, env) = start_sim(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let missing = format!(
+        "{}/keyvault/keys/no-such-key/0123abcd",
+        env["KILN_AZURE_MANAGEMENT_URL"]
+    );
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(&env)
+        .env("KILN_SIGNING_KEY_VAULT_KEY", &missing)
+        .env("KILN_DATA_DIR", data.path())
+        .env("KILN_EVENTS_KEY", "k")
+        .env("KILN_API_KEYS", "a-key-for-this-test-only")
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("KILN_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut said).unwrap();
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let status = status.expect("kiln serve kept running with a key Key Vault does not have");
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("KILN_SIGNING_KEY_VAULT_KEY") && said.contains("no-such-key"),
+        "{said}"
+    );
 }
 
 /// A port nobody listens on now (the OS picks it; it is free again once dropped).

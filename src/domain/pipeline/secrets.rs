@@ -301,9 +301,10 @@ pub fn scrub(message: &str) -> std::borrow::Cow<'_, str> {
 
 /// The kinds of secret one string holds.
 pub fn kinds_in(s: &str) -> Vec<SecretKind> {
+    let text = Text::new(s);
     let mut kinds: Vec<SecretKind> = SecretKind::ALL
         .into_iter()
-        .filter(|k| found(*k, s))
+        .filter(|k| found(*k, &text))
         .collect();
     // The key inside a connection string is that connection string's.
     if kinds.contains(&SecretKind::ConnectionString) {
@@ -312,71 +313,134 @@ pub fn kinds_in(s: &str) -> Vec<SecretKind> {
     kinds
 }
 
+/// A scanned string and its ASCII-lowercased copy, which the patterns'
+/// literals are looked up in.
+struct Text<'a> {
+    raw: &'a str,
+    lower: String,
+}
+
+impl<'a> Text<'a> {
+    fn new(raw: &'a str) -> Self {
+        Self {
+            raw,
+            lower: raw.to_ascii_lowercase(),
+        }
+    }
+}
+
+/// A pattern and a literal that every match of it holds (lowercase; the
+/// patterns ignore ASCII case only, so the literal is looked up in the
+/// lowercased text). The pattern runs, and is compiled, only for a string
+/// that holds its literal: almost no string in a real pipeline holds one,
+/// and compiling all the patterns was the largest single cost of `kiln
+/// serve`'s start (`docs/benchmarks.md`).
+struct Pattern {
+    literal: &'static str,
+    re: LazyLock<Regex>,
+}
+
+impl Pattern {
+    fn find<'t>(&self, text: &Text<'t>) -> Option<&Regex> {
+        text.lower.contains(self.literal).then(|| &*self.re)
+    }
+
+    fn is_match(&self, text: &Text<'_>) -> bool {
+        self.find(text).is_some_and(|re| re.is_match(text.raw))
+    }
+}
+
 macro_rules! re {
     ($name:ident, $re:expr) => {
         static $name: LazyLock<Regex> = LazyLock::new(|| Regex::new($re).expect("a valid pattern"));
+    };
+    ($name:ident, $literal:expr, $re:expr) => {
+        static $name: Pattern = Pattern {
+            literal: $literal,
+            re: LazyLock::new(|| Regex::new($re).expect("a valid pattern")),
+        };
     };
 }
 
 // Values are at least 16 characters of what the credential is made of, and
 // never start with `$` or `%`: `sig=$SIG` is a reference, not a leak.
+// Case is ignored for ASCII only (`(?i-u:…)`): credentials are ASCII, and
+// Unicode folding would let `K` (the Kelvin sign) stand for `k`, which the
+// literal lookup does not.
 re!(QUOTED, r#""((?:[^"\\]|\\.)*)"|`([^`]*)`"#);
 // `Verb-Noun` at the start of a value: a PowerShell cmdlet computes it.
 re!(CMDLET, r"^[A-Z][A-Za-z]+-[A-Z][A-Za-z]+\b");
-re!(SAS_SIG, r"(?i)[?&;]sig=[A-Za-z0-9%+/=_-]{16,}");
-re!(SAS_PARAM, r"(?i)[?&;](sv|se)=[^&\s$]");
-re!(ACCOUNT_KEY, r"(?i)AccountKey=[A-Za-z0-9+/]{20,}={0,2}");
+re!(SAS_SIG, "sig=", r"[?&;](?i-u:sig=)[A-Za-z0-9%+/=_-]{16,}");
+re!(SAS_PARAM, r"[?&;](?i-u:sv|se)=[^&\s$]");
+re!(
+    ACCOUNT_KEY,
+    "accountkey=",
+    r"(?i-u:AccountKey=)[A-Za-z0-9+/]{20,}={0,2}"
+);
 re!(
     SHARED_ACCESS_KEY,
-    r"(?i)SharedAccessKey=[A-Za-z0-9+/]{20,}={0,2}"
+    "sharedaccesskey=",
+    r"(?i-u:SharedAccessKey=)[A-Za-z0-9+/]{20,}={0,2}"
 );
 re!(
     CONN_STRING_HEAD,
-    r"(?i)(Endpoint=sb://|DefaultEndpointsProtocol=)"
+    r"(?i-u:Endpoint=sb://|DefaultEndpointsProtocol=)"
 );
-re!(KEY_64_BYTES, r"(^|[^A-Za-z0-9+/])[A-Za-z0-9+/]{86}==");
-re!(KEYISH, r"(?i)(key|secret|storage|account|credential)");
+re!(KEY_64_BYTES, "==", r"(^|[^A-Za-z0-9+/])[A-Za-z0-9+/]{86}==");
+re!(KEYISH, r"(?i-u:key|secret|storage|account|credential)");
 re!(
     PRIVATE_KEY,
+    "private key",
     r"-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY( BLOCK)?-----"
 );
-re!(BEARER, r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{20,}=*");
-re!(JWT, r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.");
+re!(
+    BEARER,
+    "bearer",
+    r"\b(?i-u:bearer)\s+[A-Za-z0-9._~+/-]{20,}=*"
+);
+re!(JWT, "eyj", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.");
 // `DB_PASSWORD=hunter2`, `--password x`, `-password=x`; `password: x` is
 // prose more often than not, and `--password-stdin` reads it from stdin.
 re!(
     PASSWORD_ASSIGN,
-    r#"(?i)password["']?\s*=\s*(?P<v>["']?[^\s"';&|]*)"#
+    "password",
+    r#"(?i-u:password)["']?\s*=\s*(?P<v>["']?[^\s"';&|]*)"#
 );
 re!(
     PASSWORD_FLAG,
-    r#"(?i)(^|\s)--?password\s+(?P<v>["']?[^\s"';&|]*)"#
+    "password",
+    r#"(^|\s)--?(?i-u:password)\s+(?P<v>["']?[^\s"';&|]*)"#
 );
 
-fn found(kind: SecretKind, s: &str) -> bool {
+fn found(kind: SecretKind, text: &Text<'_>) -> bool {
+    let s = text.raw;
     match kind {
-        SecretKind::SasToken => SAS_SIG.is_match(s) && SAS_PARAM.is_match(s),
+        SecretKind::SasToken => SAS_SIG.is_match(text) && SAS_PARAM.is_match(s),
         SecretKind::StorageAccountKey => {
-            ACCOUNT_KEY.is_match(s)
-                || KEY_64_BYTES.find_iter(s).any(|m| {
-                    let before = &s[..m.start()];
-                    let window = before
-                        .char_indices()
-                        .rev()
-                        .nth(63)
-                        .map_or(before, |(i, _)| &before[i..]);
-                    KEYISH.is_match(window)
+            ACCOUNT_KEY.is_match(text)
+                || KEY_64_BYTES.find(text).is_some_and(|re| {
+                    re.find_iter(s).any(|m| {
+                        let before = &s[..m.start()];
+                        let window = before
+                            .char_indices()
+                            .rev()
+                            .nth(63)
+                            .map_or(before, |(i, _)| &before[i..]);
+                        KEYISH.is_match(window)
+                    })
                 })
         }
         SecretKind::ConnectionString => {
-            (CONN_STRING_HEAD.is_match(s) && ACCOUNT_KEY.is_match(s))
-                || SHARED_ACCESS_KEY.is_match(s)
+            (ACCOUNT_KEY.is_match(text) && CONN_STRING_HEAD.is_match(s))
+                || SHARED_ACCESS_KEY.is_match(text)
         }
-        SecretKind::PrivateKey => PRIVATE_KEY.is_match(s),
-        SecretKind::BearerToken => BEARER.is_match(s) || JWT.is_match(s),
-        SecretKind::Password => [&*PASSWORD_ASSIGN, &*PASSWORD_FLAG].iter().any(|re| {
-            re.captures_iter(s)
-                .any(|c| c.name("v").is_some_and(|v| literal(v.as_str())))
+        SecretKind::PrivateKey => PRIVATE_KEY.is_match(text),
+        SecretKind::BearerToken => BEARER.is_match(text) || JWT.is_match(text),
+        SecretKind::Password => [&PASSWORD_ASSIGN, &PASSWORD_FLAG].iter().any(|p| {
+            p.find(text).is_some_and(|re| {
+                re.captures_iter(s)
+                    .any(|c| c.name("v").is_some_and(|v| literal(v.as_str())))
+            })
         }),
     }
 }

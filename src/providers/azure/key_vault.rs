@@ -187,6 +187,21 @@ impl KeyVaultSigner {
             .await
     }
 
+    /// Reads the key now, to refuse a key that cannot sign before any build
+    /// needs it: `Err` for a missing, disabled, foreign or sign-less key.
+    /// A vault that cannot be reached now (throttled, down, a timeout) is
+    /// logged and is not an error: the key is read again on first use.
+    pub async fn check(&self) -> Result<(), ProviderError> {
+        match self.resolve().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.category.is_transient() || e.category == FailureCategory::Timeout => {
+                tracing::error!(error = %e, "{KEY_SETTING}: Key Vault cannot be reached now; provenance is signed once it can");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn key(&self) -> &KeyVaultKey {
         &self.key
     }

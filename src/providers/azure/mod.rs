@@ -240,32 +240,12 @@ impl AzureProviders {
         Ok(providers)
     }
 
-    /// The Key Vault signer, its public key read once at start; `None`
-    /// without `KILN_SIGNING_KEY_VAULT_KEY`.
-    /// The Key Vault signer, its key read now. A key that is wrong (missing,
-    /// not EC P-256, not allowed to sign: `Validation`, `Auth`, `Policy`)
-    /// stops the start, as any wrong setting does; a vault that cannot be
-    /// reached now (network, throttling, 5xx) does not: the signer reads the
-    /// key on first use, and until then builds are published with the
-    /// signing error in their evidence, to be signed by nobody later.
-    pub async fn signer(&self) -> anyhow::Result<Option<key_vault::KeyVaultSigner>> {
-        let Some((client, key)) = &self.signing else {
-            return Ok(None);
-        };
-        match key_vault::KeyVaultSigner::connect(client.clone(), key.clone()).await {
-            Ok(signer) => Ok(Some(signer)),
-            Err(e)
-                if e.category.is_transient()
-                    || e.category == crate::domain::failure::FailureCategory::Timeout =>
-            {
-                tracing::error!(error = %e, "{}: Key Vault cannot be reached now; provenance is signed once it can", key_vault::KEY_SETTING);
-                Ok(Some(key_vault::KeyVaultSigner::lazy(
-                    client.clone(),
-                    key.clone(),
-                )))
-            }
-            Err(e) => Err(anyhow::anyhow!("{}: {e}", key_vault::KEY_SETTING)),
-        }
+    /// The Key Vault signer `KILN_SIGNING_KEY_VAULT_KEY` names, which reads
+    /// its key on first use or at [`key_vault::KeyVaultSigner::check`];
+    /// `None` without that setting.
+    pub fn signer(&self) -> Option<key_vault::KeyVaultSigner> {
+        let (client, key) = self.signing.as_ref()?;
+        Some(key_vault::KeyVaultSigner::lazy(client.clone(), key.clone()))
     }
 
     /// Builds the adapters on given clients (other endpoints, other tokens, tests).

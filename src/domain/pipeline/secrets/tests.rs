@@ -383,3 +383,52 @@ fn a_secret_in_a_mistyped_field_is_not_quoted_by_the_type_error() {
         "invalid type: string \"abc\", expected a sequence"
     );
 }
+
+/// The patterns that are looked up by their literal first.
+fn filtered_patterns() -> [(&'static str, &'static Pattern); 9] {
+    [
+        ("SAS_SIG", &SAS_SIG),
+        ("ACCOUNT_KEY", &ACCOUNT_KEY),
+        ("SHARED_ACCESS_KEY", &SHARED_ACCESS_KEY),
+        ("KEY_64_BYTES", &KEY_64_BYTES),
+        ("PRIVATE_KEY", &PRIVATE_KEY),
+        ("BEARER", &BEARER),
+        ("JWT", &JWT),
+        ("PASSWORD_ASSIGN", &PASSWORD_ASSIGN),
+        ("PASSWORD_FLAG", &PASSWORD_FLAG),
+    ]
+}
+
+proptest::proptest! {
+    /// The literal lookup only skips work: a pattern matches a string
+    /// exactly when it matches it with the lookup in front. Strings are
+    /// made of the patterns' own pieces in any case, with non-ASCII
+    /// letters that fold to ASCII ones under Unicode rules.
+    #[test]
+    fn the_literal_lookup_never_changes_what_a_pattern_finds(
+        s in "((?i:sig=|accountkey=|sharedaccesskey=|bearer |password|--password |private key|eyj)|-----BEGIN RSA PRIVATE KEY-----|eyJ|==|[?&; =\"']|[A-Za-z0-9+/]{1,30}|\u{212A}|\u{17F}|\u{130}){0,12}"
+    ) {
+        let text = Text::new(&s);
+        for (name, p) in filtered_patterns() {
+            proptest::prop_assert_eq!(p.is_match(&text), p.re.is_match(&s), "{} on {:?}", name, s);
+        }
+    }
+}
+
+/// Credentials are ASCII: a Kelvin sign is not the `k` of `AccountKey=`,
+/// nor a long s the `s` of `sig=`.
+#[test]
+fn case_is_ignored_for_ascii_letters_only() {
+    let key = b64(40, 5);
+    assert_eq!(
+        kinds_in(&format!("ACCOUNTKEY={key}")),
+        vec![SecretKind::StorageAccountKey]
+    );
+    assert!(kinds_in(&format!("Account\u{212A}ey={key}")).is_empty());
+    let sig = b64(30, 6).replace(['+', '/'], "x");
+    assert_eq!(
+        kinds_in(&format!("https://a/b?SV=1&SIG={sig}")),
+        vec![SecretKind::SasToken]
+    );
+    assert!(kinds_in(&format!("https://a/b?sv=1&\u{17F}ig={sig}")).is_empty());
+}
