@@ -14,10 +14,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{
-    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, TimeZone,
-    Timelike, Utc, Weekday,
+    DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Timelike, Utc, Weekday,
 };
-use chrono_tz::Tz;
+use jiff::tz::{AmbiguousOffset, TimeZone};
 use serde::{Deserialize, Serialize};
 
 // ---- The schedule as a pipeline file writes it (`kiln.triggers.schedule`) ----
@@ -91,7 +90,7 @@ pub struct Occurrence {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     rule: Rule,
-    tz: Tz,
+    tz: TimeZone,
     /// Inclusive local date ranges, sorted, with overlapping and adjacent
     /// windows merged: a build deferred to the day after one window must keep
     /// deferring when the next window starts that very day.
@@ -156,9 +155,9 @@ impl Schedule {
         })
     }
 
-    /// The time zone the rule and the blackout dates are read in.
-    pub fn time_zone(&self) -> Tz {
-        self.tz
+    /// The IANA name of the time zone the rule and the blackout dates are read in.
+    pub fn time_zone(&self) -> &str {
+        self.tz.iana_name().unwrap_or("UTC")
     }
 
     /// The next `count` occurrences whose `fires_at` is strictly after
@@ -248,20 +247,19 @@ impl Schedule {
     }
 
     fn local_date(&self, t: DateTime<Utc>) -> NaiveDate {
-        t.with_timezone(&self.tz).date_naive()
+        let local = jiff::Timestamp::new(t.timestamp(), 0).map(|ts| self.tz.to_datetime(ts));
+        match local {
+            Ok(d) => NaiveDate::from_ymd_opt(d.year().into(), d.month() as u32, d.day() as u32)
+                .unwrap_or_else(|| t.date_naive()),
+            // Beyond jiff's years (±9999): no schedule reaches them.
+            Err(_) => t.date_naive(),
+        }
     }
 
     /// The instant a local time denotes. A local time in a spring-forward gap
     /// means the first instant after the gap; a repeated one the earlier.
     fn to_utc(&self, local: NaiveDateTime) -> DateTime<Utc> {
-        fn earliest(r: LocalResult<DateTime<Tz>>) -> Option<DateTime<Utc>> {
-            match r {
-                LocalResult::Single(t) => Some(t.with_timezone(&Utc)),
-                LocalResult::Ambiguous(a, b) => Some(a.min(b).with_timezone(&Utc)),
-                LocalResult::None => None,
-            }
-        }
-        if let Some(t) = earliest(self.tz.from_local_datetime(&local)) {
+        if let Some(t) = self.earliest(local) {
             return t;
         }
         // Gaps start and end on whole minutes in every zone since 1972; the
@@ -269,8 +267,32 @@ impl Schedule {
         let minute = local.with_second(0).unwrap_or(local);
         (1..=48 * 60)
             .filter_map(|m| minute.checked_add_signed(TimeDelta::minutes(m)))
-            .find_map(|probe| earliest(self.tz.from_local_datetime(&probe)))
+            .find_map(|probe| self.earliest(probe))
             .unwrap_or_else(|| local.and_utc())
+    }
+
+    /// The earlier instant a local time denotes; `None` in a gap (or
+    /// beyond jiff's years).
+    fn earliest(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+        let civil = jiff::civil::DateTime::new(
+            i16::try_from(local.year()).ok()?,
+            local.month() as i8,
+            local.day() as i8,
+            local.hour() as i8,
+            local.minute() as i8,
+            local.second() as i8,
+            0,
+        )
+        .ok()?;
+        let instant = |offset: jiff::tz::Offset| {
+            let ts = offset.to_timestamp(civil).ok()?;
+            DateTime::from_timestamp(ts.as_second(), 0)
+        };
+        match self.tz.to_ambiguous_timestamp(civil).offset() {
+            AmbiguousOffset::Unambiguous { offset } => instant(offset),
+            AmbiguousOffset::Fold { before, after } => instant(before)?.min(instant(after)?).into(),
+            AmbiguousOffset::Gap { .. } => None,
+        }
     }
 
     fn occurrence(&self, slot: Slot, fires_local: NaiveDateTime) -> Occurrence {
@@ -464,9 +486,8 @@ fn patch_day(m: i32, offset_days: i32) -> Option<NaiveDate> {
         .checked_add_signed(TimeDelta::days(offset_days.into()))
 }
 
-fn parse_time_zone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>()
-        .map_err(|_| format!("timeZone `{name}` is not an IANA time zone name"))
+fn parse_time_zone(name: &str) -> Result<TimeZone, String> {
+    TimeZone::get(name).map_err(|_| format!("timeZone `{name}` is not an IANA time zone name"))
 }
 
 fn patch_tuesday_rule(spec: &PatchTuesdaySpec) -> Result<Rule, String> {

@@ -1,4 +1,6 @@
 use super::*;
+use chrono::TimeZone as _;
+use chrono_tz::Tz;
 use proptest::prelude::*;
 
 fn utc(s: &str) -> DateTime<Utc> {
@@ -429,7 +431,7 @@ fn a_schedule_reads_from_pipeline_json() {
     }))
     .unwrap();
     let s = build(spec);
-    assert_eq!(s.time_zone(), chrono_tz::Europe::Berlin);
+    assert_eq!(s.time_zone(), "Europe/Berlin");
     let got = s.next(utc("2026-12-01T00:00:00Z"), 1);
     // December 2026: the 8th + 7 = the 15th, 03:00 CET.
     assert_eq!(
@@ -649,7 +651,8 @@ proptest! {
             prop_assert!(pair[0].fires_at < pair[1].fires_at);
         }
         for o in &got {
-            let local_day = o.scheduled.with_timezone(&s.time_zone()).date_naive();
+            let zone: Tz = s.time_zone().parse().unwrap();
+            let local_day = o.scheduled.with_timezone(&zone).date_naive();
             let tuesday = NaiveDate::from_num_days_from_ce_opt(local_day.num_days_from_ce() - offset).unwrap();
             prop_assert_eq!(tuesday.weekday(), Weekday::Tue);
             prop_assert!((8..=14).contains(&tuesday.day()));
@@ -676,5 +679,79 @@ proptest! {
         let now = after + TimeDelta::hours(outage_hours);
         let expected_due = want.iter().rev().find(|o| after < o.fires_at && o.fires_at <= now).cloned();
         prop_assert_eq!(s.latest_due(after, now), expected_due);
+    }
+}
+
+/// chrono-tz's reading of a local time, with the schedule's rules: the
+/// earlier of two instants, and in a gap the first whole minute after it.
+fn chrono_tz_instant(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+    let earliest = |l: &NaiveDateTime| tz.from_local_datetime(l).earliest();
+    (0..=48 * 60)
+        .map(|m| match m {
+            0 => local,
+            m => local.with_second(0).unwrap() + TimeDelta::minutes(m),
+        })
+        .find_map(|l| earliest(&l))
+        .expect("no gap is longer than a day")
+        .with_timezone(&Utc)
+}
+
+const ZONES: [&str; 6] = [
+    "Europe/Berlin",
+    "America/Los_Angeles",
+    "Australia/Lord_Howe",
+    "Pacific/Apia",
+    "America/Sao_Paulo",
+    "Asia/Kolkata",
+];
+
+/// The schedule's time zones (jiff's bundled database) read every local
+/// time on every day whose clock changes, 1990 to 2037, as chrono-tz (an
+/// independent implementation) does: DST both ways, Lord Howe's half-hour
+/// DST, Apia's skipped day in 2011, Brazil's DST at midnight until 2019.
+#[test]
+fn local_times_on_clock_change_days_are_read_as_chrono_tz_reads_them() {
+    let mut checked = 0;
+    for tz in ZONES {
+        let s = build(cron_spec("0 0 9 * * *", Some(tz)));
+        let zone: Tz = tz.parse().unwrap();
+        let offset = |d: NaiveDate| {
+            let t = chrono_tz_instant(zone, d.and_hms_opt(0, 0, 0).unwrap());
+            t.with_timezone(&zone).naive_local() - t.naive_utc()
+        };
+        let mut day = NaiveDate::from_ymd_opt(1990, 1, 1).unwrap();
+        while day.year() < 2038 {
+            let next = day.succ_opt().unwrap();
+            if offset(day) != offset(next) {
+                for quarter in 0..96 {
+                    let local = day.and_hms_opt(quarter / 4, quarter % 4 * 15, 0).unwrap();
+                    assert_eq!(
+                        s.to_utc(local),
+                        chrono_tz_instant(zone, local),
+                        "{tz} {local}"
+                    );
+                    checked += 1;
+                }
+            }
+            day = next;
+        }
+    }
+    // Every zone but Kolkata changes clocks in these years.
+    assert!(checked > 96 * 100, "only {checked} local times checked");
+}
+
+proptest! {
+    /// Any instant's local date, and any local time's instant, as chrono-tz has them.
+    #[test]
+    fn local_times_are_read_as_chrono_tz_reads_them(
+        tz in prop::sample::select(ZONES.to_vec()),
+        at in 631_152_000i64..2_145_916_800,
+    ) {
+        let s = build(cron_spec("0 0 9 * * *", Some(tz)));
+        let zone: Tz = tz.parse().unwrap();
+        let instant = DateTime::from_timestamp(at, 0).unwrap();
+        prop_assert_eq!(s.local_date(instant), instant.with_timezone(&zone).date_naive());
+        let local = instant.naive_utc();
+        prop_assert_eq!(s.to_utc(local), chrono_tz_instant(zone, local), "{} {}", tz, local);
     }
 }
