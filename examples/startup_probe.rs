@@ -7,7 +7,10 @@
 //! polling with a connect every 0.5 ms, then kills the server (outside the
 //! timing). Prints min, median, mean and p90 per command.
 //!
-//! A command may start with `@LABEL`, the name it is reported under.
+//! A command may start with `@LABEL`, the name it is reported under, then
+//! `KEY=VALUE` settings for its environment (as `env` takes them, without
+//! the extra exec of `env` itself, which would be in the timing: about a
+//! millisecond here).
 //!
 //! `--once -- CMD …` starts one command once and prints nothing, for
 //! `hyperfine` to time the whole probe (overhead included).
@@ -38,34 +41,64 @@ fn get_root(port: u16) -> Option<u16> {
     head.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn spawn(cmd: &[String], port: u16) -> Child {
-    Command::new(&cmd[0])
-        .args(&cmd[1..])
+/// A command and the settings it runs with.
+#[derive(Clone)]
+struct Cmd {
+    env: Vec<(String, String)>,
+    argv: Vec<String>,
+}
+
+impl Cmd {
+    /// `KEY=VALUE …` settings, then the program and its arguments.
+    fn parse(words: &[String]) -> Cmd {
+        let settings = words
+            .iter()
+            .take_while(|w| w.split_once('=').is_some_and(|(k, _)| !k.is_empty() && !k.contains('/')))
+            .count();
+        let env = words[..settings]
+            .iter()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let argv = words[settings..].to_vec();
+        assert!(!argv.is_empty(), "no program after the settings in {words:?}");
+        Cmd { env, argv }
+    }
+
+    fn join(&self) -> String {
+        self.argv.join(" ")
+    }
+}
+
+fn spawn(cmd: &Cmd, port: u16) -> Child {
+    Command::new(&cmd.argv[0])
+        .args(&cmd.argv[1..])
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", cmd[0]))
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", cmd.argv[0]))
 }
 
 /// Starts `cmd`, returns the time to its first 200; the server is stopped after.
-fn time_to_ready(cmd: &[String]) -> Duration {
+fn time_to_ready(cmd: &Cmd) -> Duration {
     let port = free_port();
     let started = Instant::now();
     let mut child = spawn(cmd, port);
     let ready = loop {
         match get_root(port) {
             Some(200) => break started.elapsed(),
-            Some(other) => panic!("{}: GET / answered {other}", cmd.join(" ")),
+            Some(other) => panic!("{}: GET / answered {other}", cmd.join()),
             None => {}
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{} exited before answering: {status}", cmd.join(" "));
+            panic!("{} exited before answering: {status}", cmd.join());
         }
         if started.elapsed() > LIMIT {
             let _ = child.kill();
-            panic!("{} did not answer in {LIMIT:?}", cmd.join(" "));
+            panic!("{} did not answer in {LIMIT:?}", cmd.join());
         }
         std::thread::sleep(POLL);
     };
@@ -97,12 +130,15 @@ fn main() {
         }
         i += 1;
     }
-    let (labels, commands): (Vec<String>, Vec<Vec<String>>) = args[i..]
+    let (labels, commands): (Vec<String>, Vec<Cmd>) = args[i..]
         .split(|a| a == "--")
         .filter(|c| !c.is_empty())
         .map(|c| match c[0].strip_prefix('@') {
-            Some(label) => (label.to_string(), c[1..].to_vec()),
-            None => (c.join(" "), c.to_vec()),
+            Some(label) => (label.to_string(), Cmd::parse(&c[1..])),
+            None => {
+                let cmd = Cmd::parse(c);
+                (cmd.join(), cmd)
+            }
         })
         .unzip();
     assert!(

@@ -85,11 +85,13 @@ impl CloudEvent {
 pub struct EventSink {
     store: Arc<dyn Store>,
     file: Option<PathBuf>,
-    webhook: Option<Webhook>,
-    http: reqwest::Client,
+    /// The webhook and the client that posts to it (none is built without
+    /// a webhook: a TLS client is a tenth of a millisecond of the start).
+    webhook: Option<(Webhook, reqwest::Client)>,
     /// Every event this process emits, for watchers in the process (the
     /// app-level tests; a live view). Best effort: a slow receiver lags.
-    live: tokio::sync::broadcast::Sender<CloudEvent>,
+    /// Shared, not copied: each of the buffer's slots holds a pointer.
+    live: tokio::sync::broadcast::Sender<Arc<CloudEvent>>,
 }
 
 /// Events a lagging receiver may fall behind by before it is told it lagged.
@@ -97,21 +99,23 @@ const LIVE_BUFFER: usize = 1024;
 
 impl EventSink {
     pub fn new(store: Arc<dyn Store>, file: Option<PathBuf>, webhook: Option<Webhook>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("an HTTP client builds");
+        let webhook = webhook.map(|w| {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client builds");
+            (w, http)
+        });
         Self {
             store,
             file,
             webhook,
-            http,
             live: tokio::sync::broadcast::channel(LIVE_BUFFER).0,
         }
     }
 
     /// Events emitted from now on (after the file line is written).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CloudEvent> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<CloudEvent>> {
         self.live.subscribe()
     }
 
@@ -147,7 +151,9 @@ impl EventSink {
         }
         tracing::info!(event = %ev.event_type, subject = %ev.subject, "event");
         // No receiver is the normal case outside tests.
-        let _ = self.live.send(ev.clone());
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(Arc::new(ev.clone()));
+        }
         Ok(())
     }
 
@@ -161,7 +167,7 @@ impl EventSink {
 
     /// Delivers due outbox events; returns how many were delivered.
     pub async fn deliver_due(&self, now: DateTime<Utc>) -> anyhow::Result<usize> {
-        let Some(hook) = &self.webhook else {
+        let Some((hook, http)) = &self.webhook else {
             return Ok(0);
         };
         // Claimed, not just read: another instance's deliverer skips these
@@ -179,7 +185,7 @@ impl EventSink {
             if due.is_empty() {
                 break;
             }
-            delivered += self.post_all(hook, due, now).await?;
+            delivered += self.post_all(hook, http, due, now).await?;
         }
         Ok(delivered)
     }
@@ -187,6 +193,7 @@ impl EventSink {
     async fn post_all(
         &self,
         hook: &Webhook,
+        http: &reqwest::Client,
         due: Vec<OutboxItem>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<usize> {
@@ -197,8 +204,7 @@ impl EventSink {
             // it against (not the factory's clock, which a simulation may
             // run fast), so a retry carries a fresh timestamp.
             let signed_at = Utc::now().timestamp();
-            let result = self
-                .http
+            let result = http
                 .post(&hook.url)
                 .header("content-type", "application/cloudevents+json")
                 .header(TIMESTAMP_HEADER, signed_at.to_string())

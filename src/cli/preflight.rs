@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::app::PipelineSet;
 use crate::config::gather_env;
 use crate::domain::permissions::{
     fix_command, passes, requirements, Deployment, Principal, Requirement, Verdict,
@@ -38,13 +37,7 @@ pub async fn run(opts: Options) -> anyhow::Result<super::exit::Exit> {
             .filter(|s| !s.trim().is_empty())
             .unwrap_or("pipelines"),
     );
-    let pipelines = PipelineSet::load_dir(&pipelines_dir, None).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        anyhow::anyhow!(
-            "invalid pipelines (run `kiln validate`):\n{}",
-            lines.join("\n")
-        )
-    })?;
+    let pipelines = crate::host::wiring::load_pipelines(&pipelines_dir, None)?;
     let deployment = Deployment {
         service_bus_id: opts
             .service_bus_id

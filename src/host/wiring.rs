@@ -128,6 +128,21 @@ pub fn local_provider(settings: &Settings, db: Db) -> anyhow::Result<LocalProvid
     })
 }
 
+/// The pipelines folder, read and checked (for `builder` too, when given);
+/// every file's errors at once when any is invalid.
+pub fn load_pipelines(
+    dir: &std::path::Path,
+    builder: Option<&dyn crate::ports::ImageBuilder>,
+) -> anyhow::Result<PipelineSet> {
+    PipelineSet::load_dir(dir, builder).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!(
+            "invalid pipelines (run `kiln validate`):\n{}",
+            lines.join("\n")
+        )
+    })
+}
+
 /// Assembles the factory with the local provider and the embedded queue.
 pub async fn local_runtime(
     settings: Settings,
@@ -140,14 +155,7 @@ pub async fn local_runtime(
     let specs = function_json::load(&settings.handlers_dir)?;
     let db = open_db(&settings)?;
     let provider = local_provider(&settings, db.clone())?;
-    let pipelines =
-        PipelineSet::load_dir(&settings.pipelines_dir, Some(&provider)).map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            anyhow::anyhow!(
-                "invalid pipelines (run `kiln validate`):\n{}",
-                lines.join("\n")
-            )
-        })?;
+    let pipelines = load_pipelines(&settings.pipelines_dir, Some(&provider))?;
     refuse_lint_errors(&pipelines)?;
     let queue = LocalQueue::new(db.clone());
     let store = open_store(&settings, env, || Ok(db.clone())).await?;
@@ -197,6 +205,14 @@ pub async fn azure_app(
 ) -> anyhow::Result<(App, NetworkChecks)> {
     let metrics = crate::metrics::Metrics::new();
     let azure = crate::providers::azure::AzureProviders::from_env(env, clock.clone(), &metrics)?;
+    // The pipelines are read and checked on a thread of their own while
+    // the store opens: each is a millisecond of a start the Functions host
+    // waits for, and neither needs the other.
+    let pipelines = {
+        let dir = settings.pipelines_dir.clone();
+        let builder = azure.builder.clone();
+        tokio::task::spawn_blocking(move || load_pipelines(&dir, Some(builder.as_ref())))
+    };
     let store = open_store(&settings, env, || open_db(&settings)).await?;
     // Provenance is signed in Key Vault when a key is named; otherwise with
     // a key file in the data folder, which is fine for one machine and
@@ -218,14 +234,7 @@ pub async fn azure_app(
         );
     }
     let evidence = local_evidence(&settings, env, BuildPlatform::Azure, signer)?;
-    let pipelines = PipelineSet::load_dir(&settings.pipelines_dir, Some(azure.builder.as_ref()))
-        .map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            anyhow::anyhow!(
-                "invalid pipelines (run `kiln validate`):\n{}",
-                lines.join("\n")
-            )
-        })?;
+    let pipelines = pipelines.await.context("reading the pipelines")??;
     let app = App {
         pipelines: Arc::new(pipelines),
         store: store.clone(),

@@ -276,12 +276,15 @@ const RECHECK: Duration = Duration::from_millis(250);
 
 /// An event awaited since [`Factory::expect_event`].
 pub struct EventWait {
-    events: tokio::sync::broadcast::Receiver<kiln::app::events::CloudEvent>,
+    events: tokio::sync::broadcast::Receiver<std::sync::Arc<kiln::app::events::CloudEvent>>,
     kind: String,
 }
 
 impl EventWait {
-    pub async fn within(mut self, limit: Duration) -> kiln::app::events::CloudEvent {
+    pub async fn within(
+        mut self,
+        limit: Duration,
+    ) -> std::sync::Arc<kiln::app::events::CloudEvent> {
         let kind = self.kind.clone();
         let wait = async {
             loop {
