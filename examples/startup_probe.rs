@@ -53,7 +53,10 @@ impl Cmd {
     fn parse(words: &[String]) -> Cmd {
         let settings = words
             .iter()
-            .take_while(|w| w.split_once('=').is_some_and(|(k, _)| !k.is_empty() && !k.contains('/')))
+            .take_while(|w| {
+                w.split_once('=')
+                    .is_some_and(|(k, _)| !k.is_empty() && !k.contains('/'))
+            })
             .count();
         let env = words[..settings]
             .iter()
@@ -61,7 +64,10 @@ impl Cmd {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let argv = words[settings..].to_vec();
-        assert!(!argv.is_empty(), "no program after the settings in {words:?}");
+        assert!(
+            !argv.is_empty(),
+            "no program after the settings in {words:?}"
+        );
         Cmd { env, argv }
     }
 

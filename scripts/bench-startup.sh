@@ -86,11 +86,12 @@ echo "== exec to first 200 on GET / ($runs runs each, interleaved in pairs)"
 
 if command -v hyperfine >/dev/null; then
     echo "== the same, timed by hyperfine (whole probe runs: + probe exec and kill)"
-    quoted=$(printf '%q ' "${azure_env[@]}")
+    # hyperfine -N splits each command as a shell would: every word quoted.
+    q() { printf '%q ' "$@"; }
     hyperfine -N --warmup 3 --runs "$runs" \
-        -n "kiln serve (azure, sim)" "$probe --once -- $quoted KILN_DATA_DIR=$work/serve-azure $kiln serve" \
-        -n "kiln serve (local)" "$probe --once -- KILN_PROVIDER=local KILN_DATA_DIR=$work/serve-local $kiln serve" \
-        -n "minimal axum" "$probe --once -- $minimal"
+        -n "kiln serve (azure, sim)" "$(q "$probe" --once -- "${azure_env[@]}" KILN_DATA_DIR="$work/serve-azure" "$kiln" serve)" \
+        -n "kiln serve (local)" "$(q "$probe" --once -- KILN_PROVIDER=local KILN_DATA_DIR="$work/serve-local" "$kiln" serve)" \
+        -n "minimal axum" "$(q "$probe" --once -- "$minimal")"
 else
     echo "(hyperfine is not installed: apt-get install hyperfine for the second table)"
 fi

@@ -487,7 +487,17 @@ fn patch_day(m: i32, offset_days: i32) -> Option<NaiveDate> {
 }
 
 fn parse_time_zone(name: &str) -> Result<TimeZone, String> {
-    TimeZone::get(name).map_err(|_| format!("timeZone `{name}` is not an IANA time zone name"))
+    let unknown = || format!("timeZone `{name}` is not an IANA time zone name");
+    let tz = TimeZone::get(name).map_err(|_| unknown())?;
+    // jiff finds a name in any case; the file spells it as the database
+    // does, as every other reader of it (ARM, Linux, cron) expects.
+    match tz.iana_name() {
+        Some(known) if known == name => Ok(tz),
+        Some(known) => Err(format!(
+            "timeZone `{name}`: expected `{known}`, spelled as the IANA database spells it"
+        )),
+        None => Err(unknown()),
+    }
 }
 
 fn patch_tuesday_rule(spec: &PatchTuesdaySpec) -> Result<Rule, String> {

@@ -15,11 +15,64 @@ use serde_json::json;
 
 use crate::app::{api, invoke, App, FunctionName, Invocation, InvokeError};
 
-pub fn router(app: App) -> Router {
+/// Where the start-up checks that run once kiln listens stand
+/// ([`crate::host::wiring::NetworkChecks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checks {
+    Pending,
+    Passed,
+    /// Refused: kiln is stopping, for this reason.
+    Failed(String),
+}
+
+/// What invocations wait on: a build must not start under a setting the
+/// checks then refuse (before they ran at start, such a kiln never
+/// answered the host at all).
+#[derive(Clone)]
+pub struct Readiness(tokio::sync::watch::Receiver<Checks>);
+
+impl Readiness {
+    /// A gate, open once its sender says [`Checks::Passed`].
+    pub fn new() -> (tokio::sync::watch::Sender<Checks>, Readiness) {
+        let (tx, rx) = tokio::sync::watch::channel(Checks::Pending);
+        (tx, Readiness(rx))
+    }
+
+    /// Nothing to wait for.
+    pub fn passed() -> Readiness {
+        Readiness(tokio::sync::watch::channel(Checks::Passed).1)
+    }
+
+    /// `Ok` once the checks pass; the refusal when they fail (or their
+    /// sender is gone without a verdict).
+    async fn wait(&self) -> Result<(), String> {
+        let mut rx = self.0.clone();
+        let verdict = rx
+            .wait_for(|c| !matches!(c, Checks::Pending))
+            .await
+            .map(|c| c.clone());
+        match verdict {
+            Ok(Checks::Passed) => Ok(()),
+            Ok(Checks::Failed(why)) => Err(why),
+            Ok(Checks::Pending) | Err(_) => Err("kiln is stopping".into()),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Functions {
+    app: App,
+    ready: Readiness,
+}
+
+pub fn router(app: App, ready: Readiness) -> Router {
     let functions = Router::new()
         .route("/", get(|| async { "kiln custom handler ready" }))
         .route("/{function}", post(invoke_function))
-        .with_state(app.clone());
+        .with_state(Functions {
+            app: app.clone(),
+            ready,
+        });
     functions.merge(api::router(app))
 }
 
@@ -35,7 +88,7 @@ pub fn local_router(app: App) -> Router {
 }
 
 async fn invoke_function(
-    State(app): State<App>,
+    State(Functions { app, ready }): State<Functions>,
     Path(function): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -43,6 +96,14 @@ async fn invoke_function(
         Ok(n) => n,
         Err(e) => return (StatusCode::NOT_FOUND, Json(json!({ "Logs": [e] }))).into_response(),
     };
+    if let Err(why) = ready.wait().await {
+        let msg = format!("{name} not run: {why}");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "Logs": [msg] })),
+        )
+            .into_response();
+    }
     let inv: Invocation = match serde_json::from_slice(&body) {
         Ok(i) => i,
         Err(e) => {
@@ -78,11 +139,12 @@ async fn invoke_function(
 /// and the API's body timeout still holds.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves; invocations wait for `ready`.
 pub async fn run(
     listener: tokio::net::TcpListener,
     app: App,
+    ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    super::http::serve(listener, router(app), HEADER_TIMEOUT, shutdown).await
+    super::http::serve(listener, router(app, ready), HEADER_TIMEOUT, shutdown).await
 }

@@ -280,11 +280,10 @@ impl NetworkChecks {
         if let Some(signer) = self.key_vault {
             signer.check().await.map_err(|e| {
                 let setting = crate::providers::azure::key_vault::KEY_SETTING;
-                let message = e.to_string();
-                if message.starts_with(setting) {
-                    anyhow::anyhow!(message)
+                if e.message.starts_with(setting) {
+                    anyhow::anyhow!("{}", e.message)
                 } else {
-                    anyhow::anyhow!("{setting}: {message}")
+                    anyhow::anyhow!("{setting}: {}", e.message)
                 }
             })?;
         }

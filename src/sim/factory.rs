@@ -58,7 +58,14 @@ impl Factory {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let handler_url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move {
-            if let Err(e) = crate::host::serve::run(listener, app, std::future::pending()).await {
+            if let Err(e) = crate::host::serve::run(
+                listener,
+                app,
+                crate::host::serve::Readiness::passed(),
+                std::future::pending(),
+            )
+            .await
+            {
                 tracing::error!(error = %e, "kiln serve stopped");
             }
         });

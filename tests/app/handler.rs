@@ -7,6 +7,8 @@ use axum::http::Request;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use kiln::host::serve::{Checks, Readiness};
+
 use crate::harness::{bounded, repo, runtime, tiny, Options, SUB};
 
 async fn call(router: &axum::Router, method: &str, path: &str, body: Value) -> (u16, Value) {
@@ -50,7 +52,72 @@ async fn router() -> (tempfile::TempDir, axum::Router, kiln::app::App) {
     };
     let rt = runtime(dir.path(), &opts).await;
     let app = rt.app.clone();
-    (dir, kiln::host::serve::router(rt.app), app)
+    (
+        dir,
+        kiln::host::serve::router(rt.app, Readiness::passed()),
+        app,
+    )
+}
+
+fn timer_payload(function: &str) -> Value {
+    json!({
+        "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "ScheduleStatus": null, "IsPastDue": false}},
+        "Metadata": {"sys": sys(function)}
+    })
+}
+
+fn post(path: &str, body: &Value) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// Polls `f` once: whether it is still pending.
+async fn pending_after_one_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+    let mut f = f;
+    std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx).is_pending())).await
+}
+
+/// Until the start-up checks that run once kiln listens have passed, an
+/// invocation waits (the readiness probe does not), so no build starts
+/// under a setting they then refuse; a refusal answers 503 with the reason.
+#[tokio::test]
+async fn invocations_wait_for_the_start_up_checks_and_a_refusal_is_503() {
+    bounded(async {
+        let (_d, _, app) = router().await;
+        let (verdict, ready) = Readiness::new();
+        let r = kiln::host::serve::router(app.clone(), ready);
+        let (status, _) = call(&r, "GET", "/", Value::Null).await;
+        assert_eq!(status, 200, "the probe is answered while the checks run");
+        let invocation = r
+            .clone()
+            .oneshot(post("/patch_tuesday", &timer_payload("patch_tuesday")));
+        tokio::pin!(invocation);
+        // One poll runs the handler up to its wait: no answer yet.
+        assert!(pending_after_one_poll(invocation.as_mut()).await);
+        verdict.send_replace(Checks::Passed);
+        assert_eq!(invocation.await.unwrap().status(), 200);
+
+        let (verdict, ready) = Readiness::new();
+        let r = kiln::host::serve::router(app, ready);
+        let invocation = r.oneshot(post("/patch_tuesday", &timer_payload("patch_tuesday")));
+        tokio::pin!(invocation);
+        assert!(pending_after_one_poll(invocation.as_mut()).await);
+        verdict.send_replace(Checks::Failed(
+            "KILN_SIGNING_KEY_VAULT_KEY: Key Vault has no key".into(),
+        ));
+        let resp = invocation.await.unwrap();
+        assert_eq!(resp.status(), 503);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["Logs"][0].as_str().unwrap().contains("has no key"), "{v}");
+    })
+    .await;
 }
 
 #[tokio::test]

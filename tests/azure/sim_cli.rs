@@ -63,44 +63,62 @@ fn kiln_sim_prints_the_settings_kiln_serve_needs_and_serves_until_stopped() {
     assert_eq!(answer["setting"], env["KILN_CLOCK"].as_str());
 }
 
-/// `kiln serve` reads its Key Vault key once it answers the host (so the
-/// network call does not delay the first answer), and a key that cannot
-/// sign still stops it, with the setting and the reason.
-#[test]
-fn kiln_serve_stops_on_a_signing_key_key_vault_does_not_have() {
-    let (mut sim, env) = start_sim(&[]);
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let missing = format!(
-        "{}/keyvault/keys/no-such-key/0123abcd",
-        env["KILN_AZURE_MANAGEMENT_URL"]
-    );
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+/// `kiln serve` on the simulator's settings with `key` as its signing key.
+fn serve_with_key(env: &Env, key: &str, data: &std::path::Path, port: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("serve")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .envs(&env)
-        .env("KILN_SIGNING_KEY_VAULT_KEY", &missing)
-        .env("KILN_DATA_DIR", data.path())
+        .envs(env)
+        .env("KILN_SIGNING_KEY_VAULT_KEY", key)
+        .env("KILN_DATA_DIR", data)
         .env("KILN_EVENTS_KEY", "k")
         .env("KILN_API_KEYS", "a-key-for-this-test-only")
         .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env("KILN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        .unwrap()
+}
+
+/// Its exit status within `limit`, if it exits; and what it wrote to stderr.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut stderr = child.stderr.take().unwrap();
+    // Read as it is written, so a chatty child never blocks on a full pipe.
+    let said = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + limit;
     let status = loop {
-        if let Some(status) = serve.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
         }
         if std::time::Instant::now() > deadline {
-            let _ = serve.kill();
+            let _ = child.kill();
+            let _ = child.wait();
             break None;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let mut said = String::new();
-    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut said).unwrap();
+    (status, said.join().unwrap())
+}
+
+/// A key that cannot sign stops `kiln serve`, with the setting and the reason.
+#[test]
+fn kiln_serve_stops_on_a_signing_key_key_vault_does_not_have() {
+    let (mut sim, env) = start_sim(&[]);
+    let data = tempfile::tempdir().unwrap();
+    let missing = format!(
+        "{}/keyvault/keys/no-such-key/0123abcd",
+        env["KILN_AZURE_MANAGEMENT_URL"]
+    );
+    let mut serve = serve_with_key(&env, &missing, data.path(), free_port());
+    let (status, said) = exit_within(&mut serve, std::time::Duration::from_secs(60));
     let _ = sim.kill();
     let _ = sim.wait();
     let status = status.expect("kiln serve kept running with a key Key Vault does not have");
@@ -109,6 +127,49 @@ fn kiln_serve_stops_on_a_signing_key_key_vault_does_not_have() {
         said.contains("KILN_SIGNING_KEY_VAULT_KEY") && said.contains("no-such-key"),
         "{said}"
     );
+}
+
+/// The key is read once kiln answers the host, so a vault that is slow to
+/// answer does not hold back the readiness probe; and a SIGTERM while the
+/// read is still waiting stops kiln at once rather than after the read's
+/// retries (minutes).
+#[test]
+fn kiln_serve_answers_while_its_key_is_read_and_stops_at_once_on_sigterm() {
+    let (mut sim, env) = start_sim(&[]);
+    // A vault that takes connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let vault = format!(
+        "http://{}/keyvault/keys/kiln-provenance/0123abcd",
+        silent.local_addr().unwrap()
+    );
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept() {
+            open.push(conn);
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut serve = serve_with_key(&env, &vault, data.path(), port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let answered = loop {
+        match reqwest::blocking::get(format!("http://127.0.0.1:{port}/")) {
+            Ok(r) => break Some(r.status().as_u16()),
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(_) => break None,
+        }
+    };
+    // SAFETY: signals our own child by its id.
+    unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
+    let (status, said) = exit_within(&mut serve, std::time::Duration::from_secs(20));
+    let _ = sim.kill();
+    let _ = sim.wait();
+    drop(held);
+    assert_eq!(answered, Some(200), "{said}");
+    let status = status.expect("kiln serve outlived SIGTERM by 20 s while its key read waited");
+    assert!(status.success(), "{status}: {said}");
 }
 
 /// A port nobody listens on now (the OS picks it; it is free again once dropped).

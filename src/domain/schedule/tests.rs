@@ -461,6 +461,12 @@ fn an_unknown_time_zone_is_named() {
         error(cron_spec("0 0 9 * * *", Some("Eastern Standard Time"))),
         "timeZone `Eastern Standard Time` is not an IANA time zone name"
     );
+    // The database's spelling, not any case of it.
+    assert_eq!(
+        error(patch_spec(0, "09:00", "europe/berlin")),
+        "timeZone `europe/berlin`: expected `Europe/Berlin`, spelled as the IANA database spells it"
+    );
+    assert!(error(cron_spec("0 0 9 * * *", Some("utc"))).contains("expected `UTC`"));
 }
 
 #[test]

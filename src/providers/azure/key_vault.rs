@@ -424,6 +424,32 @@ mod tests {
         assert!(matches!(public, PublicKey::EcdsaP256(_)));
     }
 
+    /// The check `kiln serve` runs once it listens: a vault that cannot
+    /// answer now is no reason to stop (the key is read on first use); a
+    /// key it does not have is.
+    #[tokio::test]
+    async fn the_start_up_check_passes_an_unreachable_vault_and_refuses_a_missing_key() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(503))
+            .mount(&server)
+            .await;
+        let (arm, _) = testing::client(&server.uri());
+        let signer = KeyVaultSigner::lazy(client(&arm, &key(&server)), key(&server));
+        signer
+            .check()
+            .await
+            .expect("a 503 vault does not stop kiln");
+        assert!(!server.received_requests().await.unwrap().is_empty());
+
+        let server = MockServer::start().await;
+        let (arm, _) = testing::client(&server.uri());
+        let signer = KeyVaultSigner::lazy(client(&arm, &key(&server)), key(&server));
+        let e = signer.check().await.unwrap_err();
+        assert_eq!(e.category, FailureCategory::Validation, "{e}");
+        assert!(e.message.contains("has no key"), "{e}");
+    }
+
     #[tokio::test]
     async fn a_key_that_is_not_p256_or_may_not_sign_is_refused_with_what_to_do() {
         for (body, words) in [
