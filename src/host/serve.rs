@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::app::{api, invoke, App, FunctionName, Invocation, InvokeError};
 
 /// Where the start-up checks that run once kiln listens stand
-/// ([`crate::host::wiring::NetworkChecks`]).
+/// (`NetworkChecks`, in the wiring).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checks {
     Pending,
