@@ -9,7 +9,6 @@ use anyhow::{bail, Context};
 use super::args::{BaseCmd, GalleryCmd, VmCmd};
 use super::exit::Exit;
 use crate::config::{gather_env, ProviderKind, Settings};
-use crate::host::serve::{Checks, Readiness};
 use crate::host::wiring::{azure_app, local_provider, local_runtime, open_db, NetworkChecks};
 use crate::ports::{Gallery, ImageBuilder, SystemClock};
 use crate::providers::local::{BaseFrom, LocalProvider, ToolNeed};
@@ -147,54 +146,10 @@ pub async fn run_serve() -> anyhow::Result<Exit> {
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!(port, provider = ?app.settings.provider, "kiln custom handler listening");
-    // The network checks run while the handler answers (invocations wait
-    // for them); one that fails stops it as a wrong setting stops the start
-    // (the host then logs the error and starts kiln again).
-    let (verdict, ready) = Readiness::new();
-    let verdict = Arc::new(verdict);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = {
-        let verdict = verdict.clone();
-        async move {
-            tokio::select! {
-                () = shutdown_signal() => {}
-                _ = stopped => {}
-            }
-            // Invocations still waiting for the checks are let go now,
-            // not held until the drain ends.
-            verdict.send_if_modified(|c| match c {
-                Checks::Pending => {
-                    *c = Checks::Failed("kiln is stopping".into());
-                    true
-                }
-                Checks::Passed | Checks::Failed(_) => false,
-            });
-        }
-    };
-    let mut server = tokio::spawn(crate::host::serve::run(listener, app, ready, shutdown));
-    tokio::select! {
-        checked = checks.run() => match checked {
-            Ok(()) => {
-                verdict.send_replace(Checks::Passed);
-            }
-            Err(e) => {
-                verdict.send_replace(Checks::Failed(format!("{e:#}")));
-                let _ = stop.send(());
-                // The refusal is what to report; the drain is best effort.
-                if let Ok(Err(drain)) = server.await {
-                    tracing::warn!(error = %drain, "stopping the handler");
-                }
-                return Err(e);
-            }
-        },
-        // Stopped (SIGTERM) before the checks ended: they no longer matter.
-        ended = &mut server => {
-            ended??;
-            return Ok(Exit::Ok);
-        }
-    }
-    server.await??;
-    drop(stop);
+    // The network checks run while the handler answers; one that fails
+    // stops it as a wrong setting stops the start (the host then logs the
+    // error and starts kiln again).
+    crate::host::serve::run_checked(listener, app, checks.run(), shutdown_signal()).await?;
     Ok(Exit::Ok)
 }
 

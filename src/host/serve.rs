@@ -25,6 +25,9 @@ pub enum Checks {
     Failed(String),
 }
 
+/// Why a waiting invocation was let go at shutdown.
+const STOPPING: &str = "kiln is stopping";
+
 /// What invocations wait on: a build must not start under a setting the
 /// checks then refuse (before they ran at start, such a kiln never
 /// answered the host at all).
@@ -54,7 +57,7 @@ impl Readiness {
         match verdict {
             Ok(Checks::Passed) => Ok(()),
             Ok(Checks::Failed(why)) => Err(why),
-            Ok(Checks::Pending) | Err(_) => Err("kiln is stopping".into()),
+            Ok(Checks::Pending) | Err(_) => Err(STOPPING.into()),
         }
     }
 }
@@ -147,4 +150,58 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     super::http::serve(listener, router(app, ready), HEADER_TIMEOUT, shutdown).await
+}
+
+/// Serves until `shutdown` resolves, running `checks` meanwhile:
+/// invocations wait for them, and a refusal stops the server (after its
+/// drain) and is returned. A shutdown before they end leaves them
+/// unfinished: a read that hangs must not hold a SIGTERM up.
+pub async fn run_checked(
+    listener: tokio::net::TcpListener,
+    app: App,
+    checks: impl std::future::Future<Output = anyhow::Result<()>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (verdict, ready) = Readiness::new();
+    let verdict = std::sync::Arc::new(verdict);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = {
+        let verdict = verdict.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = stopped => {}
+            }
+            // Invocations still waiting for the checks are let go now,
+            // not held until the drain ends.
+            verdict.send_if_modified(|c| match c {
+                Checks::Pending => {
+                    *c = Checks::Failed(STOPPING.into());
+                    true
+                }
+                Checks::Passed | Checks::Failed(_) => false,
+            });
+        }
+    };
+    let mut server = tokio::spawn(run(listener, app, ready, shutdown));
+    tokio::select! {
+        checked = checks => match checked {
+            Ok(()) => {
+                verdict.send_replace(Checks::Passed);
+            }
+            Err(e) => {
+                verdict.send_replace(Checks::Failed(format!("{e:#}")));
+                let _ = stop.send(());
+                // The refusal is what to report; the drain is best effort.
+                if let Ok(Err(drain)) = server.await {
+                    tracing::warn!(error = %drain, "stopping the handler");
+                }
+                return Err(e);
+            }
+        },
+        ended = &mut server => return ended?,
+    }
+    server.await??;
+    drop(stop);
+    Ok(())
 }
