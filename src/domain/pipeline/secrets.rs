@@ -341,7 +341,7 @@ struct Pattern {
 }
 
 impl Pattern {
-    fn find<'t>(&self, text: &Text<'t>) -> Option<&Regex> {
+    fn find(&self, text: &Text<'_>) -> Option<&Regex> {
         text.lower.contains(self.literal).then(|| &*self.re)
     }
 
